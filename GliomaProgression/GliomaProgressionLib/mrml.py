@@ -1,0 +1,295 @@
+"""The extension's MRML glue: volume node <-> array, labelmap <-> segmentation, 4D array <-> sequence, scenes.
+
+The one file of the Lib packages that talks to Slicer. It imports ``slicer`` inside its functions and works
+both in the Slicer application and with the ``slicer-core`` package (real MRML, no application): where the
+application provides module logics (``slicer.modules.<name>.logic()``), they are used; headless, the same
+logic classes are created once per scene and attached to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import Volume
+
+# MRML written by slicer-core 5.13 is stamped with the oldest Slicer release the extension supports: the
+# application reads the version to decide which compatibility fixes a scene needs, and warns when it is absent.
+SCENE_SLICER_VERSION = "Slicer 5.8.1 r33241"
+
+_headless_logics: dict[int, dict] = {}
+
+
+def _slicer():
+    import slicer
+
+    return slicer
+
+
+def _application_running() -> bool:
+    return hasattr(_slicer(), "app") and hasattr(_slicer(), "modules")
+
+
+def current_scene():
+    """The scene the module logics work on: ``slicer.mrmlScene`` (created headless if there is none)."""
+    slicer = _slicer()
+    if getattr(slicer, "mrmlScene", None) is None:
+        slicer.mrmlScene = slicer.vtkMRMLScene()
+    return slicer.mrmlScene
+
+
+def module_logic(name: str, scene=None):
+    """A core module logic ('segmentations', 'sequences', 'volumes', 'colors') attached to ``scene``."""
+    slicer = _slicer()
+    scene = scene or current_scene()
+    if _application_running() and scene is slicer.mrmlScene:
+        return getattr(slicer.modules, name).logic()
+    logics = _headless_logics.get(id(scene))
+    if logics is None or logics["scene"] is not scene:
+        logics = {"scene": scene, **_create_headless_logics(scene)}
+        _headless_logics[id(scene)] = logics
+    return logics[name]
+
+
+def _create_headless_logics(scene) -> dict:
+    import vtk
+
+    slicer = _slicer()
+    # slicer-core ships no colour files; the colour logic's warning about that is noise here.
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
+    try:
+        return _attach_logics(scene)
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(verbosity)
+
+
+def _attach_logics(scene) -> dict:
+    slicer = _slicer()
+    application = slicer.vtkSlicerApplicationLogic()
+    # The colour logic looks for colour files under the application's home; slicer-core ships none.
+    application.SetHomeDirectory(str(Path(slicer.__file__).parent))
+    application.SetShareDirectory(".")
+    application.SetMRMLScene(scene)
+    logics = {"application": application}
+    for name, cls in (("colors", slicer.vtkSlicerColorLogic), ("volumes", slicer.vtkSlicerVolumesLogic),
+                      ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                      ("sequences", slicer.vtkSlicerSequencesLogic)):
+        logic = cls()
+        logic.SetMRMLApplicationLogic(application)
+        logic.SetMRMLScene(scene)
+        logics[name] = logic
+    return logics
+
+
+def new_scene():
+    """A fresh scene with the core logics attached (headless), made the current scene."""
+    slicer = _slicer()
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    module_logic("colors", slicer.mrmlScene)
+    return slicer.mrmlScene
+
+
+# --- volumes ----------------------------------------------------------------------------------------------
+
+
+def _ijk_to_ras_of(node) -> np.ndarray:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_from_node(node) -> Volume:
+    """A copy of a scalar (or labelmap) volume node's voxels ``[k, j, i]`` and its IJK-to-RAS matrix.
+
+    A volume under a transform is refused: its voxels would not be where its matrix says.
+    """
+    slicer = _slicer()
+    if node is None or node.GetImageData() is None:
+        raise ValueError("The volume node has no image data.")
+    if node.GetParentTransformNode() is not None:
+        raise ValueError(f"The volume '{node.GetName()}' is under a transform; harden the transform first.")
+    return Volume(np.array(slicer.util.arrayFromVolume(node)), _ijk_to_ras_of(node))
+
+
+def node_from_volume(volume: Volume, name: str, scene=None, node_class: str = "vtkMRMLScalarVolumeNode"):
+    """A new volume node in ``scene`` with the voxels and geometry of ``volume`` (3D only)."""
+    slicer = _slicer()
+    scene = scene or current_scene()
+    if np.asarray(volume.array).ndim != 3:
+        raise ValueError(f"The volume '{name}' must be 3D to become a volume node; use a sequence for 4D.")
+    node = scene.AddNewNodeByClass(node_class, name)
+    update_node_from_volume(node, volume)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def update_node_from_volume(node, volume: Volume) -> None:
+    slicer = _slicer()
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.asarray(volume.ijk_to_ras, dtype=float)))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.array))
+
+
+# --- segmentations ----------------------------------------------------------------------------------------
+
+
+def segmentation_from_labelmap(labelmap: Volume, segments: dict[int, tuple[str, tuple[float, float, float]]],
+                               name: str, scene=None):
+    """A segmentation node with one segment per label value present in ``labelmap``.
+
+    ``segments`` maps label value -> (segment name, RGB colour 0..1); values absent from the labelmap give
+    no segment, values not in ``segments`` are refused.
+    """
+    scene = scene or current_scene()
+    values = [int(v) for v in np.unique(labelmap.array) if v != 0]
+    unknown = sorted(set(values) - set(segments))
+    if unknown:
+        raise ValueError(f"The labelmap for '{name}' has label values {unknown} with no segment name.")
+    temporary = node_from_volume(Volume(labelmap.array.astype(np.int16), labelmap.ijk_to_ras),
+                                 f"{name} labelmap", scene, "vtkMRMLLabelMapVolumeNode")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentation.CreateDefaultDisplayNodes()
+    try:
+        if not module_logic("segmentations", scene).ImportLabelmapToSegmentationNode(temporary, segmentation):
+            raise ValueError(f"The labelmap for '{name}' could not be imported as a segmentation.")
+    finally:
+        scene.RemoveNode(temporary)
+    for index in range(segmentation.GetSegmentation().GetNumberOfSegments()):
+        segment = segmentation.GetSegmentation().GetNthSegment(index)
+        label_name, colour = segments[segment.GetLabelValue()]
+        segment.SetName(label_name)
+        segment.SetColor(*colour)
+    return segmentation
+
+
+def labelmap_from_segmentation(segmentation, reference_node, segment_values: dict[str, int] | None = None) -> Volume:
+    """The segments of a segmentation as one labelmap on a reference volume's grid.
+
+    ``segment_values`` maps segment name -> label value; by default each segment keeps its label value.
+    Segments later in the segmentation win where segments overlap.
+    """
+    import vtk
+
+    slicer = _slicer()
+    scene = segmentation.GetScene()
+    if reference_node is None:
+        raise ValueError("A reference volume is needed to turn the segmentation into a labelmap.")
+    reference = volume_from_node(reference_node)
+    result = np.zeros(reference.array.shape, np.uint8)
+    segments = segmentation.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        segment_id = segments.GetNthSegmentID(index)
+        segment = segments.GetSegment(segment_id)
+        value = segment_values.get(segment.GetName()) if segment_values else segment.GetLabelValue()
+        if not value:
+            continue
+        exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        try:
+            ids = vtk.vtkStringArray()
+            ids.InsertNextValue(segment_id)
+            module_logic("segmentations", scene).ExportSegmentsToLabelmapNode(segmentation, ids, exported,
+                                                                               reference_node)
+            result[slicer.util.arrayFromVolume(exported) > 0] = value
+        finally:
+            scene.RemoveNode(exported)
+    return Volume(result, reference.ijk_to_ras)
+
+
+# --- sequences --------------------------------------------------------------------------------------------
+
+
+def sequence_from_volume(volume: Volume, times_s, name: str, scene=None):
+    """A sequence node (index: time in s) of a 4D volume ``[t, k, j, i]``, with a browser to play it.
+
+    Returns (sequence node, browser node); the browser's proxy volume is what views show.
+    """
+    slicer = _slicer()
+    scene = scene or current_scene()
+    frames = np.asarray(volume.array)
+    times_s = np.asarray(times_s, dtype=float)
+    if frames.ndim != 4 or len(times_s) != frames.shape[0]:
+        raise ValueError(f"The sequence '{name}' needs a 4D array with one time per frame.")
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    sequence.SetIndexName("time")
+    sequence.SetIndexUnit("s")
+    sequence.SetIndexType(sequence.NumericIndex)
+    frame_node = slicer.vtkMRMLScalarVolumeNode()
+    for frame, time in zip(frames, times_s):
+        update_node_from_volume(frame_node, Volume(frame, volume.ijk_to_ras))
+        sequence.SetDataNodeAtValue(frame_node, f"{time:g}")
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", f"{name} browser")
+    browser.AddSynchronizedSequenceNode(sequence)
+    module_logic("sequences", scene).UpdateProxyNodesFromSequences(browser)
+    return sequence, browser
+
+
+def volume_from_sequence(sequence) -> tuple[Volume, np.ndarray]:
+    """The frames of a volume sequence as ``[t, k, j, i]`` and their index values (time)."""
+    count = sequence.GetNumberOfDataNodes()
+    if count == 0:
+        raise ValueError(f"The sequence '{sequence.GetName()}' is empty.")
+    volumes = [volume_from_node(sequence.GetNthDataNode(n)) for n in range(count)]
+    if any(v.array.shape != volumes[0].array.shape or not np.allclose(v.ijk_to_ras, volumes[0].ijk_to_ras)
+           for v in volumes):
+        raise ValueError(f"The frames of '{sequence.GetName()}' do not share one voxel grid.")
+    try:
+        times = np.array([float(sequence.GetNthIndexValue(n)) for n in range(count)])
+    except ValueError:
+        raise ValueError(f"The sequence '{sequence.GetName()}' has non-numeric index values.") from None
+    return Volume(np.stack([v.array for v in volumes]), volumes[0].ijk_to_ras), times
+
+
+# --- scene bundles ----------------------------------------------------------------------------------------
+
+
+def write_scene_bundle(path: str | os.PathLike, scene=None) -> Path:
+    """Write ``scene`` as a Slicer data bundle (.mrb), atomically (temporary file, then rename)."""
+    scene = scene or current_scene()
+    path = Path(path)
+    if path.suffix.lower() != ".mrb":
+        raise ValueError(f"The scene file {path} must end in .mrb.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scene.SetVersion(SCENE_SLICER_VERSION)
+    for node in _storable_nodes(scene):
+        if node.GetStorageNode() is None:
+            node.AddDefaultStorageNode()
+    # The bundle's inner folder is named after the file, so the temporary file keeps the final name, in a
+    # hidden folder beside the destination.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.partial-", dir=path.parent))
+    try:
+        if not scene.WriteToMRB(str(staging / path.name)):
+            raise ValueError(f"The scene could not be written to {path}.")
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _storable_nodes(scene):
+    nodes = scene.GetNodesByClass("vtkMRMLStorableNode")
+    return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
+
+
+def read_scene_bundle(path: str | os.PathLike, cache_folder: str | os.PathLike | None = None):
+    """Read a .mrb into a new scene (headless); returns the scene. Used to check what was written."""
+    slicer = _slicer()
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"The scene file {path} does not exist.")
+    scene = slicer.vtkMRMLScene()
+    module_logic("colors", scene)
+    remote_io = slicer.vtkMRMLRemoteIOLogic()
+    remote_io.SetMRMLScene(scene)
+    remote_io.AddDataIOToScene()
+    cache = Path(cache_folder or tempfile.mkdtemp(prefix="gliomaprog-mrb-"))
+    scene.GetCacheManager().SetRemoteCacheDirectory(str(cache))
+    scene._gliomaprog_remote_io = remote_io  # keep the IO logic alive as long as the scene
+    if not scene.ReadFromMRB(str(path)):
+        raise ValueError(f"The scene file {path} could not be read.")
+    return scene
