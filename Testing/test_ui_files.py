@@ -27,9 +27,7 @@ import pytest
 # Must be set before PySide6 creates the application: no display needed.
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
-QtCore = pytest.importorskip("PySide6.QtCore", reason="PySide6 is needed to load .ui files")
-QtWidgets = pytest.importorskip("PySide6.QtWidgets")
-QtUiTools = pytest.importorskip("PySide6.QtUiTools")
+from PySide6 import QtCore, QtUiTools, QtWidgets  # noqa: E402  (a test dependency: failing to import fails)
 
 SOURCE_DIR = Path(os.environ.get("GLIOMAPROGRESSION_SOURCE_DIR")
                   or Path(__file__).resolve().parents[1]).resolve()
@@ -244,3 +242,29 @@ def test_module_ui_names_exist(qapp, module):
     assert not missing, (
         f"{script.name} uses self.ui.<name> for names missing from {ui_path}: "
         + ", ".join(missing))
+
+
+def _parameter_fields(module_file: Path) -> set[str]:
+    """Annotated fields of the module's @parameterNodeWrapper class."""
+    import ast
+
+    tree = ast.parse(module_file.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+                getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list):
+            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+    return set()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_parameter_node_fields_are_bound_to_widgets(module):
+    """connectGui binds widgets to parameters through their SlicerParameterName property: both sides must match."""
+    ui_path = SOURCE_DIR / module / "Resources" / "UI" / f"{module}.ui"
+    bound = {
+        prop.find("string").text
+        for prop in ET.parse(ui_path).getroot().iter("property")
+        if prop.get("name") == "SlicerParameterName"
+    }
+    fields = _parameter_fields(MODULES_DIR / module / f"{module}.py")
+    assert fields, f"{module}.py has no @parameterNodeWrapper class"
+    assert fields == bound, f"{ui_path}: unbound fields {sorted(fields - bound)}, unknown {sorted(bound - fields)}"
