@@ -12,16 +12,17 @@ from GliomaProgressionLib import mrml
 from GliomaProgressionLib.files import read_volume
 
 
-def gliomaprog(*arguments, timeout=300):
+def gliomaprog(*arguments, timeout=300, cwd=None):
     return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", *map(str, arguments)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def written_case(tmp_path_factory):
     folder = tmp_path_factory.mktemp("phantom")
-    result = gliomaprog("phantom", "--out", folder / "case", "--seed", 4, "--size", "small",
-                        "--scene", folder / "scene.mrb")
+    # Relative paths, as `make demo` passes them.
+    result = gliomaprog("phantom", "--out", "case", "--seed", 4, "--size", "small", "--scene", "scene.mrb",
+                        cwd=folder)
     assert result.returncode == 0, result.stderr
     return folder, result
 

@@ -251,7 +251,7 @@ def volume_from_sequence(sequence) -> tuple[Volume, np.ndarray]:
 def write_scene_bundle(path: str | os.PathLike, scene=None) -> Path:
     """Write ``scene`` as a Slicer data bundle (.mrb), atomically (temporary file, then rename)."""
     scene = scene or current_scene()
-    path = Path(path)
+    path = Path(path).absolute()  # MRML's bundle writer refuses relative folders
     if path.suffix.lower() != ".mrb":
         raise ValueError(f"The scene file {path} must end in .mrb.")
     path.parent.mkdir(parents=True, exist_ok=True)
