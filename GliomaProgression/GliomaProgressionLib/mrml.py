@@ -168,20 +168,28 @@ def segmentation_from_labelmap(labelmap: Volume, segments: dict[int, tuple[str, 
     return segmentation
 
 
-def labelmap_from_segmentation(segmentation, reference_node, segment_values: dict[str, int] | None = None) -> Volume:
-    """The segments of a segmentation as one labelmap on a reference volume's grid.
+def labelmap_from_segmentation(segmentation, reference, segment_values: dict[str, int] | None = None) -> Volume:
+    """The segments of a segmentation as one labelmap on a reference grid (a volume node, or a ``Volume``
+    whose spatial grid is used).
 
     ``segment_values`` maps segment name -> label value; by default each segment keeps its label value.
     Segments later in the segmentation win where segments overlap.
     """
+    if reference is None:
+        raise ValueError("A reference volume is needed to turn the segmentation into a labelmap.")
+    scene = segmentation.GetScene()
+    if isinstance(reference, Volume):
+        shape = reference.array.shape[-3:]
+        node = node_from_volume(Volume(np.zeros(shape, np.uint8), reference.ijk_to_ras), "grid", scene)
+        try:
+            return labelmap_from_segmentation(segmentation, node, segment_values)
+        finally:
+            scene.RemoveNode(node)
     import vtk
 
     slicer = _slicer()
-    scene = segmentation.GetScene()
-    if reference_node is None:
-        raise ValueError("A reference volume is needed to turn the segmentation into a labelmap.")
-    reference = volume_from_node(reference_node)
-    result = np.zeros(reference.array.shape, np.uint8)
+    grid = volume_from_node(reference)
+    result = np.zeros(grid.array.shape, np.uint8)
     segments = segmentation.GetSegmentation()
     for index in range(segments.GetNumberOfSegments()):
         segment_id = segments.GetNthSegmentID(index)
@@ -194,11 +202,16 @@ def labelmap_from_segmentation(segmentation, reference_node, segment_values: dic
             ids = vtk.vtkStringArray()
             ids.InsertNextValue(segment_id)
             module_logic("segmentations", scene).ExportSegmentsToLabelmapNode(segmentation, ids, exported,
-                                                                               reference_node)
+                                                                               reference)
             result[slicer.util.arrayFromVolume(exported) > 0] = value
         finally:
             scene.RemoveNode(exported)
-    return Volume(result, reference.ijk_to_ras)
+    return Volume(result, grid.ijk_to_ras)
+
+
+def segment_names(segmentation) -> list[str]:
+    segments = segmentation.GetSegmentation()
+    return [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
 
 
 # --- sequences --------------------------------------------------------------------------------------------
@@ -243,6 +256,56 @@ def volume_from_sequence(sequence) -> tuple[Volume, np.ndarray]:
     except ValueError:
         raise ValueError(f"The sequence '{sequence.GetName()}' has non-numeric index values.") from None
     return Volume(np.stack([v.array for v in volumes]), volumes[0].ijk_to_ras), times
+
+
+# --- tables and plots -----------------------------------------------------------------------------------
+
+
+def table_from_columns(columns: dict[str, list], name: str, scene=None, units: dict[str, str] | None = None):
+    """A table node with one column per entry: numbers become double columns, anything else strings."""
+    import vtk
+
+    scene = scene or current_scene()
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"The columns of table '{name}' have different lengths.")
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table = node.GetTable()
+    for column, values in columns.items():
+        numeric = all(isinstance(v, (int, float, np.integer, np.floating)) for v in values)
+        array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+        array.SetName(column)
+        for value in values:
+            array.InsertNextValue(float(value) if numeric else str(value))
+        table.AddColumn(array)
+        if units and column in units:
+            node.SetColumnUnitLabel(column, units[column])
+    node.Modified()
+    return node
+
+
+def plot_curves(x: np.ndarray, curves: dict[str, np.ndarray], name: str, x_title: str, y_title: str,
+                scene=None, colours: dict[str, tuple] | None = None):
+    """A plot chart of curves sharing one x axis (a table node holds the values). Returns the chart node."""
+    scene = scene or current_scene()
+    table = table_from_columns({x_title: list(np.asarray(x, float)),
+                                **{key: list(np.asarray(value, float)) for key, value in curves.items()}},
+                               f"{name} table", scene)
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    chart.SetXAxisTitle(x_title)
+    chart.SetYAxisTitle(y_title)
+    chart.SetTitle(name)
+    for key in curves:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", key)
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetXColumnName(x_title)
+        series.SetYColumnName(key)
+        series.SetPlotType(series.PlotTypeScatter)
+        series.SetMarkerStyle(series.MarkerStyleNone)
+        if colours and key in colours:
+            series.SetColor(*colours[key])
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    return chart
 
 
 # --- scene bundles ----------------------------------------------------------------------------------------
