@@ -9,7 +9,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 
-from DSCPerfusionLib.signal import delta_r2s_from_signal, rcbv_trapezoid
 
 
 #
@@ -25,11 +24,13 @@ class DSCPerfusion(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["GliomaProgression developers"]
         self.parent.helpText = (
-            "Computes cerebral blood volume maps from a dynamic susceptibility contrast (DSC) MRI series loaded "
-            "as a volume sequence: the signal is converted to the relaxation-rate change deltaR2*(t) = "
-            "-ln(S(t)/S0)/TE with S0 the mean of the chosen pre-bolus frames, and rCBV is its integral over time "
-            "(trapezoid rule, seconds). This version does not yet correct contrast leakage or normalise to white "
-            "matter: the output is an uncorrected rCBV map, labelled as such."
+            "Computes normalised cerebral blood volume (nCBV) from a dynamic susceptibility contrast (DSC) MRI "
+            "series loaded as a volume sequence: deltaR2*(t) = -ln(S(t)/S0)/TE with the baseline and bolus "
+            "arrival detected on the brain-mean curve, Boxerman-Schmainda-Weisskoff leakage correction against "
+            "the mean curve of non-enhancing brain (K2 map), rCBV as the integral of the corrected curve over "
+            "time, and nCBV = rCBV / mean rCBV of normal-appearing white matter in the hemisphere opposite the "
+            "lesion (or a reference region you draw). Shows the mean curves in a plot and nCBV per lesion "
+            "segment in a table. The same computation runs headless as 'gliomaprog perfusion'."
         )
         self.parent.acknowledgementText = (
             "Follows the consensus DSC processing of dsc-mri-toolbox and the published Boxerman-Schmainda-"
@@ -44,16 +45,24 @@ class DSCPerfusion(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class DSCPerfusionParameterNode:
-    """inputSequence: DSC series (volume sequence, index = time in s); brainMask: optional segmentation;
-    echoTimeMs: TE in ms; baselineStart/baselineEnd: pre-bolus frames [start, end) that give S0;
-    outputVolume: the rCBV map."""
+    """inputSequence: DSC series (volume sequence, index = time in s); echoTimeMs: TE in ms; brainMask, nawm,
+    lesion: optional segmentations; leakage: bsw | bidirectional | none; autoBaseline or baselineStart/End
+    (frames [start, end)); firstPass; perSlice; outputNCBV/outputRCBV/outputK2: result volumes."""
 
     inputSequence: slicer.vtkMRMLSequenceNode
-    brainMask: slicer.vtkMRMLSegmentationNode
     echoTimeMs: float = 30.0
+    brainMask: slicer.vtkMRMLSegmentationNode
+    nawm: slicer.vtkMRMLSegmentationNode
+    lesion: slicer.vtkMRMLSegmentationNode
+    leakage: str = "bsw"
+    autoBaseline: bool = True
     baselineStart: int = 2
     baselineEnd: int = 10
-    outputVolume: slicer.vtkMRMLScalarVolumeNode
+    firstPass: bool = False
+    perSlice: bool = False
+    outputNCBV: slicer.vtkMRMLScalarVolumeNode
+    outputRCBV: slicer.vtkMRMLScalarVolumeNode
+    outputK2: slicer.vtkMRMLScalarVolumeNode
 
 
 #
@@ -80,27 +89,46 @@ class DSCPerfusionWidget(ScriptedLoadableModuleWidget):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self._parameterNode = self.logic.getParameterNode()
         self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self._parameterNode.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
-        self._updateApplyButton()
+        self._parameterNode.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._updateGui()
 
     def cleanup(self):
         if self._parameterNode and self._parameterNodeGuiTag:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
 
-    def _updateApplyButton(self, *unused):
-        ready = self._parameterNode.inputSequence is not None
+    def _updateGui(self, *unused):
+        parameters = self._parameterNode
+        ready = parameters.inputSequence is not None
         self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = "Compute rCBV" if ready else "Choose a DSC sequence"
+        self.ui.applyButton.toolTip = "Compute nCBV, rCBV and K2" if ready else "Choose a DSC sequence"
+        self.ui.baselineStartSpinBox.enabled = not parameters.autoBaseline
+        self.ui.baselineEndSpinBox.enabled = not parameters.autoBaseline
 
     def onApplyButton(self):
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not compute rCBV.", waitCursor=True):
-            output = self.logic.computeRCBV(
-                parameters.inputSequence, parameters.echoTimeMs, parameters.baselineStart, parameters.baselineEnd,
-                outputVolumeNode=parameters.outputVolume, brainMaskNode=parameters.brainMask)
-            parameters.outputVolume = output
-            slicer.util.setSliceViewerLayers(foreground=output, foregroundOpacity=0.5)
-            self.ui.statusLabel.text = f"'{output.GetName()}' computed (no leakage correction, not normalised)."
+        with slicer.util.tryWithErrorDisplay("Could not compute the perfusion maps.", waitCursor=True):
+            baseline = None if parameters.autoBaseline else (parameters.baselineStart, parameters.baselineEnd)
+            results = self.logic.process(
+                parameters.inputSequence, parameters.echoTimeMs, leakage=parameters.leakage, baseline=baseline,
+                firstPass=parameters.firstPass, perSlice=parameters.perSlice, brainMaskNode=parameters.brainMask,
+                nawmNode=parameters.nawm, lesionNode=parameters.lesion,
+                outputNodes={"ncbv": parameters.outputNCBV, "rcbv": parameters.outputRCBV, "k2": parameters.outputK2},
+                progress=lambda fraction, message: slicer.util.showStatusMessage(message))
+            parameters.outputNCBV, parameters.outputRCBV, parameters.outputK2 = (
+                results["ncbv"], results["rcbv"], results["k2"])
+            slicer.util.setSliceViewerLayers(foreground=results["ncbv"], foregroundOpacity=0.5)
+            self._showResults(results)
+            warnings = results["report"].get("warnings", [])
+            self.ui.statusLabel.text = (f"Done in {results['report'].get('total_time_s', 0):.1f} s."
+                                        + ("".join(f"\nWarning: {w}" for w in warnings)))
+
+    @staticmethod
+    def _showResults(results):
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        slicer.modules.plots.logic().ShowChartInLayout(results["chart"])
+        if results.get("table") is not None:
+            layoutManager.tableWidget(0).tableView().setMRMLTableNode(results["table"])
 
 
 #
@@ -109,64 +137,130 @@ class DSCPerfusionWidget(ScriptedLoadableModuleWidget):
 
 
 class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
-    """Takes nodes and values, returns nodes; raises ValueError with a readable message on bad input."""
+    """Takes nodes and values, returns nodes; raises ValueError with a readable message on bad input.
+
+    The science is ``DSCPerfusionLib.pipeline.compute_perfusion``, the same function ``gliomaprog perfusion``
+    runs; this class converts nodes to arrays and results back to nodes.
+    """
+
+    NCBV_WINDOW = (0.0, 5.0)
 
     def getParameterNode(self):
         return DSCPerfusionParameterNode(super().getParameterNode())
 
-    def computeRCBV(self, sequenceNode, echoTimeMs=30.0, baselineStart=2, baselineEnd=10, outputVolumeNode=None,
-                    brainMaskNode=None, progress=None):
-        """rCBV (no leakage correction) of a DSC sequence: trapezoid integral of deltaR2*(t) over time (s).
+    def process(self, sequenceNode, echoTimeMs=30.0, leakage="bsw", baseline=None, firstPass=False, perSlice=False,
+                brainMaskNode=None, nawmNode=None, lesionNode=None, outputNodes=None, progress=None):
+        """Compute nCBV, leakage-corrected rCBV and K2 of a DSC sequence.
 
-        ``progress(fraction, message)`` is called as the work advances. Returns the output volume node.
+        Returns a dict: 'ncbv', 'rcbv', 'k2' (volume nodes), 'chart' (mean curves), 'table' (per lesion
+        segment, or None), 'curves' (table node), 'report' (dict), 'result' (the pipeline's result).
         """
+        import time
+
+        from DSCPerfusionLib.pipeline import PerfusionOptions, compute_perfusion
         from GliomaProgressionLib import mrml
 
-        report = progress or (lambda fraction, message: None)
+        started = time.monotonic()
         if sequenceNode is None:
             raise ValueError("Choose the DSC series (a volume sequence).")
-        report(0.0, "Reading the DSC series")
-        series, times = mrml.volume_from_sequence(sequenceNode)
-        frames = series.array.shape[0]
-        if frames < 10:
-            raise ValueError(f"The DSC series has {frames} frames; at least 10 are needed.")
-        if not 0 <= baselineStart < baselineEnd <= frames:
-            raise ValueError(f"The baseline frames [{baselineStart}, {baselineEnd}) are not within the "
-                             f"{frames} frames of the series.")
         if not 1.0 <= echoTimeMs <= 200.0:
-            raise ValueError(f"The echo time must be between 1 and 200 ms, got {echoTimeMs}.")
-        report(0.3, "Computing deltaR2*")
-        deltaR2s = delta_r2s_from_signal(series.array.astype(np.float32), echoTimeMs / 1000.0,
-                                         slice(int(baselineStart), int(baselineEnd)))
-        report(0.7, "Integrating")
-        rcbv = rcbv_trapezoid(deltaR2s, times).astype(np.float32)
-        if brainMaskNode is not None:
-            brain = mrml.labelmap_from_segmentation(brainMaskNode, sequenceNode.GetNthDataNode(0)).array > 0
-            if not brain.any():
-                raise ValueError("The brain mask does not overlap the DSC series.")
-            rcbv[~brain] = 0
-        volume = type(series)(rcbv, series.ijk_to_ras)
-        if outputVolumeNode is None:
-            outputVolumeNode = mrml.node_from_volume(volume, f"{sequenceNode.GetName()} rCBV (uncorrected)")
-        else:
-            mrml.update_node_from_volume(outputVolumeNode, volume)
-            outputVolumeNode.CreateDefaultDisplayNodes()
-        self._showAsColourMap(outputVolumeNode, rcbv)
-        report(1.0, "rCBV ready")
-        return outputVolumeNode
+            raise ValueError(f"The echo time must be between 1 and 200 ms, got {echoTimeMs:g}.")
+        if leakage not in ("bsw", "bidirectional", "none"):
+            raise ValueError(f"Unknown leakage correction {leakage!r}: use bsw, bidirectional or none.")
+        series, times = mrml.volume_from_sequence(sequenceNode)
+        grid = type(series)(series.array[0], series.ijk_to_ras)
+        masks = {name: self._maskOnGrid(node, grid, name)
+                 for name, node in (("brain mask", brainMaskNode), ("white-matter reference", nawmNode)) if node}
+        lesionLabels, segmentNames = self._lesionLabels(lesionNode, grid)
+        options = PerfusionOptions(te_s=echoTimeMs / 1000.0, baseline=tuple(baseline) if baseline else None,
+                                   leakage=leakage, first_pass=firstPass, per_slice=perSlice)
+        result = compute_perfusion(series.array, times, options, ijk_to_ras=series.ijk_to_ras,
+                                   spacing_mm=tuple(series.spacing[::-1]), brain_mask=masks.get("brain mask"),
+                                   nawm_mask=masks.get("white-matter reference"), lesion_labels=lesionLabels,
+                                   progress=progress)
+        name = sequenceNode.GetName()
+        outputNodes = outputNodes or {}
+        nodes = {
+            "ncbv": self._storeVolume(result.ncbv, grid, outputNodes.get("ncbv"), f"{name} nCBV", self.NCBV_WINDOW),
+            "rcbv": self._storeVolume(result.rcbv, grid, outputNodes.get("rcbv"), f"{name} rCBV"),
+            "k2": self._storeVolume(result.k2, grid, outputNodes.get("k2"), f"{name} K2"),
+        }
+        curveNames = {"brain": "Brain", "nawm": "White-matter reference"}
+        curveNames.update({f"label {value}": segment for value, segment in segmentNames.items()})
+        nodes["chart"] = mrml.plot_curves(times, {curveNames.get(k, k): v for k, v in result.curves.items()},
+                                          f"{name} mean deltaR2*", "Time (s)", "deltaR2* (1/s)")
+        nodes["table"] = self._regionTable(result, lesionLabels, segmentNames, grid, f"{name} regional perfusion")
+        report = dict(result.report)
+        report["total_time_s"] = time.monotonic() - started
+        nodes["report"] = report
+        nodes["result"] = result
+        return nodes
 
     @staticmethod
-    def _showAsColourMap(node, values):
+    def _maskOnGrid(segmentationNode, grid, what):
+        from GliomaProgressionLib import mrml
+
+        mask = mrml.labelmap_from_segmentation(segmentationNode, grid).array > 0
+        if not mask.any():
+            raise ValueError(f"The {what} '{segmentationNode.GetName()}' does not overlap the DSC series.")
+        return mask
+
+    @staticmethod
+    def _lesionLabels(lesionNode, grid):
+        from GliomaProgressionLib import mrml
+
+        if lesionNode is None:
+            return None, {}
+        names = mrml.segment_names(lesionNode)
+        values = {segment: index + 1 for index, segment in enumerate(names)}
+        labels = mrml.labelmap_from_segmentation(lesionNode, grid, values).array
+        if not labels.any():
+            raise ValueError(f"The lesion '{lesionNode.GetName()}' does not overlap the DSC series.")
+        return labels, {value: segment for segment, value in values.items()}
+
+    @staticmethod
+    def _storeVolume(array, grid, node, name, window=None):
+        from GliomaProgressionLib import mrml
+
+        volume = type(grid)(np.asarray(array, np.float32), grid.ijk_to_ras)
+        if node is None:
+            node = mrml.node_from_volume(volume, name)
+        else:
+            mrml.update_node_from_volume(node, volume)
+            node.CreateDefaultDisplayNodes()
         display = node.GetDisplayNode()
-        if display is None:
-            return
-        positive = values[values > 0]
-        upper = float(np.percentile(positive, 99)) if positive.size else 1.0
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(0.0, upper)
-        colour = slicer.mrmlScene.GetNodeByID("vtkMRMLColorTableNodeRainbow")
-        if colour is not None:
-            display.SetAndObserveColorNodeID(colour.GetID())
+        if display is not None:
+            if window is None:
+                positive = volume.array[volume.array > 0]
+                window = (0.0, float(np.percentile(positive, 99)) if positive.size else 1.0)
+            display.AutoWindowLevelOff()
+            display.SetWindowLevelMinMax(*window)
+            colour = slicer.mrmlScene.GetNodeByID("vtkMRMLColorTableNodeRainbow")
+            if colour is not None:
+                display.SetAndObserveColorNodeID(colour.GetID())
+        return node
+
+    @staticmethod
+    def _regionTable(result, labels, segmentNames, grid, name):
+        from GliomaProgressionLib import mrml
+
+        if labels is None:
+            return None
+        voxelMl = float(np.prod(grid.spacing)) / 1000.0
+        rows = {"Segment": [], "Volume (mL)": [], "nCBV mean": [], "nCBV median": [], "nCBV 90th percentile": [],
+                "K2 mean (1/s)": []}
+        for value, segment in segmentNames.items():
+            inside = labels == value
+            if not inside.any():
+                continue
+            ncbv = result.ncbv[inside]
+            rows["Segment"].append(segment)
+            rows["Volume (mL)"].append(round(float(inside.sum() * voxelMl), 3))
+            rows["nCBV mean"].append(round(float(ncbv.mean()), 3))
+            rows["nCBV median"].append(round(float(np.median(ncbv)), 3))
+            rows["nCBV 90th percentile"].append(round(float(np.percentile(ncbv, 90)), 3))
+            rows["K2 mean (1/s)"].append(round(float(result.k2[inside].mean()), 5))
+        return mrml.table_from_columns(rows, name)
 
 
 #
@@ -180,44 +274,44 @@ class DSCPerfusionTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_RCBVFollowsTrueCBV()
+        self.test_SyntheticCase()
         self.setUp()
         self.test_BadInputIsRefused()
 
-    def _syntheticSequence(self):
-        from DSCPerfusionLib.simulation import simulate_dsc
+    def _loadSyntheticCase(self):
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.geometry import Volume
+        from GliomaProgressionLib.cases import SEGMENTS
+        from GliomaProgressionLib.phantom import PhantomConfig, generate_case
 
-        # Three tissues side by side on an oblique 1.8 x 1.8 x 5 mm grid: grey matter, white matter and a
-        # voxel block with three times white matter's CBV.
-        cbv = np.zeros((4, 6, 9), np.float32)
-        cbf = np.zeros_like(cbv)
-        cbv[:, :, 0:3], cbf[:, :, 0:3] = 4.0, 60.0
-        cbv[:, :, 3:6], cbf[:, :, 3:6] = 2.0, 22.0
-        cbv[:, :, 6:9], cbf[:, :, 6:9] = 6.0, 66.0
-        times = np.arange(60) * 1.5
-        simulated = simulate_dsc(times, cbv, cbf, np.zeros_like(cbv), np.full_like(cbv, 900.0), 0.030)
-        angle = np.deg2rad(12)
-        ijkToRas = np.eye(4)
-        ijkToRas[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
-                                     [0, 0, 1]]) @ np.diag([1.8, 1.8, 5.0])
-        sequence, _ = mrml.sequence_from_volume(Volume(simulated.signal, ijkToRas), times, "DSC")
-        return sequence, cbv
+        case = generate_case(PhantomConfig(seed=11, size="small"))
+        sequence, _ = mrml.sequence_from_volume(case.dsc, case.frame_times_s, "DSC")
+        lesion = mrml.segmentation_from_labelmap(case.lesion, SEGMENTS, "Lesion")
+        return case, sequence, lesion
 
-    def test_RCBVFollowsTrueCBV(self):
-        sequence, cbv = self._syntheticSequence()
-        output = DSCPerfusionLogic().computeRCBV(sequence, 30.0, 1, 9)
-        rcbv = slicer.util.arrayFromVolume(output)
-        white = rcbv[:, :, 3:6].mean()
-        self.assertAlmostEqual(rcbv[:, :, 0:3].mean() / white, 2.0, delta=0.04)
-        self.assertAlmostEqual(rcbv[:, :, 6:9].mean() / white, 3.0, delta=0.06)
-        self.delayDisplay("rCBV ratios match the simulated CBV ratios")
+    def test_SyntheticCase(self):
+        self.delayDisplay("Computing nCBV of a synthetic case with known truth")
+        case, sequence, lesion = self._loadSyntheticCase()
+        results = DSCPerfusionLogic().process(sequence, 30.0, lesionNode=lesion)
+        ncbv = slicer.util.arrayFromVolume(results["ncbv"])
+        truth = case.truth["ncbv"].array
+        nawm = results["result"].nawm_mask
+        self.assertAlmostEqual(float(ncbv[nawm].mean()), 1.0, delta=1e-3)
+        brain = (case.truth["brain_dsc"].array > 0) & (truth > 0.5)
+        self.assertGreater(np.corrcoef(ncbv[brain], truth[brain])[0, 1], 0.8)
+        table = results["table"]
+        segments = [table.GetCellText(row, 0) for row in range(table.GetNumberOfRows())]
+        self.assertIn("Enhancing tumour", segments)
+        enhancing = segments.index("Enhancing tumour")
+        self.assertGreater(float(table.GetCellText(enhancing, 2)), 1.5, "enhancing tumour has raised nCBV")
+        self.assertEqual(results["chart"].GetNumberOfPlotSeriesNodes(), 2 + len(segments))
+        self.delayDisplay("nCBV, table and curves computed")
 
     def test_BadInputIsRefused(self):
-        sequence, _ = self._syntheticSequence()
+        case, sequence, _ = self._loadSyntheticCase()
         logic = DSCPerfusionLogic()
-        for arguments in ((None,), (sequence, 30.0, 9, 3), (sequence, 30.0, 0, 99), (sequence, 0.03, 1, 9)):
+        for arguments in ((None,), (sequence, 0.03), (sequence, 30.0, "gamma")):
             with self.assertRaises(ValueError):
-                logic.computeRCBV(*arguments)
+                logic.process(*arguments)
+        with self.assertRaises(ValueError):
+            logic.process(sequence, 30.0, baseline=(0, 99))  # beyond the 60 frames
         self.delayDisplay("Bad input refused")

@@ -1,8 +1,7 @@
-import logging
 import os
 import tempfile
 
-import vtk
+import numpy as np
 
 import slicer
 from slicer.ScriptedLoadableModule import (
@@ -80,8 +79,18 @@ def _generateSampleCase(source=None):
 
 @parameterNodeWrapper
 class GliomaProgressionParameterNode:
-    """seed, size, cavity: how the synthetic case is generated (see GliomaProgressionLib.phantom)."""
+    """Prediction: t1c, flair, dsc (+ echoTimeMs), lesion, model (id), device, threshold, minVoxels.
+    Synthetic case: seed, size, cavity (see GliomaProgressionLib.phantom)."""
 
+    t1c: slicer.vtkMRMLScalarVolumeNode
+    flair: slicer.vtkMRMLScalarVolumeNode
+    dsc: slicer.vtkMRMLSequenceNode
+    echoTimeMs: float = 30.0
+    lesion: slicer.vtkMRMLSegmentationNode
+    model: str = "multiparametric"
+    device: str = "auto"
+    threshold: float = 0.5
+    minVoxels: int = 1
     seed: int = 0
     size: str = "small"
     cavity: bool = False
@@ -98,12 +107,12 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._runner = None
+        self._job = None  # (kind, runner, folder) of the running background process
         self._timer = None
-        self._caseFolder = None
 
     def setup(self):
         import qt
+        import vtk
 
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/GliomaProgression.ui"))
@@ -111,64 +120,101 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = GliomaProgressionLogic()
+        for entry in self.logic.availableModels():
+            self.ui.modelComboBox.addItem(entry["id"])
         self._timer = qt.QTimer()
-        self._timer.setInterval(200)
-        self._timer.timeout.connect(self._pollGeneration)
+        self._timer.setInterval(250)
+        self._timer.timeout.connect(self._poll)
         self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
+        self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
         self.ui.progressBar.setVisible(False)
-        self.setParameterNode(self.logic.getParameterNode())
+        self._parameterNode = self.logic.getParameterNode()
+        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        self._parameterNode.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._updateGui()
 
     def cleanup(self):
-        self._cancelGeneration()
-        self.setParameterNode(None)
-
-    def setParameterNode(self, parameterNode):
+        self._cancel()
         if self._parameterNode and self._parameterNodeGuiTag:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-        self._parameterNode = parameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    def _updateGui(self, *unused):
+        parameters = self._parameterNode
+        busy = self._job is not None
+        ready = bool(parameters.t1c and parameters.flair and parameters.lesion)
+        self.ui.predictButton.enabled = busy or ready
+        self.ui.predictButton.text = "Cancel" if busy and self._job[0] == "predict" else "Predict progression"
+        self.ui.generateButton.text = "Cancel" if busy and self._job[0] == "phantom" else "Generate and load"
+        entry = self.logic.modelEntry(parameters.model)
+        self.ui.modelDescriptionLabel.text = entry.get("description", "") if entry else "Unknown model."
+
+    def onPredictButton(self):
+        if self._job is not None:
+            self._cancel()
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not start the prediction.", waitCursor=True):
+            runner, folder = self.logic.startPrediction(
+                parameters.t1c, parameters.flair, parameters.lesion, parameters.model, dscNode=parameters.dsc,
+                echoTimeMs=parameters.echoTimeMs, device=parameters.device, threshold=parameters.threshold,
+                minVoxels=parameters.minVoxels)
+            self._start("predict", runner, folder)
 
     def onGenerateButton(self):
-        if self._runner is not None:  # the button reads "Cancel" while a case is generated
-            self._cancelGeneration()
-            self.ui.statusLabel.text = "Cancelled; nothing was loaded."
+        if self._job is not None:
+            self._cancel()
             return
+        parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not start generating the synthetic case.", waitCursor=True):
-            self._caseFolder = os.path.join(tempfile.mkdtemp(prefix="SyntheticGliomaCase-",
-                                                              dir=slicer.app.temporaryPath), "case")
-            parameters = self._parameterNode
-            self._runner = self.logic.startSyntheticCase(self._caseFolder, parameters.seed, parameters.size,
-                                                         parameters.cavity)
-            self.ui.generateButton.text = "Cancel"
-            self.ui.progressBar.setVisible(True)
-            self.ui.progressBar.value = 0
-            self._timer.start()
+            folder = os.path.join(tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath), "case")
+            runner = self.logic.startSyntheticCase(folder, parameters.seed, parameters.size, parameters.cavity)
+            self._start("phantom", runner, folder)
 
-    def _pollGeneration(self):
-        code = self._runner.poll()
-        self.ui.progressBar.value = int(100 * self._runner.progress.fraction)
-        self.ui.statusLabel.text = self._runner.progress.message
+    def _start(self, kind, runner, folder):
+        self._job = (kind, runner, folder)
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.setVisible(True)
+        self.ui.logTextEdit.clear()
+        self._shownLines = 0
+        self._timer.start()
+        self._updateGui()
+
+    def _poll(self):
+        kind, runner, folder = self._job
+        code = runner.poll()
+        for line in runner.lines[self._shownLines:]:
+            self.ui.logTextEdit.appendPlainText(line)
+        self._shownLines = len(runner.lines)
+        self.ui.progressBar.value = int(100 * runner.progress.fraction)
+        self.ui.statusLabel.text = runner.progress.message
         if code is None:
             return
         self._timer.stop()
-        runner, self._runner = self._runner, None
-        self._resetButton()
-        with slicer.util.tryWithErrorDisplay("Could not generate the synthetic case.", waitCursor=True):
-            nodes = self.logic.finishSyntheticCase(runner, self._caseFolder)
-            slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
-            self.ui.statusLabel.text = f"Loaded the synthetic case from {self._caseFolder} (synthetic, not patient data)."
-
-    def _cancelGeneration(self):
-        if self._runner is not None:
-            self._timer.stop()
-            self._runner.cancel()
-            self._runner = None
-            self._resetButton()
-
-    def _resetButton(self):
-        self.ui.generateButton.text = "Generate and load"
+        self._job = None
         self.ui.progressBar.setVisible(False)
+        self._updateGui()
+        with slicer.util.tryWithErrorDisplay("The background work failed.", waitCursor=True):
+            if kind == "phantom":
+                nodes = self.logic.finishSyntheticCase(runner, folder)
+                slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
+                self.ui.statusLabel.text = f"Loaded the synthetic case (synthetic, not patient data) from {folder}."
+            else:
+                nodes = self.logic.finishPrediction(runner, folder)
+                slicer.util.setSliceViewerLayers(background=self._parameterNode.t1c, foreground=nodes["probability"],
+                                                 foregroundOpacity=0.5)
+                self.ui.verdictLabel.text = self.logic.verdictText(nodes["verdict"], nodes["model"])
+                self.ui.statusLabel.text = f"Prediction finished; files in {folder}."
+
+    def _cancel(self):
+        if self._job is not None:
+            self._timer.stop()
+            kind, runner, folder = self._job
+            self._job = None
+            runner.cancel()
+            self.logic.discardJobFolder(folder)
+            self.ui.progressBar.setVisible(False)
+            self.ui.statusLabel.text = "Cancelled; nothing was loaded."
+            self._updateGui()
 
 
 #
@@ -177,7 +223,8 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
 
 
 class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
-    """Headless-usable logic: takes values and folders, returns nodes; raises ValueError on bad input."""
+    """Headless-usable logic: takes nodes and values, returns nodes; raises ValueError on bad input. Long work
+    (prediction, synthetic case) runs in a background process: start* returns it, finish* loads its results."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -185,6 +232,127 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return GliomaProgressionParameterNode(super().getParameterNode())
+
+    # --- models
+
+    @staticmethod
+    def availableModels():
+        from GliomaProgressionLib.models import available_models
+
+        return available_models()
+
+    def modelEntry(self, modelId):
+        return next((entry for entry in self.availableModels() if entry["id"] == modelId), None)
+
+    # --- prediction
+
+    def startPrediction(self, t1cNode, flairNode, lesionNode, model, dscNode=None, echoTimeMs=30.0, device="auto",
+                        threshold=0.5, minVoxels=1, tta=None):
+        """Write the inputs to a job folder and start ``gliomaprog predict`` on them in a background process.
+        Returns (process, job folder)."""
+        from GliomaProgressionLib import mrml
+        from GliomaProgressionLib.cases import brats_labels_from_segmentation
+        from GliomaProgressionLib.files import write_json, write_volume
+        from GliomaProgressionLib.predict_run import PredictionSettings
+
+        if t1cNode is None or flairNode is None or lesionNode is None:
+            raise ValueError("Choose the CE-T1, the FLAIR and the lesion segmentation.")
+        PredictionSettings(threshold=threshold, min_voxels=minVoxels, device=device).validated()
+        entry = self.modelEntry(model) if isinstance(model, str) else None
+        names = [channel["name"] for channel in entry["channels"]] if entry else []
+        if "ncbv" in names and dscNode is None:
+            raise ValueError(f"The model '{model}' needs the DSC series (it uses nCBV).")
+        if not 1.0 <= echoTimeMs <= 200.0:
+            raise ValueError(f"The DSC echo time must be between 1 and 200 ms, got {echoTimeMs:g}.")
+        folder = tempfile.mkdtemp(prefix="GliomaProgression-")
+        inputs = os.path.join(folder, "inputs")
+        os.mkdir(inputs)
+        try:
+            t1c = mrml.volume_from_node(t1cNode)
+            write_volume(t1c, os.path.join(inputs, "t1c.nii.gz"))
+            write_volume(mrml.volume_from_node(flairNode), os.path.join(inputs, "flair.nii.gz"))
+            write_volume(brats_labels_from_segmentation(lesionNode, t1cNode), os.path.join(inputs, "lesion.nii.gz"))
+            arguments = ["predict", "--t1c", os.path.join(inputs, "t1c.nii.gz"),
+                         "--flair", os.path.join(inputs, "flair.nii.gz"),
+                         "--lesion", os.path.join(inputs, "lesion.nii.gz"), "--model", str(model),
+                         "--out", os.path.join(folder, "results"), "--device", device,
+                         "--threshold", str(threshold), "--min-voxels", str(int(minVoxels))]
+            if tta is not None:
+                arguments.append("--tta" if tta else "--no-tta")
+            if dscNode is not None and "ncbv" in names:
+                series, times = mrml.volume_from_sequence(dscNode)
+                write_volume(series, os.path.join(inputs, "dsc.nii.gz"),
+                             time_spacing=float(np.median(np.diff(times))) if len(times) > 1 else 1.0)
+                write_json({"EchoTime": echoTimeMs / 1000.0, "FrameTimes": [float(t) for t in times]},
+                           os.path.join(inputs, "dsc.json"))
+                arguments += ["--dsc", os.path.join(inputs, "dsc.nii.gz"),
+                              "--dsc-json", os.path.join(inputs, "dsc.json")]
+        except Exception:
+            self.discardJobFolder(folder)
+            raise
+        return process.BackgroundProcess(process.gliomaprog_command(*arguments)).start(), folder
+
+    def finishPrediction(self, runner, folder, waitForCompletion=False, name=None):
+        """Load a finished prediction: heat map (0-1), 'Predicted progression' segment, verdict. Returns nodes."""
+        import json
+
+        from GliomaProgressionLib import mrml
+        from GliomaProgressionLib.files import read_volume
+
+        code = runner.wait() if waitForCompletion else runner.poll()
+        if code is None:
+            raise ValueError("The prediction is still running.")
+        if code != 0:
+            message = runner.error_message()
+            self.discardJobFolder(folder)
+            raise ValueError(f"The prediction failed: {message}")
+        results = os.path.join(folder, "results")
+        prediction = json.loads(open(os.path.join(results, "prediction.json")).read())
+        name = name or "Progression"
+        probability = mrml.node_from_volume(read_volume(os.path.join(results, "progression_prob.nii.gz")),
+                                            f"{name} probability")
+        self._showAsHeatMap(probability)
+        mask = read_volume(os.path.join(results, "progression.nii.gz"))
+        segmentation = mrml.segmentation_from_labelmap(mask, {1: ("Predicted progression", (1.0, 0.55, 0.0))},
+                                                       f"{name} predicted progression")
+        self.loadedNodes = {"probability": probability, "segmentation": segmentation,
+                            "verdict": prediction["verdict"], "model": prediction["model"], "folder": results}
+        return self.loadedNodes
+
+    @staticmethod
+    def _showAsHeatMap(node):
+        display = node.GetDisplayNode()
+        if display is None:
+            return
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        for colourId in ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeRainbow"):
+            colour = slicer.mrmlScene.GetNodeByID(colourId)
+            if colour is not None:
+                display.SetAndObserveColorNodeID(colour.GetID())
+                break
+
+    @staticmethod
+    def verdictText(verdict, model):
+        outcome = "Progression predicted" if verdict["progression_predicted"] else "No progression predicted"
+        text = (f"{outcome}: {verdict['predicted_volume_ml']} mL inside the non-enhancing lesion "
+                f"(max p {verdict['max_probability_in_nel']}).")
+        if model.get("synthetic"):
+            text += " Demo model trained on synthetic data - not for clinical use."
+        return text
+
+    @staticmethod
+    def discardJobFolder(folder):
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def predict(self, t1cNode, flairNode, lesionNode, model, dscNode=None, echoTimeMs=30.0, **settings):
+        """Blocking prediction (scripts and tests)."""
+        runner, folder = self.startPrediction(t1cNode, flairNode, lesionNode, model, dscNode, echoTimeMs, **settings)
+        return self.finishPrediction(runner, folder, waitForCompletion=True)
+
+    # --- synthetic case
 
     def startSyntheticCase(self, caseFolder, seed=0, size="small", cavity=False):
         """Start generating a synthetic case in a background process; returns the running process."""

@@ -115,3 +115,36 @@ def _group_in_study(scene, name: str, nodes: dict) -> None:
         item = hierarchy.GetItemByDataNode(node)
         if item:
             hierarchy.SetItemParent(item, study)
+
+
+# Segment names (lower case, by substring) -> BraTS 2024 label value. The first match wins, so the more
+# specific phrases come first ("non-enhancing lesion" before "enhancing").
+_SEGMENT_NAME_RULES = (
+    (("necro", "netc", "ncr", "non-enhancing tumor core", "non-enhancing tumour core"), 1),
+    (("snfh", "non-enhancing lesion", "oedema", "edema", "flair", "t2"), 2),
+    (("cavity", "resection", "rc"), 4),
+    (("enhancing", "et"), 3),
+)
+
+
+def brats_value_for_segment(name: str) -> int:
+    lowered = name.strip().lower()
+    for keys, value in _SEGMENT_NAME_RULES:
+        if any(lowered == key or (len(key) > 3 and key in lowered) for key in keys):
+            return value
+    raise ValueError(f"The segment '{name}' is not a known lesion part; name segments Necrosis, "
+                     "Non-enhancing lesion (SNFH), Enhancing tumour or Resection cavity.")
+
+
+def brats_labels_from_segmentation(segmentation, reference_node):
+    """A lesion segmentation (segments named by lesion part) as BraTS 2024 labels on a reference grid."""
+    from . import mrml
+
+    names = mrml.segment_names(segmentation)
+    if not names:
+        raise ValueError(f"The lesion segmentation '{segmentation.GetName()}' has no segments.")
+    labels = mrml.labelmap_from_segmentation(segmentation, reference_node,
+                                             {name: brats_value_for_segment(name) for name in names})
+    if not labels.array.any():
+        raise ValueError(f"The lesion segmentation '{segmentation.GetName()}' does not overlap the CE-T1.")
+    return labels

@@ -71,7 +71,136 @@ def _build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--scene", type=Path, help="also write the case as a Slicer scene bundle (.mrb)")
     phantom.add_argument("--quiet", action="store_true", help="no progress lines")
     phantom.set_defaults(handler=_run_phantom)
+    _add_perfusion_parser(commands)
+    _add_predict_parser(commands)
+    _add_models_parser(commands)
     return parser
+
+
+def _add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict", help="predict where the tumour will progress inside the non-enhancing lesion (nnU-Net)",
+        description="Register CE-T1, FLAIR and nCBV onto the 1 mm CE-T1 grid and run a progression model in a "
+                    "separate process. Demo models are trained on synthetic data - not for clinical use.")
+    predict.add_argument("--t1c", required=True, type=Path, help="contrast-enhanced T1 (the reference grid)")
+    predict.add_argument("--flair", required=True, type=Path, help="FLAIR")
+    predict.add_argument("--lesion", required=True, type=Path, help="lesion labels on the CE-T1 grid (BraTS 2024)")
+    predict.add_argument("--dsc", type=Path, help="4D DSC series (nCBV is computed and registered from it)")
+    predict.add_argument("--dsc-json", type=Path, help="DSC sidecar (EchoTime, RepetitionTime/FrameTimes, s)")
+    predict.add_argument("--ncbv", type=Path, help="nCBV map: on the DSC grid with --dsc, else already aligned "
+                                                   "with CE-T1")
+    predict.add_argument("--model", required=True, help="model id (see 'gliomaprog models list') or a package "
+                                                        "path (.zip or folder)")
+    predict.add_argument("--out", required=True, type=Path, help="new folder for the results (must not exist)")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    mirroring = predict.add_mutually_exclusive_group()
+    mirroring.add_argument("--tta", dest="tta", action="store_true", default=None,
+                           help="test-time mirroring (default: on GPU only)")
+    mirroring.add_argument("--no-tta", dest="tta", action="store_false")
+    predict.add_argument("--threshold", type=_positive_float, default=0.5, help="probability cut-off (0.5)")
+    predict.add_argument("--min-voxels", type=_non_negative_int, default=1,
+                         help="voxels needed for a 'progression' verdict (default 1, as seed 000)")
+    predict.add_argument("--min-ml", type=float, default=0.0, help="volume needed for the verdict (mL, default 0)")
+    predict.add_argument("--trust-model", action="store_true",
+                         help="load a package that cannot be loaded safely (runs code from it: only for "
+                              "packages you trust)")
+    predict.add_argument("--quiet", action="store_true", help="no progress lines")
+    predict.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .predict_run import PredictionSettings, run_predict_files
+
+    settings = PredictionSettings(threshold=args.threshold, min_voxels=args.min_voxels, min_ml=args.min_ml,
+                                  device=args.device, tta=args.tta)
+    result = run_predict_files(args.t1c, args.flair, args.lesion, args.model, args.out, dsc=args.dsc,
+                               dsc_json=args.dsc_json, ncbv=args.ncbv, settings=settings,
+                               trust_model=args.trust_model, progress=StderrProgress(args.quiet))
+    verdict = result.verdict
+    print(f"{'Progression predicted' if verdict['progression_predicted'] else 'No progression predicted'}: "
+          f"{verdict['predicted_volume_ml']} mL inside the non-enhancing lesion. Results in {args.out}")
+    return 0
+
+
+def _add_models_parser(commands) -> None:
+    models = commands.add_parser("models", help="list, install and verify progression model packages")
+    actions = models.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions.add_parser("list", help="the models this installation knows").set_defaults(handler=_run_models_list)
+    install = actions.add_parser("install", help="install a model package (.zip or nnU-Net results folder)")
+    install.add_argument("package", type=Path)
+    install.add_argument("--sha256", help="expected checksum of the zip")
+    install.add_argument("--trust", action="store_true", help="accept a package that cannot be loaded safely")
+    install.set_defaults(handler=_run_models_install)
+    verify = actions.add_parser("verify", help="check a model's files against its checksum")
+    verify.add_argument("model", help="model id or package path")
+    verify.set_defaults(handler=_run_models_verify)
+
+
+def _run_models_list(args: argparse.Namespace) -> int:
+    from .models import available_models
+
+    for entry in available_models():
+        channels = ", ".join(channel["name"] for channel in entry.get("channels", []))
+        print(f"{entry['id']}\t{entry.get('title', '')}\t[{channels}]")
+    return 0
+
+
+def _run_models_install(args: argparse.Namespace) -> int:
+    from .models import install_package
+
+    model = install_package(args.package, expected_sha256=args.sha256, trust=args.trust)
+    print(f"Installed model '{model.id}' in {model.folder}")
+    return 0
+
+
+def _run_models_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from .models import verify_model
+
+    print(json.dumps(verify_model(args.model), indent=2))
+    return 0
+
+
+def _add_perfusion_parser(commands) -> None:
+    perfusion = commands.add_parser(
+        "perfusion", help="DSC series -> leakage-corrected rCBV, nCBV (white-matter normalised), K2",
+        description="Compute deltaR2*, Boxerman-Schmainda-Weisskoff leakage-corrected rCBV, K2 and nCBV "
+                    "(normalised to contralateral normal-appearing white matter) from a 4D DSC series.")
+    perfusion.add_argument("--dsc", required=True, type=Path, help="4D DSC series (NIfTI or NRRD)")
+    timing = perfusion.add_argument_group("timing (seconds): a BIDS sidecar, or --tr and --te")
+    timing.add_argument("--dsc-json", type=Path, help="sidecar with EchoTime, RepetitionTime or FrameTimes")
+    timing.add_argument("--tr", type=_positive_float, help="repetition time (s), overrides the sidecar")
+    timing.add_argument("--te", type=_positive_float, help="echo time (s), overrides the sidecar")
+    perfusion.add_argument("--out", required=True, type=Path, help="new folder for the maps (must not exist)")
+    perfusion.add_argument("--mask", type=Path, help="brain mask on the DSC grid (default: automatic)")
+    perfusion.add_argument("--nawm", type=Path, help="white-matter reference mask on the DSC grid "
+                                                     "(default: automatic, contralateral)")
+    perfusion.add_argument("--lesion", type=Path, help="lesion labels (any grid; resampled to the DSC grid)")
+    perfusion.add_argument("--leakage", choices=("bsw", "bidirectional", "none"), default="bsw",
+                           help="leakage correction (default bsw: Boxerman-Schmainda-Weisskoff)")
+    perfusion.add_argument("--first-pass", action="store_true", help="integrate the first pass only")
+    perfusion.add_argument("--per-slice", action="store_true", help="normalise each slice by its own NAWM")
+    perfusion.add_argument("--baseline", nargs=2, type=_non_negative_int, metavar=("START", "END"),
+                           help="pre-bolus frames [START, END) (default: automatic)")
+    perfusion.add_argument("--quiet", action="store_true", help="no progress lines")
+    perfusion.set_defaults(handler=_run_perfusion)
+
+
+def _run_perfusion(args: argparse.Namespace) -> int:
+    from .perfusion_run import run_perfusion_files
+
+    if args.dsc_json is None and (args.tr is None or args.te is None):
+        raise ValueError("Timing is missing: give --dsc-json, or both --tr and --te (seconds).")
+    options = {"leakage": args.leakage, "first_pass": args.first_pass, "per_slice": args.per_slice,
+               "baseline": tuple(args.baseline) if args.baseline else None}
+    result = run_perfusion_files(args.dsc, args.out, options, sidecar=args.dsc_json, tr_s=args.tr, te_s=args.te,
+                                 mask=args.mask, nawm=args.nawm, lesion=args.lesion,
+                                 progress=StderrProgress(args.quiet))
+    for warning in result.report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"Perfusion maps written to {args.out}")
+    return 0
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
@@ -117,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ValueError as error:
-        print(f"gliomaprog {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever the library wrote
+        print(f"gliomaprog {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""

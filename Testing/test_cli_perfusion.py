@@ -1,0 +1,133 @@
+"""``gliomaprog perfusion``: the maps and reports it writes, and its one-line refusals of bad input."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from GliomaProgressionLib.cases import write_case
+from GliomaProgressionLib.files import read_volume, write_json, write_volume
+from GliomaProgressionLib.geometry import Volume
+from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+
+
+def gliomaprog(*arguments, cwd=None):
+    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", *map(str, arguments)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def case_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("perfusion") / "case"
+    write_case(generate_case(PhantomConfig(seed=7, size="small")), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def computed(case_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("perfusion-out") / "maps"
+    result = gliomaprog("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--dsc-json", case_folder / "dsc.json",
+                        "--lesion", case_folder / "lesion.nii.gz", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_writes_every_output(computed, case_folder):
+    for name in ("ncbv", "rcbv", "rcbv_uncorrected", "k2", "brain_mask", "nawm_mask"):
+        volume = read_volume(computed / f"{name}.nii.gz")
+        dsc = read_volume(case_folder / "dsc.nii.gz")
+        assert volume.array.shape == dsc.array.shape[1:], name
+        assert np.allclose(volume.ijk_to_ras, dsc.ijk_to_ras, atol=1e-4), name
+    report = json.loads((computed / "perfusion.json").read_text())
+    assert report["options"]["leakage"] == "bsw"
+    assert report["report"]["nawm_voxels"] > 0
+    assert 0 < report["baseline_frames"][1] <= report["arrival_frame"]
+    with open(computed / "curves.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 60
+    assert {"brain_delta_r2s_per_s", "nawm_delta_r2s_per_s"} <= set(rows[0])
+    assert any(column.startswith("label 3") for column in rows[0]), "a curve per lesion label"
+
+
+def test_ncbv_follows_the_truth(computed, case_folder):
+    ncbv = read_volume(computed / "ncbv.nii.gz").array
+    nawm = read_volume(computed / "nawm_mask.nii.gz").array > 0
+    truth = read_volume(case_folder / "truth" / "ncbv.nii.gz").array
+    assert ncbv[nawm].mean() == pytest.approx(1.0, abs=1e-3)
+    brain = read_volume(case_folder / "truth" / "brain_dsc.nii.gz").array > 0
+    assert np.corrcoef(ncbv[brain], truth[brain])[0, 1] > 0.8
+
+
+def _assert_refused(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    # Progress lines may come first; the error is one line, the last, and there is no traceback.
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0] == lines[-1] and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment.lower() in errors[0].lower(), errors[0]
+
+
+def _dsc(case_folder):
+    return read_volume(case_folder / "dsc.nii.gz")
+
+
+def _bad_series(tmp_path, array, ijk_to_ras, name="bad.nii.gz"):
+    return write_volume(Volume(array, ijk_to_ras), tmp_path / name, time_spacing=1.5)
+
+
+def _run_on(tmp_path, dsc, *extra, sidecar=None):
+    arguments = ["perfusion", "--dsc", dsc, "--out", tmp_path / "out"]
+    arguments += ["--dsc-json", sidecar] if sidecar else ["--tr", "1.5", "--te", "0.03"]
+    return gliomaprog(*arguments, *extra)
+
+
+def test_3d_series_is_refused(tmp_path, case_folder):
+    result = _run_on(tmp_path, case_folder / "lesion.nii.gz")
+    _assert_refused(result, "4D")
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_frames(tmp_path, case_folder):
+    dsc = _dsc(case_folder)
+    _assert_refused(_run_on(tmp_path, _bad_series(tmp_path, dsc.array[:10], dsc.ijk_to_ras)), "frames")
+
+
+def test_missing_timing(tmp_path, case_folder):
+    result = gliomaprog("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--out", tmp_path / "out")
+    _assert_refused(result, "timing")
+    sidecar = write_json({"RepetitionTime": 1.5}, tmp_path / "no-te.json")
+    _assert_refused(_run_on(tmp_path, case_folder / "dsc.nii.gz", sidecar=sidecar), "echo time")
+
+
+def test_te_in_milliseconds(tmp_path, case_folder):
+    sidecar = write_json({"RepetitionTime": 1.5, "EchoTime": 30}, tmp_path / "ms.json")
+    _assert_refused(_run_on(tmp_path, case_folder / "dsc.nii.gz", sidecar=sidecar), "milliseconds")
+
+
+def test_nan_and_all_zero_frames(tmp_path, case_folder):
+    dsc = _dsc(case_folder)
+    with_nan = dsc.array.astype(np.float32)
+    with_nan[20, 5, 5, 5] = np.nan
+    # NRRD: ITK's NIfTI reader turns NaN into 0 (measured), so a NIfTI file cannot carry this fault to us.
+    _assert_refused(_run_on(tmp_path, _bad_series(tmp_path, with_nan, dsc.ijk_to_ras, "nan.nrrd")), "nan")
+    zero_frame = dsc.array.copy()
+    zero_frame[30] = 0
+    _assert_refused(_run_on(tmp_path, _bad_series(tmp_path, zero_frame, dsc.ijk_to_ras, "zero.nii.gz")), "zero")
+
+
+def test_masks_on_another_grid_or_empty(tmp_path, case_folder):
+    _assert_refused(_run_on(tmp_path, case_folder / "dsc.nii.gz", "--mask", case_folder / "truth" / "brain.nii.gz"),
+                    "not on the DSC grid")
+    empty = read_volume(case_folder / "truth" / "nawm.nii.gz")
+    path = write_volume(Volume(np.zeros_like(empty.array), empty.ijk_to_ras), tmp_path / "empty.nii.gz")
+    _assert_refused(_run_on(tmp_path, case_folder / "dsc.nii.gz", "--nawm", path), "empty")
+
+
+def test_no_bolus(tmp_path, case_folder):
+    dsc = _dsc(case_folder)
+    flat = np.repeat(dsc.array[:5].mean(axis=0, keepdims=True), 60, axis=0).astype(np.int16)
+    _assert_refused(_run_on(tmp_path, _bad_series(tmp_path, flat, dsc.ijk_to_ras)), "bolus")
