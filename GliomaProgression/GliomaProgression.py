@@ -32,10 +32,13 @@ class GliomaProgression(ScriptedLoadableModule):
         self.parent.contributors = ["GliomaProgression developers"]
         self.parent.helpText = (
             "Predicts where an adult glioblastoma is likely to progress inside the non-enhancing FLAIR lesion, "
-            "from pre-operative CE-T1, FLAIR and nCBV, with an nnU-Net model run in a background process. "
-            "This version provides the synthetic glioma case: simulated CE-T1, FLAIR, DSC perfusion and lesion "
-            "labels with a known future-progression region, generated locally (also under Sample Data). "
-            "Synthetic data and the demo models trained on it are not for clinical use."
+            "from pre-operative CE-T1, FLAIR and nCBV (seed 000: Heo 2023). The series are registered rigidly "
+            "onto the 1 mm CE-T1 grid, nCBV is computed from the DSC series, and an nnU-Net model runs in a "
+            "background process (Cancel stops it and everything it started). The result is a probability heat "
+            "map, a 'Predicted progression' segment (p >= threshold inside the non-enhancing lesion) and a "
+            "patient verdict. A synthetic glioma case with a known future-progression region can be generated "
+            "here or from Sample Data. The shipped demo models are trained on synthetic data - not for "
+            "clinical use."
         )
         self.parent.acknowledgementText = (
             "Built on 3D Slicer, nnU-Net, SimpleITK and pyradiomics. The synthetic anatomy is the MNI ICBM152 "
@@ -264,6 +267,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"The model '{model}' needs the DSC series (it uses nCBV).")
         if not 1.0 <= echoTimeMs <= 200.0:
             raise ValueError(f"The DSC echo time must be between 1 and 200 ms, got {echoTimeMs:g}.")
+        self._resultsBeside = t1cNode
         folder = tempfile.mkdtemp(prefix="GliomaProgression-")
         inputs = os.path.join(folder, "inputs")
         os.mkdir(inputs)
@@ -313,8 +317,13 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
                                             f"{name} probability")
         self._showAsHeatMap(probability)
         mask = read_volume(os.path.join(results, "progression.nii.gz"))
-        segmentation = mrml.segmentation_from_labelmap(mask, {1: ("Predicted progression", (1.0, 0.55, 0.0))},
-                                                       f"{name} predicted progression")
+        segment = ("Predicted progression", (1.0, 0.55, 0.0))
+        segmentation = mrml.segmentation_from_labelmap(mask, {1: segment}, f"{name} predicted progression")
+        if segmentation.GetSegmentation().GetNumberOfSegments() == 0:  # nothing predicted: say so with an empty segment
+            segmentation.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(probability)
+        if getattr(self, "_resultsBeside", None) is not None:
+            mrml.place_beside([probability, segmentation], self._resultsBeside)
         self.loadedNodes = {"probability": probability, "segmentation": segmentation,
                             "verdict": prediction["verdict"], "model": prediction["model"], "folder": results}
         return self.loadedNodes
@@ -399,6 +408,8 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_SyntheticCaseLoads()
         self.setUp()
+        self.test_PredictionOnSyntheticCase()
+        self.setUp()
         self.test_BadInputIsRefused()
 
     def test_SyntheticCaseLoads(self):
@@ -420,6 +431,27 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         brain = t1c > 0.3 * t1c.max()
         self.assertGreater(t1c[labels.array == 3].mean(), 1.2 * t1c[brain].mean())
         self.delayDisplay("Synthetic case loaded")
+
+    def test_PredictionOnSyntheticCase(self):
+        self.delayDisplay("Predicting progression on a synthetic case with the multiparametric demo model")
+        from GliomaProgressionLib import mrml
+        from GliomaProgressionLib.cases import SEGMENTS
+        from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+
+        case = generate_case(PhantomConfig(seed=901, size="small"))
+        t1c = mrml.node_from_volume(case.t1c, "CE-T1")
+        flair = mrml.node_from_volume(case.flair, "FLAIR")
+        dsc, _ = mrml.sequence_from_volume(case.dsc, case.frame_times_s, "DSC")
+        lesion = mrml.segmentation_from_labelmap(case.lesion, SEGMENTS, "Lesion")
+        nodes = GliomaProgressionLogic().predict(t1c, flair, lesion, "multiparametric", dscNode=dsc, device="cpu")
+        probability = slicer.util.arrayFromVolume(nodes["probability"])
+        self.assertGreaterEqual(float(probability.min()), 0.0)
+        self.assertLessEqual(float(probability.max()), 1.0)
+        segmentation = nodes["segmentation"].GetSegmentation()
+        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Predicted progression")
+        self.assertIn("progression_predicted", nodes["verdict"])
+        self.assertTrue(nodes["model"]["synthetic"])
+        self.delayDisplay("Heat map, segment and verdict loaded")
 
     def test_BadInputIsRefused(self):
         logic = GliomaProgressionLogic()

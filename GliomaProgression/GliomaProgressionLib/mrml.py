@@ -258,6 +258,20 @@ def volume_from_sequence(sequence) -> tuple[Volume, np.ndarray]:
     return Volume(np.stack([v.array for v in volumes]), volumes[0].ijk_to_ras), times
 
 
+def place_beside(nodes, reference_node) -> None:
+    """Put nodes in the subject hierarchy folder (study) of ``reference_node``: results sit with their input."""
+    slicer = _slicer()
+    scene = reference_node.GetScene()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return
+    parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(reference_node))
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if item and parent:
+            hierarchy.SetItemParent(item, parent)
+
+
 # --- tables and plots -----------------------------------------------------------------------------------
 
 
