@@ -1,3 +1,7 @@
+import hashlib
+import os
+import re
+
 import numpy as np
 
 import slicer
@@ -9,10 +13,29 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 
-from CTVPlannerLib.margins import grow_mm
-
 PROPOSALS_NAME = "CTV proposals"
-CTV_COLOUR = (0.95, 0.75, 0.15)
+TABLE_NAME = "CTV comparison"
+# Hash of a proposal's mask as created: tells an edited proposal from an untouched one.
+FINGERPRINT_TAG = "CTVPlanner.Fingerprint"
+KIND_TAG = "CTVPlanner.Kind"
+COLOURS = {
+    "rtog46": (0.98, 0.85, 0.35), "rtog60": (0.95, 0.55, 0.15), "eortc": (0.30, 0.60, 0.95),
+    "estro": (0.25, 0.80, 0.45), "ai": (0.85, 0.35, 0.85), "boost": (0.90, 0.15, 0.20),
+}
+TERMINOLOGY = {  # Slicer terminology entries (DICOM master list): category Spatial and Relational Concept
+    "CTV": "SCT^228792002^Clinical target volume", "BOOST": "SCT^228792002^Clinical target volume",
+    "PTV": "SCT^228793007^Planning target volume",
+}
+# Packages the science needs that the Slicer application does not ship (installed after asking, never at import).
+REQUIREMENTS = {"skfmm": "scikit-fmm==2025.6.23", "skimage": "scikit-image==0.26.0",
+                "highdicom": "highdicom==0.28.2"}
+# BraTS 2024 classes by segment name (whole words, lower case); values 1-4 by "1" / "label_1".
+_NAME_CLASSES = (
+    (4, ("cavity", "resection", "rc")),
+    (1, ("necrosis", "necrotic", "ncr", "necr", "net", "core")),  # "non-enhancing tumour core" is BraTS 1
+    (2, ("snfh", "oedema", "edema", "nel", "flair", "t2", "ed", "non-enhancing", "nonenhancing")),
+    (3, ("enhancing", "enhancement", "cel", "et", "active")),
+)
 
 
 #
@@ -28,15 +51,20 @@ class CTVPlanner(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["GliomaProgression developers"]
         self.parent.helpText = (
-            "Proposes radiotherapy clinical target volumes for glioblastoma from the lesion segmentation: "
-            "the lesion grown by an exact Euclidean margin in millimetres (anisotropic voxels honoured), "
-            "clipped to the brain. Each proposal is a segment in the 'CTV proposals' segmentation, to be "
-            "reviewed and edited with the Segment Editor; an edited proposal is never replaced without asking. "
-            "Proposals are suggestions for a radiation oncologist, not a treatment plan."
+            "Proposes radiotherapy target volumes for glioblastoma from a lesion segmentation (BraTS classes: "
+            "necrosis, SNFH/oedema, enhancing tumour, resection cavity) and a brain mask: RTOG/NRG CTV46 and CTV60, "
+            "EORTC, ESTRO-EANO 2023 (barrier-aware), an AI CTV and a risk-adapted boost from a predicted "
+            "progression, optional PTVs. Margins are exact in mm on anisotropic grids, Euclidean or measured "
+            "through brain tissue around barriers (falx, ventricles; automatic midline model when none is given). "
+            "Each target is a segment of the 'CTV proposals' segmentation, to be reviewed and edited with the "
+            "Segment Editor (overwrite mode 'none'); an edited proposal is never replaced without asking. A table "
+            "compares targets (volume; sensitivity, specificity, Dice, HD95, Tversky, PCC and recurrence pattern "
+            "against a follow-up recurrence). Export: DICOM RT Structure Set with the referenced MR series, or DICOM "
+            "SEG. Proposals are suggestions for a radiation oncologist, not a treatment plan."
         )
         self.parent.acknowledgementText = (
             "Target definitions follow RTOG/NRG, EORTC and ESTRO-EANO 2023 guidance and Tran 2025 "
-            "(deep-learning CTV from predicted progression). Built on 3D Slicer."
+            "(deep-learning CTV from predicted progression). Built on 3D Slicer, scikit-fmm, pydicom and highdicom."
         )
 
 
@@ -47,13 +75,28 @@ class CTVPlanner(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class CTVPlannerParameterNode:
-    """lesion: segmentation whose segments form the GTV; referenceVolume: the grid of the margin computation;
-    brainMask: optional segmentation the CTV is clipped to; marginMm: CTV margin in mm."""
+    """Inputs (segmentations unless noted), the schemes to build and their margins (mm)."""
 
     lesion: slicer.vtkMRMLSegmentationNode
     referenceVolume: slicer.vtkMRMLScalarVolumeNode
     brainMask: slicer.vtkMRMLSegmentationNode
-    marginMm: float = 20.0
+    progression: slicer.vtkMRMLSegmentationNode
+    recurrence: slicer.vtkMRMLSegmentationNode
+    organsAtRisk: slicer.vtkMRMLSegmentationNode
+    barriers: slicer.vtkMRMLSegmentationNode
+    rtog: bool = True
+    eortc: bool = True
+    estro: bool = True
+    ai: bool = False
+    boost: bool = False
+    geodesic: bool = False
+    rtogMarginMm: float = 20.0
+    eortcMarginMm: float = 15.0
+    estroMarginMm: float = 15.0
+    aiMarginMm: float = 5.0
+    boostMarginMm: float = 5.0
+    ptvMarginMm: float = 0.0
+    oarMarginMm: float = 0.0
 
 
 #
@@ -78,37 +121,86 @@ class CTVPlannerWidget(ScriptedLoadableModuleWidget):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CTVPlannerLogic()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.editButton.connect("clicked(bool)", self.onEditButton)
+        self.ui.exportRtStructButton.connect("clicked(bool)", lambda: self.onExport(("rtstruct",)))
+        self.ui.exportSegButton.connect("clicked(bool)", lambda: self.onExport(("seg",)))
         self._parameterNode = self.logic.getParameterNode()
         self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self._parameterNode.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
-        self._updateApplyButton()
+        self._parameterNode.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._updateButtons()
 
     def cleanup(self):
         if self._parameterNode and self._parameterNodeGuiTag:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
 
-    def _updateApplyButton(self, *unused):
-        parameters = self._parameterNode
-        ready = bool(parameters.lesion and parameters.referenceVolume)
+    def _updateButtons(self, *unused):
+        p = self._parameterNode
+        ready = bool(p.lesion and p.referenceVolume and p.brainMask)
         self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = "Create the CTV proposal" if ready else "Choose a lesion and a reference volume"
+        self.ui.applyButton.toolTip = ("Create the CTV proposals" if ready
+                                       else "Choose a lesion, a reference volume and a brain mask")
+        hasProposals = self.logic.findProposals() is not None
+        for button in (self.ui.compareButton, self.ui.editButton, self.ui.exportRtStructButton,
+                       self.ui.exportSegButton):
+            button.enabled = hasProposals and bool(p.referenceVolume)
+
+    def _ensurePackages(self, modules):
+        missing = self.logic.missingPackages(modules)
+        if missing and slicer.util.confirmOkCancelDisplay(
+                "CTV Planner needs these Python packages: " + ", ".join(missing) + ". Install them now?"):
+            slicer.util.pip_install(missing)
+        return not self.logic.missingPackages(modules)
 
     def onApplyButton(self):
-        parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not create the CTV proposal.", waitCursor=True):
-            name = self.logic.ctvSegmentName(parameters.marginMm)
-            overwrite = False
-            proposals = self.logic.findProposals()
-            if proposals and proposals.GetSegmentation().GetSegmentIdBySegmentName(name):
-                overwrite = slicer.util.confirmYesNoDisplay(
-                    f"'{name}' already exists and may have been edited. Replace it?")
-                if not overwrite:
-                    return
-            segmentation, segmentId = self.logic.createMarginCTV(
-                parameters.lesion, parameters.referenceVolume, parameters.marginMm, parameters.brainMask,
-                overwrite=overwrite)
-            volume = segmentation.GetSegmentation().GetSegment(segmentId)
-            self.ui.statusLabel.text = f"Created '{volume.GetName()}' in '{segmentation.GetName()}'."
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not create the CTV proposals.", waitCursor=True):
+            if not self._ensurePackages(("skfmm",) if p.geodesic else ()):
+                return
+            kwargs = dict(progressionNode=p.progression, recurrenceNode=p.recurrence, oarNode=p.organsAtRisk,
+                          barrierNode=p.barriers, margins=self.logic.marginsFromParameters(p),
+                          geodesic=p.geodesic)
+            schemes = [s for s in ("rtog", "eortc", "estro", "ai", "boost") if getattr(p, s)]
+            conflicts = self.logic.conflictingProposals(p.lesion, p.referenceVolume, p.brainMask, schemes, **kwargs)
+            choice = {}
+            if conflicts:
+                answer = slicer.util.confirmYesNoDisplay(
+                    "These proposals were edited (or not made here): " + ", ".join(conflicts)
+                    + ".\n\nYes: replace them. No: keep them and add the new proposals beside them.")
+                choice = {"overwrite": True} if answer else {"besideExisting": True}
+            result = self.logic.createProposals(p.lesion, p.referenceVolume, p.brainMask, schemes, **kwargs, **choice)
+            self.ui.comparisonTableView.setMRMLTableNode(result["table"])
+            self.ui.statusLabel.text = (f"Created {len(result['segmentIds'])} proposals in '{PROPOSALS_NAME}'. "
+                                        + " ".join(result["notes"]))
+        self._updateButtons()
+
+    def onCompareButton(self):
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not compare the proposals.", waitCursor=True):
+            table = self.logic.compareProposals(self.logic.findProposals(), p.referenceVolume, p.brainMask,
+                                                p.recurrence)
+            self.ui.comparisonTableView.setMRMLTableNode(table)
+
+    def onEditButton(self):
+        """The Segment Editor on the proposals, with overwrite mode 'none' so editing one target never cuts
+        another (nor anything else)."""
+        proposals = self.logic.findProposals()
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(proposals)
+        editor.setSourceVolumeNode(self._parameterNode.referenceVolume)
+        self.logic.configureSegmentEditorNode(editor.mrmlSegmentEditorNode())
+
+    def onExport(self, formats):
+        p = self._parameterNode
+        folder = self.ui.exportDirectoryButton.directory
+        with slicer.util.tryWithErrorDisplay("Could not export the proposals.", waitCursor=True):
+            if not self._ensurePackages(("skimage", "highdicom")):
+                return
+            out = os.path.join(folder, f"{'RTSTRUCT' if 'rtstruct' in formats else 'SEG'} CTV proposals")
+            out = self.logic.uniqueFolder(out)
+            written = self.logic.exportDicom(out, self.logic.findProposals(), p.referenceVolume, formats=formats)
+            self.ui.statusLabel.text = f"Wrote {sum(len(v) for v in written.values())} DICOM files to {out}."
 
 
 #
@@ -122,65 +214,375 @@ class CTVPlannerLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return CTVPlannerParameterNode(super().getParameterNode())
 
+    # --- helpers ------------------------------------------------------------------------------------------
+
     @staticmethod
-    def ctvSegmentName(marginMm):
-        return f"CTV lesion + {marginMm:g} mm"
+    def missingPackages(modules=tuple(REQUIREMENTS)):
+        """pip requirements of ``modules`` (import names) that cannot be imported."""
+        import importlib.util
+
+        return [REQUIREMENTS[m] for m in modules if importlib.util.find_spec(m) is None]
+
+    @staticmethod
+    def marginsFromParameters(parameters):
+        from CTVPlannerLib.schemes import Margins
+
+        return Margins(parameters.rtogMarginMm, parameters.eortcMarginMm, parameters.estroMarginMm,
+                       parameters.aiMarginMm, parameters.boostMarginMm, parameters.ptvMarginMm,
+                       parameters.oarMarginMm)
+
+    @staticmethod
+    def uniqueFolder(path):
+        candidate, n = path, 2
+        while os.path.exists(candidate):
+            candidate, n = f"{path} ({n})", n + 1
+        return candidate
 
     def findProposals(self):
         return slicer.mrmlScene.GetFirstNode(PROPOSALS_NAME, "vtkMRMLSegmentationNode")
 
-    def createMarginCTV(self, lesionNode, referenceVolumeNode, marginMm=20.0, brainMaskNode=None, overwrite=False):
-        """Grow the union of the lesion's segments by ``marginMm`` on the reference grid, clip it to the brain
-        mask (if given) and store it as a segment of the 'CTV proposals' segmentation. An existing segment of
-        the same name (possibly edited by the user) is replaced only with ``overwrite=True``.
-        Returns (segmentation node, segment ID)."""
+    @staticmethod
+    def _segmentIds(segmentationNode):
+        segmentation = segmentationNode.GetSegmentation()
+        return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+    def _maskOf(self, segmentationNode, referenceVolumeNode, segmentIds=None):
+        """Union of segments (all by default) as a bool array on the reference grid."""
         from GliomaProgressionLib import mrml
 
+        segmentation = segmentationNode.GetSegmentation()
+        ids = self._segmentIds(segmentationNode) if segmentIds is None else list(segmentIds)
+        names = {segmentation.GetSegment(i).GetName(): 1 for i in ids if segmentation.GetSegment(i)}
+        if not names:
+            return np.zeros(mrml.volume_from_node(referenceVolumeNode).array.shape, bool)
+        return mrml.labelmap_from_segmentation(segmentationNode, referenceVolumeNode, names).array > 0
+
+    @staticmethod
+    def bratsClass(segmentName):
+        """BraTS label (1-4) of a lesion segment name, or None."""
+        name = segmentName.strip().lower()
+        match = re.fullmatch(r"(?:label[ _-]?)?([1-4])", name)
+        if match:
+            return int(match.group(1))
+        words = set(re.split(r"[^a-z0-9-]+", name)) | set(re.split(r"[^a-z0-9]+", name))
+        for label, keywords in _NAME_CLASSES:
+            if words & set(keywords):
+                return label
+        return None
+
+    def lesionLabels(self, lesionNode, referenceVolumeNode, notes=None):
+        """The lesion as BraTS labels on the reference grid (SNFH first, so tumour classes win where segments
+        overlap). Segments are classified by name, else by their label value 1-4 (said in ``notes``); segments
+        whose name mentions progression are left out (they are the prediction)."""
         if lesionNode is None or lesionNode.GetSegmentation().GetNumberOfSegments() == 0:
             raise ValueError("The lesion segmentation is missing or has no segments.")
-        if referenceVolumeNode is None:
-            raise ValueError("A reference volume is needed: the CTV is computed on its voxel grid.")
-        if not np.isfinite(marginMm) or marginMm < 0 or marginMm > 100:
-            raise ValueError(f"The margin must be between 0 and 100 mm, got {marginMm}.")
-        name = self.ctvSegmentName(marginMm)
-        proposals = self.findProposals()
-        if proposals and proposals.GetSegmentation().GetSegmentIdBySegmentName(name) and not overwrite:
-            raise ValueError(f"'{name}' already exists in '{PROPOSALS_NAME}' and may have been edited; "
-                             "confirm to replace it.")
+        byClass = {}
+        for segmentId in self._segmentIds(lesionNode):
+            segment = lesionNode.GetSegmentation().GetSegment(segmentId)
+            name = segment.GetName()
+            if "progression" in name.lower():
+                continue
+            label = self.bratsClass(name)
+            if label is None and segment.GetLabelValue() in (1, 2, 3, 4):
+                label = segment.GetLabelValue()
+                if notes is not None:
+                    notes.append(f"Lesion segment '{name}' taken as BraTS label {label} from its label value.")
+            if label is None:
+                raise ValueError(f"The lesion segment '{name}' is not a BraTS class: name segments necrosis, SNFH "
+                                 "(oedema / non-enhancing), enhancing tumour and resection cavity, or 1-4.")
+            byClass.setdefault(label, []).append(segmentId)
+        if not byClass:
+            raise ValueError("The lesion segmentation has no necrosis, SNFH, enhancing or cavity segment.")
+        labels = None
+        for label in (2, 1, 3, 4):
+            if label in byClass:
+                mask = self._maskOf(lesionNode, referenceVolumeNode, byClass[label])
+                labels = np.zeros(mask.shape, np.uint8) if labels is None else labels
+                labels[mask] = label
+        if not labels.any():
+            raise ValueError("The lesion segmentation is empty on the reference volume's grid.")
+        return labels
 
-        reference = mrml.volume_from_node(referenceVolumeNode)
-        lesion = mrml.labelmap_from_segmentation(lesionNode, referenceVolumeNode).array > 0
-        if not lesion.any():
-            raise ValueError("The lesion segmentation does not overlap the reference volume.")
-        brain = None
-        if brainMaskNode is not None:
-            brain = mrml.labelmap_from_segmentation(brainMaskNode, referenceVolumeNode).array > 0
-            if not (brain & lesion).any():
-                raise ValueError("The brain mask does not overlap the lesion.")
-        ctv = grow_mm(lesion, reference.spacing[::-1], marginMm, within=brain)
-        return self._storeProposal(ctv, reference, name, referenceVolumeNode)
+    def _progressionMask(self, progressionNode, referenceVolumeNode, segmentIds=None):
+        """Segments named '...progression...' if there are any, else every segment (when no IDs are given)."""
+        if segmentIds is None:
+            ids = self._segmentIds(progressionNode)
+            named = [i for i in ids if "progression" in progressionNode.GetSegmentation().GetSegment(i)
+                     .GetName().lower()]
+            segmentIds = named or ids
+        return self._maskOf(progressionNode, referenceVolumeNode, segmentIds)
 
-    def _storeProposal(self, ctv, reference, name, referenceVolumeNode):
+    # --- proposals ----------------------------------------------------------------------------------------
+
+    def computeTargets(self, lesionNode, referenceVolumeNode, brainMaskNode, schemes=("rtog", "eortc", "estro"),
+                       progressionNode=None, progressionSegmentIds=None, oarNode=None, barrierNode=None,
+                       margins=None, geodesic=False, progress=None):
+        """The targets (``CTVPlannerLib.schemes.Plan``) of the chosen schemes on the reference grid."""
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.geometry import Volume
 
+        from CTVPlannerLib.schemes import Margins, PlanningInputs, plan_targets
+
+        if referenceVolumeNode is None:
+            raise ValueError("A reference volume is needed: the targets are computed on its voxel grid.")
+        if brainMaskNode is None or brainMaskNode.GetSegmentation().GetNumberOfSegments() == 0:
+            raise ValueError("A brain mask segmentation is needed: every target is clipped to the brain.")
+        reference = mrml.volume_from_node(referenceVolumeNode)
+        notes = []
+        labels = self.lesionLabels(lesionNode, referenceVolumeNode, notes)
+        oars = {}
+        if oarNode is not None:
+            for segmentId in self._segmentIds(oarNode):
+                oars[oarNode.GetSegmentation().GetSegment(segmentId).GetName()] = self._maskOf(
+                    oarNode, referenceVolumeNode, [segmentId])
+        inputs = PlanningInputs(
+            lesion_labels=labels,
+            brain=self._maskOf(brainMaskNode, referenceVolumeNode), ijk_to_ras=reference.ijk_to_ras,
+            progression=None if progressionNode is None else self._progressionMask(
+                progressionNode, referenceVolumeNode, progressionSegmentIds),
+            oars=oars, barriers=None if barrierNode is None else self._maskOf(barrierNode, referenceVolumeNode),
+            image=reference.array.astype(np.float32))
+        plan = plan_targets(inputs, schemes, margins or Margins(), geodesic, progress)
+        plan.notes[:0] = notes
+        return plan
+
+    @staticmethod
+    def segmentTag(segment, name, default=""):
+        import vtk
+
+        value = vtk.reference("")
+        return str(value) if segment.GetTag(name, value) else default
+
+    @staticmethod
+    def _fingerprint(mask):
+        return hashlib.sha1(np.packbits(np.asarray(mask, bool)).tobytes()).hexdigest()
+
+    def _isUntouched(self, proposals, segmentId, referenceVolumeNode):
+        segment = proposals.GetSegmentation().GetSegment(segmentId)
+        stored = self.segmentTag(segment, FINGERPRINT_TAG)
+        return bool(stored) and stored == self._fingerprint(self._maskOf(proposals, referenceVolumeNode,
+                                                                         [segmentId]))
+
+    def conflictingProposals(self, lesionNode, referenceVolumeNode, brainMaskNode, schemes, **kwargs):
+        """Names of existing proposals a new Apply would replace although they were edited (or not made here)."""
+        proposals = self.findProposals()
+        if proposals is None:
+            return []
+        from CTVPlannerLib.schemes import Margins
+
+        names = self._plannedNames(schemes, kwargs.get("margins") or Margins(), kwargs.get("geodesic", False))
+        conflicts = []
+        for name in names:
+            segmentId = proposals.GetSegmentation().GetSegmentIdBySegmentName(name)
+            if segmentId and not self._isUntouched(proposals, segmentId, referenceVolumeNode):
+                conflicts.append(name)
+        return conflicts
+
+    @staticmethod
+    def _plannedNames(schemes, margins, geodesic):
+        """Segment names Apply would create (computed on a one-voxel grid: names depend on parameters only)."""
+        from CTVPlannerLib.schemes import PlanningInputs, plan_targets
+
+        labels = np.zeros((3, 3, 3), np.uint8)
+        labels[1, 1, 1] = 3
+        tiny = PlanningInputs(labels, np.ones((3, 3, 3), bool), np.eye(4), progression=labels > 0,
+                              barriers=np.zeros((3, 3, 3), bool))
+        return [t.name for t in plan_targets(tiny, schemes, margins, geodesic).targets]
+
+    def createProposals(self, lesionNode, referenceVolumeNode, brainMaskNode, schemes=("rtog", "eortc", "estro"),
+                        progressionNode=None, progressionSegmentIds=None, recurrenceNode=None, oarNode=None,
+                        barrierNode=None, margins=None, geodesic=False, overwrite=False, besideExisting=False,
+                        progress=None):
+        """Create one segment per target in the 'CTV proposals' segmentation and the comparison table.
+
+        An existing proposal of the same name is replaced when it is untouched since it was created; an edited
+        one (or one not made by this module) raises ValueError unless ``overwrite`` (replace it) or
+        ``besideExisting`` (add the new one beside it, with a numbered name). The lesion segmentation is never
+        modified. Returns a dict: proposals node, segment IDs, table node, plan notes.
+        """
+        plan = self.computeTargets(lesionNode, referenceVolumeNode, brainMaskNode, schemes, progressionNode,
+                                   progressionSegmentIds, oarNode, barrierNode, margins, geodesic, progress)
+        proposals = self._proposalsNode(referenceVolumeNode)
+        names = self._resolveNames(proposals, plan.targets, referenceVolumeNode, overwrite, besideExisting)
+        segmentIds = [self._storeTarget(proposals, target, name, referenceVolumeNode)
+                      for target, name in zip(plan.targets, names)]
+        table = self.compareProposals(proposals, referenceVolumeNode, brainMaskNode, recurrenceNode)
+        return {"proposals": proposals, "segmentIds": segmentIds, "table": table, "notes": plan.notes,
+                "barriers": plan.barriers}
+
+    def _resolveNames(self, proposals, targets, referenceVolumeNode, overwrite, besideExisting):
+        segmentation = proposals.GetSegmentation()
+        names, conflicts = [], []
+        for target in targets:
+            name = target.name
+            existing = segmentation.GetSegmentIdBySegmentName(name)
+            if existing and not overwrite and not self._isUntouched(proposals, existing, referenceVolumeNode):
+                if besideExisting:
+                    n = 2
+                    while segmentation.GetSegmentIdBySegmentName(f"{target.name} ({n})"):
+                        n += 1
+                    name = f"{target.name} ({n})"
+                else:
+                    conflicts.append(name)
+            names.append(name)
+        if conflicts:
+            raise ValueError(f"{', '.join(repr(c) for c in conflicts)} already exist in '{PROPOSALS_NAME}' and were "
+                             "edited (or not made here); confirm to replace them, or add the new proposals beside "
+                             "them.")
+        return names
+
+    def _proposalsNode(self, referenceVolumeNode):
         proposals = self.findProposals()
         if proposals is None:
             proposals = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", PROPOSALS_NAME)
             proposals.CreateDefaultDisplayNodes()
             proposals.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
-        existing = proposals.GetSegmentation().GetSegmentIdBySegmentName(name)
+            self._placeInStudy(proposals, referenceVolumeNode)
+        return proposals
+
+    @staticmethod
+    def _placeInStudy(node, referenceVolumeNode):
+        """Put ``node`` beside the reference volume in the subject hierarchy (under its study)."""
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        if hierarchy is None:
+            return
+        referenceItem = hierarchy.GetItemByDataNode(referenceVolumeNode)
+        parent = hierarchy.GetItemParent(referenceItem) if referenceItem else 0
+        item = hierarchy.GetItemByDataNode(node)
+        if parent and item:
+            hierarchy.SetItemParent(item, parent)
+
+    def _storeTarget(self, proposals, target, name, referenceVolumeNode):
+        from GliomaProgressionLib import mrml
+        from GliomaProgressionLib.geometry import Volume
+
+        segmentation = proposals.GetSegmentation()
+        existing = segmentation.GetSegmentIdBySegmentName(name)
         if existing:
-            proposals.GetSegmentation().RemoveSegment(existing)
-        # Built in a scratch segmentation and copied over, so the lesion's own segments are never touched.
-        scratch = mrml.segmentation_from_labelmap(Volume(ctv.astype(np.uint8), reference.ijk_to_ras),
-                                                  {1: (name, CTV_COLOUR)}, "CTV scratch", slicer.mrmlScene)
+            segmentation.RemoveSegment(existing)
+        key = target.key.replace("ptv_", "")
+        colour = COLOURS.get(key, (0.9, 0.9, 0.5))
+        if target.kind == "PTV":
+            colour = tuple(0.5 + 0.5 * c for c in colour)
+        reference = mrml.volume_from_node(referenceVolumeNode)
+        # Built in a scratch segmentation and copied over: neither the lesion nor other proposals are touched.
+        scratch = mrml.segmentation_from_labelmap(Volume(target.mask.astype(np.uint8), reference.ijk_to_ras),
+                                                  {1: (name, colour)}, "CTV scratch", slicer.mrmlScene)
         try:
-            segmentId = scratch.GetSegmentation().GetNthSegmentID(0)
-            proposals.GetSegmentation().CopySegmentFromSegmentation(scratch.GetSegmentation(), segmentId)
+            if scratch.GetSegmentation().GetNumberOfSegments() == 0:  # an empty target: keep an empty segment
+                segmentId = segmentation.AddEmptySegment("", name, colour)
+            else:
+                source = scratch.GetSegmentation().GetNthSegmentID(0)
+                segmentation.CopySegmentFromSegmentation(scratch.GetSegmentation(), source)
+                segmentId = segmentation.GetSegmentIdBySegmentName(name)
         finally:
             slicer.mrmlScene.RemoveNode(scratch)
-        return proposals, proposals.GetSegmentation().GetSegmentIdBySegmentName(name)
+        segment = segmentation.GetSegment(segmentId)
+        segment.SetTag(FINGERPRINT_TAG, self._fingerprint(target.mask))
+        segment.SetTag(KIND_TAG, target.kind)
+        segment.SetTag("CTVPlanner.Description", target.description)
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(),
+                       "Segmentation category and type - DICOM master list~SCT^309825002^Spatial and Relational "
+                       f"Concept~{TERMINOLOGY.get(target.kind, TERMINOLOGY['CTV'])}~^^~Anatomic codes - DICOM "
+                       "master list~^^~^^")
+        return segmentId
+
+    @staticmethod
+    def configureSegmentEditorNode(segmentEditorNode):
+        """Overwrite mode 'none': painting one proposal never erases another segment."""
+        segmentEditorNode.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+        return segmentEditorNode
+
+    # --- comparison ---------------------------------------------------------------------------------------
+
+    def compareProposals(self, proposalsNode, referenceVolumeNode, brainMaskNode, recurrenceNode=None):
+        """A table of every proposal as it is now (edits included): volume, and the metrics against the
+        recurrence when one is given. Replaces the previous comparison table."""
+        from GliomaProgressionLib import mrml
+
+        from CTVPlannerLib.grid import spacing_kji, voxel_volume_ml
+        from CTVPlannerLib.metrics import target_metrics
+
+        if proposalsNode is None:
+            raise ValueError(f"There are no proposals yet ('{PROPOSALS_NAME}' is missing): press Apply first.")
+        grid = mrml.volume_from_node(referenceVolumeNode)
+        spacing, voxelMl = spacing_kji(grid.ijk_to_ras), voxel_volume_ml(grid.ijk_to_ras)
+        brain = self._maskOf(brainMaskNode, referenceVolumeNode) if brainMaskNode is not None else None
+        recurrence = self._maskOf(recurrenceNode, referenceVolumeNode) if recurrenceNode is not None else None
+        if recurrence is not None and brain is None:
+            raise ValueError("The metrics against the recurrence need the brain mask.")
+        columns = {"Target": [], "Volume": []}
+        for segmentId in self._segmentIds(proposalsNode):
+            mask = self._maskOf(proposalsNode, referenceVolumeNode, [segmentId])
+            columns["Target"].append(proposalsNode.GetSegmentation().GetSegment(segmentId).GetName())
+            columns["Volume"].append(float(mask.sum()) * voxelMl)
+            if recurrence is not None:
+                values = target_metrics(mask, recurrence, brain, spacing, voxelMl)
+                for column, key in (("Sensitivity", "sensitivity"), ("Specificity", "specificity"),
+                                    ("Dice", "dice"), ("HD95", "hd95_mm"), ("Tversky", "tversky"), ("PCC", "pcc"),
+                                    ("Pattern", "pattern")):
+                    columns.setdefault(column, []).append(values[key])
+        old = slicer.mrmlScene.GetFirstNode(TABLE_NAME, "vtkMRMLTableNode")
+        if old is not None:
+            slicer.mrmlScene.RemoveNode(old)
+        table = mrml.table_from_columns(columns, TABLE_NAME, slicer.mrmlScene, {"Volume": "mL", "HD95": "mm"})
+        self._placeInStudy(table, referenceVolumeNode)
+        return table
+
+    # --- export -------------------------------------------------------------------------------------------
+
+    def _sourceSeries(self, referenceVolumeNode):
+        """The reference volume's DICOM instances (pydicom datasets) when it was loaded from DICOM, else None."""
+        uids = (referenceVolumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return None
+        import pydicom
+
+        files = [database.fileForInstance(uid) for uid in uids]
+        if not all(files):
+            return None
+        return [pydicom.dcmread(f) for f in files]
+
+    def _patientStudy(self, referenceVolumeNode):
+        from CTVPlannerLib.dicom_export import PatientStudy
+
+        study = PatientStudy()
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        if hierarchy is not None:
+            referenceItem = hierarchy.GetItemByDataNode(referenceVolumeNode)
+            studyItem = hierarchy.GetItemParent(referenceItem) if referenceItem else 0
+            patientItem = hierarchy.GetItemParent(studyItem) if studyItem else 0
+            if patientItem and patientItem != hierarchy.GetSceneItemID():
+                study.patient_name = hierarchy.GetItemName(patientItem) + "^"
+                study.patient_id = re.sub(r"[^A-Za-z0-9_.-]", "_", hierarchy.GetItemName(patientItem))[:64]
+                study.study_description = hierarchy.GetItemName(studyItem)[:64]
+        return study
+
+    def exportDicom(self, folder, proposalsNode, referenceVolumeNode, segmentIds=None, formats=("rtstruct", "seg")):
+        """Write the proposals (all, or ``segmentIds``) to the new folder ``folder``: RTSTRUCT.dcm and/or SEG.dcm,
+        with the reference volume as an MR series in MR/ when it has no DICOM source. All or nothing.
+        Returns the written paths by kind."""
+        from GliomaProgressionLib import mrml
+
+        from CTVPlannerLib.dicom_export import Structure, export_dicom
+
+        if proposalsNode is None or proposalsNode.GetSegmentation().GetNumberOfSegments() == 0:
+            raise ValueError("There are no proposals to export.")
+        if referenceVolumeNode is None:
+            raise ValueError("A reference volume is needed: the structures are exported on its grid.")
+        reference = mrml.volume_from_node(referenceVolumeNode)
+        structures = []
+        for segmentId in segmentIds or self._segmentIds(proposalsNode):
+            segment = proposalsNode.GetSegmentation().GetSegment(segmentId)
+            if segment is None:
+                raise ValueError(f"The proposals have no segment '{segmentId}'.")
+            kind = self.segmentTag(segment, KIND_TAG, "CTV")
+            structures.append(Structure(segment.GetName(), self._maskOf(proposalsNode, referenceVolumeNode,
+                                                                        [segmentId]),
+                                        tuple(segment.GetColor()), "CTV" if kind == "BOOST" else kind))
+        return export_dicom(folder, structures, reference.array, reference.ijk_to_ras,
+                            self._patientStudy(referenceVolumeNode), formats,
+                            self._sourceSeries(referenceVolumeNode))
 
 
 #
@@ -193,47 +595,124 @@ class CTVPlannerTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear(0)
 
     def runTest(self):
-        self.setUp()
-        self.test_MarginOnAnisotropicGrid()
-        self.setUp()
-        self.test_EditedProposalIsNotOverwritten()
+        for test in (self.test_SchemesOnAnisotropicGrid, self.test_EditedProposalsAreKept,
+                     self.test_ComparisonAndExport):
+            self.setUp()
+            test()
 
-    def _sphereCase(self):
+    def _case(self):
+        """A lesion (necrotic core, enhancing rim, oedema) in a box-shaped brain on 1 x 1 x 3 mm voxels."""
         from GliomaProgressionLib import mrml
         from GliomaProgressionLib.geometry import Volume
 
-        # 1 x 1 x 3 mm voxels, like a thick-slice FLAIR: a 10 mm margin is 10 voxels in-plane but ~3 slices.
         ijkToRas = np.diag([1.0, 1.0, 3.0, 1.0])
-        shape = (30, 80, 80)
+        shape = (20, 70, 70)
         k, j, i = np.indices(shape)
-        lesion = ((i - 40) ** 2 + (j - 40) ** 2 + ((k - 15) * 3) ** 2) <= 5 ** 2
-        reference = mrml.node_from_volume(Volume(np.zeros(shape, np.int16), ijkToRas), "reference")
-        lesionNode = mrml.segmentation_from_labelmap(Volume(lesion.astype(np.uint8), ijkToRas),
-                                                     {1: ("Lesion", (1, 0, 0))}, "lesion")
-        return reference, lesionNode, lesion
+        radius = np.sqrt((i - 35.0) ** 2 + (j - 35.0) ** 2 + ((k - 10.0) * 3) ** 2)
+        labels = np.zeros(shape, np.uint8)
+        labels[radius <= 9] = 2
+        labels[radius <= 6] = 3
+        labels[radius <= 3] = 1
+        segments = {1: ("Necrosis", (1, 1, 0)), 2: ("Non-enhancing lesion (SNFH)", (0, 1, 0)),
+                    3: ("Enhancing tumour", (1, 0, 0))}
+        brain = np.zeros(shape, np.uint8)
+        brain[1:-1, 2:-2, 2:-2] = 1
+        nodes = {
+            "reference": mrml.node_from_volume(Volume((100 * (radius < 30)).astype(np.int16), ijkToRas), "T1"),
+            "lesion": mrml.segmentation_from_labelmap(Volume(labels, ijkToRas), segments, "lesion"),
+            "brain": mrml.segmentation_from_labelmap(Volume(brain, ijkToRas), {1: ("Brain", (1, 1, 1))}, "brain"),
+        }
+        recurrence = ((i - 35.0) ** 2 + (j - 47.0) ** 2 + ((k - 10.0) * 3) ** 2 <= 16).astype(np.uint8)
+        nodes["recurrence"] = mrml.segmentation_from_labelmap(Volume(recurrence, ijkToRas),
+                                                              {1: ("Recurrence", (1, 0, 1))}, "recurrence")
+        return nodes, labels
 
-    def test_MarginOnAnisotropicGrid(self):
+    def _mask(self, logic, nodes, name):
+        proposals = logic.findProposals()
+        segmentId = proposals.GetSegmentation().GetSegmentIdBySegmentName(name)
+        self.assertTrue(segmentId, f"segment {name!r} exists")
+        return logic._maskOf(proposals, nodes["reference"], [segmentId])
+
+    def test_SchemesOnAnisotropicGrid(self):
+        from CTVPlannerLib.schemes import Margins
+
+        nodes, labels = self._case()
+        logic = CTVPlannerLogic()
+        result = logic.createProposals(nodes["lesion"], nodes["reference"], nodes["brain"], ("rtog", "eortc"),
+                                       margins=Margins(rtog_mm=10.0, eortc_mm=6.0))
+        self.assertEqual(len(result["segmentIds"]), 3)
+        ctv46 = self._mask(logic, nodes, "CTV46 RTOG-NRG (10 mm)")
+        self.assertTrue(ctv46[labels > 0].all(), "CTV46 contains the lesion")
+        self.assertTrue(ctv46[10, 35, 35 + 19] and not ctv46[10, 35, 35 + 20], "9 + 10 mm along i (1 mm voxels)")
+        self.assertTrue(ctv46[10 + 6, 35, 35] and not ctv46[10 + 7, 35, 35], "9 + 10 mm along k (3 mm slices)")
+        eortc = self._mask(logic, nodes, "CTV EORTC (6 mm)")
+        self.assertTrue(eortc[10, 35, 35 + 12] and not eortc[10, 35, 35 + 13], "enhancing 6 + 6 mm, oedema out")
+        lesion = logic.lesionLabels(nodes["lesion"], nodes["reference"])
+        self.assertTrue(np.array_equal(lesion, labels), "the lesion segments are untouched")
+        self.assertEqual([logic.bratsClass(n) for n in ("Necrotic core", "Peritumoral edema", "Non-enhancing lesion",
+                                                        "GD-enhancing tumor", "Resection cavity", "label_3", "Brain",
+                                                        "Non-enhancing tumor core")],
+                         [1, 2, 2, 3, 4, 3, None, 1])
+        self.delayDisplay("Schemes honour anisotropic voxels and leave the lesion alone")
+
+    def test_EditedProposalsAreKept(self):
         from GliomaProgressionLib import mrml
+        from GliomaProgressionLib.geometry import Volume
 
-        reference, lesionNode, lesion = self._sphereCase()
+        nodes, _ = self._case()
         logic = CTVPlannerLogic()
-        proposals, segmentId = logic.createMarginCTV(lesionNode, reference, 10.0)
-        ctv = mrml.labelmap_from_segmentation(proposals, reference, {logic.ctvSegmentName(10.0): 1}).array > 0
-        self.assertTrue(ctv[lesion].all(), "the CTV contains the lesion")
-        self.assertTrue(ctv[15, 40, 40 + 15] and not ctv[15, 40, 40 + 16], "5 + 10 mm along i")
-        # The lesion reaches one 3 mm slice above its centre; 10 mm more is 3 slices (9 mm), not 4 (12 mm).
-        self.assertTrue(ctv[15 + 4, 40, 40] and not ctv[15 + 5, 40, 40], "along k in 3 mm slices")
-        self.delayDisplay("Margin honours anisotropic voxels")
-
-    def test_EditedProposalIsNotOverwritten(self):
-        reference, lesionNode, _ = self._sphereCase()
-        logic = CTVPlannerLogic()
-        logic.createMarginCTV(lesionNode, reference, 10.0)
-        with self.assertRaises(ValueError):
-            logic.createMarginCTV(lesionNode, reference, 10.0)
-        proposals, _ = logic.createMarginCTV(lesionNode, reference, 10.0, overwrite=True)
+        args = (nodes["lesion"], nodes["reference"], nodes["brain"], ("eortc",))
+        logic.createProposals(*args)
+        logic.createProposals(*args)  # untouched: replaced without asking
+        proposals = logic.findProposals()
         self.assertEqual(proposals.GetSegmentation().GetNumberOfSegments(), 1)
-        self.assertEqual(lesionNode.GetSegmentation().GetNumberOfSegments(), 1, "the lesion is left untouched")
+        # The oncologist edits the proposal: a scratch segment copied over it stands for a Segment Editor stroke.
+        name = "CTV EORTC (15 mm)"
+        edited = self._mask(logic, nodes, name)
+        edited[10, 35, 2:10] = True
+        grid = mrml.volume_from_node(nodes["reference"])
+        scratch = mrml.segmentation_from_labelmap(Volume(edited.astype(np.uint8), grid.ijk_to_ras),
+                                                  {1: (name, (0, 0, 1))}, "edit")
+        proposals.GetSegmentation().RemoveSegment(proposals.GetSegmentation().GetSegmentIdBySegmentName(name))
+        proposals.GetSegmentation().CopySegmentFromSegmentation(scratch.GetSegmentation(),
+                                                                scratch.GetSegmentation().GetNthSegmentID(0))
+        self.assertEqual(logic.conflictingProposals(*args), [name])
         with self.assertRaises(ValueError):
-            logic.createMarginCTV(lesionNode, reference, -1.0)
-        self.delayDisplay("Existing proposal kept unless replacing is confirmed")
+            logic.createProposals(*args)
+        self.assertTrue(np.array_equal(self._mask(logic, nodes, name), edited), "the edit survived")
+        logic.createProposals(*args, besideExisting=True)
+        self.assertTrue(np.array_equal(self._mask(logic, nodes, name), edited), "still there")
+        self.assertTrue(self._mask(logic, nodes, name + " (2)").any(), "the new proposal is beside it")
+        logic.createProposals(*args, overwrite=True)
+        self.assertFalse(self._mask(logic, nodes, name)[10, 35, 2], "replaced when confirmed")
+        editor = logic.configureSegmentEditorNode(slicer.vtkMRMLSegmentEditorNode())
+        self.assertEqual(editor.GetOverwriteMode(), slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+        with self.assertRaises(ValueError):
+            logic.createProposals(*args[:3], ("eortc",), margins=logic.marginsFromParameters(
+                type("P", (), dict(rtogMarginMm=20, eortcMarginMm=-1, estroMarginMm=15, aiMarginMm=5,
+                                   boostMarginMm=5, ptvMarginMm=0, oarMarginMm=0))()))
+        self.delayDisplay("Edited proposals are kept unless replacing is confirmed")
+
+    def test_ComparisonAndExport(self):
+        import tempfile
+
+        import pydicom
+
+        nodes, _ = self._case()
+        logic = CTVPlannerLogic()
+        result = logic.createProposals(nodes["lesion"], nodes["reference"], nodes["brain"], ("rtog", "eortc"),
+                                       recurrenceNode=nodes["recurrence"])
+        table = result["table"]
+        self.assertEqual(table.GetNumberOfRows(), 3)
+        column = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+        self.assertIn("PCC", column)
+        sensitivity = [float(table.GetCellText(r, column.index("Sensitivity"))) for r in range(3)]
+        self.assertEqual(sensitivity[0], 1.0, "CTV46 covers the recurrence next to the lesion")
+        folder = os.path.join(tempfile.mkdtemp(), "export")
+        written = logic.exportDicom(folder, result["proposals"], nodes["reference"])
+        self.assertEqual(len(written["mr"]), 20)
+        rtstruct = pydicom.dcmread(written["rtstruct"][0])
+        self.assertEqual([roi.ROIName for roi in rtstruct.StructureSetROISequence],
+                         [table.GetCellText(r, 0) for r in range(3)])
+        self.assertTrue(os.path.isfile(written["seg"][0]))
+        self.delayDisplay("Comparison table and DICOM export")

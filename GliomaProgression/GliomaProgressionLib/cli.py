@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .ctv_run import add_ctv_commands
+
 EXIT_BAD_INPUT = 2
 
 
@@ -74,6 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_perfusion_parser(commands)
     _add_predict_parser(commands)
     _add_models_parser(commands)
+    add_ctv_commands(commands, _positive_float, _non_negative_int)
     return parser
 
 
