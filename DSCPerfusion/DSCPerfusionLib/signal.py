@@ -94,6 +94,27 @@ def _log_signal_ratio(signal: np.ndarray, baseline: slice | None) -> tuple[np.nd
     return log_ratio, usable
 
 
+def log_signal_ratio_in_place(series: np.ndarray, s0: np.ndarray) -> np.ndarray:
+    """Overwrite a floating-point (T, ...) series with ln(S(t)/S0); return the mask of voxels with S0 > 0.
+
+    The memory-lean form of the first step of ``delta_r2s_from_signal`` for large float32 series: no copy
+    is made. ``s0``: baseline signal with the spatial shape ``...``. Same guards: the ratio is clipped to
+    [MIN_SIGNAL_RATIO, MAX_SIGNAL_RATIO], and voxels whose S0 is not positive become 0 at every frame.
+    """
+    if not isinstance(series, np.ndarray) or series.dtype.kind != "f" or series.ndim < 1:
+        raise ValueError("series must be a floating-point numpy array with time as its first axis.")
+    baseline = np.asarray(s0)
+    if baseline.shape != series.shape[1:]:
+        raise ValueError(f"s0 has shape {baseline.shape} but the series' spatial shape is {series.shape[1:]}.")
+    usable = np.isfinite(baseline) & (baseline > 0)
+    series /= np.where(usable, baseline, 1.0).astype(series.dtype)
+    np.clip(series, MIN_SIGNAL_RATIO, MAX_SIGNAL_RATIO, out=series)
+    np.log(series, out=series)
+    if not usable.all():
+        series *= usable
+    return usable
+
+
 def delta_r2s_from_signal(signal: np.ndarray, te_s: float, baseline: slice | None = None) -> np.ndarray:
     """Single-echo relaxation-rate change deltaR2*(t) = -ln(S(t)/S0) / TE, in 1/s (float64, shape of ``signal``).
 
