@@ -131,3 +131,18 @@ def test_no_bolus(tmp_path, case_folder):
     dsc = _dsc(case_folder)
     flat = np.repeat(dsc.array[:5].mean(axis=0, keepdims=True), 60, axis=0).astype(np.int16)
     _assert_refused(_run_on(tmp_path, _bad_series(tmp_path, flat, dsc.ijk_to_ras)), "bolus")
+
+
+def test_cbf_mtt_ttp_on_request(case_folder, tmp_path):
+    result = gliomaprog("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--dsc-json", case_folder / "dsc.json",
+                        "--cbf", "--out", tmp_path / "maps")
+    assert result.returncode == 0, result.stderr
+    cbf = read_volume(tmp_path / "maps" / "cbf.nii.gz").array
+    mtt = read_volume(tmp_path / "maps" / "mtt.nii.gz").array
+    truth = read_volume(case_folder / "truth" / "cbf.nii.gz").array
+    brain = (read_volume(case_folder / "truth" / "brain_dsc.nii.gz").array > 0) & (truth > 10)
+    # Relative CBF (automatic AIF): it ranks tissue like the truth, and MTT is positive where there is flow.
+    assert np.corrcoef(cbf[brain], truth[brain])[0, 1] > 0.6
+    assert np.all(mtt[brain & (cbf > 0)] > 0)
+    report = json.loads((tmp_path / "maps" / "perfusion.json").read_text())
+    assert "cbf.nii.gz" in report["outputs"]

@@ -38,6 +38,7 @@ from . import baseline as baseline_rules
 from .brainmask import brain_mask_from_baseline, validate_mask
 from .leakage import (
     LEAKAGE_METHODS,
+    correct_bsw,
     fit_bidirectional,
     fit_bsw,
     frame_products,
@@ -63,7 +64,7 @@ class PerfusionOptions:
     leakage: str = "bsw"  # "bsw" | "bidirectional" | "none"
     first_pass: bool = False
     per_slice: bool = False  # nCBV per slice (along array axis k)
-    deconvolution: bool = False  # (wired by the lead later)
+    deconvolution: bool = False  # CBF (relative), MTT, TTP by oSVD with an automatic AIF
 
 
 @dataclass
@@ -506,8 +507,8 @@ def compute_perfusion(
     curves_out = _region_curves(curves, times, reference, leak, brain, nawm, inputs.labels, flat_index, warnings)
     saturated, negative, flag_warnings = _flag_warnings(inputs.flagged, brain)
     warnings.extend(flag_warnings)
-    if options.deconvolution:
-        warnings.append("CBF/MTT deconvolution is not available in this version: cbf, mtt and ttp are not computed.")
+    deconvolved = _deconvolution_maps(curves, times, reference, leak, flat_index, spatial, warnings) \
+        if options.deconvolution else {}
     timings = stages.finish()
 
     report = {
@@ -540,7 +541,26 @@ def compute_perfusion(
     return PerfusionResult(
         rcbv=maps["rcbv"], rcbv_uncorrected=maps["rcbv_uncorrected"], ncbv=ncbv, k2=maps["k2"], k1=maps["k1"],
         brain_mask=brain, nawm_mask=nawm, baseline=(int(window[0]), int(window[1])), arrival_frame=int(arrival),
-        first_pass_end=first_pass_end, reference_curve=reference, curves=curves_out, report=report)
+        first_pass_end=first_pass_end, reference_curve=reference, curves=curves_out, report=report, **deconvolved)
+
+
+def _deconvolution_maps(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: _Leakage,
+                        flat_index: np.ndarray, spatial: tuple, warnings: list[str]) -> dict[str, np.ndarray]:
+    """CBF (relative), MTT (s) and TTP (s) by oSVD with an automatic AIF, on BSW-corrected curves.
+
+    Optional extras: when no credible arterial voxels exist the maps are skipped with a warning rather than
+    failing the nCBV, which does not need them.
+    """
+    from .deconvolution import perfusion_maps
+
+    corrected = correct_bsw(curves, times, reference, leak.k2) if np.any(leak.k2) else curves
+    try:
+        maps = perfusion_maps(corrected, times, np.ones(corrected.shape[1], bool))
+    except ValueError as error:
+        warnings.append(f"CBF, MTT and TTP were not computed: {error}")
+        return {}
+    return {name: _scatter(np.asarray(getattr(maps, field), np.float32), flat_index, spatial)
+            for name, field in (("cbf", "cbf"), ("mtt", "mtt_s"), ("ttp", "ttp_s"))}
 
 
 def _region_curves(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: _Leakage, brain: np.ndarray,

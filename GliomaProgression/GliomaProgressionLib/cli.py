@@ -184,6 +184,8 @@ def _add_perfusion_parser(commands) -> None:
                            help="leakage correction (default bsw: Boxerman-Schmainda-Weisskoff)")
     perfusion.add_argument("--first-pass", action="store_true", help="integrate the first pass only")
     perfusion.add_argument("--per-slice", action="store_true", help="normalise each slice by its own NAWM")
+    perfusion.add_argument("--cbf", action="store_true",
+                           help="also CBF (relative), MTT and TTP: oSVD deconvolution with an automatic AIF")
     perfusion.add_argument("--baseline", nargs=2, type=_non_negative_int, metavar=("START", "END"),
                            help="pre-bolus frames [START, END) (default: automatic)")
     perfusion.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -196,6 +198,7 @@ def _run_perfusion(args: argparse.Namespace) -> int:
     if args.dsc_json is None and (args.tr is None or args.te is None):
         raise ValueError("Timing is missing: give --dsc-json, or both --tr and --te (seconds).")
     options = {"leakage": args.leakage, "first_pass": args.first_pass, "per_slice": args.per_slice,
+               "deconvolution": args.cbf,
                "baseline": tuple(args.baseline) if args.baseline else None}
     result = run_perfusion_files(args.dsc, args.out, options, sidecar=args.dsc_json, tr_s=args.tr, te_s=args.te,
                                  mask=args.mask, nawm=args.nawm, lesion=args.lesion,
