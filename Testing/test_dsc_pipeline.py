@@ -133,11 +133,15 @@ def test_bidirectional_option_runs_and_agrees_with_bsw_without_back_flux(case, r
     assert other.ncbv[tumour].mean() == pytest.approx(result.ncbv[tumour].mean(), rel=0.05)
 
 
-def test_deconvolution_request_is_reported_until_it_is_wired(case):
-    options = PerfusionOptions(te_s=TE, deconvolution=True)
-    result = compute_perfusion(case["series"], TIMES, options, ijk_to_ras=IJK_TO_RAS)
-    assert result.cbf is None and result.mtt is None and result.ttp is None
-    assert any("deconvolution" in warning for warning in result.report["warnings"])
+def test_deconvolution_maps_on_request(case):
+    plain = compute_perfusion(case["series"], TIMES, PerfusionOptions(te_s=TE), ijk_to_ras=IJK_TO_RAS)
+    assert plain.cbf is None and plain.mtt is None and plain.ttp is None
+    result = compute_perfusion(case["series"], TIMES, PerfusionOptions(te_s=TE, deconvolution=True),
+                               ijk_to_ras=IJK_TO_RAS)
+    assert result.cbf is not None, result.report["warnings"]
+    assert result.cbf.shape == result.ncbv.shape and result.mtt.shape == result.ncbv.shape
+    assert np.all(result.cbf[~result.brain_mask] == 0)
+    assert np.all(np.isfinite(result.mtt)) and np.all(result.ttp >= 0)
 
 
 def test_user_masks_override_the_automatic_ones(case):
