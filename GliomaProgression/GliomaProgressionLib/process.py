@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,10 @@ def gliomaprog_command(*arguments: str) -> list[str]:
 class BackgroundProcess:
     """A child process whose output is collected line by line without blocking the caller."""
 
-    def __init__(self, command: list[str], env: dict | None = None, cpu_only: bool = False):
+    def __init__(self, command: list[str], env: dict | None = None, cpu_only: bool = False,
+                 timeout_s: float | None = None):
         self.command = command
+        self.timeout_s = timeout_s  # poll()/wait() cancel the process after this many seconds (timed_out = True)
         self.env = dict(os.environ if env is None else env)
         self.env["PYTHONPATH"] = library_python_path()
         self.env["PYTHONUNBUFFERED"] = "1"
@@ -76,15 +79,40 @@ class BackgroundProcess:
         self._reader: threading.Thread | None = None
         self._end_of_output = False
         self.cancelled = False
+        self.timed_out = False
+        self.started_at: float | None = None
+        self._cleanups: list = []
+        self._cleaned = False
+
+    def add_cleanup(self, function) -> None:
+        """Call ``function(exit_code)`` once when the process has ended (code None when cancelled or never run)."""
+        self._cleanups.append(function)
+
+    def run_cleanups(self, code: int | None) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        errors = []
+        for function in self._cleanups:
+            try:
+                function(code)
+            except Exception as error:  # every cleanup runs; the first failure is reported afterwards
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
     def start(self) -> "BackgroundProcess":
         self._process = subprocess.Popen(
             self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
             start_new_session=(os.name == "posix"),  # its own process group, so cancel reaches its workers too
         )
+        self.started_at = time.monotonic()
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
         return self
+
+    def elapsed_s(self) -> float:
+        return 0.0 if self.started_at is None else time.monotonic() - self.started_at
 
     def _read_output(self) -> None:
         assert self._process is not None and self._process.stdout is not None
@@ -106,29 +134,55 @@ class BackgroundProcess:
             update = parse_progress(line)
             if update is not None:
                 self.progress = update
-        if self._process is None or not self._end_of_output:
+        if self._process is None:
             return None
-        return self._process.poll()
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Block until the process ends (tests, CLI); raises subprocess.TimeoutExpired after ``timeout``."""
-        assert self._process is not None and self._reader is not None
-        self._process.wait(timeout)
-        self._reader.join()
-        code = self.poll()
-        assert code is not None
+        if (self.timeout_s is not None and not self._end_of_output and self._process.poll() is None
+                and self.elapsed_s() > self.timeout_s):
+            self.timed_out = True
+            self.lines.append(f"ERROR: stopped after the {self.timeout_s:g} s time limit")
+            self.cancel()
+            return self._process.poll()
+        if not self._end_of_output:
+            return None
+        code = self._process.poll()
+        if code is not None:
+            self.run_cleanups(code)
         return code
 
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the process ends (tests, CLI); raises subprocess.TimeoutExpired after ``timeout``.
+
+        With ``timeout_s`` set on the process, it is cancelled at that limit and ``timed_out`` becomes True.
+        """
+        assert self._process is not None and self._reader is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            code = self.poll()
+            if code is not None:
+                return code
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.command, timeout)
+            try:
+                self._process.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+            if self._process.poll() is not None:
+                self._reader.join(1.0)
+
     def cancel(self) -> None:
-        """End the process and every process it started."""
+        """End the process and every process it started; cleanups run afterwards."""
+        if self._process is not None and not self._cleaned:
+            self.cancelled = True
         if self._process is None or self._process.poll() is not None:
+            if self._process is not None:
+                self._kill_group_leftovers()
+                self.run_cleanups(self._process.poll())
             return
-        self.cancelled = True
         if os.name == "posix":
             try:
                 os.killpg(self._process.pid, signal.SIGTERM)
             except ProcessLookupError:
-                return
+                pass
         else:
             self._process.terminate()
         try:
@@ -138,7 +192,45 @@ class BackgroundProcess:
                 os.killpg(self._process.pid, signal.SIGKILL)
             else:
                 self._process.kill()
+            self._process.wait(10)
+        self._kill_group_leftovers()
+        if self._reader is not None:
+            self._reader.join(5)
+        self.run_cleanups(None)
+
+    def _kill_group_leftovers(self) -> None:
+        """Workers that ignored SIGTERM (or outlived their parent) get SIGKILL: nothing of the tree survives."""
+        if os.name != "posix" or self._process is None:
+            return
+        try:
+            os.killpg(self._process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self._process.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def error_message(self) -> str:
         """The last line the process wrote (where gliomaprog puts its one-line error)."""
+        error = next((line for line in reversed(self.lines) if line.startswith("ERROR: ")), None)
+        if error is not None:
+            return error[len("ERROR: "):]
         return next((line for line in reversed(self.lines) if line.strip()), "no output")
+
+    def error_tail(self, count: int = 12) -> str:
+        """The last lines the process wrote (a crashed Python child's traceback ends there)."""
+        lines = [line for line in self.lines if line.strip() and parse_progress(line) is None]
+        if not lines:
+            return "(no output)"
+        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+        if starts and len(lines) - starts[-1] <= 4 * count:  # the whole last traceback, however deep
+            return "\n".join(lines[starts[-1]:])
+        return "\n".join(lines[-count:])

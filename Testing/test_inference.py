@@ -1,0 +1,207 @@
+"""Background prediction with the shipped demo models: result, bad input, cancel, crash, timeout, device."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from GliomaProgressionLib import inference, models, predict_worker, training
+
+HELD_OUT_POSITIVE = 2001  # a held-out seed (training uses 1000-1047)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return training.make_case(HELD_OUT_POSITIVE, size="small", spacing_mm=2.0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    previous = os.environ.get("GLIOMAPROG_MODELS_DIR")
+    os.environ["GLIOMAPROG_MODELS_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("GLIOMAPROG_MODELS_DIR", None)
+    else:
+        os.environ["GLIOMAPROG_MODELS_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def multiparametric(cache):
+    return models.resolve_model("multiparametric")
+
+
+@pytest.fixture(scope="module")
+def conventional(cache):
+    return models.resolve_model("conventional")
+
+
+def _channels(case, names=("t1c", "flair", "ncbv")):
+    return [case.channels[name] for name in names]
+
+
+def _session_members(session_id: int) -> list[int]:
+    """Running processes whose session is ``session_id`` (the worker and anything it started)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session_id and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def test_multiparametric_prediction_finds_the_progression(case, multiparametric, tmp_path):
+    progress, info = [], {}
+    probability = inference.run_prediction(_channels(case), multiparametric, device="auto",
+                                           progress=lambda f, m: progress.append((f, m)), info=info,
+                                           work_dir=tmp_path)
+    assert probability.GetPixelID() == sitk.sitkFloat32
+    assert probability.GetSize() == case.channels["t1c"].GetSize()
+    assert probability.GetOrigin() == case.channels["t1c"].GetOrigin()
+    p = sitk.GetArrayFromImage(probability)
+    assert 0.0 <= p.min() and p.max() <= 1.0
+    nel = sitk.GetArrayFromImage(case.nel) > 0
+    truth = sitk.GetArrayFromImage(case.label) > 0
+    predicted = (p >= 0.5) & nel
+    dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+    assert predicted.sum() >= 1, "patient verdict: progression expected"
+    assert dice > 0.6, f"Dice {dice:.2f}"
+    assert info["device"] == "cpu" and info["mirroring"] is False  # CPU: no test-time mirroring by default
+    assert any("Sliding window" in message for _, message in progress) and progress[-1][0] == 1.0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_channel_count_or_order_is_refused(case, conventional, multiparametric, tmp_path):
+    with pytest.raises(ValueError, match="needs 2 channels"):
+        inference.run_prediction(_channels(case), conventional, work_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs 3 channels"):
+        inference.run_prediction(_channels(case, ("t1c", "flair")), multiparametric, work_dir=tmp_path)
+    with pytest.raises(ValueError, match="wrong order"):
+        inference.run_prediction(_channels(case, ("flair", "t1c")), conventional, channel_names=["flair", "t1c"],
+                                 work_dir=tmp_path)
+    with pytest.raises(ValueError, match="missing: ncbv"):
+        inference.run_prediction({"t1c": case.channels["t1c"], "flair": case.channels["flair"]}, multiparametric,
+                                 work_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_channels_off_grid_or_4d_are_refused(case, conventional, tmp_path):
+    shifted = sitk.Image(case.channels["flair"])
+    shifted.SetOrigin([o + 5.0 for o in shifted.GetOrigin()])
+    with pytest.raises(ValueError, match="not on the grid"):
+        inference.run_prediction([case.channels["t1c"], shifted], conventional, work_dir=tmp_path)
+    four_d = sitk.JoinSeries([case.channels["flair"], case.channels["flair"]])
+    with pytest.raises(ValueError, match="3D"):
+        inference.run_prediction([case.channels["t1c"], four_d], conventional, work_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_mid_way_kills_the_tree_and_leaves_nothing(case, multiparametric, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    running = inference.start_prediction(_channels(case), multiparametric, out / "prob.nii.gz", device="cpu",
+                                         work_dir=work)
+    session = running._process.pid
+    deadline = time.monotonic() + 120
+    while "Sliding window" not in running.progress.message and time.monotonic() < deadline:
+        assert running.poll() is None, "\n".join(running.lines[-20:])
+        time.sleep(0.02)
+    assert "Sliding window" in running.progress.message
+    running.cancel()
+    assert running.cancelled
+    deadline = time.monotonic() + 10
+    while _session_members(session) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _session_members(session) == [], "a process of the prediction survived the cancel"
+    assert list(work.iterdir()) == [] and list(out.iterdir()) == []
+    assert running.poll() is not None
+
+
+def test_start_prediction_places_the_output_only_when_done(case, conventional, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    target = tmp_path / "prob.nii.gz"
+    running = inference.start_prediction(_channels(case, ("t1c", "flair")), conventional, target, device="cpu",
+                                         work_dir=work)
+    assert not target.exists()
+    assert running.wait(timeout=300) == 0, running.error_tail()
+    assert target.is_file() and running.result["device"] == "cpu"
+    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["prob.nii.gz", "work"]
+
+
+def test_crashing_worker_reports_its_error_within_seconds(case, multiparametric, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(multiparametric.folder, broken)
+    (broken / "fold_0" / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    package = models.package_from_folder(broken, check=False)  # as if the file broke after installation
+    work = tmp_path / "work"
+    work.mkdir()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as error:
+        inference.run_prediction(_channels(case), package, device="cpu", work_dir=work)
+    assert time.monotonic() - started < 60
+    text = str(error.value)
+    assert "prediction failed" in text and "checkpoint" in text and "Traceback" in text
+    assert list(work.iterdir()) == []
+
+
+def test_timeout_stops_the_prediction(case, multiparametric, tmp_path):
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish within 1 s"):
+        inference.run_prediction(_channels(case), multiparametric, device="cpu", timeout_s=1, work_dir=tmp_path)
+    assert time.monotonic() - started < 30
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_choice_and_cuda_fallback_rules(monkeypatch):
+    import torch
+
+    assert predict_worker.choose_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert predict_worker.choose_device("auto") == "cpu"
+        with pytest.raises(ValueError, match="CUDA"):
+            predict_worker.choose_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (512 * 1024 ** 2, 8 * 1024 ** 3))
+    assert predict_worker.choose_device("auto") == "cpu"  # too little free memory
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (6 * 1024 ** 3, 8 * 1024 ** 3))
+    assert predict_worker.choose_device("auto") == "cuda"
+    assert predict_worker._is_cuda_failure(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert not predict_worker._is_cuda_failure(ValueError("The model needs 3 channels"))
+    command = inference.worker_command(Path("in"), models.ModelPackage(
+        "m", "m", Path("f"), [], "3d_fullres", [0], "", True, "", None), Path("o"), "cpu", None)
+    assert "--tta" not in command and "--no-tta" not in command  # the worker decides: off on CPU, on on GPU
+    with pytest.raises(ValueError, match="device"):
+        inference.start_prediction([], None, "x.nii.gz", device="gpu")
+
+
+def test_progression_result_and_empty_nel():
+    probability = sitk.Image([10, 10, 10], sitk.sitkFloat32)
+    probability.SetSpacing([2.0, 2.0, 2.0])
+    nel = sitk.Image([10, 10, 10], sitk.sitkUInt8)
+    nel.CopyInformation(probability)
+    with pytest.raises(ValueError, match="nothing to predict"):
+        inference.progression_result(probability, nel)
+    nel[2, 2, 2] = 1
+    nel[3, 2, 2] = 1
+    probability[2, 2, 2] = 0.7
+    probability[3, 2, 2] = 0.4
+    probability[8, 8, 8] = 0.9  # outside the NEL: not progression
+    label, verdict = inference.progression_result(probability, nel)
+    assert verdict["progression_predicted"] and verdict["voxels"] == 1 and verdict["volume_ml"] == 0.008
+    assert sitk.GetArrayFromImage(label).sum() == 1 and label.GetSpacing() == (2.0, 2.0, 2.0)
+    _, verdict = inference.progression_result(probability, nel, min_voxels=2)
+    assert not verdict["progression_predicted"]
+    _, verdict = inference.progression_result(probability, nel, threshold=0.3, min_volume_ml=0.01)
+    assert verdict["voxels"] == 2 and verdict["progression_predicted"]
