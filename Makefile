@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine with Python 3.10+ (3.11 tested):
 #   make test   creates/updates .venv, installs everything, runs the whole test suite
-#   make demo   creates/updates .venv, generates the synthetic case and writes it as files and a Slicer scene
+#   make demo   creates/updates .venv, generates the synthetic case and runs the whole chain on it (gliomaprog run)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -30,10 +30,23 @@ test: $(STAMP)
 	@QT_QPA_PLATFORM=offscreen $(PY) -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
+# The synthetic case (full size), then the whole chain on it with the shipped multiparametric demo model; the
+# phantom's future-progression truth stands in for the follow-up recurrence the CTV metrics are measured against.
 demo: $(STAMP)
 	@rm -rf $(DEMO)
-	$(VENV)/bin/gliomaprog phantom --out $(DEMO)/case --seed 0 --size full --scene $(DEMO)/scene.mrb
-	@echo "Demo case: $(DEMO)/case   Slicer scene: $(DEMO)/scene.mrb (synthetic data, not for clinical use)"
+	$(VENV)/bin/gliomaprog phantom --out $(DEMO)/synthetic_case --seed 0 --size full
+	$(VENV)/bin/gliomaprog run $(DEMO)/synthetic_case --out $(DEMO)/run --model multiparametric \
+		--recurrence $(DEMO)/synthetic_case/truth/progression.nii.gz
+	@echo "Report: $(DEMO)/run/report.png   Slicer scene: $(DEMO)/run/scene.mrb   All results: $(DEMO)/run"
+	@echo "(synthetic case; demo model trained on synthetic data - not for clinical use)"
+
+# Re-trains both demo progression models from scratch: a synthetic phantom cohort, nnU-Net v2 on the CPU, then
+# Resources/models/{conventional,multiparametric}.zip and their sha256 + metadata in Resources/Models.json.
+# About 25-30 min on 2 CPU cores. Trained on synthetic data - not for clinical use.
+.PHONY: demo-models
+demo-models: $(STAMP)
+	rm -rf build/demo_models
+	$(PY) -m GliomaProgressionLib.training all --work build/demo_models --resources Resources
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache *.egg-info

@@ -41,7 +41,7 @@ def write_case(case: SyntheticCase, out: str | os.PathLike) -> Path:
         for name, volume in case.truth.items():
             write_volume(volume, truth / f"{name}.nii.gz")
         write_json(case.metadata, truth / "truth.json")
-        (staging / "NOTICE.txt").write_text(f"{SYNTHETIC_NOTICE}\n\n{MNI_NOTICE}\n")
+        (staging / "NOTICE.txt").write_text(f"{SYNTHETIC_NOTICE}\n\n{MNI_NOTICE}\n", encoding="utf-8")
     return Path(out)
 
 
@@ -59,7 +59,7 @@ def dsc_sidecar(case: SyntheticCase) -> dict:
 def read_frame_times(sidecar: str | os.PathLike, frames: int) -> np.ndarray:
     """Frame times (s) from a DSC sidecar: ``FrameTimes`` if present, else frame index x ``RepetitionTime``."""
     try:
-        data = json.loads(Path(sidecar).read_text())
+        data = json.loads(Path(sidecar).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"The DSC sidecar {sidecar} could not be read as JSON ({error}).") from None
     if "FrameTimes" in data:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .ctv_run import add_ctv_commands
+from .run_case import add_run_command
 
 EXIT_BAD_INPUT = 2
 
@@ -77,6 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_predict_parser(commands)
     _add_models_parser(commands)
     add_ctv_commands(commands, _positive_float, _non_negative_int)
+    add_run_command(commands, _positive_float, _non_negative_int)
     return parser
 
 

@@ -8,16 +8,48 @@ in a hidden staging folder beside its destination and renamed into place once co
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
+import zlib
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Volume, sitk_from_volume, volume_from_sitk
+
+
+def _stored_bytes(path: Path) -> int:
+    """The uncompressed length of a file (streamed: a .gz is decompressed once, never held in memory)."""
+    if not path.name.endswith(".gz"):
+        return path.stat().st_size
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while chunk := stream.read(1 << 22):
+            total += len(chunk)
+    return total
+
+
+def check_nifti_complete(path: Path, what: str) -> None:
+    """ITK reads a truncated NIfTI file without an error and fills the missing voxels with zeros (measured with
+    SimpleITK 2.5 on .nii and .nii.gz); a transfer cut short must not become a case. NRRD and MetaImage readers
+    do report it."""
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \
+            header.get_data_dtype().itemsize
+        stored = _stored_bytes(path)
+    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as error:
+        raise ValueError(f"The {what} file {path} is damaged or incomplete ({error}).") from None
+    if stored < expected:
+        raise ValueError(f"The {what} file {path} is incomplete: it holds {stored} of the {expected} bytes its "
+                         "header announces.")
 
 
 def read_image(path: str | os.PathLike, what: str = "image") -> sitk.Image:
@@ -25,6 +57,8 @@ def read_image(path: str | os.PathLike, what: str = "image") -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"The {what} file {path} does not exist.")
+    if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
+        check_nifti_complete(path, what)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -63,7 +97,7 @@ def write_json(data: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     temporary = _temporary_sibling(path)
     try:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

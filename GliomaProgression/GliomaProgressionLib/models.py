@@ -86,7 +86,7 @@ def available_models() -> list[dict]:
     path = registry_path()
     if not path.is_file():
         return []
-    return list(json.loads(path.read_text()).get("models", []))
+    return list(json.loads(path.read_text(encoding="utf-8")).get("models", []))
 
 
 def _registry_entry(model_id: str) -> dict | None:
@@ -183,7 +183,7 @@ def check_loadable(folder: Path, configuration: str, folds: list[int], trust: bo
     """Raise ValueError (UnsafeModelError) unless the package loads without running code from it."""
     from .predict_worker import check_plans, load_checkpoint
 
-    plans = json.loads((folder / "plans.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     if trust:
         check_plans_structure(plans, configuration)
         return
@@ -214,13 +214,13 @@ def package_from_folder(folder: Path, entry: dict | None = None, sha256: str | N
         if not (folder / required).is_file():
             raise ValueError(f"The model folder {folder} has no {required}.")
     try:
-        dataset = json.loads((folder / "dataset.json").read_text())
-        plans = json.loads((folder / "plans.json").read_text())
+        dataset = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"The model folder {folder} has an unreadable dataset.json or plans.json ({error}).")
     meta = dict(entry or {})
     if not meta and (folder / "gliomaprog.json").is_file():
-        meta = json.loads((folder / "gliomaprog.json").read_text())
+        meta = json.loads((folder / "gliomaprog.json").read_text(encoding="utf-8"))
     configurations = list(plans.get("configurations", {}))
     configuration = meta.get("configuration")
     if configuration is None:
@@ -272,7 +272,7 @@ def install_package(source: Path, expected_sha256: str | None = None, trust: boo
     name = (entry or {}).get("id") or re.sub(r"[^A-Za-z0-9_.-]", "_", source.stem)
     target = cache_folder() / f"{name}-{digest[:16]}"
     if (target / MANIFEST).is_file():
-        manifest = json.loads((target / MANIFEST).read_text())
+        manifest = json.loads((target / MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("sha256") == digest and (trust or not manifest.get("trusted")):
             results = target / manifest["results_folder"]
             return package_from_folder(results, entry, digest, trust or manifest.get("trusted", False), check=False)
@@ -285,7 +285,7 @@ def install_package(source: Path, expected_sha256: str | None = None, trust: boo
         package_from_folder(results, entry, digest, trust)  # refuses before anything is installed
         manifest = {"sha256": digest, "source": source.name, "trusted": trust,
                     "results_folder": str(results.relative_to(staging)), "files": _manifest(staging)}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -329,7 +329,7 @@ def verify_model(id_or_path: str) -> dict:
         installed = package.folder
         while installed != installed.parent and not (installed / MANIFEST).is_file():
             installed = installed.parent
-        manifest = json.loads((installed / MANIFEST).read_text())
+        manifest = json.loads((installed / MANIFEST).read_text(encoding="utf-8"))
         changed = [name for name, digest_ in manifest["files"].items()
                    if not (installed / name).is_file() or sha256_file(installed / name) != digest_]
         if changed:

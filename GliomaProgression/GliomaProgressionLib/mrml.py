@@ -159,7 +159,10 @@ def segmentation_from_labelmap(labelmap: Volume, segments: dict[int, tuple[str, 
         if not module_logic("segmentations", scene).ImportLabelmapToSegmentationNode(temporary, segmentation):
             raise ValueError(f"The labelmap for '{name}' could not be imported as a segmentation.")
     finally:
+        display = temporary.GetDisplayNode()
         scene.RemoveNode(temporary)
+        if display is not None:  # removing a volume leaves its display node in the scene
+            scene.RemoveNode(display)
     for index in range(segmentation.GetSegmentation().GetNumberOfSegments()):
         segment = segmentation.GetSegmentation().GetNthSegment(index)
         label_name, colour = segments[segment.GetLabelValue()]

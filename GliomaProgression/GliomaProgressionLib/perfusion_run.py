@@ -41,7 +41,7 @@ def read_timing(frames: int, sidecar: Path | None, tr_s: float | None, te_s: flo
     data: dict = {}
     if sidecar is not None:
         try:
-            data = json.loads(Path(sidecar).read_text())
+            data = json.loads(Path(sidecar).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"The DSC sidecar {sidecar} could not be read as JSON ({error}).") from None
     te = te_s if te_s is not None else data.get("EchoTime")
@@ -151,7 +151,7 @@ def write_perfusion_outputs(result: PerfusionResult, grid: Volume, timing: Acqui
     with staged_output_folder(out) as staging:
         for name, array in maps.items():
             write_volume(Volume(np.asarray(array), grid.ijk_to_ras), staging / f"{name}.nii.gz")
-        (staging / "curves.csv").write_text(curves_csv(timing.times_s, result.curves))
+        (staging / "curves.csv").write_text(curves_csv(timing.times_s, result.curves), encoding="utf-8")
         write_json({
             "software": "GliomaProgression DSCPerfusion",
             "inputs": inputs,

@@ -1,0 +1,303 @@
+"""The case's Slicer scene (``scene.mrb``): every volume, the heat map with its colour table, the segmentations
+with names and colours, the DSC sequence, the tables and the curves, and the views set up for review.
+
+Content, under one patient/study in the subject hierarchy:
+
+- reference grid (1 mm CE-T1): CE-T1, registered FLAIR and nCBV, the progression probability (heat map with the
+  "Progression heat map" colour table), segmentations "Lesion", "Predicted progression", "Brain", "CTV proposals"
+  (the name and segment tags the CTV Planner module looks for, so its edit protection and comparison table work
+  on them) and "Recurrence" when given;
+- acquired grids under the registration transforms ("FLAIR to CE-T1", "DSC to CE-T1"), so they overlay the
+  reference exactly as the pipeline aligned them: the acquired CE-T1 and FLAIR, the DSC series (a sequence with a
+  browser), nCBV, rCBV and K2 on the DSC grid and the NAWM reference region;
+- tables "Verdict", "nCBV by region", "CTV comparison"; the plot "Mean deltaR2* curves".
+
+Views: the "Four-Up Plot Table" layout (axial + plot, coronal + sagittal, table below), which Slicer restores when
+it opens the scene from its layout node. Red and Green show CE-T1 with the heat map, Yellow CE-T1 with nCBV; all
+three are centred on the lesion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import mrml
+from .cases import SEGMENTS
+from .geometry import Volume, volume_from_sitk
+from .report import HEAT_MAP_LOWER, PROGRESSION_NAME, TARGET_COLOURS, curve_name, heat_map_colours
+
+if TYPE_CHECKING:
+    from .run_case import CaseResults
+
+PROGRESSION_COLOUR = (0.0, 0.9, 0.9)  # cyan: stands out on the heat map, as in report.png
+RECURRENCE_COLOUR = (1.0, 1.0, 1.0)  # white, as the dashed outline in report.png
+# The CTV Planner module's segment tags (CTVPlanner.FINGERPRINT_TAG, KIND_TAG): an untouched proposal carries
+# the fingerprint of its mask as created, so the module can tell it from an edited one.
+FINGERPRINT_TAG = "CTVPlanner.Fingerprint"
+KIND_TAG = "CTVPlanner.Kind"
+
+
+# --- colour tables -----------------------------------------------------------------------------------------
+
+
+def colour_table(scene, name: str, colormap, transparent_first: bool):
+    """A 256-entry colour table node from a matplotlib colour map (saved in the scene, so it needs no file)."""
+    from matplotlib import colormaps
+
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    colours = (colormaps[colormap] if isinstance(colormap, str) else colormap)(np.linspace(0.0, 1.0, 256))
+    for index, (r, g, b, _) in enumerate(colours):
+        node.SetColor(index, f"{index / 255:.3f}", r, g, b, 0.0 if transparent_first and index == 0 else 1.0)
+    return node
+
+
+def _show_with(node, table, low: float, high: float, threshold: float | None = None) -> None:
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(table.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(low, high)
+    if threshold is not None:
+        display.SetApplyThreshold(True)
+        display.SetLowerThreshold(threshold)
+        display.SetUpperThreshold(high)
+
+
+# --- nodes -------------------------------------------------------------------------------------------------
+
+
+def _volume(image: sitk.Image, name: str, scene, dtype=np.float32, decimals: int | None = None):
+    """A volume node; ``dtype``/``decimals`` shrink what the bundle stores (its exact values are in the output
+    folder's NIfTI files): the noise of a float anatomy image or of tiny probabilities does not compress."""
+    volume = volume_from_sitk(image)
+    array = volume.array if decimals is None else np.round(volume.array, decimals)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        array = np.clip(np.rint(array), info.min, info.max)
+    return mrml.node_from_volume(Volume(array.astype(dtype), volume.ijk_to_ras), name, scene)
+
+
+def _stored_type(acquired: sitk.Image):
+    """Integers for a resampled series that was acquired as integers (MR scanners store integers; rounding loses
+    nothing the scanner measured), else float32 (a normalised series would lose everything)."""
+    return np.int32 if "integer" in sitk.GetPixelIDValueAsString(acquired.GetPixelID()) else np.float32
+
+
+def _segmentation(mask: np.ndarray, ijk_to_ras: np.ndarray, name: str, segment: tuple, scene, reference):
+    """One-segment segmentation; an empty mask keeps an empty segment (the node says 'nothing here')."""
+    node = mrml.segmentation_from_labelmap(Volume(mask.astype(np.uint8), ijk_to_ras), {1: segment}, name, scene)
+    if node.GetSegmentation().GetNumberOfSegments() == 0:
+        node.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    return node
+
+
+def _transform(registration, name: str, scene):
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(registration.matrix_ras_reference_from_moving()))
+    return node
+
+
+def _ctv_proposals(results: CaseResults, reference_node, ijk_to_ras: np.ndarray, scene):
+    """'CTV proposals': one segment per target, coloured and tagged as the CTV Planner module makes them."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CTV proposals")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    segmentation = node.GetSegmentation()
+    for target in results.targets:
+        colour = TARGET_COLOURS.get(target.key.replace("ptv_", ""), (0.9, 0.9, 0.5))
+        scratch = mrml.segmentation_from_labelmap(Volume(target.mask.astype(np.uint8), ijk_to_ras),
+                                                  {1: (target.name, colour)}, "scratch", scene)
+        try:
+            if scratch.GetSegmentation().GetNumberOfSegments():
+                segmentation.CopySegmentFromSegmentation(scratch.GetSegmentation(),
+                                                         scratch.GetSegmentation().GetNthSegmentID(0))
+            else:
+                segmentation.AddEmptySegment("", target.name, colour)
+        finally:
+            scene.RemoveNode(scratch)
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(target.name))
+        segment.SetTag(FINGERPRINT_TAG, hashlib.sha1(np.packbits(target.mask).tobytes()).hexdigest())
+        segment.SetTag(KIND_TAG, target.kind)
+        segment.SetTag("CTVPlanner.Description", target.entry.get("description", ""))
+    display = node.GetDisplayNode()
+    display.SetOpacity2DFill(0.0)  # nested targets: outlines only, or the anatomy disappears under them
+    display.SetOpacity2DOutline(1.0)
+    return node
+
+
+def reference_nodes(results: CaseResults, scene) -> dict:
+    prepared = results.prepared
+    reference = volume_from_sitk(prepared.reference)
+    nodes = {"t1c": _volume(prepared.reference, "CE-T1 (1 mm)", scene, _stored_type(results.inputs.t1c)),
+             "flair": _volume(prepared.channels["flair"], "FLAIR (registered)", scene,
+                              _stored_type(results.inputs.flair)),
+             "ncbv": _volume(prepared.channels["ncbv"], "nCBV (registered)", scene, decimals=3),
+             "probability": _volume(results.prediction.probability, "Progression probability", scene, decimals=3)}
+    nodes["heat_map_colours"] = colour_table(scene, "Progression heat map", heat_map_colours(), transparent_first=True)
+    nodes["ncbv_colours"] = colour_table(scene, "nCBV (ratio to NAWM)", "turbo", transparent_first=False)
+    _show_with(nodes["probability"], nodes["heat_map_colours"], 0.0, 1.0, HEAT_MAP_LOWER)
+    _show_with(nodes["ncbv"], nodes["ncbv_colours"], 0.0, 5.0)
+    labels = Volume(sitk.GetArrayFromImage(prepared.lesion), reference.ijk_to_ras)
+    nodes["lesion"] = mrml.segmentation_from_labelmap(labels, SEGMENTS, "Lesion", scene)
+    nodes["lesion"].SetReferenceImageGeometryParameterFromVolumeNode(nodes["t1c"])
+    masks = {"progression": (results.prediction.progression, (PROGRESSION_NAME, PROGRESSION_COLOUR)),
+             "brain": (results.brain, ("Brain", (0.9, 0.8, 0.7)))}
+    if results.recurrence is not None:
+        masks["recurrence"] = (results.recurrence, ("Recurrence", RECURRENCE_COLOUR))
+    for key, (image, segment) in masks.items():
+        nodes[key] = _segmentation(sitk.GetArrayFromImage(image) > 0, reference.ijk_to_ras, segment[0], segment,
+                                   scene, nodes["t1c"])
+    nodes["brain"].GetDisplayNode().SetVisibility(False)  # an input for CTV Planner, not something to look at
+    nodes["ctv"] = _ctv_proposals(results, nodes["t1c"], reference.ijk_to_ras, scene)
+    return nodes
+
+
+def acquired_nodes(results: CaseResults, scene) -> dict:
+    """The series on their own grids, each under the transform the registration found."""
+    inputs, prepared = results.inputs, results.prepared
+    perfusion = prepared.perfusion
+    flair_to_t1c = _transform(prepared.registrations["flair"], "FLAIR to CE-T1", scene)
+    dsc_to_t1c = _transform(prepared.registrations["dsc"], "DSC to CE-T1", scene)
+    nodes = {"flair_to_t1c": flair_to_t1c, "dsc_to_t1c": dsc_to_t1c,
+             "t1c_acquired": _volume(inputs.t1c, "CE-T1 (acquired)", scene),
+             "flair_acquired": _volume(inputs.flair, "FLAIR (acquired)", scene)}
+    nodes["flair_acquired"].SetAndObserveTransformNodeID(flair_to_t1c.GetID())
+    nodes["dsc"], nodes["dsc_browser"] = mrml.sequence_from_volume(inputs.dsc, inputs.timing.times_s, "DSC", scene)
+    dsc_grid = inputs.dsc.ijk_to_ras
+    maps = {"ncbv_dsc": (perfusion.ncbv, "nCBV (DSC grid)"), "rcbv_dsc": (perfusion.rcbv, "rCBV (DSC grid)"),
+            "k2_dsc": (perfusion.k2, "K2 (DSC grid, 1/s)")}
+    for key, (array, name) in maps.items():
+        nodes[key] = mrml.node_from_volume(Volume(np.asarray(array, np.float32), dsc_grid), name, scene)
+    nodes["nawm"] = mrml.segmentation_from_labelmap(Volume(perfusion.nawm_mask.astype(np.uint8), dsc_grid),
+                                                    {1: ("NAWM reference", (0.2, 0.4, 1.0))}, "NAWM reference", scene)
+    proxy = nodes["dsc_browser"].GetProxyNode(nodes["dsc"])
+    for node in [proxy, nodes["ncbv_dsc"], nodes["rcbv_dsc"], nodes["k2_dsc"], nodes["nawm"]]:
+        if node is not None:
+            node.SetAndObserveTransformNodeID(dsc_to_t1c.GetID())
+    nodes["dsc_proxy"] = proxy
+    return nodes
+
+
+def table_nodes(data: dict, results: CaseResults, scene) -> dict:
+    verdict = data["verdict"]
+    verdict_rows = {"Verdict": "Progression predicted" if verdict["progression_predicted"] else
+                    "No progression predicted",
+                    "Predicted volume (mL)": verdict["predicted_volume_ml"],
+                    "Highest probability in the non-enhancing lesion": verdict["max_probability_in_nel"],
+                    "Non-enhancing lesion (mL)": verdict["nel_volume_ml"], "Rule": verdict["rule"],
+                    "Model": f"{data['model']['title']} ({data['model']['id']})"}
+    if data["model"]["notice"]:
+        verdict_rows["Notice"] = data["model"]["notice"]
+    nodes = {"verdict": mrml.table_from_columns({"Item": list(verdict_rows), "Value": [str(v) for v in
+                                                                                         verdict_rows.values()]},
+                                                "Verdict", scene)}
+    regions = data["ncbv"]["regions"]
+    nodes["ncbv_table"] = mrml.table_from_columns(
+        {"Region": list(regions), **{column: [float(r[column]) if r[column] is not None else float("nan")
+                                               for r in regions.values()]
+                                     for column in ("volume_ml", "mean", "median", "p90")}},
+        "nCBV by region", scene, units={"volume_ml": "mL"})
+    nodes["ctv_table"] = mrml.table_from_columns(_ctv_columns(data), "CTV comparison", scene,
+                                                 units={"Volume": "mL", "HD95": "mm"})
+    perfusion = results.prepared.perfusion
+    curves = {curve_name(key): np.asarray(values, float) for key, values in perfusion.curves.items()}
+    nodes["curves"] = mrml.plot_curves(results.inputs.timing.times_s, curves, "Mean deltaR2* curves", "time (s)",
+                                       "deltaR2* (1/s)", scene,
+                                       colours={name: colour for name, colour in SEGMENTS.values()})
+    return nodes
+
+
+def _ctv_columns(data: dict) -> dict:
+    targets = data["ctv"]["targets"]
+    columns = {"Target": [t["name"] for t in targets], "Volume": [float(t["volume_ml"]) for t in targets]}
+    if data["ctv"]["recurrence"] is not None:
+        for column, key in (("Sensitivity", "sensitivity"), ("Specificity", "specificity"), ("Dice", "dice"),
+                            ("HD95", "hd95_mm"), ("Tversky", "tversky"), ("PCC", "pcc")):
+            columns[column] = [float("nan") if t["metrics"][key] is None else float(t["metrics"][key])
+                               for t in targets]
+        columns["Pattern"] = [t["metrics"]["pattern"] for t in targets]
+    return columns
+
+
+# --- subject hierarchy and views ---------------------------------------------------------------------------
+
+
+def group_in_study(scene, name: str, reference: dict, acquired: dict, tables: dict) -> None:
+    import slicer
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return
+    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), name),
+                                      "Pre-operative MRI")
+    for folder_name, nodes in (("Results on the 1 mm CE-T1 grid", reference), ("Acquired series", acquired),
+                               ("Tables and curves", tables)):
+        folder = hierarchy.CreateFolderItem(study, folder_name)
+        for node in nodes.values():
+            item = hierarchy.GetItemByDataNode(node) if node is not None else 0
+            if item:
+                hierarchy.SetItemParent(item, folder)
+
+
+def _centre_ras(results: CaseResults) -> list[float]:
+    """The lesion's centre of mass (RAS, mm): where every slice view opens."""
+    from .geometry import ras_from_ijk
+
+    labels = sitk.GetArrayViewFromImage(results.prepared.lesion) > 0
+    centre_kji = np.argwhere(labels).mean(axis=0)
+    return [float(v) for v in ras_from_ijk(centre_kji[::-1], volume_from_sitk(results.prepared.lesion).ijk_to_ras)]
+
+
+def set_up_views(scene, nodes: dict, centre_ras: list[float]) -> None:
+    """Layout, what each slice view shows, the plot and table views; saved in the scene, restored on opening."""
+    import slicer
+
+    layout_logic = slicer.vtkMRMLLayoutLogic()
+    layout_logic.SetMRMLScene(scene)
+    layout = layout_logic.GetLayoutNode()
+    layout.SetViewArrangement(layout.SlicerLayoutFourUpPlotTableView)
+    foreground = {"Red": nodes["probability"], "Green": nodes["probability"], "Yellow": nodes["ncbv"]}
+    for view, volume in foreground.items():
+        slice_logic = slicer.vtkMRMLSliceLogic()
+        slice_logic.SetMRMLScene(scene)
+        slice_logic.SetSliceNode(scene.GetSingletonNode(view, "vtkMRMLSliceNode"))
+        composite = slice_logic.GetSliceCompositeNode()
+        composite.SetBackgroundVolumeID(nodes["t1c"].GetID())
+        composite.SetForegroundVolumeID(volume.GetID())
+        composite.SetForegroundOpacity(0.6)
+        slice_node = slice_logic.GetSliceNode()
+        slice_node.SetFieldOfView(200.0, 200.0, slice_node.GetFieldOfView()[2])
+        slice_node.JumpSliceByCentering(*centre_ras)
+    plot_view = scene.GetSingletonNode("PlotView1", "vtkMRMLPlotViewNode")
+    plot_view.SetPlotChartNodeID(nodes["curves"].GetID())
+    table_view = scene.GetSingletonNode("TableView1", "vtkMRMLTableViewNode")
+    table_view.SetTableNodeID(nodes["ctv_table"].GetID())
+
+
+# --- the bundle --------------------------------------------------------------------------------------------
+
+
+def build_case_scene(scene, data: dict, results: CaseResults) -> dict:
+    """Add the case to ``scene``; returns the nodes by role."""
+    reference = reference_nodes(results, scene)
+    acquired = acquired_nodes(results, scene)
+    tables = table_nodes(data, results, scene)
+    group_in_study(scene, results.inputs.name, reference, acquired, tables)
+    return {**reference, **acquired, **tables}
+
+
+def write_case_scene(path: Path, data: dict, results: CaseResults) -> Path:
+    """A new headless scene with the case, its views set up, written as a Slicer data bundle."""
+    scene = mrml.new_scene()
+    nodes = build_case_scene(scene, data, results)
+    set_up_views(scene, nodes, _centre_ras(results))
+    return mrml.write_scene_bundle(path, scene)

@@ -1,0 +1,365 @@
+"""``gliomaprog run``: one case end to end, bad case folders, --batch with batch.csv and resume, DICOM input.
+
+The end-to-end run uses a small phantom (CE-T1 given as a DICOM folder, the phantom's future-progression truth as
+``recurrence.nii.gz``) and the shipped multiparametric demo model; it runs once, inside a batch of five cases whose
+other four are broken in the four ways a case folder usually is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import locale
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from GliomaProgressionLib import cli, mrml, run_case
+from GliomaProgressionLib.case_input import check_nifti_complete, read_dicom_dsc, read_dicom_volume
+from GliomaProgressionLib.cases import SEGMENTS, write_case
+from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+
+SCHEME_KEYS = ("rtog46", "rtog60", "eortc", "estro", "ai", "boost")
+BAD_CASES = {  # case folder -> what its one-line error must say
+    "missing_flair": "has no FLAIR",
+    "dsc_3d": "a 4D series (x, y, z, time) is needed",
+    "no_overlap": "does not overlap the CE-T1",
+    "corrupt_t1c": "is damaged or incomplete",
+}
+
+
+# --- DICOM writing (test data only; SimpleITK's writer) ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locale_kept():
+    """SimpleITK's GDCM writer, once slicer-core is loaded (conftest), leaves the process locale at "C": every later
+    ``read_text()`` would then decode as ASCII. Restore it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, extra_tags: dict | None = None, start: int = 1,
+                       series_uid: str = "1.2.826.0.1.3680043.8.498.1") -> None:
+    """One file per slice, as SimpleITK's DICOM series example does: position, orientation and spacing per slice."""
+    with _locale_kept():
+        _write_slices(image, folder, extra_tags or {}, start, series_uid)
+
+
+def _write_slices(image: sitk.Image, folder: Path, extra_tags: dict, start: int, series_uid: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = image.GetDirection()
+    orientation = "\\".join(f"{v:.8f}" for v in (direction[0], direction[3], direction[6],
+                                                    direction[1], direction[4], direction[7]))
+    for k in range(image.GetDepth()):
+        plane = sitk.Cast(image[:, :, k], sitk.sitkInt16)
+        tags = {"0008|0060": "MR", "0020|000d": "1.2.826.0.1.3680043.8.498.2", "0020|000e": series_uid,
+                "0020|0037": orientation, "0018|0050": f"{image.GetSpacing()[2]:.6f}",
+                "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
+                "0020|0013": str(start + k), "0008|0018": f"1.2.826.0.1.3680043.8.498.3.{start + k}",
+                **extra_tags}
+        for tag, value in tags.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{start + k:05d}.dcm"))
+        writer.Execute(plane)
+
+
+def write_dicom_dsc(series: sitk.Image, folder: Path, tr_ms: float, te_ms: float) -> None:
+    """A 4D image as one DICOM series: each time point's slices tagged with its Temporal Position Identifier."""
+    frames = series.GetSize()[3]
+    for t in range(frames):
+        frame = series[:, :, :, t]
+        write_dicom_series(frame, folder, {"0020|0100": str(t + 1), "0018|0080": f"{tr_ms:g}",
+                                           "0018|0081": f"{te_ms:g}"}, start=1 + t * frame.GetDepth())
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    previous = os.environ.get("GLIOMAPROG_MODELS_DIR")
+    os.environ["GLIOMAPROG_MODELS_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("GLIOMAPROG_MODELS_DIR", None)
+    else:
+        os.environ["GLIOMAPROG_MODELS_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def phantom_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("phantom") / "case"
+    write_case(generate_case(PhantomConfig(seed=3, size="small")), folder)
+    return folder
+
+
+def _copy_case(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("truth"))
+    return target
+
+
+def _good_case(source: Path, target: Path) -> Path:
+    """The phantom with its CE-T1 as a DICOM folder and its progression truth as the recurrence."""
+    case = _copy_case(source, target)
+    write_dicom_series(sitk.ReadImage(str(case / "t1c.nii.gz")), case / "t1c")
+    (case / "t1c.nii.gz").unlink()
+    shutil.copy(source / "truth" / "progression.nii.gz", case / "recurrence.nii.gz")
+    return case
+
+
+def _bad_cases(source: Path, cases: Path) -> None:
+    (_copy_case(source, cases / "missing_flair") / "flair.nii.gz").unlink()
+    dsc_3d = _copy_case(source, cases / "dsc_3d")
+    sitk.WriteImage(sitk.ReadImage(str(dsc_3d / "dsc.nii.gz"))[:, :, :, 0], str(dsc_3d / "dsc.nii.gz"))
+    no_overlap = _copy_case(source, cases / "no_overlap")
+    flair = sitk.ReadImage(str(no_overlap / "flair.nii.gz"))
+    flair.SetOrigin(tuple(v + 400.0 for v in flair.GetOrigin()))  # another session, or another patient
+    sitk.WriteImage(flair, str(no_overlap / "flair.nii.gz"))
+    corrupt = _copy_case(source, cases / "corrupt_t1c")
+    data = (corrupt / "t1c.nii.gz").read_bytes()
+    (corrupt / "t1c.nii.gz").write_bytes(data[: len(data) // 3])  # a transfer cut short
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, phantom_folder, model_cache):
+    """One batch run over the good case and the four bad ones (the only end-to-end run of this file)."""
+    root = tmp_path_factory.mktemp("batch")
+    cases = root / "cases"
+    _good_case(phantom_folder, cases / "good")
+    _bad_cases(phantom_folder, cases)
+    out = root / "out"
+    code = cli.main(["run", str(cases), "--out", str(out), "--batch", "--quiet"])
+    return {"cases": cases, "out": out, "code": code, "rows": _rows(out)}
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    with open(out / run_case.BATCH_CSV, newline="") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.fixture(scope="module")
+def report(batch) -> dict:
+    return json.loads((batch["out"] / "good" / "report.json").read_text())
+
+
+# --- batch, failures, resume ---------------------------------------------------------------------------------
+
+
+def test_batch_completes_the_good_case_and_records_why_the_others_failed(batch):
+    rows = batch["rows"]
+    assert batch["code"] == 2  # some cases failed
+    assert rows["good"]["status"] == "complete" and rows["good"]["message"] == ""
+    for name, expected in BAD_CASES.items():
+        assert rows[name]["status"] == "failed", name
+        assert expected in rows[name]["message"], rows[name]["message"]
+        assert "\n" not in rows[name]["message"]
+        assert not (batch["out"] / name).exists(), "a failed case leaves no partial output"
+    assert run_case.is_complete(batch["out"] / "good")
+
+
+def test_resume_skips_complete_cases_and_retries_failed_ones(batch, capsys):
+    report_json = batch["out"] / "good" / "report.json"
+    before = report_json.stat().st_mtime_ns
+    code = cli.main(["run", str(batch["cases"]), "--out", str(batch["out"]), "--batch", "--quiet"])
+    rows = _rows(batch["out"])
+    assert code == 2
+    assert rows["good"]["status"] == "skipped"
+    assert rows["good"]["progression_predicted"] == batch["rows"]["good"]["progression_predicted"]
+    assert report_json.stat().st_mtime_ns == before
+    assert all(rows[name]["status"] == "failed" for name in BAD_CASES)
+    assert "1 skipped (already complete), 4 failed" in capsys.readouterr().out
+
+
+def test_an_incomplete_output_is_not_taken_for_a_complete_one(batch, tmp_path):
+    copy = tmp_path / "good"
+    shutil.copytree(batch["out"] / "good", copy)
+    assert run_case.is_complete(copy)
+    (copy / "scene.mrb").unlink()
+    assert not run_case.is_complete(copy)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CASES))
+def test_a_bad_single_case_ends_with_one_clear_line(batch, name, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli.main(["run", str(batch["cases"] / name), "--out", str(out), "--quiet"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.startswith("gliomaprog run: error:") and BAD_CASES[name] in error
+    assert len(error.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_batch_on_a_single_case_folder_says_so(batch, tmp_path, capsys):
+    code = cli.main(["run", str(batch["cases"] / "good"), "--out", str(tmp_path / "out"), "--batch", "--quiet"])
+    assert code == 2
+    assert "is a case folder itself" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# --- what the good case wrote ------------------------------------------------------------------------------
+
+
+def test_report_has_ncbv_per_lesion_label_the_verdict_and_metrics_per_scheme(report):
+    regions = report["ncbv"]["regions"]
+    for value in (1, 2, 3):  # the phantom has necrosis, SNFH and enhancing tumour (no cavity)
+        name = SEGMENTS[value][0]
+        assert regions[name]["label"] == value and regions[name]["voxels"] > 0
+        assert regions[name]["mean"] > 0
+    # Enhancing tumour has raised CBV, white matter defines 1: a mislabelled or misregistered map fails this.
+    assert regions[SEGMENTS[3][0]]["mean"] > 1.5 * regions[SEGMENTS[2][0]]["mean"]
+    assert abs(regions["NAWM reference (DSC grid)"]["mean"] - 1.0) < 0.05
+    verdict = report["verdict"]
+    assert isinstance(verdict["progression_predicted"], bool) and verdict["nel_volume_ml"] > 0
+    assert report["model"]["id"] == "multiparametric" and report["model"]["synthetic"]
+    assert report["notices"] == ["Demo model trained on synthetic data \u2014 not for clinical use"]
+    targets = {target["key"]: target for target in report["ctv"]["targets"]}
+    assert set(targets) == set(SCHEME_KEYS)
+    assert report["ctv"]["recurrence"]["volume_ml"] > 0
+    for target in targets.values():
+        assert set(target["metrics"]) >= {"sensitivity", "specificity", "dice", "hd95_mm", "tversky", "pcc", "pattern"}
+    # The recurrence lies in the non-enhancing lesion, all of which CTV46 covers with 2 cm to spare.
+    assert targets["rtog46"]["metrics"]["sensitivity"] == 1.0
+    assert set(report["timings_s"]) == set(run_case.STAGES) | {"total"}
+    assert report["software"]["gliomaprogression"] and report["software"]["nnunetv2"]
+
+
+def test_every_module_wrote_its_intermediates(batch, report):
+    folder = batch["out"] / "good"
+    for name in ("perfusion/ncbv.nii.gz", "perfusion/perfusion.json", "prediction/progression_prob.nii.gz",
+                 "prediction/prediction.json", "ctv/ctv.json", "registered/flair_to_t1c.tfm",
+                 "converted/t1c.nii.gz", "report.png"):
+        assert (folder / name).is_file(), name
+    assert set(report["outputs"]) == {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert "DICOM folder" in report["inputs"]["t1c"]
+
+
+def test_rtstruct_holds_the_gtv_and_every_nonempty_target(batch, report):
+    folder = batch["out"] / "good" / "rtstruct"
+    structure_set = pydicom.dcmread(folder / "RTSTRUCT.dcm")
+    names = {roi.ROIName for roi in structure_set.StructureSetROISequence}
+    expected = {t["name"] for t in report["ctv"]["targets"] if t["volume_ml"] > 0} | {"GTV"}
+    assert names == expected
+    assert (folder / "SEG.dcm").is_file()
+    reference = sitk.ReadImage(str(batch["out"] / "good" / "registered" / "t1c.nii.gz"))
+    assert len(list((folder / "MR").glob("*.dcm"))) == reference.GetDepth()
+
+
+def test_scene_reads_back_with_every_node(batch, report, tmp_path):
+    scene = mrml.read_scene_bundle(batch["out"] / "good" / "scene.mrb", tmp_path / "cache")
+
+    def names(cls):
+        nodes = scene.GetNodesByClass(cls)
+        return {nodes.GetItemAsObject(i).GetName() for i in range(nodes.GetNumberOfItems())}
+
+    assert names("vtkMRMLScalarVolumeNode") >= {"CE-T1 (1 mm)", "FLAIR (registered)", "nCBV (registered)",
+                                                "Progression probability", "CE-T1 (acquired)", "FLAIR (acquired)",
+                                                "nCBV (DSC grid)", "rCBV (DSC grid)", "K2 (DSC grid, 1/s)"}
+    assert names("vtkMRMLSegmentationNode") == {"Lesion", "Predicted progression", "Brain", "Recurrence",
+                                                "CTV proposals", "NAWM reference"}
+    assert names("vtkMRMLTableNode") >= {"Verdict", "nCBV by region", "CTV comparison"}
+    assert names("vtkMRMLLinearTransformNode") == {"FLAIR to CE-T1", "DSC to CE-T1"}
+    assert "Mean deltaR2* curves" in names("vtkMRMLPlotChartNode")
+    sequence = scene.GetFirstNodeByClass("vtkMRMLSequenceNode")
+    assert sequence.GetNumberOfDataNodes() == 60
+    heat_map = scene.GetFirstNodeByName("Progression probability").GetDisplayNode()
+    assert heat_map.GetColorNode().GetName() == "Progression heat map"
+    for node in (scene.GetFirstNodeByName("Progression probability"), scene.GetFirstNodeByName("CE-T1 (1 mm)")):
+        assert node.GetImageData() is not None and node.GetImageData().GetNumberOfPoints() > 0
+    lesion = scene.GetFirstNodeByName("Lesion").GetSegmentation()
+    assert {lesion.GetNthSegment(i).GetName() for i in range(lesion.GetNumberOfSegments())} == \
+        {SEGMENTS[v][0] for v in (1, 2, 3)}
+    proposals = scene.GetFirstNodeByName("CTV proposals").GetSegmentation()
+    assert [proposals.GetNthSegment(i).GetName() for i in range(proposals.GetNumberOfSegments())] == \
+        [t["name"] for t in report["ctv"]["targets"]]
+    layout = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == layout.SlicerLayoutFourUpPlotTableView
+    red = scene.GetSingletonNode("Red", "vtkMRMLSliceCompositeNode")
+    assert scene.GetNodeByID(red.GetForegroundVolumeID()).GetName() == "Progression probability"
+    table_view = scene.GetSingletonNode("TableView1", "vtkMRMLTableViewNode")
+    assert scene.GetNodeByID(table_view.GetTableNodeID()).GetName() == "CTV comparison"
+
+
+def test_report_png_is_a_full_page(batch):
+    page = sitk.GetArrayFromImage(sitk.ReadImage(str(batch["out"] / "good" / "report.png")))
+    assert page.shape[:2] == (1450, 1800)
+    assert page[..., :3].std() > 30  # images and text, not a blank page
+
+
+# --- DICOM input and progress --------------------------------------------------------------------------------
+
+
+def _oblique(image: sitk.Image) -> sitk.Image:
+    rotation = sitk.Euler3DTransform((0, 0, 0), 0.1, 0.0, 0.2)
+    image.SetDirection(tuple(np.array(rotation.GetMatrix()).ravel()))
+    return image
+
+
+def test_dicom_dsc_folder_becomes_the_4d_series_with_its_timing(tmp_path):
+    rng = np.random.default_rng(0)
+    array = rng.integers(100, 1000, size=(20, 4, 6, 5), dtype=np.int16)  # [t, k, j, i]
+    frames = [_oblique(sitk.GetImageFromArray(frame)) for frame in array]
+    for frame in frames:
+        frame.SetSpacing((1.8, 1.9, 5.0))
+        frame.SetOrigin((10.0, -20.0, 30.0))
+    write_dicom_dsc(sitk.JoinSeries(frames), tmp_path / "dsc", tr_ms=1500, te_ms=30)
+    series, tr_s, te_s = read_dicom_dsc(tmp_path / "dsc")
+    assert np.array_equal(series.array, array)
+    assert (tr_s, te_s) == (1.5, 0.03)
+    assert np.allclose(series.spacing, (1.8, 1.9, 5.0), atol=1e-4)
+    with pytest.raises(ValueError, match="repeats slice positions"):
+        read_dicom_volume(tmp_path / "dsc", "CE-T1")
+
+
+def test_dicom_volume_keeps_an_oblique_geometry(tmp_path):
+    image = _oblique(sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)))
+    image.SetSpacing((0.9, 1.1, 2.5))
+    image.SetOrigin((-5.0, 12.0, 3.0))
+    write_dicom_series(image, tmp_path / "t1c")
+    read = read_dicom_volume(tmp_path / "t1c", "CE-T1")
+    assert np.array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+    assert np.allclose(read.GetDirection(), image.GetDirection(), atol=1e-5)
+    assert np.allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-4)
+
+
+def test_a_truncated_uncompressed_nifti_is_refused(tmp_path):
+    # ITK would read it, zero-filling the missing two thirds.
+    image = sitk.GetImageFromArray(np.ones((8, 9, 10), np.int16))
+    sitk.WriteImage(image, str(tmp_path / "t1c.nii"))
+    data = (tmp_path / "t1c.nii").read_bytes()
+    (tmp_path / "t1c.nii").write_bytes(data[: len(data) // 3])
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "t1c.nii"))).min() == 0
+    with pytest.raises(ValueError, match="is incomplete: it holds"):
+        check_nifti_complete(tmp_path / "t1c.nii", "CE-T1")
+
+
+def test_stage_progress_shows_stage_elapsed_and_eta():
+    import io
+
+    now = [0.0]
+    stream = io.StringIO()
+    progress = run_case.StageProgress("case7", stream=stream, clock=lambda: now[0])
+    progress.start("read")
+    now[0] = 3.0
+    progress.start("predict")
+    now[0] = 13.0
+    progress.update(0.25, "Sliding window 3/12")
+    now[0] = 20.0
+    timings = progress.finish()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[case7 1/8 0:00] Reading and checking the series"
+    assert lines[1] == "[case7 3/8 0:03] Progression prediction"
+    assert lines[2] == "[case7 3/8 0:13]  25% Sliding window 3/12 (stage 0:10, about 0:30 left)"
+    assert timings == {"read": 3.0, "predict": 17.0, "total": 20.0}
