@@ -2,11 +2,14 @@
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Shipped models are unpacked into a cache on first use: in tests, a throwaway one, never the user's home.
+os.environ.setdefault("GLIOMAPROG_MODELS_DIR", tempfile.mkdtemp(prefix="gliomaprog-test-models-"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import slicer_shim  # noqa: E402

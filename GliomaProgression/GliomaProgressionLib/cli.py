@@ -106,6 +106,7 @@ def _add_predict_parser(commands) -> None:
     predict.add_argument("--min-voxels", type=_non_negative_int, default=1,
                          help="voxels needed for a 'progression' verdict (default 1, as seed 000)")
     predict.add_argument("--min-ml", type=float, default=0.0, help="volume needed for the verdict (mL, default 0)")
+    predict.add_argument("--timeout", type=_positive_float, help="give up on the model after this many seconds")
     predict.add_argument("--trust-model", action="store_true",
                          help="load a package that cannot be loaded safely (runs code from it: only for "
                               "packages you trust)")
@@ -120,7 +121,8 @@ def _run_predict(args: argparse.Namespace) -> int:
                                   device=args.device, tta=args.tta)
     result = run_predict_files(args.t1c, args.flair, args.lesion, args.model, args.out, dsc=args.dsc,
                                dsc_json=args.dsc_json, ncbv=args.ncbv, settings=settings,
-                               trust_model=args.trust_model, progress=StderrProgress(args.quiet))
+                               trust_model=args.trust_model, timeout_s=args.timeout,
+                               progress=StderrProgress(args.quiet))
     verdict = result.verdict
     print(f"{'Progression predicted' if verdict['progression_predicted'] else 'No progression predicted'}: "
           f"{verdict['predicted_volume_ml']} mL inside the non-enhancing lesion. Results in {args.out}")
@@ -257,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())  # one line, whatever the library wrote
         print(f"gliomaprog {args.command}: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TimeoutError as error:
+        print(f"gliomaprog {args.command}: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:  # a child process crashed: its last lines say why
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        print("\n".join(lines[-12:]), file=sys.stderr)
+        print(f"gliomaprog {args.command}: error: {lines[0] if lines else 'a worker process failed'}",
+              file=sys.stderr)
+        return 1
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
         print(f"gliomaprog {args.command}: error: {error.strerror or error}{where}.", file=sys.stderr)

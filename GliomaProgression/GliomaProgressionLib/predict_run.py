@@ -118,7 +118,7 @@ def write_prediction(out: Path, prepared: PreparedCase, result: PredictionResult
 def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: Path, dsc: Path | None = None,
                       dsc_json: Path | None = None, ncbv: Path | None = None,
                       settings: PredictionSettings = PredictionSettings(), trust_model: bool = False,
-                      progress: Progress | None = None) -> PredictionResult:
+                      timeout_s: float | None = None, progress: Progress | None = None) -> PredictionResult:
     """``gliomaprog predict``: read, register, predict and write; checks everything before the long work."""
     from .files import check_new_output_folder, read_image
     from .models import resolve_model
@@ -146,7 +146,8 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
                             progress=lambda f, m: report(0.4 * f, m))
     timings["preprocessing"] = time.monotonic() - started
     moment = time.monotonic()
-    result = predict_prepared(prepared, model, settings, progress=lambda f, m: report(0.4 + 0.55 * f, m))
+    result = predict_prepared(prepared, model, settings, progress=lambda f, m: report(0.4 + 0.55 * f, m),
+                              timeout_s=timeout_s)
     timings["inference"] = time.monotonic() - moment
     write_prediction(out, prepared, result, model, settings, timings, inputs={
         "t1c": str(t1c), "flair": str(flair), "lesion": str(lesion), "dsc": str(dsc) if dsc else None,
