@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cohort_cli import add_cohort_commands
 from .ctv_run import add_ctv_commands
 from .run_case import add_run_command
 
@@ -79,6 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_models_parser(commands)
     add_ctv_commands(commands, _positive_float, _non_negative_int)
     add_run_command(commands, _positive_float, _non_negative_int)
+    add_cohort_commands(commands, _positive_float, _non_negative_int)
     return parser
 
 
