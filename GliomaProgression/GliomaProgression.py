@@ -83,6 +83,7 @@ def _generateSampleCase(source=None):
 @parameterNodeWrapper
 class GliomaProgressionParameterNode:
     """Prediction: t1c, flair, dsc (+ echoTimeMs), lesion, model (id), device, threshold, minVoxels.
+    CBV radiomics: ncbv (an nCBV map) with the same lesion.
     Synthetic case: seed, size, cavity (see GliomaProgressionLib.phantom)."""
 
     t1c: slicer.vtkMRMLScalarVolumeNode
@@ -90,6 +91,7 @@ class GliomaProgressionParameterNode:
     dsc: slicer.vtkMRMLSequenceNode
     echoTimeMs: float = 30.0
     lesion: slicer.vtkMRMLSegmentationNode
+    ncbv: slicer.vtkMRMLScalarVolumeNode
     model: str = "multiparametric"
     device: str = "auto"
     threshold: float = 0.5
@@ -130,6 +132,7 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
         self._timer.timeout.connect(self._poll)
         self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
         self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
+        self.ui.radiomicsButton.connect("clicked(bool)", self.onRadiomicsButton)
         self.ui.progressBar.setVisible(False)
         self._parameterNode = self.logic.getParameterNode()
         self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -146,6 +149,7 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
         busy = self._job is not None
         ready = bool(parameters.t1c and parameters.flair and parameters.lesion)
         self.ui.predictButton.enabled = busy or ready
+        self.ui.radiomicsButton.enabled = bool(parameters.ncbv and parameters.lesion)
         self.ui.predictButton.text = "Cancel" if busy and self._job[0] == "predict" else "Predict progression"
         self.ui.generateButton.text = "Cancel" if busy and self._job[0] == "phantom" else "Generate and load"
         entry = self.logic.modelEntry(parameters.model)
@@ -162,6 +166,13 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
                 echoTimeMs=parameters.echoTimeMs, device=parameters.device, threshold=parameters.threshold,
                 minVoxels=parameters.minVoxels)
             self._start("predict", runner, folder)
+
+    def onRadiomicsButton(self):
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not compute the nCBV features.", waitCursor=True):
+            table = self.logic.computeRadiomics(parameters.ncbv, parameters.lesion)
+            self.logic.showTable(table)
+            self.ui.statusLabel.text = self.logic.radiomicsSummary(table)
 
     def onGenerateButton(self):
         if self._job is not None:
@@ -361,6 +372,42 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         runner, folder = self.startPrediction(t1cNode, flairNode, lesionNode, model, dscNode, echoTimeMs, **settings)
         return self.finishPrediction(runner, folder, waitForCompletion=True)
 
+    # --- CBV radiomics (seed 001)
+
+    def computeRadiomics(self, ncbvNode, lesionNode, name=None):
+        """pyradiomics features (the shipped YAML) of the nCBV map in the enhancing and non-enhancing regions of
+        the lesion segmentation, as a new table node: one row per feature ('voxels' first), one column per region.
+        A region too small for features gets NaN, and the reason in the node attribute
+        ``GliomaProgression.warning.<region>``."""
+        from GliomaProgressionLib import mrml
+        from GliomaProgressionLib.cases import brats_labels_from_segmentation
+        from GliomaProgressionLib.radiomics_features import region_columns
+
+        if ncbvNode is None or lesionNode is None:
+            raise ValueError("Choose the nCBV map and the lesion segmentation.")
+        labels = brats_labels_from_segmentation(lesionNode, ncbvNode)  # resampled onto the nCBV grid
+        columns, warnings = region_columns(mrml.volume_from_node(ncbvNode), labels)
+        table = mrml.table_from_columns(columns, name or f"{ncbvNode.GetName()} nCBV radiomics")
+        for region, warning in warnings.items():
+            table.SetAttribute(f"GliomaProgression.warning.{region}", warning)
+        return table
+
+    @staticmethod
+    def radiomicsSummary(table):
+        """One line for the status label: features per region and any region left without features."""
+        features = table.GetNumberOfRows() - 1  # the first row is the voxel count
+        regions = [table.GetColumnName(i) for i in range(1, table.GetNumberOfColumns())]
+        notes = [f"{region}: {table.GetAttribute(f'GliomaProgression.warning.{region}')}" for region in regions
+                 if table.GetAttribute(f"GliomaProgression.warning.{region}")]
+        return f"{features} nCBV features per region in table '{table.GetName()}'." + "".join(f" {n}." for n in notes)
+
+    @staticmethod
+    def showTable(table):
+        """Show the table in a layout with a table view (application only)."""
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+
     # --- synthetic case
 
     def startSyntheticCase(self, caseFolder, seed=0, size="small", cavity=False):
@@ -411,6 +458,8 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         self.test_PredictionOnSyntheticCase()
         self.setUp()
         self.test_BadInputIsRefused()
+        self.setUp()
+        self.test_RadiomicsTable()
 
     def test_SyntheticCaseLoads(self):
         self.delayDisplay("Generating a small synthetic case in a background process")
@@ -464,3 +513,39 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         with self.assertRaises(ValueError):
             logic.startSyntheticCase(existing)
         self.delayDisplay("Bad input refused")
+
+    def test_RadiomicsTable(self):
+        """A small synthetic case: an enhancing sphere (nCBV about 3) inside a non-enhancing shell (about 1)."""
+        self.delayDisplay("Computing nCBV radiomics on a small synthetic case")
+        from GliomaProgressionLib import mrml
+        from GliomaProgressionLib.cases import SEGMENTS
+        from GliomaProgressionLib.geometry import Volume
+        from GliomaProgressionLib.radiomics_features import expected_feature_names, make_extractor
+
+        shape = (20, 24, 24)
+        k, j, i = np.indices(shape)
+        radius = np.sqrt((k - 10) ** 2 + (j - 12) ** 2 + (i - 12) ** 2)
+        labels = np.where(radius < 4, 3, np.where(radius < 8, 2, 0)).astype(np.uint8)
+        noise = np.random.default_rng(0).standard_normal(shape)
+        ijkToRas = np.diag([-1.0, -1.0, 1.0, 1.0])  # 1 mm, LPS-like axes: the lesion must still land on the map
+        ncbv = mrml.node_from_volume(Volume((1.0 + 0.3 * noise + 2.0 * (labels == 3)).astype(np.float32), ijkToRas),
+                                     "nCBV")
+        lesion = mrml.segmentation_from_labelmap(Volume(labels, ijkToRas), SEGMENTS, "Lesion")
+        logic = GliomaProgressionLogic()
+        table = logic.computeRadiomics(ncbv, lesion)
+
+        self.assertEqual(table.GetClassName(), "vtkMRMLTableNode")
+        names = expected_feature_names(make_extractor())
+        self.assertEqual(table.GetNumberOfRows(), 1 + len(names))
+        self.assertEqual([table.GetColumnName(c) for c in range(3)], ["feature", "enhancing", "nonenhancing"])
+        rows = {table.GetCellText(r, 0): r for r in range(table.GetNumberOfRows())}
+        value = lambda feature, column: float(table.GetCellText(rows[feature], column))
+        self.assertEqual(value("voxels", 1), float((labels == 3).sum()))
+        self.assertEqual(value("voxels", 2), float((labels == 2).sum()))
+        self.assertAlmostEqual(value("original_firstorder_Mean", 1), 3.0, delta=0.15)
+        self.assertAlmostEqual(value("original_firstorder_Mean", 2), 1.0, delta=0.1)
+        self.assertEqual(table.GetAttribute("GliomaProgression.warning.enhancing"), "")
+        self.assertIn(str(len(names)), logic.radiomicsSummary(table))
+        with self.assertRaises(ValueError):
+            logic.computeRadiomics(None, lesion)
+        self.delayDisplay("Per-region nCBV feature table computed")

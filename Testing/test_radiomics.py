@@ -141,7 +141,7 @@ def test_cli_reads_a_cohort_in_the_run_layout(tmp_path):
     case = tmp_path / "cohort" / "patient7"
     _write_case(case / "registered", seed=3)
     out = tmp_path / "cohort.csv"
-    result = _gliomaprog("radiomics", "--cohort", tmp_path / "cohort", "--out", out, "--quiet")
+    result = _gliomaprog("radiomics", "extract", "--cohort", tmp_path / "cohort", "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr
     rows = _read(out)
     assert [row["case"] for row in rows] == ["patient7"] and float(rows[0]["seconds"]) > 0
@@ -161,7 +161,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, problem, frag
         sitk.WriteImage(image, str(case / "ncbv.nii.gz"))
     else:
         out.write_text("keep me")
-    result = _gliomaprog("radiomics", "--case-dir", case, "--out", out, "--quiet")
+    result = _gliomaprog("radiomics", "extract", "--case-dir", case, "--out", out, "--quiet")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr

@@ -10,13 +10,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from .radiomics_cli import add_radiomics_commands
+
 
 def add_cohort_commands(subparsers, positive_float, non_negative_int) -> None:
-    """Add ``cohort evaluate`` and ``radiomics`` to the ``gliomaprog`` sub-command parsers."""
+    """Add ``cohort evaluate|export|train|package|replicate`` and ``radiomics`` to the ``gliomaprog`` parsers."""
     cohort = subparsers.add_parser("cohort", help="cohort studies: evaluate progression models on a cohort")
     actions = cohort.add_subparsers(dest="action", required=True, parser_class=type(cohort))
     _add_evaluate(actions, positive_float, non_negative_int)
-    _add_radiomics(subparsers)
+    for add in (_add_export, _add_train, _add_package, _add_replicate):  # the model-building commands
+        add(actions, positive_float)
+    add_radiomics_commands(subparsers)  # radiomics extract, radiomics model
 
 
 def _add_evaluate(actions, positive_float, non_negative_int) -> None:
@@ -39,20 +43,128 @@ def _add_evaluate(actions, positive_float, non_negative_int) -> None:
     evaluate.set_defaults(handler=_run_evaluate)
 
 
-def _add_radiomics(subparsers) -> None:
-    radiomics = subparsers.add_parser(
-        "radiomics", help="nCBV radiomics of the enhancing and non-enhancing regions (pyradiomics, seed 001)",
-        description="Extract pyradiomics features from the nCBV map in the enhancing (label 3) and non-enhancing "
-                    "(label 2) regions: one CSV row per case. A case folder holds ncbv and lesion images on one "
-                    "grid, directly or in registered/ (the 'gliomaprog run' output).")
-    cases = radiomics.add_mutually_exclusive_group(required=True)
-    cases.add_argument("--case-dir", type=Path, nargs="+", metavar="DIR", help="one or more case folders")
-    cases.add_argument("--cohort", type=Path, help="a folder with one sub-folder per case")
-    radiomics.add_argument("--params", type=Path,
-                           help="pyradiomics YAML (default: the shipped Resources/radiomics_ncbv.yaml)")
-    radiomics.add_argument("--out", required=True, type=Path, help="new CSV file")
-    radiomics.add_argument("--quiet", action="store_true", help="no progress lines")
-    radiomics.set_defaults(handler=_run_radiomics)
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+    return value
+
+
+def _folds(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fold numbers such as 0 or 0,1,2,3,4, got {text!r}") from None
+
+
+def _add_export(actions, positive_float) -> None:
+    export = actions.add_parser(
+        "export", help="cohort case folders -> nnU-Net v2 raw dataset with per-case QC",
+        description="Run the progression module's preprocessing (registration, nCBV, resampling) on every case "
+                    "folder of COHORT_DIR (t1c, flair, lesion, dsc + dsc.json, progression = label drawn on the "
+                    "pre-op FLAIR, optional case.json with 'date' or 'index') and write a new nnU-Net v2 raw "
+                    "dataset with qc.csv and split.json. Failing cases are recorded in qc.csv and skipped.")
+    export.add_argument("cohort", type=Path, metavar="COHORT_DIR")
+    export.add_argument("--out", required=True, type=Path, help="new raw dataset folder (DatasetNNN_Name)")
+    export.add_argument("--dataset-id", required=True, type=int, help="nnU-Net dataset id, 1..999")
+    export.add_argument("--channels", required=True, choices=["conventional", "multiparametric"],
+                        help="CE-T1 + FLAIR, or CE-T1 + FLAIR + nCBV")
+    export.add_argument("--split", choices=["temporal", "random"], default="random",
+                        help="test cases: the latest by case.json date/index (seed 000) or a random draw")
+    export.add_argument("--test-fraction", type=_fraction, default=0.0, help="share of test cases (default 0)")
+    export.add_argument("--seed", type=int, default=0, help="random split seed (default 0)")
+    export.add_argument("--spacing-mm", type=positive_float, default=1.0,
+                        help="reference grid spacing (default 1 mm, as the module; the demo models use 2)")
+    export.add_argument("--processes", type=int, default=1, help="cases prepared in parallel (default 1)")
+    export.add_argument("--quiet", action="store_true", help="no progress lines")
+    export.set_defaults(handler=_run_export)
+
+
+def _add_train(actions, positive_float=None) -> None:
+    train = actions.add_parser(
+        "train", help="nnU-Net v2 planning, preprocessing and training of an exported dataset",
+        description="Train an nnU-Net v2 model on a 'cohort export' dataset into a new RESULTS folder. "
+                    "'small' is the demo models' plan (CPU, minutes); '3d_fullres' is nnU-Net's own plan.")
+    train.add_argument("raw", type=Path, metavar="NNUNET_RAW")
+    train.add_argument("--out", required=True, type=Path, help="new RESULTS folder")
+    train.add_argument("--configuration", choices=["small", "3d_fullres"], default="small")
+    train.add_argument("--folds", type=_folds, default=[0], help="folds to train, e.g. 0 or 0,1,2,3,4 (default 0)")
+    train.add_argument("--epochs", type=int, default=50, help="default 50 (the demo recipe)")
+    train.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default 20)")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
+    train.set_defaults(handler=_run_train)
+
+
+def _add_package(actions, positive_float=None) -> None:
+    package = actions.add_parser(
+        "package", help="zip a trained cohort model for 'gliomaprog predict --model' and the Slicer module",
+        description="Package a 'cohort train' RESULTS folder as a model zip (weights only, metadata, model card).")
+    package.add_argument("results", type=Path, metavar="RESULTS")
+    package.add_argument("--id", required=True, help="model id (letters, digits, . _ -)")
+    package.add_argument("--title", required=True, help="model title shown to users")
+    package.add_argument("--out", required=True, type=Path, help="new .zip file")
+    package.add_argument("--synthetic", action="store_true", help="mark it as trained on synthetic data")
+    package.set_defaults(handler=_run_package)
+
+
+def _add_replicate(actions, positive_float=None) -> None:
+    replicate = actions.add_parser(
+        "replicate", help="simulated replication of seed 000 (phantom cohort, both channel sets, evaluation)",
+        description="Generate a phantom cohort in which nCBV shows future progression that FLAIR barely shows, "
+                    "export it, train the conventional and multiparametric models (small CPU plan, side by "
+                    "side), predict the test cases and compare them with 'cohort evaluate --compare'.")
+    replicate.add_argument("--out", required=True, type=Path, help="new folder")
+    replicate.add_argument("--train", type=int, default=60, help="training cases (default 60)")
+    replicate.add_argument("--test", type=int, default=30, help="test cases (default 30)")
+    replicate.add_argument("--epochs", type=int, default=50, help="default 50 (the demo recipe)")
+    replicate.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default 20)")
+    replicate.add_argument("--seed", type=int, default=3000, help="first phantom seed (default 3000)")
+    replicate.add_argument("--quiet", action="store_true", help="no progress lines")
+    replicate.set_defaults(handler=_run_replicate)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .cohort_export import export_cohort
+
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    summary = export_cohort(args.cohort, args.out, args.dataset_id, args.channels, args.split, args.test_fraction,
+                            args.seed, args.spacing_mm, processes=args.processes, progress=say)
+    failed = f", {len(summary['failed'])} failed (see qc.csv)" if summary["failed"] else ""
+    print(f"{summary['dataset_name']}: {summary['train']} training and {summary['test']} test case(s){failed}. "
+          f"Dataset in {args.out}")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .cohort_train import train_cohort
+
+    record = train_cohort(args.raw, args.out, args.configuration, args.folds, args.epochs, args.iterations,
+                          args.device, args.threads, log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(f"Trained {record['dataset']} ({record['configuration']}, folds {record['folds']}) in "
+          f"{record['wall_time_s']} s. Results in {args.out}")
+    return 0
+
+
+def _run_package(args: argparse.Namespace) -> int:
+    from .cohort_train import package_model
+
+    path, sha256 = package_model(args.results, args.id, args.title, args.out, args.synthetic)
+    print(f"{path} sha256 {sha256}")
+    return 0
+
+
+def _run_replicate(args: argparse.Namespace) -> int:
+    from .cohort_replicate import replicate
+
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    result = replicate(args.out, args.train, args.test, args.epochs, args.iterations, args.seed, log=say)
+    print(result["markdown"], end="")
+    print(f"Results in {args.out} ({result['wall_time_s']:.0f} s)")
+    return 0
 
 
 def _progress(quiet: bool):
@@ -72,13 +184,3 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_radiomics(args: argparse.Namespace) -> int:
-    from .radiomics_features import cohort_case_dirs, extract_cohort
-
-    case_dirs = args.case_dir if args.case_dir else cohort_case_dirs(args.cohort)
-    rows = extract_cohort(case_dirs, args.out, args.params, progress=_progress(args.quiet))
-    warnings = sum(bool(row[f"{region}_warning"]) for row in rows for region in ("enhancing", "nonenhancing"))
-    seconds = sum(row["seconds"] for row in rows)
-    print(f"{len(rows)} case(s), {seconds / len(rows):.1f} s per case, {warnings} region(s) without features "
-          f"(see the *_warning columns). Features in {args.out}", file=sys.stdout)
-    return 0

@@ -129,6 +129,29 @@ def region_features(extractor, ncbv, labels, label: int, names: Sequence[str]) -
     return voxels, "", values
 
 
+def region_columns(ncbv, labels, settings_file: str | os.PathLike | None = None) -> tuple[dict[str, list], dict]:
+    """The features of one case as table columns: ``feature`` (``voxels`` first, then every feature name) and one
+    column per region (NaN where the region was too small or refused), plus each region's warning ('' when
+    computed). ``ncbv`` and ``labels`` are ``geometry.Volume``s on one grid (BraTS 2024 labels)."""
+    import SimpleITK as sitk
+
+    from .geometry import Volume, same_grid, sitk_from_volume
+
+    if not same_grid(ncbv.ijk_to_ras, labels.ijk_to_ras, ncbv.spatial_shape, labels.spatial_shape):
+        raise ValueError("The nCBV map and the lesion labels are not on the same grid.")
+    extractor = make_extractor(settings_file)
+    names = expected_feature_names(extractor)
+    image = sitk_from_volume(Volume(np.asarray(ncbv.array, dtype=np.float32), ncbv.ijk_to_ras))
+    # One geometry for both: pyradiomics refuses a mask whose origin differs from the image's by rounding alone.
+    mask = sitk_from_volume(Volume(np.rint(labels.array).astype(np.uint8), ncbv.ijk_to_ras))
+    columns: dict[str, list] = {"feature": ["voxels", *names]}
+    warnings = {}
+    for region, label in REGIONS.items():
+        voxels, warnings[region], values = region_features(extractor, image, mask, label, names)
+        columns[region] = [float(voxels), *(values[name] for name in names)]
+    return columns, warnings
+
+
 def _number(value) -> float:
     """pyradiomics returns 0-d numpy arrays; a feature it did not return is NaN."""
     return math.nan if value is None else float(np.asarray(value, dtype=float))

@@ -1,0 +1,180 @@
+"""``gliomaprog cohort replicate``: a simulated replication of seed 000 with the cohort commands end to end.
+
+1. **Cohort**: phantom case folders (``size="small"``, the demo recipe's ``cohort_config``: in three cases of four
+   the future-progression part of the NEL has raised nCBV, 1.6-1.8 x white matter, and FLAIR only 1.00-1.02 x
+   the oedema; in the fourth nothing progresses). Each folder is what a site would have: t1c, flair, dsc +
+   dsc.json, lesion, ``progression`` drawn on the pre-op FLAIR grid (the phantom truth carried there by the true
+   head pose) and case.json with its index.
+2. **Export** (``cohort export``, 2 mm grid, temporal split: the last ``test`` indices are the test set), once
+   with three channels; the conventional dataset is the same export without the nCBV channel (identical
+   preprocessing, half the time).
+3. **Train** both (``cohort train``, small plan, CPU) side by side, one process and one thread each.
+4. **Package** both (``cohort package --synthetic``), install them as ``predict`` does, predict the test cases.
+5. **Evaluate** (``cohort evaluate --compare``, inside the NEL): multiparametric vs conventional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONVENTIONAL_ID, MULTIPARAMETRIC_ID = 811, 812
+SPACING_MM = 2.0  # the demo models' grid: small cases, minutes on two CPU cores
+
+
+def flair_progression(case):
+    """The phantom's progression truth (CE-T1 grid) on the FLAIR grid, through the true head poses."""
+    import SimpleITK as sitk
+
+    from .geometry import sitk_from_volume
+
+    ras_t1c_from_ras_flair = np.array(case.metadata["series"]["flair"]["ras_t1c_from_ras_series"])
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
+    lps = flip @ ras_t1c_from_ras_flair @ flip  # a FLAIR point (LPS) -> the same anatomy in CE-T1 (LPS)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(lps[:3, :3].ravel().tolist())
+    transform.SetTranslation(lps[:3, 3].tolist())
+    flair = sitk_from_volume(case.flair)
+    truth = sitk_from_volume(case.truth["progression"])
+    return sitk.Resample(truth, flair, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def write_phantom_case(job: tuple) -> str:
+    """One cohort case folder from a phantom seed (a worker of a process pool)."""
+    import SimpleITK as sitk
+
+    from .cases import write_case
+    from .phantom import generate_case
+    from .training import cohort_config, is_positive
+
+    seed, index, folder = job
+    case = generate_case(cohort_config(seed))
+    target = write_case(case, Path(folder) / f"case_{seed:04d}")
+    if is_positive(seed):  # a negative case's infiltrated part looks like oedema and never progresses: no label
+        sitk.WriteImage(flair_progression(case), str(target / "progression.nii.gz"), True)
+    (target / "case.json").write_text(json.dumps({"index": index, "seed": seed}), encoding="utf-8")
+    return target.name
+
+
+def build_phantom_cohort(folder: Path, seeds: list[int], processes: int = 2, log=print) -> None:
+    from multiprocessing import get_context
+
+    folder.mkdir(parents=True)
+    jobs = [(seed, index, str(folder)) for index, seed in enumerate(seeds)]
+    with get_context("spawn").Pool(processes) as pool:
+        for name in pool.imap_unordered(write_phantom_case, jobs):
+            log(f"phantom {name}")
+
+
+def without_ncbv(source: Path, target: Path, dataset_id: int) -> Path:
+    """The conventional dataset: the multiparametric export's CE-T1 and FLAIR channels (hard links)."""
+    name = f"Dataset{dataset_id:03d}_GliomaReplicationConventional"
+    target.mkdir(parents=True)
+    for sub in ("imagesTr", "labelsTr", "nelTr", "imagesTs", "labelsTs", "nelTs"):
+        (target / sub).mkdir()
+        for path in sorted((source / sub).glob("*.nii.gz")):
+            if not path.name.endswith("_0002.nii.gz"):
+                os.link(path, target / sub / path.name)
+    dataset = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
+    dataset["channel_names"] = {key: value for key, value in dataset["channel_names"].items() if key != "2"}
+    dataset["channels_gliomaprog"] = dataset["channels_gliomaprog"][:2]
+    dataset["name"] = name
+    (target / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
+    for extra in ("qc.csv", "split.json"):
+        os.link(source / extra, target / extra)
+    return target
+
+
+def train_side_by_side(datasets: dict[str, Path], work: Path, epochs: int, iterations: int) -> dict[str, Path]:
+    """``cohort train`` of each dataset in its own process with one thread: small networks use two threads poorly."""
+    children, results = {}, {}
+    for model, raw in datasets.items():
+        results[model] = work / f"train_{model}"
+        command = [sys.executable, "-m", "GliomaProgressionLib.cli", "cohort", "train", str(raw), "--out",
+                   str(results[model]), "--configuration", "small", "--epochs", str(epochs), "--iterations",
+                   str(iterations), "--device", "cpu", "--threads", "1"]
+        log_file = open(work / f"train_{model}.log", "w")
+        children[model] = (subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT), log_file)
+    for model, (child, log_file) in children.items():
+        code = child.wait()
+        log_file.close()
+        if code:
+            tail = (work / f"train_{model}.log").read_text().strip().splitlines()[-1:]
+            raise RuntimeError(f"Training the {model} model failed (exit {code}): {' '.join(tail)}")
+    return results
+
+
+def predict_test_cases(package_zip: Path, raw: Path, out: Path) -> None:
+    """Probability maps of the test cases with the installed package (as ``gliomaprog predict`` loads it)."""
+    import SimpleITK as sitk
+
+    from .models import install_package
+    from .predict_worker import load_predictor, predict_probability
+
+    package = install_package(package_zip)
+    predictor = load_predictor(package.folder, device="cpu", tta=False)
+    out.mkdir(parents=True)
+    channels = len(package.channels)
+    for label in sorted((raw / "labelsTs").glob("*.nii.gz")):
+        case = label.name[:-7]
+        images = [sitk.ReadImage(str(raw / "imagesTs" / f"{case}_{i:04d}.nii.gz")) for i in range(channels)]
+        sitk.WriteImage(predict_probability(predictor, images), str(out / f"{case}.nii.gz"), True)
+
+
+def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: int = 50, iterations: int = 20,
+              seed: int = 3000, log=print) -> dict:
+    """Run the whole replication into the new folder ``out``; returns the evaluation with its Markdown table."""
+    import torch
+
+    from .cohort_evaluate import evaluate_cohort
+    from .cohort_export import export_cohort
+    from .cohort_train import package_model
+    from .files import staged_output_folder
+
+    if train < 4 or test < 2:
+        raise ValueError("The replication needs at least 4 training and 2 test cases.")
+    if epochs < 1 or iterations < 1:
+        raise ValueError("--epochs and --iterations must be at least 1.")
+    torch.set_num_threads(2)
+    started = time.monotonic()
+    timings = {}
+    with staged_output_folder(out) as work:
+        seeds = list(range(seed, seed + train + test))
+        build_phantom_cohort(work / "cohort", seeds, log=log)
+        timings["cohort_s"] = round(time.monotonic() - started, 1)
+        multi = work / f"Dataset{MULTIPARAMETRIC_ID}_GliomaReplicationMultiparametric"
+        export_cohort(work / "cohort", multi, MULTIPARAMETRIC_ID, "multiparametric", "temporal",
+                      test / (train + test), spacing_mm=SPACING_MM, processes=2, progress=log)
+        conventional = without_ncbv(multi, work / f"Dataset{CONVENTIONAL_ID}_GliomaReplicationConventional",
+                                    CONVENTIONAL_ID)
+        timings["export_s"] = round(time.monotonic() - started - timings["cohort_s"], 1)
+        log(f"Training both models: {epochs} epochs x {iterations} iterations")
+        moment = time.monotonic()
+        results = train_side_by_side({"conventional": conventional, "multiparametric": multi}, work, epochs,
+                                     iterations)
+        timings["train_s"] = round(time.monotonic() - moment, 1)
+        moment = time.monotonic()
+        raws = {"conventional": conventional, "multiparametric": multi}
+        for model, folder in results.items():
+            zip_path, _ = package_model(folder, f"replication-{model}", f"Seed 000 replication: {model} "
+                                        "(synthetic)", work / "packages" / f"replication-{model}.zip", True)
+            log(f"Predicting the test cases with the {model} model")
+            predict_test_cases(zip_path, raws[model], work / "predictions" / model)
+        timings["predict_s"] = round(time.monotonic() - moment, 1)
+        evaluation = evaluate_cohort(work / "predictions" / "multiparametric", multi / "labelsTs",
+                                     work / "evaluation", compare=work / "predictions" / "conventional",
+                                     nel=multi / "nelTs")
+        timings["total_s"] = round(time.monotonic() - started, 1)
+        record = {"command": " ".join(["gliomaprog", "cohort", "replicate", "--out", str(out), "--train", str(train),
+                                       "--test", str(test), "--epochs", str(epochs), "--iterations", str(iterations),
+                                       "--seed", str(seed)]),
+                  "seeds": [seeds[0], seeds[-1]], "train": train, "test": test, "epochs": epochs,
+                  "iterations_per_epoch": iterations, "timings": timings}
+        (work / "replication.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return {**evaluation, "wall_time_s": timings["total_s"]}

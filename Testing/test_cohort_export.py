@@ -1,0 +1,111 @@
+"""``gliomaprog cohort export``: phantom case folders -> a valid nnU-Net v2 raw dataset with QC and split."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from GliomaProgressionLib import cli, cohort_export
+from GliomaProgressionLib.cohort_replicate import write_phantom_case
+
+POSITIVE, NEGATIVE = 3000, 3003  # cohort_config: seed % 4 == 3 is a case without progression
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Two good cases, a case without DSC and a case with a truncated CE-T1, with indices for a temporal split."""
+    folder = tmp_path_factory.mktemp("cohort")
+    write_phantom_case((POSITIVE, 0, str(folder)))
+    write_phantom_case((NEGATIVE, 4, str(folder)))
+    no_dsc = shutil.copytree(folder / f"case_{POSITIVE:04d}", folder / "case_nodsc")
+    (no_dsc / "dsc.nii.gz").unlink()
+    (no_dsc / "case.json").write_text(json.dumps({"index": 1}))
+    broken = shutil.copytree(folder / f"case_{POSITIVE:04d}", folder / "case_broken")
+    data = (broken / "t1c.nii.gz").read_bytes()
+    (broken / "t1c.nii.gz").write_bytes(data[: len(data) // 3])
+    (broken / "case.json").write_text(json.dumps({"index": 2}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "Dataset901_Test"
+    code = cli.main(["cohort", "export", str(cohort), "--out", str(out), "--dataset-id", "901", "--channels",
+                     "multiparametric", "--split", "temporal", "--test-fraction", "0.25", "--spacing-mm", "2",
+                     "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_dataset_layout_and_json(exported):
+    dataset = json.loads((exported / "dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "CE-T1", "1": "FLAIR", "2": "nCBV"}
+    assert dataset["labels"] == {"background": 0, "progression": 1}
+    assert dataset["numTraining"] == 1 and dataset["file_ending"] == ".nii.gz"
+    assert sorted(p.name for p in (exported / "imagesTr").iterdir()) == [
+        f"case_{POSITIVE:04d}_{i:04d}.nii.gz" for i in range(3)]
+    assert sorted(p.name for p in (exported / "imagesTs").iterdir()) == [
+        f"case_{NEGATIVE:04d}_{i:04d}.nii.gz" for i in range(3)]
+    assert [p.name for p in (exported / "labelsTs").iterdir()] == [f"case_{NEGATIVE:04d}.nii.gz"]
+    image = sitk.ReadImage(str(exported / "imagesTr" / f"case_{POSITIVE:04d}_0002.nii.gz"))
+    assert image.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
+
+
+def test_labels_positive_inside_nel_and_negative_empty(exported):
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(exported / "labelsTr" / f"case_{POSITIVE:04d}.nii.gz")))
+    nel = sitk.GetArrayFromImage(sitk.ReadImage(str(exported / "nelTr" / f"case_{POSITIVE:04d}.nii.gz")))
+    assert label.sum() > 50 and not (label.astype(bool) & ~nel.astype(bool)).any()
+    negative = sitk.GetArrayFromImage(sitk.ReadImage(str(exported / "labelsTs" / f"case_{NEGATIVE:04d}.nii.gz")))
+    assert negative.sum() == 0
+
+
+def test_failed_cases_are_in_qc_and_split_but_not_in_the_dataset(exported):
+    with open(exported / "qc.csv", newline="") as handle:
+        rows = {row["case"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {f"case_{POSITIVE:04d}", f"case_{NEGATIVE:04d}", "case_nodsc", "case_broken"}
+    assert rows["case_nodsc"]["status"] == "failed" and "ncbv" in rows["case_nodsc"]["error"]
+    assert rows["case_broken"]["status"] == "failed" and rows["case_broken"]["error"]
+    good = rows[f"case_{POSITIVE:04d}"]
+    assert good["status"] == "ok" and good["positive"] == "1" and int(good["nawm_voxels"]) > 100
+    assert float(good["flair_mattes_mi"]) < -0.2 and float(good["dsc_mattes_mi"]) < -0.2
+    split = json.loads((exported / "split.json").read_text())
+    assert split["train"] == [f"case_{POSITIVE:04d}"] and split["test"] == [f"case_{NEGATIVE:04d}"]
+    assert sorted(split["failed"]) == ["case_broken", "case_nodsc"]
+    assert not list((exported / "imagesTr").glob("case_nodsc*")) + list((exported / "imagesTs").glob("case_b*"))
+
+
+def test_nnunet_verifies_the_dataset(exported, tmp_path):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    copy = shutil.copytree(exported, tmp_path / exported.name)
+    verify_dataset_integrity(str(copy), num_processes=1)  # raises on any inconsistency
+    (copy / "labelsTr" / f"case_{POSITIVE:04d}.nii.gz").unlink()
+    with pytest.raises(Exception):
+        verify_dataset_integrity(str(copy), num_processes=1)
+
+
+def test_temporal_split_without_dates_is_a_one_line_error(tmp_path, capsys):
+    folder = tmp_path / "cohort" / "case_a"
+    folder.mkdir(parents=True)
+    sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(folder / "t1c.nii.gz"))
+    out = tmp_path / "out"
+    code = cli.main(["cohort", "export", str(tmp_path / "cohort"), "--out", str(out), "--dataset-id", "5",
+                     "--channels", "conventional", "--split", "temporal", "--test-fraction", "0.5"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and len(error.splitlines()) == 1 and "date" in error
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_split_rules():
+    names = ["a", "b", "c", "d"]
+    orders = {"a": "2021-05-01", "b": "2019-01-01", "c": "2022-01-01", "d": "2020-01-01"}
+    assert cohort_export.split_cases(names, orders, "temporal", 0.5, 0) == {
+        "a": "test", "b": "train", "c": "test", "d": "train"}
+    first = cohort_export.split_cases(names, {}, "random", 0.25, 7)
+    assert first == cohort_export.split_cases(names, {}, "random", 0.25, 7)
+    assert sorted(first.values()) == ["test", "train", "train", "train"]
+    with pytest.raises(ValueError):
+        cohort_export.split_cases(names, {}, "random", 1.0, 0)
+    assert np.all([value == "train" for value in cohort_export.split_cases(names, {}, "random", 0.0, 0).values()])
