@@ -20,3 +20,16 @@ slicer_shim.install()
 @pytest.fixture
 def scene():
     return slicer_shim.fresh_scene()
+
+
+@pytest.fixture(scope="module")
+def fresh_model_cache(tmp_path_factory):
+    """An empty model cache for one test module: shipped packages are unpacked (and verified) anew."""
+    folder = tmp_path_factory.mktemp("models")
+    previous = os.environ.get("GLIOMAPROG_MODELS_DIR")
+    os.environ["GLIOMAPROG_MODELS_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("GLIOMAPROG_MODELS_DIR", None)
+    else:
+        os.environ["GLIOMAPROG_MODELS_DIR"] = previous

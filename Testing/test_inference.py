@@ -1,6 +1,5 @@
 """Background prediction with the shipped demo models: result, bad input, cancel, crash, timeout, device."""
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,15 +19,8 @@ def case():
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    previous = os.environ.get("GLIOMAPROG_MODELS_DIR")
-    os.environ["GLIOMAPROG_MODELS_DIR"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("GLIOMAPROG_MODELS_DIR", None)
-    else:
-        os.environ["GLIOMAPROG_MODELS_DIR"] = previous
+def cache(fresh_model_cache):
+    return fresh_model_cache
 
 
 @pytest.fixture(scope="module")

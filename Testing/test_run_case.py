@@ -11,7 +11,6 @@ import contextlib
 import csv
 import json
 import locale
-import os
 import shutil
 from pathlib import Path
 
@@ -88,15 +87,8 @@ def write_dicom_dsc(series: sitk.Image, folder: Path, tr_ms: float, te_ms: float
 
 
 @pytest.fixture(scope="module")
-def model_cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    previous = os.environ.get("GLIOMAPROG_MODELS_DIR")
-    os.environ["GLIOMAPROG_MODELS_DIR"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("GLIOMAPROG_MODELS_DIR", None)
-    else:
-        os.environ["GLIOMAPROG_MODELS_DIR"] = previous
+def model_cache(fresh_model_cache):
+    return fresh_model_cache
 
 
 @pytest.fixture(scope="module")

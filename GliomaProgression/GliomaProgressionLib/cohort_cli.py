@@ -20,7 +20,7 @@ def add_cohort_commands(subparsers, positive_float, non_negative_int) -> None:
     _add_evaluate(actions, positive_float, non_negative_int)
     for add in (_add_export, _add_train, _add_package, _add_replicate):  # the model-building commands
         add(actions, positive_float)
-    add_radiomics_commands(subparsers)  # radiomics extract, radiomics model
+    add_radiomics_commands(subparsers, non_negative_int)  # radiomics extract, radiomics model
 
 
 def _add_evaluate(actions, positive_float, non_negative_int) -> None:

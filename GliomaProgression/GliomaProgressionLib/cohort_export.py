@@ -91,21 +91,9 @@ def split_cases(names: list[str], orders: dict[str, str | None], method: str, te
 
 def read_case(folder: Path, spacing_mm: float):
     """``prepare_case`` on one case folder, onto a reference grid of ``spacing_mm``."""
-    from .files import read_image
-    from .perfusion_run import read_dsc, read_timing
-    from .preprocess import find_series, prepare_case
+    from .preprocess import prepare_case_folder
 
-    t1c = read_image(find_series(folder, "t1c"), "CE-T1")
-    flair = read_image(find_series(folder, "flair"), "FLAIR")
-    lesion = read_image(find_series(folder, "lesion"), "lesion")
-    dsc_path = find_series(folder, "dsc", required=False)
-    dsc = timing = None
-    if dsc_path is not None:
-        dsc = read_dsc(dsc_path)
-        sidecar = folder / "dsc.json"
-        timing = read_timing(dsc.array.shape[0], sidecar if sidecar.exists() else None, None, None)
-    return prepare_case(t1c, flair, lesion, dsc, timing.times_s if timing else None,
-                        timing.te_s if timing else None, spacing_mm=spacing_mm)
+    return prepare_case_folder(folder, spacing_mm=spacing_mm)
 
 
 def progression_label(folder: Path, prepared):

@@ -130,7 +130,8 @@ def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Vo
     return PreparedCase(reference, channels, lesion_reference, nel, registrations, perfusion, qc)
 
 
-def prepare_case_folder(folder: str | Path, leakage: str = "bsw", progress: Progress | None = None) -> PreparedCase:
+def prepare_case_folder(folder: str | Path, leakage: str = "bsw", spacing_mm: float = 1.0,
+                        progress: Progress | None = None) -> PreparedCase:
     """``prepare_case`` on a case folder (t1c, flair, dsc + dsc.json, lesion; NIfTI or NRRD)."""
     from .perfusion_run import read_dsc, read_timing
 
@@ -145,7 +146,7 @@ def prepare_case_folder(folder: str | Path, leakage: str = "bsw", progress: Prog
         sidecar = folder / "dsc.json"
         timing = read_timing(dsc.array.shape[0], sidecar if sidecar.exists() else None, None, None)
     return prepare_case(t1c, flair, lesion, dsc, timing.times_s if timing else None,
-                        timing.te_s if timing else None, leakage=leakage, progress=progress)
+                        timing.te_s if timing else None, leakage=leakage, spacing_mm=spacing_mm, progress=progress)
 
 
 SERIES_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
