@@ -1,49 +1,86 @@
-"""``gliomaprog cohort train`` and ``cohort package``: export -> 1-iteration training -> package -> predict."""
+"""Issue 7's acceptance end to end: six small phantom cases -> ``cohort export`` -> nnU-Net's own
+``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` accepts the dataset -> ``cohort train`` for two
+epochs on the CPU -> ``cohort package`` -> ``predict`` installs and runs the package."""
 import json
+import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+import torch
 
 from GliomaProgressionLib import cli, models
 from GliomaProgressionLib.cohort_export import export_cohort
 from GliomaProgressionLib.cohort_replicate import write_phantom_case
 
-SEEDS = (3000, 3001, 3003)
+SEEDS = (3000, 3001, 3002, 3003, 3004, 3005)  # 3003: the cohort recipe's case without progression
+DATASET = "Dataset902_TrainTest"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Three phantom cases exported (CE-T1 + FLAIR, 2 mm) and trained for one iteration in a fresh process."""
+def cohort(tmp_path_factory):
+    """Six phantom cases exported as CE-T1 + FLAIR on a 2 mm grid (all training cases) into an nnU-Net raw folder."""
     root = tmp_path_factory.mktemp("train")
     for index, seed in enumerate(SEEDS):
         write_phantom_case((seed, index, str(root / "cohort")))
-    raw = root / "Dataset902_TrainTest"
-    export_cohort(root / "cohort", raw, 902, "conventional", spacing_mm=2.0)
-    results = root / "results"
-    # nnU-Net reads its folders from the environment once, on import: training needs its own process.
-    run = subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", "cohort", "train", str(raw), "--out",
-                          str(results), "--epochs", "1", "--iterations", "1", "--device", "cpu"],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
-    return root, results
+    export_cohort(root / "cohort", root / "nnunet_raw" / DATASET, 902, "conventional", spacing_mm=2.0)
+    return root
+
+
+def nnunet_environment(root: Path) -> dict:
+    return {**os.environ, "nnUNet_raw": str(root / "nnunet_raw"),
+            "nnUNet_preprocessed": str(root / "nnunet_preprocessed"), "nnUNet_results": str(root / "nnunet_results")}
+
+
+def console_script(name: str) -> str:
+    """A console script installed next to this interpreter (the project's environment)."""
+    return str(Path(sys.executable).with_name(name))
 
 
 @pytest.mark.slow
-def test_train_records_the_site_choices(trained):
+def test_nnunet_plan_and_preprocess_verifies_the_export(cohort):
+    run = subprocess.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", "902", "--verify_dataset_integrity",
+                          "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+                         capture_output=True, text=True, env=nnunet_environment(cohort))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "verify_dataset_integrity Done" in run.stdout
+    preprocessed = cohort / "nnunet_preprocessed" / DATASET
+    fingerprint = json.loads((preprocessed / "dataset_fingerprint.json").read_text())
+    assert len(fingerprint["spacings"]) == len(SEEDS)
+    assert all(spacing == pytest.approx([2.0, 2.0, 2.0]) for spacing in fingerprint["spacings"])
+    assert len(list((preprocessed / "nnUNetPlans_3d_fullres").glob("*.b2nd"))) == 2 * len(SEEDS)  # image + seg
+
+
+@pytest.fixture(scope="module")
+def trained(cohort):
+    """``cohort train`` for 2 epochs x 2 iterations in a fresh process (nnU-Net reads its folders on import)."""
+    results = cohort / "results"
+    run = subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", "cohort", "train",
+                          str(cohort / "nnunet_raw" / DATASET), "--out", str(results), "--epochs", "2",
+                          "--iterations", "2", "--device", "cpu"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return cohort, results
+
+
+@pytest.mark.slow
+def test_train_runs_two_epochs_and_records_the_site_choices(trained):
     _, results = trained
     record = json.loads((results / "cohort_train.json").read_text())
     assert record["configuration"] == "small" and record["folds"] == [0] and record["device"] == "cpu"
-    assert record["epochs"] == 1 and record["iterations_per_epoch"] == 1
+    assert record["epochs"] == 2 and record["iterations_per_epoch"] == 2
     folder = results / record["results_folder"]
     plans = json.loads((folder / "plans.json").read_text())
     assert list(plans["configurations"]) == ["3d_fullres"]
     assert plans["configurations"]["3d_fullres"]["spacing"] == [2.0, 2.0, 2.0]
-    assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 2
+    losses = checkpoint["logging"]["train_losses"]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)  # two epochs, no NaN loss
     split = json.loads((results / "preprocessed" / record["dataset"] / "splits_final.json").read_text())
-    assert split == [{"train": ["case_3000", "case_3001"], "val": ["case_3003"]}]
+    assert split == [{"train": [f"case_{seed}" for seed in SEEDS[:-1]], "val": ["case_3005"]}]
 
 
 @pytest.mark.slow
@@ -57,6 +94,7 @@ def test_package_round_trip_through_predict(trained, capsys):
                                               "gliomaprog.json", "plans.json"]
         meta = json.loads(archive.read("gliomaprog.json"))
     assert meta["id"] == "site-model" and meta["synthetic"] is True
+    assert "2 epochs x 2 iterations" in meta["description"]
     installed = models.install_package(package)
     assert installed.title == "Site model" and installed.channel_names == ["t1c", "flair"]
     case = root / "cohort" / "case_3000"
