@@ -163,6 +163,9 @@ def _run_replicate(args: argparse.Namespace) -> int:
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     result = replicate(args.out, args.train, args.test, args.epochs, args.iterations, args.seed, log=say)
     print(result["markdown"], end="")
+    for model, groups in result["detected_by_flair_visibility"].items():
+        print(f"{model}: detected " + ", ".join(f"{d}/{n} {group.replace('_', ' ')}" for group, (d, n)
+                                                in sorted(groups.items())))
     print(f"Results in {args.out} ({result['wall_time_s']:.0f} s)")
     return 0
 
@@ -180,6 +183,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_cohort(args.predictions, args.truth, args.out, compare=args.compare, nel=args.nel,
                              settings=settings, progress=_progress(args.quiet))
     print(result["markdown"], end="")
+    for model, groups in result["detected_by_flair_visibility"].items():
+        print(f"{model}: detected " + ", ".join(f"{d}/{n} {group.replace('_', ' ')}" for group, (d, n)
+                                                in sorted(groups.items())))
     print(f"Results in {args.out}")
     return 0
 

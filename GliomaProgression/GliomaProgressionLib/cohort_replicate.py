@@ -1,8 +1,9 @@
 """``gliomaprog cohort replicate``: a simulated replication of seed 000 with the cohort commands end to end.
 
-1. **Cohort**: phantom case folders (``size="small"``, the demo recipe's ``cohort_config``: in three cases of four
-   the future-progression part of the NEL has raised nCBV, 1.6-1.8 x white matter, and FLAIR only 1.00-1.02 x
-   the oedema; in the fourth nothing progresses). Each folder is what a site would have: t1c, flair, dsc +
+1. **Cohort**: phantom case folders (``size="small"``, ``replication_config``: in three cases of four the
+   future-progression part of the NEL has raised nCBV, 1.6-1.8 x white matter; in about half of those it is also
+   brighter on FLAIR, 1.12-1.20 x the oedema, in the other half only 1.00-1.02 x, so that nCBV carries what FLAIR
+   lacks in some patients, as in seed 000; in the fourth case of four nothing progresses). Each folder is what a site would have: t1c, flair, dsc +
    dsc.json, lesion, ``progression`` drawn on the pre-op FLAIR grid (the phantom truth carried there by the true
    head pose) and case.json with its index.
 2. **Export** (``cohort export``, 2 mm grid, temporal split: the last ``test`` indices are the test set), once
@@ -26,6 +27,7 @@ import numpy as np
 
 CONVENTIONAL_ID, MULTIPARAMETRIC_ID = 811, 812
 SPACING_MM = 2.0  # the demo models' grid: small cases, minutes on two CPU cores
+FLAIR_VISIBLE_RATIO = (1.12, 1.20)  # FLAIR of the infiltrated wedge / oedema where progression shows on FLAIR
 
 
 def flair_progression(case):
@@ -45,20 +47,49 @@ def flair_progression(case):
     return sitk.Resample(truth, flair, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
+def flair_visible(seed: int) -> bool:
+    """Whether a progressing replication case shows its future progression on FLAIR too (about half of them)."""
+    from .training import is_positive
+
+    return is_positive(seed) and bool(np.random.default_rng([seed, 11]).uniform() < 0.5)
+
+
+def replication_config(seed: int, size: str = "small"):
+    """The demo recipe's ``cohort_config``, except that FLAIR-visible cases get a brighter infiltrated wedge.
+
+    With FLAIR blind in every case (the demo recipe) a CE-T1 + FLAIR model has nothing to learn and, trained with
+    nnU-Net's Dice + cross-entropy loss, marks a large part of every NEL: sensitive and never specific. Seed 000's
+    patients differ: some progressions are visible on FLAIR, some only on nCBV.
+    """
+    from dataclasses import replace
+
+    from .training import cohort_config
+
+    config = cohort_config(seed, size)
+    if flair_visible(seed):
+        ratio = float(np.random.default_rng([seed, 13]).uniform(*FLAIR_VISIBLE_RATIO))
+        config = replace(config, progression_flair_ratio=ratio)
+    return config
+
+
 def write_phantom_case(job: tuple) -> str:
     """One cohort case folder from a phantom seed (a worker of a process pool)."""
     import SimpleITK as sitk
 
     from .cases import write_case
     from .phantom import generate_case
-    from .training import cohort_config, is_positive
+    from .training import is_positive
 
     seed, index, folder = job
-    case = generate_case(cohort_config(seed))
+    config = replication_config(seed)
+    case = generate_case(config)
     target = write_case(case, Path(folder) / f"case_{seed:04d}")
     if is_positive(seed):  # a negative case's infiltrated part looks like oedema and never progresses: no label
         sitk.WriteImage(flair_progression(case), str(target / "progression.nii.gz"), True)
-    (target / "case.json").write_text(json.dumps({"index": index, "seed": seed}), encoding="utf-8")
+    meta = {"index": index, "seed": seed, "flair_visible": flair_visible(seed),
+            "progression_flair_ratio": round(config.progression_flair_ratio, 4),
+            "progression_cbv_ratio": round(config.progression_cbv_ratio, 4)}
+    (target / "case.json").write_text(json.dumps(meta), encoding="utf-8")
     return target.name
 
 
@@ -171,10 +202,28 @@ def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: i
                                      work / "evaluation", compare=work / "predictions" / "conventional",
                                      nel=multi / "nelTs")
         timings["total_s"] = round(time.monotonic() - started, 1)
+        by_visibility = sensitivity_by_flair_visibility(work / "evaluation" / "per_case.csv", work / "cohort")
         record = {"command": " ".join(["gliomaprog", "cohort", "replicate", "--out", str(out), "--train", str(train),
                                        "--test", str(test), "--epochs", str(epochs), "--iterations", str(iterations),
                                        "--seed", str(seed)]),
                   "seeds": [seeds[0], seeds[-1]], "train": train, "test": test, "epochs": epochs,
-                  "iterations_per_epoch": iterations, "timings": timings}
+                  "iterations_per_epoch": iterations, "timings": timings,
+                  "detected_by_flair_visibility": by_visibility}
         (work / "replication.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return {**evaluation, "wall_time_s": timings["total_s"]}
+    return {**evaluation, "wall_time_s": timings["total_s"], "detected_by_flair_visibility": by_visibility}
+
+
+def sensitivity_by_flair_visibility(per_case_csv: Path, cohort: Path) -> dict:
+    """Per model, progressing test cases detected among those visible on FLAIR and those visible only on nCBV."""
+    import csv
+
+    counts: dict = {}
+    with open(per_case_csv, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["truth_progression"] != "1":
+                continue
+            meta = json.loads((cohort / row["case"] / "case.json").read_text(encoding="utf-8"))
+            group = "flair_visible" if meta["flair_visible"] else "ncbv_only"
+            detected, total = counts.setdefault(row["model"], {}).get(group, [0, 0])
+            counts[row["model"]][group] = [detected + int(row["predicted_progression"]), total + 1]
+    return counts

@@ -1,0 +1,59 @@
+"""``gliomaprog cohort replicate``: the simulated cohort's recipe, and the whole command on a tiny cohort."""
+import csv
+import json
+
+import pytest
+
+from GliomaProgressionLib import cli
+from GliomaProgressionLib.cohort_replicate import (FLAIR_VISIBLE_RATIO, flair_visible, replication_config,
+                                                   sensitivity_by_flair_visibility)
+from GliomaProgressionLib.training import cohort_config, is_positive
+
+SEEDS = range(3000, 3090)  # the committed replication's cohort
+
+
+def test_flair_shows_progression_in_some_patients_only():
+    visible = [seed for seed in SEEDS if flair_visible(seed)]
+    positives = [seed for seed in SEEDS if is_positive(seed)]
+    assert set(visible) < set(positives) and 0.25 < len(visible) / len(positives) < 0.75
+    for seed in SEEDS:
+        config, demo = replication_config(seed), cohort_config(seed)
+        assert config.progression_cbv_ratio == demo.progression_cbv_ratio  # nCBV: as the demo recipe, always
+        if seed in visible:
+            assert FLAIR_VISIBLE_RATIO[0] <= config.progression_flair_ratio <= FLAIR_VISIBLE_RATIO[1]
+        else:
+            assert config == demo
+    assert replication_config(3004) == replication_config(3004)
+
+
+def test_sensitivity_is_split_by_flair_visibility(tmp_path):
+    for seed, visible in ((1, True), (2, False), (3, False)):
+        (tmp_path / f"case_{seed}").mkdir()
+        (tmp_path / f"case_{seed}" / "case.json").write_text(json.dumps({"flair_visible": visible}))
+    rows = [("m", "case_1", 1, 1), ("m", "case_2", 1, 0), ("m", "case_3", 1, 1), ("m", "case_4", 0, 1),
+            ("c", "case_1", 1, 1), ("c", "case_2", 1, 0), ("c", "case_3", 1, 0), ("c", "case_4", 0, 0)]
+    with open(tmp_path / "per_case.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "case", "truth_progression", "predicted_progression"])
+        writer.writerows(rows)
+    counts = sensitivity_by_flair_visibility(tmp_path / "per_case.csv", tmp_path)
+    assert counts == {"m": {"flair_visible": [1, 1], "ncbv_only": [1, 2]},
+                      "c": {"flair_visible": [1, 1], "ncbv_only": [0, 2]}}
+
+
+@pytest.mark.slow
+def test_replicate_runs_end_to_end_on_a_tiny_cohort(tmp_path, capsys):
+    out = tmp_path / "replicate"
+    code = cli.main(["cohort", "replicate", "--out", str(out), "--train", "4", "--test", "2", "--epochs", "1",
+                     "--iterations", "1", "--seed", "3000", "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "| multiparametric |" in printed.out and "| conventional |" in printed.out
+    record = json.loads((out / "replication.json").read_text())
+    assert record["seeds"] == [3000, 3005] and record["epochs"] == 1
+    assert set(record["detected_by_flair_visibility"]) == {"multiparametric", "conventional"}
+    assert sum(n for _, n in record["detected_by_flair_visibility"]["conventional"].values()) == 2  # 3004, 3005
+    for name in ("evaluation.md", "evaluation.csv", "per_case.csv", "roc.png"):
+        assert (out / "evaluation" / name).stat().st_size > 0
+    assert sorted(p.name for p in (out / "predictions" / "conventional").iterdir()) == ["case_3004.nii.gz",
+                                                                                          "case_3005.nii.gz"]
