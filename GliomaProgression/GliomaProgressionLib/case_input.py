@@ -48,8 +48,8 @@ class CaseInputs:
     t1c: sitk.Image
     flair: sitk.Image
     lesion: sitk.Image
-    dsc: Volume  # [t, k, j, i]
-    timing: AcquisitionTiming
+    dsc: Volume | None  # [t, k, j, i]; None only when read with dsc_required=False from a folder without DSC
+    timing: AcquisitionTiming | None
     brain: sitk.Image | None = None
     recurrence: sitk.Image | None = None
     sources: dict[str, str] = field(default_factory=dict)  # series -> file or "DICOM folder <path>"
@@ -229,7 +229,7 @@ def _check_lesion(lesion: sitk.Image, path_text: str) -> None:
 
 def _check_space(inputs: CaseInputs) -> None:
     """Every series must overlap CE-T1 in scanner space (same session); registration can fix small motion only."""
-    dsc_frame = sitk_from_volume(Volume(inputs.dsc.array[0], inputs.dsc.ijk_to_ras))
+    dsc_frame = None if inputs.dsc is None else sitk_from_volume(Volume(inputs.dsc.array[0], inputs.dsc.ijk_to_ras))
     others = {"FLAIR": inputs.flair, "DSC series": dsc_frame, "lesion": inputs.lesion, "brain mask": inputs.brain,
               "recurrence mask": inputs.recurrence}
     for what, image in others.items():
@@ -237,18 +237,22 @@ def _check_space(inputs: CaseInputs) -> None:
             check_overlap(inputs.t1c, image, what)
 
 
-def read_case(folder: str | Path, recurrence: str | Path | None = None) -> CaseInputs:
-    """Read and check every series of a case folder (``recurrence`` overrides ``<folder>/recurrence``)."""
+def read_case(folder: str | Path, recurrence: str | Path | None = None, dsc_required: bool = True) -> CaseInputs:
+    """Read and check every series of a case folder (``recurrence`` overrides ``<folder>/recurrence``).
+
+    With ``dsc_required=False`` a folder without a DSC series is read too (CE-T1 + FLAIR work, no nCBV).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"The case folder {folder} does not exist.")
-    paths = {name: _required(folder, name) for name in REQUIRED_SERIES}
+    wanted = [name for name in REQUIRED_SERIES if dsc_required or name != "dsc" or locate_series(folder, "dsc")]
+    paths = {name: _required(folder, name) for name in wanted}
     provenance = _Provenance()
     t1c = _read_3d(paths["t1c"], "t1c", "CE-T1", provenance)
     flair = _read_3d(paths["flair"], "flair", "FLAIR", provenance)
     lesion = _read_3d(paths["lesion"], "lesion", "lesion", provenance)
     _check_lesion(lesion, provenance.sources["lesion"])
-    dsc, timing = _read_dsc(paths["dsc"], folder, provenance)
+    dsc, timing = _read_dsc(paths["dsc"], folder, provenance) if "dsc" in paths else (None, None)
     optional = {name: locate_series(folder, name) for name in OPTIONAL_SERIES}
     if recurrence is not None:
         optional["recurrence"] = Path(recurrence)

@@ -64,8 +64,9 @@ def _add_export(actions, positive_float) -> None:
     export = actions.add_parser(
         "export", help="cohort case folders -> nnU-Net v2 raw dataset with per-case QC",
         description="Run the progression module's preprocessing (registration, nCBV, resampling) on every case "
-                    "folder of COHORT_DIR (t1c, flair, lesion, dsc + dsc.json, progression = label drawn on the "
-                    "pre-op FLAIR, optional case.json with 'date' or 'index') and write a new nnU-Net v2 raw "
+                    "folder of COHORT_DIR (t1c, flair, lesion, dsc + dsc.json as NIfTI/NRRD files or DICOM "
+                    "folders, as 'gliomaprog run' reads them; progression = label drawn on the pre-op FLAIR; "
+                    "optional case.json with 'date' or 'index') and write a new nnU-Net v2 raw "
                     "dataset with qc.csv and split.json. Failing cases are recorded in qc.csv and skipped.")
     export.add_argument("cohort", type=Path, metavar="COHORT_DIR")
     export.add_argument("--out", required=True, type=Path, help="new raw dataset folder (DatasetNNN_Name)")

@@ -1,9 +1,11 @@
 """``gliomaprog cohort export``: a site's cohort folders -> an nnU-Net v2 raw dataset, with per-case QC.
 
-A cohort folder holds one sub-folder per case: ``t1c``, ``flair``, ``lesion`` (BraTS labels on the CE-T1 grid),
-optionally ``dsc`` + ``dsc.json`` (needed for the multiparametric channel set), ``progression`` (the progression
-label drawn on the pre-op FLAIR, from follow-up scans; absent or empty = no progression) and optionally
-``case.json`` with ``"date"`` (ISO) or ``"index"`` for a temporal split. Every case goes through the progression
+A cohort folder holds one sub-folder per case, read as ``gliomaprog run`` reads a case folder (``case_input``):
+``t1c``, ``flair``, ``lesion`` (BraTS labels on the CE-T1 grid), optionally ``dsc`` (+ ``dsc.json`` unless the
+DICOM headers give TR and TE; needed for the multiparametric channel set), each a NIfTI/NRRD file or a folder of
+DICOM files; ``progression`` (the progression label drawn on the pre-op FLAIR, from follow-up scans, a NIfTI/NRRD
+file; absent or empty = no progression) and optionally ``case.json`` with ``"date"`` (ISO) or ``"index"`` for a
+temporal split. Every case goes through the progression
 module's own preprocessing (``prepare_case``: registration, nCBV, resampling); the label is carried from FLAIR
 onto the reference grid by the FLAIR registration and restricted to the NEL, where seed 000 annotated progression.
 
@@ -36,15 +38,16 @@ DEFAULT_SPACING_MM = 1.0  # the progression module's reference grid; the demo mo
 
 
 def case_folders(cohort: Path) -> list[Path]:
-    """The case sub-folders of a cohort (those with a t1c series), sorted by name."""
-    from .preprocess import find_series
+    """The case sub-folders of a cohort (those with a t1c series: a file or a DICOM folder), sorted by name."""
+    from .case_input import locate_series
 
     cohort = Path(cohort)
     if not cohort.is_dir():
         raise ValueError(f"The cohort folder {cohort} does not exist.")
-    folders = sorted(p for p in cohort.iterdir() if p.is_dir() and find_series(p, "t1c", required=False))
+    folders = sorted(p for p in cohort.iterdir() if p.is_dir() and locate_series(p, "t1c"))
     if not folders:
-        raise ValueError(f"The cohort folder {cohort} has no case folders (sub-folders with t1c.nii.gz).")
+        raise ValueError(f"The cohort folder {cohort} has no case folders (sub-folders with t1c.nii.gz or a t1c/ "
+                         "DICOM folder).")
     return folders
 
 
@@ -89,24 +92,30 @@ def split_cases(names: list[str], orders: dict[str, str | None], method: str, te
     return {name: "test" if name in test else "train" for name in names}
 
 
-def read_case(folder: Path, spacing_mm: float):
+def read_case(folder: Path, spacing_mm: float, needs_ncbv: bool):
     """``prepare_case`` on one case folder, onto a reference grid of ``spacing_mm``."""
-    from .preprocess import prepare_case_folder
+    from .case_input import read_case as read_inputs
+    from .preprocess import prepare_case
 
-    return prepare_case_folder(folder, spacing_mm=spacing_mm)
+    inputs = read_inputs(folder, dsc_required=needs_ncbv)
+    timing = inputs.timing
+    return prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc, timing.times_s if timing else None,
+                        timing.te_s if timing else None, spacing_mm=spacing_mm)
 
 
 def progression_label(folder: Path, prepared):
     """The progression label (drawn on the pre-op FLAIR) on the reference grid, inside the NEL; empty if absent."""
     import SimpleITK as sitk
 
+    from .case_input import locate_series
     from .files import read_image
-    from .preprocess import find_series
     from .registration import resample_onto
 
-    path = find_series(folder, "progression", required=False)
+    path = locate_series(folder, "progression")
     if path is None:
         return sitk.Cast(prepared.nel * 0, sitk.sitkUInt8)
+    if path.is_dir():
+        raise ValueError(f"The progression label {path} must be a NIfTI or NRRD label file, not a folder.")
     drawn = read_image(path, "progression label")
     on_reference = resample_onto(prepared.reference, drawn, prepared.registrations["flair"], labels=True)
     return sitk.Cast((on_reference > 0) * prepared.nel, sitk.sitkUInt8)
@@ -133,10 +142,7 @@ def export_case(job: tuple) -> dict:
     folder, staging = Path(folder), Path(staging)
     suffix = "Tr" if part == "train" else "Ts"
     try:
-        prepared = read_case(folder, spacing_mm)
-        missing = [channel for channel in channel_names if channel not in prepared.channels]
-        if missing:
-            raise ValueError(f"no {', '.join(missing)} channel (nCBV needs dsc + dsc.json)")
+        prepared = read_case(folder, spacing_mm, needs_ncbv="ncbv" in channel_names)
         label = progression_label(folder, prepared)
         row = _qc_row(name, prepared, label)
         for index, channel in enumerate(channel_names):

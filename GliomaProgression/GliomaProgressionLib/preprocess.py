@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -19,7 +18,6 @@ import SimpleITK as sitk
 
 from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
 
-from .files import read_image
 from .geometry import Volume, sitk_from_volume
 from .registration import RigidRegistration, isotropic_reference, register_rigid, resample_onto
 
@@ -130,35 +128,4 @@ def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Vo
     return PreparedCase(reference, channels, lesion_reference, nel, registrations, perfusion, qc)
 
 
-def prepare_case_folder(folder: str | Path, leakage: str = "bsw", spacing_mm: float = 1.0,
-                        progress: Progress | None = None) -> PreparedCase:
-    """``prepare_case`` on a case folder (t1c, flair, dsc + dsc.json, lesion; NIfTI or NRRD)."""
-    from .perfusion_run import read_dsc, read_timing
-
-    folder = Path(folder)
-    t1c = read_image(find_series(folder, "t1c"), "CE-T1")
-    flair = read_image(find_series(folder, "flair"), "FLAIR")
-    lesion = read_image(find_series(folder, "lesion"), "lesion")
-    dsc_path = find_series(folder, "dsc", required=False)
-    dsc = timing = None
-    if dsc_path is not None:
-        dsc = read_dsc(dsc_path)
-        sidecar = folder / "dsc.json"
-        timing = read_timing(dsc.array.shape[0], sidecar if sidecar.exists() else None, None, None)
-    return prepare_case(t1c, flair, lesion, dsc, timing.times_s if timing else None,
-                        timing.te_s if timing else None, leakage=leakage, spacing_mm=spacing_mm, progress=progress)
-
-
 SERIES_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def find_series(folder: Path, name: str, required: bool = True) -> Path | None:
-    """``<folder>/<name>`` with any supported image suffix."""
-    for suffix in SERIES_SUFFIXES:
-        candidate = Path(folder) / f"{name}{suffix}"
-        if candidate.exists():
-            return candidate
-    if required:
-        raise ValueError(f"The case folder {folder} has no {name} series ({name}.nii.gz or {name}.nrrd).")
-    return None
-
