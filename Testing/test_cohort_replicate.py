@@ -30,15 +30,17 @@ def test_sensitivity_is_split_by_flair_visibility(tmp_path):
     for seed, visible in ((1, True), (2, False), (3, False)):
         (tmp_path / f"case_{seed}").mkdir()
         (tmp_path / f"case_{seed}" / "case.json").write_text(json.dumps({"flair_visible": visible}))
-    rows = [("m", "case_1", 1, 1), ("m", "case_2", 1, 0), ("m", "case_3", 1, 1), ("m", "case_4", 0, 1),
-            ("c", "case_1", 1, 1), ("c", "case_2", 1, 0), ("c", "case_3", 1, 0), ("c", "case_4", 0, 0)]
+    rows = [("m", "case_1", 1, 1, 0.8), ("m", "case_2", 1, 0, 0.0), ("m", "case_3", 1, 1, 0.6), ("m", "case_4", 0, 1, ""),
+            ("c", "case_1", 1, 1, 0.5), ("c", "case_2", 1, 0, 0.0), ("c", "case_3", 1, 0, 0.1), ("c", "case_4", 0, 0, "")]
     with open(tmp_path / "per_case.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["model", "case", "truth_progression", "predicted_progression"])
+        writer.writerow(["model", "case", "truth_progression", "predicted_progression", "dice"])
         writer.writerows(rows)
     counts = sensitivity_by_flair_visibility(tmp_path / "per_case.csv", tmp_path)
-    assert counts == {"m": {"flair_visible": [1, 1], "ncbv_only": [1, 2]},
-                      "c": {"flair_visible": [1, 1], "ncbv_only": [0, 2]}}
+    assert counts == {"m": {"flair_visible": {"detected": 1, "cases": 1, "mean_dice": 0.8},
+                            "ncbv_only": {"detected": 1, "cases": 2, "mean_dice": 0.3}},
+                      "c": {"flair_visible": {"detected": 1, "cases": 1, "mean_dice": 0.5},
+                            "ncbv_only": {"detected": 0, "cases": 2, "mean_dice": 0.05}}}
 
 
 @pytest.mark.slow
@@ -52,7 +54,7 @@ def test_replicate_runs_end_to_end_on_a_tiny_cohort(tmp_path, capsys):
     record = json.loads((out / "replication.json").read_text())
     assert record["seeds"] == [3000, 3005] and record["epochs"] == 1
     assert set(record["detected_by_flair_visibility"]) == {"multiparametric", "conventional"}
-    assert sum(n for _, n in record["detected_by_flair_visibility"]["conventional"].values()) == 2  # 3004, 3005
+    assert sum(g["cases"] for g in record["detected_by_flair_visibility"]["conventional"].values()) == 2  # 3004/5
     for name in ("evaluation.md", "evaluation.csv", "per_case.csv", "roc.png"):
         assert (out / "evaluation" / name).stat().st_size > 0
     assert sorted(p.name for p in (out / "predictions" / "conventional").iterdir()) == ["case_3004.nii.gz",

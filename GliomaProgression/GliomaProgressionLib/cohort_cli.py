@@ -165,8 +165,8 @@ def _run_replicate(args: argparse.Namespace) -> int:
     result = replicate(args.out, args.train, args.test, args.epochs, args.iterations, args.seed, log=say)
     print(result["markdown"], end="")
     for model, groups in result["detected_by_flair_visibility"].items():
-        print(f"{model}: detected " + ", ".join(f"{d}/{n} {group.replace('_', ' ')}" for group, (d, n)
-                                                in sorted(groups.items())))
+        print(f"{model}: " + ", ".join(f"{g['detected']}/{g['cases']} detected, Dice {g['mean_dice']:.2f} "
+                                       f"({group.replace('_', ' ')})" for group, g in groups.items()))
     print(f"Results in {args.out} ({result['wall_time_s']:.0f} s)")
     return 0
 
@@ -184,9 +184,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_cohort(args.predictions, args.truth, args.out, compare=args.compare, nel=args.nel,
                              settings=settings, progress=_progress(args.quiet))
     print(result["markdown"], end="")
-    for model, groups in result["detected_by_flair_visibility"].items():
-        print(f"{model}: detected " + ", ".join(f"{d}/{n} {group.replace('_', ' ')}" for group, (d, n)
-                                                in sorted(groups.items())))
     print(f"Results in {args.out}")
     return 0
 

@@ -214,16 +214,19 @@ def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: i
 
 
 def sensitivity_by_flair_visibility(per_case_csv: Path, cohort: Path) -> dict:
-    """Per model, progressing test cases detected among those visible on FLAIR and those visible only on nCBV."""
+    """Per model, the progressing test cases visible on FLAIR and those visible only on nCBV: how many were
+    detected, out of how many, and the mean Dice inside the NEL."""
     import csv
 
-    counts: dict = {}
+    groups: dict = {}
     with open(per_case_csv, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["truth_progression"] != "1":
                 continue
             meta = json.loads((cohort / row["case"] / "case.json").read_text(encoding="utf-8"))
             group = "flair_visible" if meta["flair_visible"] else "ncbv_only"
-            detected, total = counts.setdefault(row["model"], {}).get(group, [0, 0])
-            counts[row["model"]][group] = [detected + int(row["predicted_progression"]), total + 1]
-    return counts
+            groups.setdefault(row["model"], {}).setdefault(group, []).append(row)
+    return {model: {group: {"detected": sum(int(r["predicted_progression"]) for r in rows), "cases": len(rows),
+                            "mean_dice": round(float(np.mean([float(r["dice"]) for r in rows])), 3)}
+                    for group, rows in sorted(by_group.items())}
+            for model, by_group in groups.items()}
