@@ -49,8 +49,8 @@ demo-models: $(STAMP)
 	$(PY) -m GliomaProgressionLib.training all --work build/demo_models --resources Resources
 
 # Simulated replication of seed 000 (issue 7): 60 training + 30 test phantom cases, both channel sets trained with
-# the small CPU plan side by side, evaluated with 'gliomaprog cohort evaluate --compare'. Measured: 16 min on 2 CPU
-# cores with REPLICATE_EPOCHS=40 (docs/replication_seed000); budget 20 min for the default 50. Synthetic data - not for clinical use.
+# the small CPU plan side by side, evaluated with 'gliomaprog cohort evaluate --compare'. Measured: 16.5 min on 2 CPU
+# cores (docs/replication_seed000); budget 20 min. Synthetic data - not for clinical use.
 REPLICATE_EPOCHS ?= 50
 .PHONY: replicate
 replicate: $(STAMP)
