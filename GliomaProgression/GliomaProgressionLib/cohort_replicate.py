@@ -150,6 +150,7 @@ def predict_test_cases(package_zip: Path, raw: Path, out: Path) -> None:
 
     package = install_package(package_zip)
     predictor = load_predictor(package.folder, device="cpu", tta=False)
+    predictor.allow_tqdm = False  # one progress bar per case would flood the replication's log
     out.mkdir(parents=True)
     channels = len(package.channels)
     for label in sorted((raw / "labelsTs").glob("*.nii.gz")):
