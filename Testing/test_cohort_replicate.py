@@ -59,3 +59,15 @@ def test_replicate_runs_end_to_end_on_a_tiny_cohort(tmp_path, capsys):
         assert (out / "evaluation" / name).stat().st_size > 0
     assert sorted(p.name for p in (out / "predictions" / "conventional").iterdir()) == ["case_3004.nii.gz",
                                                                                           "case_3005.nii.gz"]
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    (["--train", "3"], "at least 4 training and 2 test cases"),
+    (["--test", "1"], "at least 4 training and 2 test cases"),
+    (["--epochs", "0"], "--epochs and --iterations must be at least 1"),
+])
+def test_replicate_bad_arguments_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, arguments, fragment):
+    code = cli.main(["cohort", "replicate", "--out", str(tmp_path / "out"), *arguments])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.splitlines() == [error] and fragment in error
+    assert list(tmp_path.iterdir()) == []

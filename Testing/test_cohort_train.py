@@ -127,3 +127,23 @@ def test_train_rejects_a_folder_that_is_not_a_dataset(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and "raw dataset" in error
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    (["--configuration", "2d"], "invalid choice"),
+    (["--folds", "0,7"], "--folds must be distinct numbers 0..4"),
+    (["--folds", "1,1"], "--folds must be distinct numbers 0..4"),
+    (["--epochs", "0"], "--epochs and --iterations must be at least 1"),
+])
+def test_train_bad_choices_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, arguments, fragment):
+    raw = tmp_path / "Dataset904_Bad"
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True)
+    (raw / "dataset.json").write_text("{}")
+    try:
+        code = cli.main(["cohort", "train", str(raw), "--out", str(tmp_path / "results"), *arguments])
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in error and not (tmp_path / "results").exists()

@@ -115,8 +115,8 @@ def _add_package(actions, positive_float=None) -> None:
 def _add_replicate(actions, positive_float=None) -> None:
     replicate = actions.add_parser(
         "replicate", help="simulated replication of seed 000 (phantom cohort, both channel sets, evaluation)",
-        description="Generate a phantom cohort in which nCBV shows future progression that FLAIR barely shows, "
-                    "export it, train the conventional and multiparametric models (small CPU plan, side by "
+        description="Generate a phantom cohort in which nCBV shows every future progression and FLAIR only "
+                    "about half of them, export it, train the conventional and multiparametric models (small CPU plan, side by "
                     "side), predict the test cases and compare them with 'cohort evaluate --compare'.")
     replicate.add_argument("--out", required=True, type=Path, help="new folder")
     replicate.add_argument("--train", type=int, default=60, help="training cases (default 60)")
