@@ -6,11 +6,11 @@ masks, predictions and truth are both restricted to the NEL, where seed 000 anno
 
 Per patient: truth "progression" if the truth mask has at least one voxel; predicted "progression" if at least
 ``min_voxels`` voxels have p >= ``threshold``. Statistics (every proportion with its 95% Wilson score interval,
-computed here in closed form: statsmodels is not a dependency of the project):
+``scipy.stats.binomtest``):
 
 - sensitivity TP/(TP+FN), specificity TN/(TN+FP), accuracy (TP+TN)/N;
-- AUC of the per-patient maximum probability (``sklearn.metrics`` when installed, else the Mann-Whitney count
-  in numpy; both give the same value) with a stratified percentile bootstrap 95% CI (fixed seed);
+- AUC of the per-patient maximum probability (``sklearn.metrics``) with a stratified percentile bootstrap 95% CI
+  (``scipy.stats.bootstrap``, positives and negatives resampled separately, fixed seed);
 - voxel-level Dice of the thresholded prediction and the truth, over patients with progression (mean and
   sample SD);
 - with a second model, McNemar's exact test (two-sided binomial test on the discordant pairs) on the per-patient
@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-Z_95 = 1.959963984540054  # standard normal quantile for a two-sided 95% interval
+CONFIDENCE = 0.95
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 BOOTSTRAP_REPLICATES = 2000
 BOOTSTRAP_SEED = 20230101  # fixed: the same cohort always gives the same interval
@@ -56,18 +56,17 @@ class Proportion:
     high: float | None
 
 
-def wilson_interval(k: int, n: int, z: float = Z_95) -> Proportion:
-    """Proportion k/n with the Wilson score interval (Wilson 1927; Newcombe 1998, method 3)."""
+def wilson_interval(k: int, n: int) -> Proportion:
+    """Proportion k/n with the 95% Wilson score interval (Wilson 1927; Newcombe 1998, method 3), from scipy."""
+    from scipy.stats import binomtest
+
     if n == 0:
         return Proportion(k, n, None, None, None)
-    p = k / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    # Exactly 0 (k = 0) and 1 (k = n) in theory; in floating point centre - half can be 5e-17 instead.
-    low = 0.0 if k == 0 else max(0.0, centre - half)
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return Proportion(k, n, p, low, high)
+    interval = binomtest(k, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    # Exactly 0 (k = 0) and 1 (k = n) in theory; in floating point the bound can be 5e-17 off.
+    low = 0.0 if k == 0 else float(interval.low)
+    high = 1.0 if k == n else float(interval.high)
+    return Proportion(k, n, k / n, low, high)
 
 
 def mcnemar_exact(first_correct: Sequence[bool], second_correct: Sequence[bool]) -> dict:
@@ -82,57 +81,36 @@ def mcnemar_exact(first_correct: Sequence[bool], second_correct: Sequence[bool])
     return {"b": b, "c": c, "n_discordant": b + c, "p": p}
 
 
-def auc_mann_whitney(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """AUC as the fraction of (positive, negative) pairs ranked right, ties counting 1/2; None for one class."""
-    positives, negatives = scores[labels], scores[~labels]
-    if positives.size == 0 or negatives.size == 0:
-        return None
-    return float(_pair_matrix(positives, negatives).mean())
-
-
-def _pair_matrix(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
-    difference = positives[:, None] - negatives[None, :]
-    return (difference > 0) + 0.5 * (difference == 0)
-
-
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """ROC curve (false- and true-positive rates) and AUC; empty curve and None when only one class is present."""
+    """ROC curve (false- and true-positive rates) and AUC (scikit-learn); empty curve and None for one class."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     if labels.all() or not labels.any():
         return np.zeros(0), np.zeros(0), None
-    try:
-        from sklearn.metrics import roc_auc_score, roc_curve
-    except ImportError:
-        return (*_roc_curve_numpy(scores, labels), auc_mann_whitney(scores, labels))
     fpr, tpr, _ = roc_curve(labels, scores)
     return fpr, tpr, float(roc_auc_score(labels, scores))
 
 
-def _roc_curve_numpy(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ROC points at every distinct score (highest first), starting at (0, 0)."""
-    thresholds = np.unique(scores)[::-1]
-    tpr = [0.0] + [float(np.mean(scores[labels] >= t)) for t in thresholds]
-    fpr = [0.0] + [float(np.mean(scores[~labels] >= t)) for t in thresholds]
-    return np.asarray(fpr), np.asarray(tpr)
-
-
 def bootstrap_auc_interval(scores: np.ndarray, labels: np.ndarray, replicates: int = BOOTSTRAP_REPLICATES,
                            seed: int = BOOTSTRAP_SEED) -> tuple[float | None, float | None]:
-    """Percentile 95% CI of the AUC, resampling positives and negatives separately (stratified), so that every
-    replicate keeps both classes; (None, None) for a single-class cohort."""
+    """Percentile 95% CI of the AUC (scipy's bootstrap), resampling positives and negatives separately
+    (stratified), so that every replicate keeps both classes; (None, None) for a single-class cohort."""
+    from scipy.stats import bootstrap, mannwhitneyu
+
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     positives, negatives = scores[labels], scores[~labels]
     if positives.size == 0 or negatives.size == 0:
         return None, None
-    pairs = _pair_matrix(positives, negatives)
-    rng = np.random.default_rng(seed)
-    values = np.empty(replicates)
-    for index in range(replicates):
-        rows = rng.integers(0, positives.size, positives.size)
-        columns = rng.integers(0, negatives.size, negatives.size)
-        values[index] = pairs[np.ix_(rows, columns)].mean()
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+
+    def auc(resampled_positives, resampled_negatives, axis=-1):
+        # AUC = U / (n1 n2): Mann-Whitney's U counts the (positive, negative) pairs ranked right, ties 1/2.
+        u = mannwhitneyu(resampled_positives, resampled_negatives, axis=axis, method="asymptotic").statistic
+        return u / (resampled_positives.shape[axis] * resampled_negatives.shape[axis])
+
+    result = bootstrap((positives, negatives), auc, n_resamples=replicates, vectorized=True, paired=False,
+                       confidence_level=CONFIDENCE, method="percentile", random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
