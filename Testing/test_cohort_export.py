@@ -74,7 +74,8 @@ def test_failed_cases_are_in_qc_and_split_but_not_in_the_dataset(exported):
     split = json.loads((exported / "split.json").read_text())
     assert split["train"] == [f"case_{POSITIVE:04d}"] and split["test"] == [f"case_{NEGATIVE:04d}"]
     assert sorted(split["failed"]) == ["case_broken", "case_nodsc"]
-    assert not list((exported / "imagesTr").glob("case_nodsc*")) + list((exported / "imagesTs").glob("case_b*"))
+    written = [path.name for path in exported.glob("*/*.nii.gz")]
+    assert written and not [name for name in written if name.startswith(("case_nodsc", "case_broken"))]
 
 
 def test_nnunet_verifies_the_dataset(exported, tmp_path):
@@ -83,7 +84,7 @@ def test_nnunet_verifies_the_dataset(exported, tmp_path):
     copy = shutil.copytree(exported, tmp_path / exported.name)
     verify_dataset_integrity(str(copy), num_processes=1)  # raises on any inconsistency
     (copy / "labelsTr" / f"case_{POSITIVE:04d}.nii.gz").unlink()
-    with pytest.raises(Exception):
+    with pytest.raises(AssertionError, match=f"label file in labelsTr.*case_{POSITIVE:04d}"):
         verify_dataset_integrity(str(copy), num_processes=1)
 
 
@@ -101,7 +102,7 @@ def test_temporal_split_without_dates_is_a_one_line_error(tmp_path, capsys):
 
 def test_split_rules():
     names = ["a", "b", "c", "d"]
-    orders = {"a": "2021-05-01", "b": "2019-01-01", "c": "2022-01-01", "d": "2020-01-01"}
+    orders = {"a": "date:2021-05-01", "b": "date:2019-01-01", "c": "date:2022-01-01", "d": "date:2020-01-01"}
     assert cohort_export.split_cases(names, orders, "temporal", 0.5, 0) == {
         "a": "test", "b": "train", "c": "test", "d": "train"}
     first = cohort_export.split_cases(names, {}, "random", 0.25, 7)
@@ -110,6 +111,28 @@ def test_split_rules():
     with pytest.raises(ValueError):
         cohort_export.split_cases(names, {}, "random", 1.0, 0)
     assert np.all([value == "train" for value in cohort_export.split_cases(names, {}, "random", 0.0, 0).values()])
+    with pytest.raises(ValueError, match="leaves no training case"):
+        cohort_export.split_cases(names, {}, "random", 0.9, 0)  # 3.6 of 4 rounds to 4
+    with pytest.raises(ValueError, match="one kind of order"):
+        cohort_export.split_cases(names, {**orders, "d": "index:000000000001"}, "temporal", 0.5, 0)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"date": "2021-03-04"}', "date:2021-03-04"), ('{"date": "2021-03-04T10:00:00"}', "date:2021-03-04"),
+    ('{"index": 7}', "index:000000000007"), ('{"seed": 1}', None), ('{"index": null}', None)])
+def test_case_order_reads_dates_and_indices(tmp_path, content, expected):
+    (tmp_path / "case.json").write_text(content)
+    assert cohort_export.case_order(tmp_path) == expected
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ('{"date": "04/03/2021"}', "ISO date"), ('{"index": "7"}', "whole number"), ('{"index": -1}', "whole number"),
+    ('{"index": true}', "whole number"), ('[1, 2]', "JSON object"), ('{"index": ', "not valid JSON")])
+def test_case_order_refuses_what_it_cannot_sort_in_one_sentence(tmp_path, content, fragment):
+    (tmp_path / "case.json").write_text(content)
+    with pytest.raises(ValueError, match=fragment) as error:
+        cohort_export.case_order(tmp_path)
+    assert str(tmp_path / "case.json") in str(error.value) and len(str(error.value).splitlines()) == 1
 
 
 def test_dicom_case_exports_the_same_dataset_as_its_nifti_twin(cohort, tmp_path):
@@ -140,3 +163,14 @@ def test_dicom_case_exports_the_same_dataset_as_its_nifti_twin(cohort, tmp_path)
         assert differing.sum() <= 1e-4 * differing.size
     labels = [sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"{c}.nii.gz"))) for c in ("nifti", "dicom")]
     assert labels[0].sum() > 50 and np.array_equal(labels[0], labels[1])
+
+
+def test_conventional_export_neither_needs_nor_reads_the_dsc(cohort, tmp_path):
+    out = tmp_path / "Dataset905_Conventional"
+    summary = cohort_export.export_cohort(cohort, out, 905, "conventional", spacing_mm=2.0)
+    with open(out / "qc.csv", newline="") as handle:
+        rows = {row["case"]: row for row in csv.DictReader(handle)}
+    assert rows["case_nodsc"]["status"] == "ok" and summary["failed"] == ["case_broken"]
+    assert all(row["dsc_mattes_mi"] == "" and row["nawm_voxels"] == "" for row in rows.values())
+    assert sorted(p.name for p in (out / "imagesTr").glob("case_nodsc_*")) == ["case_nodsc_0000.nii.gz",
+                                                                               "case_nodsc_0001.nii.gz"]

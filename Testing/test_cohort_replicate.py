@@ -44,7 +44,7 @@ def test_sensitivity_is_split_by_flair_visibility(tmp_path):
 
 
 @pytest.mark.slow
-def test_replicate_runs_end_to_end_on_a_tiny_cohort(tmp_path, capsys):
+def test_replicate_runs_end_to_end_on_a_tiny_cohort(tmp_path, capsys, fresh_model_cache):
     out = tmp_path / "replicate"
     code = cli.main(["cohort", "replicate", "--out", str(out), "--train", "4", "--test", "2", "--epochs", "1",
                      "--iterations", "1", "--seed", "3000", "--quiet"])
@@ -57,6 +57,7 @@ def test_replicate_runs_end_to_end_on_a_tiny_cohort(tmp_path, capsys):
     assert sum(g["cases"] for g in record["detected_by_flair_visibility"]["conventional"].values()) == 2  # 3004/5
     for name in ("evaluation.md", "evaluation.csv", "per_case.csv", "roc.png"):
         assert (out / "evaluation" / name).stat().st_size > 0
+    assert not fresh_model_cache.exists() or not list(fresh_model_cache.iterdir())  # the user's cache untouched
     assert sorted(p.name for p in (out / "predictions" / "conventional").iterdir()) == ["case_3004.nii.gz",
                                                                                           "case_3005.nii.gz"]
 

@@ -3,6 +3,7 @@
 epochs on the CPU -> ``cohort package`` -> ``predict`` installs and runs the package."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -147,3 +148,16 @@ def test_train_bad_choices_are_one_line_exit_2_and_write_nothing(tmp_path, capsy
     error = capsys.readouterr().err.strip()
     assert code == 2
     assert fragment in error and not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_train_reports_nnunets_integrity_check_in_one_line(cohort, tmp_path):
+    broken = tmp_path / DATASET
+    shutil.copytree(cohort / "nnunet_raw" / DATASET, broken, copy_function=os.link)
+    (broken / "labelsTr" / "case_3001.nii.gz").unlink()
+    run = subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", "cohort", "train", str(broken), "--out",
+                          str(tmp_path / "results"), "--device", "cpu"], capture_output=True, text=True)
+    lines = run.stderr.strip().splitlines()  # progress lines, then the error
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert lines[-1].startswith("gliomaprog cohort: error: nnU-Net's integrity check rejected " + DATASET)
+    assert not (tmp_path / "results").exists() and not list(tmp_path.glob(".results*"))

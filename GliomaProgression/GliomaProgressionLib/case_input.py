@@ -1,7 +1,8 @@
 """One patient's case folder, read and checked before any long computation.
 
-A case folder holds ``t1c``, ``flair``, ``dsc`` (4D, with ``dsc.json``) and ``lesion`` (BraTS 2024 labels aligned
-with CE-T1), each as a NIfTI/NRRD file (``t1c.nii.gz``) or as a folder of DICOM files (``t1c/``); optionally
+A case folder holds ``t1c``, ``flair``, ``dsc`` (4D, with ``dsc.json`` unless the DICOM headers give TR and TE;
+not read for CE-T1 + FLAIR work, ``with_dsc=False``) and ``lesion`` (BraTS 2024 labels aligned with CE-T1), each
+as a NIfTI/NRRD file (``t1c.nii.gz``) or as a folder of DICOM files (``t1c/``); optionally
 ``brain`` (a brain mask aligned with CE-T1) and ``recurrence`` (the recurrence at follow-up, aligned with CE-T1:
 it is resampled, not registered).
 
@@ -48,7 +49,7 @@ class CaseInputs:
     t1c: sitk.Image
     flair: sitk.Image
     lesion: sitk.Image
-    dsc: Volume | None  # [t, k, j, i]; None only when read with dsc_required=False from a folder without DSC
+    dsc: Volume | None  # [t, k, j, i]; None only when read with with_dsc=False
     timing: AcquisitionTiming | None
     brain: sitk.Image | None = None
     recurrence: sitk.Image | None = None
@@ -237,15 +238,15 @@ def _check_space(inputs: CaseInputs) -> None:
             check_overlap(inputs.t1c, image, what)
 
 
-def read_case(folder: str | Path, recurrence: str | Path | None = None, dsc_required: bool = True) -> CaseInputs:
+def read_case(folder: str | Path, recurrence: str | Path | None = None, with_dsc: bool = True) -> CaseInputs:
     """Read and check every series of a case folder (``recurrence`` overrides ``<folder>/recurrence``).
 
-    With ``dsc_required=False`` a folder without a DSC series is read too (CE-T1 + FLAIR work, no nCBV).
+    With ``with_dsc=False`` the DSC series is neither needed nor read (CE-T1 + FLAIR work: no nCBV).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"The case folder {folder} does not exist.")
-    wanted = [name for name in REQUIRED_SERIES if dsc_required or name != "dsc" or locate_series(folder, "dsc")]
+    wanted = [name for name in REQUIRED_SERIES if with_dsc or name != "dsc"]
     paths = {name: _required(folder, name) for name in wanted}
     provenance = _Provenance()
     t1c = _read_3d(paths["t1c"], "t1c", "CE-T1", provenance)

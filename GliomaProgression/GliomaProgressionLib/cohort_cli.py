@@ -1,4 +1,5 @@
-"""``gliomaprog cohort evaluate`` and ``gliomaprog radiomics``: the cohort-study commands (issue 7).
+"""``gliomaprog cohort evaluate|export|train|package|replicate`` and ``gliomaprog radiomics``: the cohort-study
+commands (issue 7).
 
 Only the standard library is imported here: cli.py builds its parser on every call; the science modules are
 imported by the handlers.
@@ -15,11 +16,13 @@ from .radiomics_cli import add_radiomics_commands
 
 def add_cohort_commands(subparsers, positive_float, non_negative_int) -> None:
     """Add ``cohort evaluate|export|train|package|replicate`` and ``radiomics`` to the ``gliomaprog`` parsers."""
-    cohort = subparsers.add_parser("cohort", help="cohort studies: evaluate progression models on a cohort")
+    cohort = subparsers.add_parser("cohort", help="cohort studies: export, train, package and evaluate a site's own progression model")
     actions = cohort.add_subparsers(dest="action", required=True, parser_class=type(cohort))
     _add_evaluate(actions, positive_float, non_negative_int)
-    for add in (_add_export, _add_train, _add_package, _add_replicate):  # the model-building commands
-        add(actions, positive_float)
+    _add_export(actions, positive_float)  # the model-building commands
+    _add_train(actions)
+    _add_package(actions)
+    _add_replicate(actions)
     add_radiomics_commands(subparsers, non_negative_int)  # radiomics extract, radiomics model
 
 
@@ -53,6 +56,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _folds(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(",", " ").split()]
@@ -64,8 +77,8 @@ def _add_export(actions, positive_float) -> None:
     export = actions.add_parser(
         "export", help="cohort case folders -> nnU-Net v2 raw dataset with per-case QC",
         description="Run the progression module's preprocessing (registration, nCBV, resampling) on every case "
-                    "folder of COHORT_DIR (t1c, flair, lesion, dsc + dsc.json as NIfTI/NRRD files or DICOM "
-                    "folders, as 'gliomaprog run' reads them; progression = label drawn on the pre-op FLAIR; "
+                    "folder of COHORT_DIR (t1c, flair, lesion and, for multiparametric, dsc + dsc.json, as "
+                    "NIfTI/NRRD files or DICOM folders, as 'gliomaprog run' reads them; progression = label drawn on the pre-op FLAIR; "
                     "optional case.json with 'date' or 'index') and write a new nnU-Net v2 raw "
                     "dataset with qc.csv and split.json. Failing cases are recorded in qc.csv and skipped.")
     export.add_argument("cohort", type=Path, metavar="COHORT_DIR")
@@ -79,12 +92,12 @@ def _add_export(actions, positive_float) -> None:
     export.add_argument("--seed", type=int, default=0, help="random split seed (default 0)")
     export.add_argument("--spacing-mm", type=positive_float, default=1.0,
                         help="reference grid spacing (default 1 mm, as the module; the demo models use 2)")
-    export.add_argument("--processes", type=int, default=1, help="cases prepared in parallel (default 1)")
+    export.add_argument("--processes", type=_positive_int, default=1, help="cases prepared in parallel (default 1)")
     export.add_argument("--quiet", action="store_true", help="no progress lines")
     export.set_defaults(handler=_run_export)
 
 
-def _add_train(actions, positive_float=None) -> None:
+def _add_train(actions) -> None:
     train = actions.add_parser(
         "train", help="nnU-Net v2 planning, preprocessing and training of an exported dataset",
         description="Train an nnU-Net v2 model on a 'cohort export' dataset into a new RESULTS folder. "
@@ -96,11 +109,11 @@ def _add_train(actions, positive_float=None) -> None:
     train.add_argument("--epochs", type=int, default=50, help="default 50 (the demo recipe)")
     train.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default 20)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
+    train.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default 2)")
     train.set_defaults(handler=_run_train)
 
 
-def _add_package(actions, positive_float=None) -> None:
+def _add_package(actions) -> None:
     package = actions.add_parser(
         "package", help="zip a trained cohort model for 'gliomaprog predict --model' and the Slicer module",
         description="Package a 'cohort train' RESULTS folder as a model zip (weights only, metadata, model card).")
@@ -112,7 +125,7 @@ def _add_package(actions, positive_float=None) -> None:
     package.set_defaults(handler=_run_package)
 
 
-def _add_replicate(actions, positive_float=None) -> None:
+def _add_replicate(actions) -> None:
     replicate = actions.add_parser(
         "replicate", help="simulated replication of seed 000 (phantom cohort, both channel sets, evaluation)",
         description="Generate a phantom cohort in which nCBV shows every future progression and FLAIR only "

@@ -1,13 +1,13 @@
 """``gliomaprog cohort export``: a site's cohort folders -> an nnU-Net v2 raw dataset, with per-case QC.
 
 A cohort folder holds one sub-folder per case, read as ``gliomaprog run`` reads a case folder (``case_input``):
-``t1c``, ``flair``, ``lesion`` (BraTS labels on the CE-T1 grid), optionally ``dsc`` (+ ``dsc.json`` unless the
-DICOM headers give TR and TE; needed for the multiparametric channel set), each a NIfTI/NRRD file or a folder of
-DICOM files; ``progression`` (the progression label drawn on the pre-op FLAIR, from follow-up scans, a NIfTI/NRRD
-file; absent or empty = no progression) and optionally ``case.json`` with ``"date"`` (ISO) or ``"index"`` for a
-temporal split. Every case goes through the progression
-module's own preprocessing (``prepare_case``: registration, nCBV, resampling); the label is carried from FLAIR
-onto the reference grid by the FLAIR registration and restricted to the NEL, where seed 000 annotated progression.
+``t1c``, ``flair``, ``lesion`` (BraTS labels on the CE-T1 grid) and, for the multiparametric channel set only,
+``dsc`` (+ ``dsc.json`` unless the DICOM headers give TR and TE), each a NIfTI/NRRD file or a folder of DICOM
+files; ``progression`` (the progression label drawn on the pre-op FLAIR, from follow-up scans, a NIfTI/NRRD file;
+absent or empty = no progression) and optionally ``case.json`` with ``"date"`` (ISO) or ``"index"`` for a
+temporal split. Every case goes through the progression module's own preprocessing (``prepare_case``:
+registration, nCBV, resampling); the label is carried from FLAIR onto the reference grid by the FLAIR
+registration and restricted to the NEL, where seed 000 annotated progression.
 
 Output (written to a staging folder, renamed into place only when complete)::
 
@@ -57,7 +57,10 @@ def case_identifier(folder: Path) -> str:
 
 
 def case_order(folder: Path) -> str | None:
-    """The sort key of a temporal split: case.json "date" (ISO) or "index" (zero-padded), else None."""
+    """The sort key of a temporal split: case.json "date" (ISO, "date:YYYY-MM-DD") or "index" ("index:" + zero-padded
+    number), else None. The prefix keeps a cohort that mixes the two kinds detectable."""
+    from datetime import date
+
     path = folder / "case.json"
     if not path.is_file():
         return None
@@ -65,10 +68,17 @@ def case_order(folder: Path) -> str | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}).") from None
-    if "date" in data:
-        return str(data["date"])
-    if "index" in data:
-        return f"{int(data['index']):012d}"
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object such as {{\"date\": \"2021-03-04\"}}.")
+    if data.get("date") is not None:
+        try:
+            return f"date:{date.fromisoformat(str(data['date'])[:10]).isoformat()}"
+        except ValueError:
+            raise ValueError(f"{path}: \"date\" must be an ISO date (YYYY-MM-DD), got {data['date']!r}.") from None
+    if data.get("index") is not None:
+        if isinstance(data["index"], bool) or not isinstance(data["index"], int) or data["index"] < 0:
+            raise ValueError(f"{path}: \"index\" must be a whole number of at least 0, got {data['index']!r}.")
+        return f"index:{data['index']:012d}"
     return None
 
 
@@ -83,21 +93,27 @@ def split_cases(names: list[str], orders: dict[str, str | None], method: str, te
         if undated:
             raise ValueError(f"A temporal split needs a case.json with \"date\" or \"index\" in every case; "
                              f"{len(undated)} case(s) have none (first: {undated[0]}).")
+        kinds = {orders[name].split(":")[0] for name in names}
+        if len(kinds) > 1:
+            raise ValueError("A temporal split needs one kind of order in every case.json: some cases have "
+                             "\"date\" and others only \"index\".")
         ordered = sorted(names, key=lambda name: (orders[name], name))
     elif method == "random":
         ordered = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
     else:
         raise ValueError(f"Unknown split {method!r}: use temporal or random.")
+    if test_count >= len(names):
+        raise ValueError(f"--test-fraction {test_fraction} leaves no training case among {len(names)} case(s).")
     test = set(ordered[len(ordered) - test_count:]) if test_count else set()
     return {name: "test" if name in test else "train" for name in names}
 
 
-def read_case(folder: Path, spacing_mm: float, needs_ncbv: bool):
-    """``prepare_case`` on one case folder, onto a reference grid of ``spacing_mm``."""
-    from .case_input import read_case as read_inputs
+def prepare_folder(folder: Path, spacing_mm: float, needs_ncbv: bool):
+    """One case folder read (DSC only when nCBV is exported) and prepared onto a reference grid of ``spacing_mm``."""
+    from .case_input import read_case
     from .preprocess import prepare_case
 
-    inputs = read_inputs(folder, dsc_required=needs_ncbv)
+    inputs = read_case(folder, with_dsc=needs_ncbv)
     timing = inputs.timing
     return prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc, timing.times_s if timing else None,
                         timing.te_s if timing else None, spacing_mm=spacing_mm)
@@ -142,7 +158,7 @@ def export_case(job: tuple) -> dict:
     folder, staging = Path(folder), Path(staging)
     suffix = "Tr" if part == "train" else "Ts"
     try:
-        prepared = read_case(folder, spacing_mm, needs_ncbv="ncbv" in channel_names)
+        prepared = prepare_folder(folder, spacing_mm, needs_ncbv="ncbv" in channel_names)
         label = progression_label(folder, prepared)
         row = _qc_row(name, prepared, label)
         for index, channel in enumerate(channel_names):
@@ -218,12 +234,13 @@ def export_cohort(cohort: str | os.PathLike, out: str | os.PathLike, dataset_id:
                 for folder, case in zip(folders, names)]
         rows = _run_jobs(jobs, processes, report)
         for row in rows:
-            row["order"] = orders[row["case"]] or ""
+            row["order"] = (orders[row["case"]] or ":").split(":", 1)[1]
         exported = [row for row in rows if row["status"] == "ok"]
         training = [row["case"] for row in exported if row["split"] == "train"]
         if not training:
-            raise ValueError("No training case could be exported; see the errors: "
-                             + "; ".join(f"{r['case']}: {r['error']}" for r in rows[:3]))
+            failed = [row for row in rows if row["status"] != "ok"]
+            raise ValueError("No training case could be exported; first errors: "
+                             + "; ".join(f"{r['case']}: {r['error']}" for r in failed[:3]))
         write_qc(staging / "qc.csv", rows)
         split_info = {"method": split, "test_fraction": test_fraction, "seed": seed, "train": training,
                       "test": [row["case"] for row in exported if row["split"] == "test"],

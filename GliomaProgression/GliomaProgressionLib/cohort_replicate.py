@@ -10,7 +10,8 @@
    with three channels; the conventional dataset is the same export without the nCBV channel (identical
    preprocessing, half the time).
 3. **Train** both (``cohort train``, small plan, CPU) side by side, one process and one thread each.
-4. **Package** both (``cohort package --synthetic``), install them as ``predict`` does, predict the test cases.
+4. **Package** both (``cohort package --synthetic``), unpack them in the work folder and load them as ``predict``
+   loads a package (the user's model cache is not touched), predict the test cases.
 5. **Evaluate** (``cohort evaluate --compare``, inside the NEL): multiparametric vs conventional.
 """
 
@@ -123,21 +124,30 @@ def without_ncbv(source: Path, target: Path, dataset_id: int) -> Path:
 
 
 def train_side_by_side(datasets: dict[str, Path], work: Path, epochs: int, iterations: int) -> dict[str, Path]:
-    """``cohort train`` of each dataset in its own process with one thread: small networks use two threads poorly."""
+    """``cohort train`` of each dataset in its own process with one thread: small networks use two threads poorly.
+
+    If one training fails (or this process is interrupted), the other is stopped before the error goes on: it
+    would otherwise keep writing into a folder that is being removed."""
     children, results = {}, {}
-    for model, raw in datasets.items():
-        results[model] = work / f"train_{model}"
-        command = [sys.executable, "-m", "GliomaProgressionLib.cli", "cohort", "train", str(raw), "--out",
-                   str(results[model]), "--configuration", "small", "--epochs", str(epochs), "--iterations",
-                   str(iterations), "--device", "cpu", "--threads", "1"]
-        log_file = open(work / f"train_{model}.log", "w")
-        children[model] = (subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT), log_file)
-    for model, (child, log_file) in children.items():
-        code = child.wait()
-        log_file.close()
-        if code:
-            tail = (work / f"train_{model}.log").read_text().strip().splitlines()[-1:]
-            raise RuntimeError(f"Training the {model} model failed (exit {code}): {' '.join(tail)}")
+    try:
+        for model, raw in datasets.items():
+            results[model] = work / f"train_{model}"
+            command = [sys.executable, "-m", "GliomaProgressionLib.cli", "cohort", "train", str(raw), "--out",
+                       str(results[model]), "--configuration", "small", "--epochs", str(epochs), "--iterations",
+                       str(iterations), "--device", "cpu", "--threads", "1"]
+            log_file = open(work / f"train_{model}.log", "w", encoding="utf-8")
+            children[model] = (subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT), log_file)
+        for model, (child, _) in children.items():
+            code = child.wait()
+            if code:
+                tail = (work / f"train_{model}.log").read_text(encoding="utf-8").strip().splitlines()[-1:]
+                raise RuntimeError(f"Training the {model} model failed (exit {code}): {' '.join(tail)}")
+    finally:
+        for child, log_file in children.values():
+            if child.poll() is None:
+                child.terminate()
+                child.wait()
+            log_file.close()
     return results
 
 
@@ -145,10 +155,13 @@ def predict_test_cases(package_zip: Path, raw: Path, out: Path) -> None:
     """Probability maps of the test cases with the installed package (as ``gliomaprog predict`` loads it)."""
     import SimpleITK as sitk
 
-    from .models import install_package
+    from .models import extract_package, install_package
     from .predict_worker import load_predictor, predict_probability
 
-    package = install_package(package_zip)
+    # Unpacked inside the replication folder and checked as 'predict' checks a package, not into the user's cache.
+    unpacked = package_zip.with_suffix("")
+    extract_package(package_zip, unpacked)
+    package = install_package(unpacked)
     predictor = load_predictor(package.folder, device="cpu", tta=False)
     predictor.allow_tqdm = False  # one progress bar per case would flood the replication's log
     out.mkdir(parents=True)

@@ -75,7 +75,11 @@ def plan_and_preprocess(dataset_id: int, name: str, work: Path, configuration: s
 
     from .training import custom_configuration
 
-    extract_fingerprint_dataset(dataset_id, num_processes=2, check_dataset_integrity=True, show_progress_bar=False)
+    try:
+        extract_fingerprint_dataset(dataset_id, num_processes=2, check_dataset_integrity=True,
+                                    show_progress_bar=False)
+    except (AssertionError, FileNotFoundError, RuntimeError) as error:  # nnU-Net's integrity check
+        raise ValueError(f"nnU-Net's integrity check rejected {name}: {' '.join(str(error).split())}") from None
     plan_experiment_dataset(dataset_id)
     plans_file = work / "preprocessed" / name / f"{PLANS_NAME}.json"
     plans = json.loads(plans_file.read_text())

@@ -136,7 +136,8 @@ def check_archive(archive: zipfile.ZipFile, name: str = "archive") -> list[zipfi
     return members
 
 
-def _extract(zip_path: Path, target: Path) -> None:
+def extract_package(zip_path: Path, target: Path) -> None:
+    """Unpack a model zip into ``target``, refusing members that could write outside it."""
     try:
         archive = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile:
@@ -280,7 +281,7 @@ def install_package(source: Path, expected_sha256: str | None = None, trust: boo
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
-        _extract(source, staging)
+        extract_package(source, staging)
         results = find_results_folder(staging)
         package_from_folder(results, entry, digest, trust)  # refuses before anything is installed
         manifest = {"sha256": digest, "source": source.name, "trusted": trust,

@@ -21,7 +21,7 @@ import numpy as np
 
 NON_FEATURE_COLUMNS = {"case", "seconds"}  # extraction bookkeeping, not image features
 LABEL_WORDS = {"0": 0, "1": 1, "local": 0, "distant": 1}
-RFE_STEP = 0.1  # drop 10% of the remaining features per round: ~1700 columns in ~40 rounds instead of ~1700
+RFE_STEP = 0.1  # sklearn drops 10% of the *initial* columns per round: ~1700 columns to 32 in ~10 rounds
 
 
 @dataclass(frozen=True)
