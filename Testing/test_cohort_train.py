@@ -134,6 +134,7 @@ def test_train_rejects_a_folder_that_is_not_a_dataset(tmp_path, capsys):
     (["--configuration", "2d"], "invalid choice"),
     (["--folds", "0,7"], "--folds must be distinct numbers 0..4"),
     (["--folds", "1,1"], "--folds must be distinct numbers 0..4"),
+    (["--threads", "0"], "--threads: must be at least 1"),
     (["--epochs", "0"], "--epochs and --iterations must be at least 1"),
 ])
 def test_train_bad_choices_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, arguments, fragment):

@@ -22,14 +22,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-def _non_negative_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _positive_float(text: str) -> float:
@@ -80,7 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_models_parser(commands)
     add_ctv_commands(commands, _positive_float, _non_negative_int)
     add_run_command(commands, _positive_float, _non_negative_int)
-    add_cohort_commands(commands, _positive_float, _non_negative_int)
+    add_cohort_commands(commands, _positive_float, _non_negative_int, _positive_int)
     return parser
 
 

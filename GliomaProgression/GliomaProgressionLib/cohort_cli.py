@@ -14,13 +14,13 @@ from pathlib import Path
 from .radiomics_cli import add_radiomics_commands
 
 
-def add_cohort_commands(subparsers, positive_float, non_negative_int) -> None:
+def add_cohort_commands(subparsers, positive_float, non_negative_int, positive_int) -> None:
     """Add ``cohort evaluate|export|train|package|replicate`` and ``radiomics`` to the ``gliomaprog`` parsers."""
     cohort = subparsers.add_parser("cohort", help="cohort studies: export, train, package and evaluate a site's own progression model")
     actions = cohort.add_subparsers(dest="action", required=True, parser_class=type(cohort))
     _add_evaluate(actions, positive_float, non_negative_int)
-    _add_export(actions, positive_float)  # the model-building commands
-    _add_train(actions)
+    _add_export(actions, positive_float, positive_int)  # the model-building commands
+    _add_train(actions, positive_int)
     _add_package(actions)
     _add_replicate(actions)
     add_radiomics_commands(subparsers, non_negative_int)  # radiomics extract, radiomics model
@@ -56,16 +56,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _folds(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(",", " ").split()]
@@ -73,7 +63,7 @@ def _folds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected fold numbers such as 0 or 0,1,2,3,4, got {text!r}") from None
 
 
-def _add_export(actions, positive_float) -> None:
+def _add_export(actions, positive_float, positive_int) -> None:
     export = actions.add_parser(
         "export", help="cohort case folders -> nnU-Net v2 raw dataset with per-case QC",
         description="Run the progression module's preprocessing (registration, nCBV, resampling) on every case "
@@ -92,12 +82,12 @@ def _add_export(actions, positive_float) -> None:
     export.add_argument("--seed", type=int, default=0, help="random split seed (default 0)")
     export.add_argument("--spacing-mm", type=positive_float, default=1.0,
                         help="reference grid spacing (default 1 mm, as the module; the demo models use 2)")
-    export.add_argument("--processes", type=_positive_int, default=1, help="cases prepared in parallel (default 1)")
+    export.add_argument("--processes", type=positive_int, default=1, help="cases prepared in parallel (default 1)")
     export.add_argument("--quiet", action="store_true", help="no progress lines")
     export.set_defaults(handler=_run_export)
 
 
-def _add_train(actions) -> None:
+def _add_train(actions, positive_int) -> None:
     train = actions.add_parser(
         "train", help="nnU-Net v2 planning, preprocessing and training of an exported dataset",
         description="Train an nnU-Net v2 model on a 'cohort export' dataset into a new RESULTS folder. "
@@ -109,7 +99,7 @@ def _add_train(actions) -> None:
     train.add_argument("--epochs", type=int, default=50, help="default 50 (the demo recipe)")
     train.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default 20)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    train.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default 2)")
+    train.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default 2)")
     train.set_defaults(handler=_run_train)
 
 
