@@ -13,9 +13,14 @@ from slicer.ScriptedLoadableModule import (
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 
 from GliomaProgressionLib import process
-
+from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1
+RADIOMICS_BUTTON_TEXT = "Compute nCBV features"
 SAMPLE_CATEGORY = "Glioma progression"
 SAMPLE_NAME = "Synthetic glioma case"
+
+
+class UnregisteredMapError(ValueError):
+    """An nCBV map that may not be registered to the CE-T1 the lesion was drawn on."""
 
 
 #
@@ -146,12 +151,15 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
 
     def _updateGui(self, *unused):
         parameters = self._parameterNode
-        busy = self._job is not None
+        running = self._job[0] if self._job is not None else None  # one background job at a time
         ready = bool(parameters.t1c and parameters.flair and parameters.lesion)
-        self.ui.predictButton.enabled = busy or ready
-        self.ui.radiomicsButton.enabled = bool(parameters.ncbv and parameters.lesion)
-        self.ui.predictButton.text = "Cancel" if busy and self._job[0] == "predict" else "Predict progression"
-        self.ui.generateButton.text = "Cancel" if busy and self._job[0] == "phantom" else "Generate and load"
+        self.ui.predictButton.enabled = running == "predict" or (running is None and ready)
+        self.ui.radiomicsButton.enabled = running == "radiomics" or (
+            running is None and bool(parameters.ncbv and parameters.lesion))
+        self.ui.generateButton.enabled = running in (None, "phantom")
+        self.ui.predictButton.text = "Cancel" if running == "predict" else "Predict progression"
+        self.ui.radiomicsButton.text = "Cancel" if running == "radiomics" else RADIOMICS_BUTTON_TEXT
+        self.ui.generateButton.text = "Cancel" if running == "phantom" else "Generate and load"
         entry = self.logic.modelEntry(parameters.model)
         self.ui.modelDescriptionLabel.text = entry.get("description", "") if entry else "Unknown model."
 
@@ -168,11 +176,19 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
             self._start("predict", runner, folder)
 
     def onRadiomicsButton(self):
+        if self._job is not None:
+            self._cancel()
+            return
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not compute the nCBV features.", waitCursor=True):
-            table = self.logic.computeRadiomics(parameters.ncbv, parameters.lesion)
-            self.logic.showTable(table)
-            self.ui.statusLabel.text = self.logic.radiomicsSummary(table)
+        with slicer.util.tryWithErrorDisplay("Could not start the nCBV feature extraction.", waitCursor=True):
+            try:
+                runner, folder = self.logic.startRadiomics(parameters.ncbv, parameters.lesion)
+            except UnregisteredMapError as error:
+                question = f"{error}\n\nIs '{parameters.ncbv.GetName()}' registered to the CE-T1? Compute anyway?"
+                if not slicer.util.confirmYesNoDisplay(question, windowTitle="nCBV radiomics"):
+                    return
+                runner, folder = self.logic.startRadiomics(parameters.ncbv, parameters.lesion, assumeRegistered=True)
+            self._start("radiomics", runner, folder)
 
     def onGenerateButton(self):
         if self._job is not None:
@@ -212,8 +228,14 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
                 nodes = self.logic.finishSyntheticCase(runner, folder)
                 slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
                 self.ui.statusLabel.text = f"Loaded the synthetic case (synthetic, not patient data) from {folder}."
+            elif kind == "radiomics":
+                table = self.logic.finishRadiomics(runner, folder)
+                self.logic.showTable(table)
+                self.ui.statusLabel.text = self.logic.radiomicsSummary(table)
             else:
                 nodes = self.logic.finishPrediction(runner, folder)
+                if nodes["ncbv"] is not None and self._parameterNode.ncbv is None:
+                    self._parameterNode.ncbv = nodes["ncbv"]  # the map radiomics should use
                 slicer.util.setSliceViewerLayers(background=self._parameterNode.t1c, foreground=nodes["probability"],
                                                  foregroundOpacity=0.5)
                 self.ui.verdictLabel.text = self.logic.verdictText(nodes["verdict"], nodes["model"])
@@ -333,9 +355,17 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         if segmentation.GetSegmentation().GetNumberOfSegments() == 0:  # nothing predicted: say so with an empty segment
             segmentation.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(probability)
+        loaded = [probability, segmentation]
+        channels = [channel["name"] for channel in prediction["model"]["channels"]]
+        ncbv = None
+        if "ncbv" in channels:  # the nCBV the model saw: registered to CE-T1, on the 1 mm reference grid
+            path = os.path.join(results, "inputs", f"case_{channels.index('ncbv'):04d}.nii.gz")
+            ncbv = mrml.node_from_volume(read_volume(path), f"{name} nCBV (registered to CE-T1)")
+            ncbv.SetAttribute(ALIGNED_WITH_CE_T1, "true")
+            loaded.append(ncbv)
         if getattr(self, "_resultsBeside", None) is not None:
-            mrml.place_beside([probability, segmentation], self._resultsBeside)
-        self.loadedNodes = {"probability": probability, "segmentation": segmentation,
+            mrml.place_beside(loaded, self._resultsBeside)
+        self.loadedNodes = {"probability": probability, "segmentation": segmentation, "ncbv": ncbv,
                             "verdict": prediction["verdict"], "model": prediction["model"], "folder": results}
         return self.loadedNodes
 
@@ -374,23 +404,66 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
     # --- CBV radiomics (seed 001)
 
-    def computeRadiomics(self, ncbvNode, lesionNode, name=None):
-        """pyradiomics features (the shipped YAML) of the nCBV map in the enhancing and non-enhancing regions of
-        the lesion segmentation, as a new table node: one row per feature ('voxels' first), one column per region.
-        A region too small for features gets NaN, and the reason in the node attribute
-        ``GliomaProgression.warning.<region>``."""
+    def startRadiomics(self, ncbvNode, lesionNode, assumeRegistered=False):
+        """Write the nCBV map and the lesion labels (resampled onto the nCBV grid) to a job folder and start
+        ``gliomaprog radiomics extract`` on them in a background process. Returns (process, job folder).
+
+        The lesion is drawn on CE-T1; an nCBV map not registered to CE-T1 (the DSC grid: head motion between the
+        series) would put the regions in the wrong place. Maps this module registered carry the attribute
+        ``ALIGNED_WITH_CE_T1``; any other map needs ``assumeRegistered=True`` (the GUI asks the user)."""
         from GliomaProgressionLib import mrml
         from GliomaProgressionLib.cases import brats_labels_from_segmentation
-        from GliomaProgressionLib.radiomics_features import region_columns
+        from GliomaProgressionLib.files import write_volume
 
         if ncbvNode is None or lesionNode is None:
             raise ValueError("Choose the nCBV map and the lesion segmentation.")
+        if not assumeRegistered and ncbvNode.GetAttribute(ALIGNED_WITH_CE_T1) != "true":
+            raise UnregisteredMapError(
+                f"The nCBV map '{ncbvNode.GetName()}' is not known to be registered to the CE-T1 the lesion was "
+                "drawn on; a map on the DSC grid would put the regions off by the head motion between the series.")
         labels = brats_labels_from_segmentation(lesionNode, ncbvNode)  # resampled onto the nCBV grid
-        columns, warnings = region_columns(mrml.volume_from_node(ncbvNode), labels)
-        table = mrml.table_from_columns(columns, name or f"{ncbvNode.GetName()} nCBV radiomics")
+        folder = tempfile.mkdtemp(prefix="GliomaProgression-radiomics-")
+        case = os.path.join(folder, "case")
+        os.mkdir(case)
+        try:
+            write_volume(mrml.volume_from_node(ncbvNode), os.path.join(case, "ncbv.nii.gz"))
+            write_volume(labels, os.path.join(case, "lesion.nii.gz"))
+        except Exception:
+            self.discardJobFolder(folder)
+            raise
+        self._radiomicsSource = ncbvNode
+        command = process.gliomaprog_command("radiomics", "extract", "--case-dir", case, "--out",
+                                             os.path.join(folder, "features.csv"))
+        return process.BackgroundProcess(command).start(), folder
+
+    def finishRadiomics(self, runner, folder, waitForCompletion=False, name=None):
+        """The finished extraction as a new table node: one row per feature ('voxels' first), one column per
+        region. A region too small for features gets NaN, and the reason in the node attribute
+        ``GliomaProgression.warning.<region>``. The job folder is removed."""
+        from GliomaProgressionLib import mrml
+        from GliomaProgressionLib.radiomics_features import region_columns_from_csv
+
+        code = runner.wait() if waitForCompletion else runner.poll()
+        if code is None:
+            raise ValueError("The feature extraction is still running.")
+        try:
+            if code != 0:
+                raise ValueError(f"The feature extraction failed: {runner.error_message()}")
+            columns, warnings = region_columns_from_csv(os.path.join(folder, "features.csv"))
+        finally:
+            self.discardJobFolder(folder)
+        source = getattr(self, "_radiomicsSource", None)
+        table = mrml.table_from_columns(columns, name or f"{source.GetName() if source else 'nCBV'} radiomics")
         for region, warning in warnings.items():
             table.SetAttribute(f"GliomaProgression.warning.{region}", warning)
+        if source is not None:
+            mrml.place_beside([table], source)
         return table
+
+    def computeRadiomics(self, ncbvNode, lesionNode, assumeRegistered=False, name=None):
+        """Blocking feature extraction (scripts and tests)."""
+        runner, folder = self.startRadiomics(ncbvNode, lesionNode, assumeRegistered)
+        return self.finishRadiomics(runner, folder, waitForCompletion=True, name=name)
 
     @staticmethod
     def radiomicsSummary(table):
@@ -500,7 +573,14 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Predicted progression")
         self.assertIn("progression_predicted", nodes["verdict"])
         self.assertTrue(nodes["model"]["synthetic"])
-        self.delayDisplay("Heat map, segment and verdict loaded")
+        ncbv = nodes["ncbv"]  # the registered nCBV the model saw, ready for CBV radiomics
+        self.assertEqual(ncbv.GetAttribute(ALIGNED_WITH_CE_T1), "true")
+        self.assertEqual(ncbv.GetImageData().GetDimensions(), nodes["probability"].GetImageData().GetDimensions())
+        table = GliomaProgressionLogic().computeRadiomics(ncbv, lesion)
+        rows = {table.GetCellText(r, 0): r for r in range(table.GetNumberOfRows())}
+        mean = lambda column: float(table.GetCellText(rows["original_firstorder_Mean"], column))
+        self.assertGreater(mean(1), 1.5 * mean(2))  # enhancing rim above the non-enhancing lesion
+        self.delayDisplay("Heat map, segment, verdict and registered nCBV loaded")
 
     def test_BadInputIsRefused(self):
         logic = GliomaProgressionLogic()
@@ -515,7 +595,8 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Bad input refused")
 
     def test_RadiomicsTable(self):
-        """A small synthetic case: an enhancing sphere (nCBV about 3) inside a non-enhancing shell (about 1)."""
+        """A small synthetic case: an enhancing sphere (nCBV about 3) inside a non-enhancing shell (about 1); the
+        lesion segmentation is stored on a grid shifted by two voxels, so it must be resampled onto the map."""
         self.delayDisplay("Computing nCBV radiomics on a small synthetic case")
         from GliomaProgressionLib import mrml
         from GliomaProgressionLib.cases import SEGMENTS
@@ -530,8 +611,13 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         ijkToRas = np.diag([-1.0, -1.0, 1.0, 1.0])  # 1 mm, LPS-like axes: the lesion must still land on the map
         ncbv = mrml.node_from_volume(Volume((1.0 + 0.3 * noise + 2.0 * (labels == 3)).astype(np.float32), ijkToRas),
                                      "nCBV")
-        lesion = mrml.segmentation_from_labelmap(Volume(labels, ijkToRas), SEGMENTS, "Lesion")
+        shifted = ijkToRas.copy()
+        shifted[:3, 3] = ijkToRas[:3, :3] @ [2.0, 0.0, 0.0]  # the lesion array starts two columns later
+        lesion = mrml.segmentation_from_labelmap(Volume(labels[:, :, 2:], shifted), SEGMENTS, "Lesion")
         logic = GliomaProgressionLogic()
+        with self.assertRaises(UnregisteredMapError):  # nothing says this map is registered to the CE-T1
+            logic.computeRadiomics(ncbv, lesion)
+        ncbv.SetAttribute(ALIGNED_WITH_CE_T1, "true")
         table = logic.computeRadiomics(ncbv, lesion)
 
         self.assertEqual(table.GetClassName(), "vtkMRMLTableNode")

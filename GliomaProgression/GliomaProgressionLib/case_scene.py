@@ -142,6 +142,7 @@ def reference_nodes(results: CaseResults, scene) -> dict:
                               _stored_type(results.inputs.flair)),
              "ncbv": _volume(prepared.channels["ncbv"], "nCBV (registered)", scene, decimals=3),
              "probability": _volume(results.prediction.probability, "Progression probability", scene, decimals=3)}
+    nodes["ncbv"].SetAttribute(mrml.ALIGNED_WITH_CE_T1, "true")
     nodes["heat_map_colours"] = colour_table(scene, "Progression heat map", heat_map_colours(), transparent_first=True)
     nodes["ncbv_colours"] = colour_table(scene, "nCBV (ratio to NAWM)", "turbo", transparent_first=False)
     _show_with(nodes["probability"], nodes["heat_map_colours"], 0.0, 1.0, HEAT_MAP_LOWER)

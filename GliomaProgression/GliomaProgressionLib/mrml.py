@@ -21,6 +21,10 @@ from .geometry import Volume
 # application reads the version to decide which compatibility fixes a scene needs, and warns when it is absent.
 SCENE_SLICER_VERSION = "Slicer 5.8.1 r33241"
 
+# Node attribute ("true") of volumes registered to the CE-T1 the lesion is drawn on, such as the nCBV map the
+# progression model saw; CBV radiomics asks before it uses any other nCBV map.
+ALIGNED_WITH_CE_T1 = "GliomaProgression.alignedWithCET1"
+
 _headless_logics: dict[int, dict] = {}
 
 

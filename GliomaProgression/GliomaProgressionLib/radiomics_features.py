@@ -38,7 +38,12 @@ def default_settings_file() -> Path:
 
 def make_extractor(settings_file: str | os.PathLike | None = None):
     """A pyradiomics extractor configured from the YAML (the shipped one by default), with its log quietened."""
-    from radiomics import featureextractor
+    try:
+        from radiomics import featureextractor
+    except ImportError:
+        raise ValueError("pyradiomics is not installed in this Python: install it (pip install pyradiomics==3.0.1; "
+                         "in Slicer, the SlicerRadiomics extension or slicer.util.pip_install) to compute nCBV "
+                         "features.") from None
 
     # pyradiomics logs every image type and class at INFO, and a whole traceback for a too-small mask.
     logging.getLogger("radiomics").setLevel(logging.ERROR)
@@ -129,27 +134,21 @@ def region_features(extractor, ncbv, labels, label: int, names: Sequence[str]) -
     return voxels, "", values
 
 
-def region_columns(ncbv, labels, settings_file: str | os.PathLike | None = None) -> tuple[dict[str, list], dict]:
-    """The features of one case as table columns: ``feature`` (``voxels`` first, then every feature name) and one
-    column per region (NaN where the region was too small or refused), plus each region's warning ('' when
-    computed). ``ncbv`` and ``labels`` are ``geometry.Volume``s on one grid (BraTS 2024 labels)."""
-    import SimpleITK as sitk
-
-    from .geometry import Volume, same_grid, sitk_from_volume
-
-    if not same_grid(ncbv.ijk_to_ras, labels.ijk_to_ras, ncbv.spatial_shape, labels.spatial_shape):
-        raise ValueError("The nCBV map and the lesion labels are not on the same grid.")
-    extractor = make_extractor(settings_file)
-    names = expected_feature_names(extractor)
-    image = sitk_from_volume(Volume(np.asarray(ncbv.array, dtype=np.float32), ncbv.ijk_to_ras))
-    # One geometry for both: pyradiomics refuses a mask whose origin differs from the image's by rounding alone.
-    mask = sitk_from_volume(Volume(np.rint(labels.array).astype(np.uint8), ncbv.ijk_to_ras))
+def region_columns_from_csv(path: str | os.PathLike) -> tuple[dict[str, list], dict[str, str]]:
+    """The one case of an ``extract`` CSV as table columns: ``feature`` (``voxels`` first, then every feature) and
+    one column per region (NaN where the region was too small or refused), plus each region's warning."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if len(rows) != 1:
+        raise ValueError(f"The feature table {path} holds {len(rows)} cases; one was expected.")
+    row = rows[0]
+    first = next(iter(REGIONS))
+    bookkeeping = {f"{first}_voxels", f"{first}_warning"}
+    names = [column[len(first) + 1:] for column in row if column.startswith(f"{first}_") and column not in bookkeeping]
     columns: dict[str, list] = {"feature": ["voxels", *names]}
-    warnings = {}
-    for region, label in REGIONS.items():
-        voxels, warnings[region], values = region_features(extractor, image, mask, label, names)
-        columns[region] = [float(voxels), *(values[name] for name in names)]
-    return columns, warnings
+    for region in REGIONS:
+        columns[region] = [float(row[f"{region}_{name}"]) for name in ("voxels", *names)]
+    return columns, {region: row[f"{region}_warning"] for region in REGIONS}
 
 
 def _number(value) -> float:
@@ -157,12 +156,15 @@ def _number(value) -> float:
     return math.nan if value is None else float(np.asarray(value, dtype=float))
 
 
-def case_row(case_dir: Path, extractor, names: Sequence[str]) -> dict:
+def case_row(case_dir: Path, extractor, names: Sequence[str],
+             region_started: Callable[[int, str], None] | None = None) -> dict:
     """One CSV row: case name, per region voxels, warning and features, and the seconds the case took."""
     started = time.perf_counter()
     ncbv, labels = read_case_series(case_dir)
     row: dict = {"case": case_name(case_dir)}
-    for region, label in REGIONS.items():
+    for index, (region, label) in enumerate(REGIONS.items()):
+        if region_started:
+            region_started(index, region)
         voxels, warning, values = region_features(extractor, ncbv, labels, label, names)
         row[f"{region}_voxels"], row[f"{region}_warning"] = voxels, warning
         row.update({f"{region}_{name}": value for name, value in values.items()})
@@ -239,8 +241,11 @@ def extract_cohort(case_dirs: Sequence[str | os.PathLike], out: str | os.PathLik
     names = expected_feature_names(extractor)
     rows = []
     for index, case_dir in enumerate(case_dirs):
-        if progress:
-            progress(index / len(case_dirs), f"Case {index + 1}/{len(case_dirs)}: {case_name(case_dir)}")
-        rows.append(case_row(case_dir, extractor, names))
+        def region_started(region_index: int, region: str, index=index, case_dir=case_dir) -> None:
+            if progress:
+                progress((index + region_index / len(REGIONS)) / len(case_dirs),
+                         f"Case {index + 1}/{len(case_dirs)}: {case_name(case_dir)}, {region} region")
+
+        rows.append(case_row(case_dir, extractor, names, region_started))
     write_csv(out, columns(names), rows)
     return rows
