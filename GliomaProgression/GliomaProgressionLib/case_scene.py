@@ -98,14 +98,6 @@ def _segmentation(mask: np.ndarray, ijk_to_ras: np.ndarray, name: str, segment: 
     return node
 
 
-def _transform(registration, name: str, scene):
-    import slicer
-
-    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
-    node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(registration.matrix_ras_reference_from_moving()))
-    return node
-
-
 def _ctv_proposals(results: CaseResults, reference_node, ijk_to_ras: np.ndarray, scene):
     """'CTV proposals': one segment per target, coloured and tagged as the CTV Planner module makes them."""
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CTV proposals")
@@ -166,8 +158,10 @@ def acquired_nodes(results: CaseResults, scene) -> dict:
     """The series on their own grids, each under the transform the registration found."""
     inputs, prepared = results.inputs, results.prepared
     perfusion = prepared.perfusion
-    flair_to_t1c = _transform(prepared.registrations["flair"], "FLAIR to CE-T1", scene)
-    dsc_to_t1c = _transform(prepared.registrations["dsc"], "DSC to CE-T1", scene)
+    flair_to_t1c = mrml.linear_transform_node(prepared.registrations["flair"].matrix_ras_reference_from_moving(),
+                                              "FLAIR to CE-T1", scene)
+    dsc_to_t1c = mrml.linear_transform_node(prepared.registrations["dsc"].matrix_ras_reference_from_moving(),
+                                            "DSC to CE-T1", scene)
     nodes = {"flair_to_t1c": flair_to_t1c, "dsc_to_t1c": dsc_to_t1c,
              "t1c_acquired": _volume(inputs.t1c, "CE-T1 (acquired)", scene),
              "flair_acquired": _volume(inputs.flair, "FLAIR (acquired)", scene)}
@@ -229,24 +223,7 @@ def _ctv_columns(data: dict) -> dict:
     return columns
 
 
-# --- subject hierarchy and views ---------------------------------------------------------------------------
-
-
-def group_in_study(scene, name: str, reference: dict, acquired: dict, tables: dict) -> None:
-    import slicer
-
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    if hierarchy is None:
-        return
-    study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), name),
-                                      "Pre-operative MRI")
-    for folder_name, nodes in (("Results on the 1 mm CE-T1 grid", reference), ("Acquired series", acquired),
-                               ("Tables and curves", tables)):
-        folder = hierarchy.CreateFolderItem(study, folder_name)
-        for node in nodes.values():
-            item = hierarchy.GetItemByDataNode(node) if node is not None else 0
-            if item:
-                hierarchy.SetItemParent(item, folder)
+# --- views -------------------------------------------------------------------------------------------------
 
 
 def _centre_ras(results: CaseResults) -> list[float]:
@@ -258,32 +235,6 @@ def _centre_ras(results: CaseResults) -> list[float]:
     return [float(v) for v in ras_from_ijk(centre_kji[::-1], volume_from_sitk(results.prepared.lesion).ijk_to_ras)]
 
 
-def set_up_views(scene, nodes: dict, centre_ras: list[float]) -> None:
-    """Layout, what each slice view shows, the plot and table views; saved in the scene, restored on opening."""
-    import slicer
-
-    layout_logic = slicer.vtkMRMLLayoutLogic()
-    layout_logic.SetMRMLScene(scene)
-    layout = layout_logic.GetLayoutNode()
-    layout.SetViewArrangement(layout.SlicerLayoutFourUpPlotTableView)
-    foreground = {"Red": nodes["probability"], "Green": nodes["probability"], "Yellow": nodes["ncbv"]}
-    for view, volume in foreground.items():
-        slice_logic = slicer.vtkMRMLSliceLogic()
-        slice_logic.SetMRMLScene(scene)
-        slice_logic.SetSliceNode(scene.GetSingletonNode(view, "vtkMRMLSliceNode"))
-        composite = slice_logic.GetSliceCompositeNode()
-        composite.SetBackgroundVolumeID(nodes["t1c"].GetID())
-        composite.SetForegroundVolumeID(volume.GetID())
-        composite.SetForegroundOpacity(0.6)
-        slice_node = slice_logic.GetSliceNode()
-        slice_node.SetFieldOfView(200.0, 200.0, slice_node.GetFieldOfView()[2])
-        slice_node.JumpSliceByCentering(*centre_ras)
-    plot_view = scene.GetSingletonNode("PlotView1", "vtkMRMLPlotViewNode")
-    plot_view.SetPlotChartNodeID(nodes["curves"].GetID())
-    table_view = scene.GetSingletonNode("TableView1", "vtkMRMLTableViewNode")
-    table_view.SetTableNodeID(nodes["ctv_table"].GetID())
-
-
 # --- the bundle --------------------------------------------------------------------------------------------
 
 
@@ -292,7 +243,9 @@ def build_case_scene(scene, data: dict, results: CaseResults) -> dict:
     reference = reference_nodes(results, scene)
     acquired = acquired_nodes(results, scene)
     tables = table_nodes(data, results, scene)
-    group_in_study(scene, results.inputs.name, reference, acquired, tables)
+    mrml.group_in_study(scene, results.inputs.name, {"Results on the 1 mm CE-T1 grid": list(reference.values()),
+                                                     "Acquired series": list(acquired.values()),
+                                                     "Tables and curves": list(tables.values())})
     return {**reference, **acquired, **tables}
 
 
@@ -300,5 +253,8 @@ def write_case_scene(path: Path, data: dict, results: CaseResults) -> Path:
     """A new headless scene with the case, its views set up, written as a Slicer data bundle."""
     scene = mrml.new_scene()
     nodes = build_case_scene(scene, data, results)
-    set_up_views(scene, nodes, _centre_ras(results))
+    # Red and Green: CE-T1 under the heat map; Yellow: CE-T1 under nCBV.
+    mrml.set_up_views(scene, nodes["t1c"], {"Red": nodes["probability"], "Green": nodes["probability"],
+                                            "Yellow": nodes["ncbv"]}, _centre_ras(results), nodes["curves"],
+                      nodes["ctv_table"])
     return mrml.write_scene_bundle(path, scene)

@@ -99,22 +99,8 @@ def load_case_into_scene(folder: str | os.PathLike, scene=None, name: str | None
             progression, PROGRESSION_SEGMENT, f"{name} progression truth", scene)
         nodes["ncbv_truth"] = mrml.node_from_volume(read_volume(truth / "ncbv.nii.gz", "nCBV truth"),
                                                     f"{name} nCBV (truth)", scene)
-    _group_in_study(scene, name, nodes)
+    mrml.group_in_study(scene, name, {None: list(nodes.values())})
     return nodes
-
-
-def _group_in_study(scene, name: str, nodes: dict) -> None:
-    import slicer
-
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    if hierarchy is None:
-        return
-    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), name)
-    study = hierarchy.CreateStudyItem(patient, "Pre-operative MRI")
-    for node in nodes.values():
-        item = hierarchy.GetItemByDataNode(node)
-        if item:
-            hierarchy.SetItemParent(item, study)
 
 
 # Segment names (lower case, by substring) -> BraTS 2024 label value. The first match wins, so the more

@@ -265,6 +265,60 @@ def volume_from_sequence(sequence) -> tuple[Volume, np.ndarray]:
     return Volume(np.stack([v.array for v in volumes]), volumes[0].ijk_to_ras), times
 
 
+def group_in_study(scene, subject: str, folders: dict, study: str = "Pre-operative MRI") -> None:
+    """A subject item with one study: ``folders`` maps a folder name (``None``: directly in the study) to the nodes
+    it holds (``None`` entries skipped)."""
+    slicer = _slicer()
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return
+    study_item = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), subject), study)
+    for folder_name, nodes in folders.items():
+        parent = study_item if folder_name is None else hierarchy.CreateFolderItem(study_item, folder_name)
+        for node in (node for node in nodes if node is not None):
+            item = hierarchy.GetItemByDataNode(node)
+            if item:
+                hierarchy.SetItemParent(item, parent)
+            else:  # headless (slicer-core): no subject hierarchy logic has given the node an item yet
+                hierarchy.CreateItem(parent, node)
+
+
+def linear_transform_node(matrix: np.ndarray, name: str, scene=None):
+    """A linear transform node whose transform-to-parent is the 4x4 RAS matrix ``matrix``."""
+    slicer = _slicer()
+    scene = scene or current_scene()
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(np.asarray(matrix, float)))
+    return node
+
+
+def set_up_views(scene, background, foregrounds: dict, centre_ras, plot_chart=None, table=None,
+                 opacity: float = 0.6, field_of_view_mm: float = 200.0) -> None:
+    """Four-up + plot + table layout saved in the scene: each slice view (``Red``, ``Green``, ...) shows
+    ``background`` under its foreground volume, centred on ``centre_ras``; the plot and table views show
+    ``plot_chart`` and ``table``."""
+    slicer = _slicer()
+    layout_logic = slicer.vtkMRMLLayoutLogic()
+    layout_logic.SetMRMLScene(scene)
+    layout = layout_logic.GetLayoutNode()
+    layout.SetViewArrangement(layout.SlicerLayoutFourUpPlotTableView)
+    for view, volume in foregrounds.items():
+        slice_logic = slicer.vtkMRMLSliceLogic()
+        slice_logic.SetMRMLScene(scene)
+        slice_logic.SetSliceNode(scene.GetSingletonNode(view, "vtkMRMLSliceNode"))
+        composite = slice_logic.GetSliceCompositeNode()
+        composite.SetBackgroundVolumeID(background.GetID())
+        composite.SetForegroundVolumeID(volume.GetID())
+        composite.SetForegroundOpacity(opacity)
+        slice_node = slice_logic.GetSliceNode()
+        slice_node.SetFieldOfView(field_of_view_mm, field_of_view_mm, slice_node.GetFieldOfView()[2])
+        slice_node.JumpSliceByCentering(*centre_ras)
+    if plot_chart is not None:
+        scene.GetSingletonNode("PlotView1", "vtkMRMLPlotViewNode").SetPlotChartNodeID(plot_chart.GetID())
+    if table is not None:
+        scene.GetSingletonNode("TableView1", "vtkMRMLTableViewNode").SetTableNodeID(table.GetID())
+
+
 def place_beside(nodes, reference_node) -> None:
     """Put nodes in the subject hierarchy folder (study) of ``reference_node``: results sit with their input."""
     slicer = _slicer()
@@ -272,11 +326,16 @@ def place_beside(nodes, reference_node) -> None:
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     if hierarchy is None:
         return
-    parent = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(reference_node))
+    reference_item = hierarchy.GetItemByDataNode(reference_node)
+    parent = hierarchy.GetItemParent(reference_item) if reference_item else 0
+    if not parent:
+        return
     for node in nodes:
         item = hierarchy.GetItemByDataNode(node)
-        if item and parent:
+        if item:
             hierarchy.SetItemParent(item, parent)
+        else:  # headless (slicer-core): no subject hierarchy logic has given the node an item yet
+            hierarchy.CreateItem(parent, node)
 
 
 # --- tables and plots -----------------------------------------------------------------------------------
