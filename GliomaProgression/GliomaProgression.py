@@ -14,6 +14,7 @@ from slicer.parameterNodeWrapper import parameterNodeWrapper
 
 from GliomaProgressionLib import process
 from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1
+
 RADIOMICS_BUTTON_TEXT = "Compute nCBV features"
 SAMPLE_CATEGORY = "Glioma progression"
 SAMPLE_NAME = "Synthetic glioma case"

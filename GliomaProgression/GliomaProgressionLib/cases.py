@@ -132,5 +132,6 @@ def brats_labels_from_segmentation(segmentation, reference_node):
     labels = mrml.labelmap_from_segmentation(segmentation, reference_node,
                                              {name: brats_value_for_segment(name) for name in names})
     if not labels.array.any():
-        raise ValueError(f"The lesion segmentation '{segmentation.GetName()}' does not overlap the CE-T1.")
+        grid = reference_node.GetName() if hasattr(reference_node, "GetName") else "the reference grid"
+        raise ValueError(f"The lesion segmentation '{segmentation.GetName()}' does not overlap '{grid}'.")
     return labels
