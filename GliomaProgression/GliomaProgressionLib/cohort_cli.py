@@ -23,7 +23,7 @@ def add_cohort_commands(subparsers, positive_float, non_negative_int, positive_i
     _add_train(actions, positive_int)
     _add_package(actions)
     _add_replicate(actions)
-    add_radiomics_commands(subparsers, non_negative_int)  # radiomics extract, radiomics model
+    add_radiomics_commands(subparsers, non_negative_int, positive_int)  # radiomics extract, radiomics model
 
 
 def _add_evaluate(actions, positive_float, non_negative_int) -> None:

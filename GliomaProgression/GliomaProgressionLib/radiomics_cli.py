@@ -12,24 +12,13 @@ import sys
 from pathlib import Path
 
 
-def add_radiomics_commands(subparsers, non_negative_int) -> None:
+def add_radiomics_commands(subparsers, non_negative_int, positive_int) -> None:
     """Add ``radiomics extract`` and ``radiomics model`` to the ``gliomaprog`` sub-command parsers."""
     radiomics = subparsers.add_parser(
         "radiomics", help="nCBV radiomics (seed 001): extract features, model local vs distant recurrence")
     actions = radiomics.add_subparsers(dest="action", required=True, parser_class=type(radiomics))
     _add_extract(actions)
-    _add_model(actions, non_negative_int)
-
-
-def _positive(non_negative_int):
-    """The CLI's whole-number parser, narrowed to 1 or more (folds, features kept)."""
-    def parse(text: str) -> int:
-        value = non_negative_int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-        return value
-
-    return parse
+    _add_model(actions, non_negative_int, positive_int)
 
 
 def _add_extract(actions) -> None:
@@ -48,7 +37,7 @@ def _add_extract(actions) -> None:
     extract.set_defaults(handler=_run_extract)
 
 
-def _add_model(actions, non_negative_int) -> None:
+def _add_model(actions, non_negative_int, positive_int) -> None:
     model = actions.add_parser(
         "model", help="cross-validated local vs distant recurrence classifier (z-score, SMOTE, SVM-RFE, MLP)",
         description="Seed 001's pipeline on a feature table: z-score, SMOTE on the training folds only, SVM-RFE "
@@ -60,8 +49,8 @@ def _add_model(actions, non_negative_int) -> None:
     model.add_argument("--labels", required=True, type=Path,
                        help="CSV with 'case' and 'label' columns: 0/local or 1/distant recurrence")
     model.add_argument("--out", required=True, type=Path, help="new folder for the results (must not exist)")
-    model.add_argument("--folds", type=_positive(non_negative_int), default=5, help="stratified CV folds (default 5)")
-    model.add_argument("--features-kept", type=_positive(non_negative_int), default=32,
+    model.add_argument("--folds", type=positive_int, default=5, help="stratified CV folds (default 5)")
+    model.add_argument("--features-kept", type=positive_int, default=32,
                        help="features SVM-RFE keeps (default 32, as seed 001)")
     model.add_argument("--seed", type=non_negative_int, default=1, help="folds, SMOTE and MLP seed (default 1)")
     model.set_defaults(handler=_run_model)
