@@ -6,7 +6,7 @@ import pytest
 
 from GliomaProgressionLib import cli
 from GliomaProgressionLib.cohort_replicate import (FLAIR_VISIBLE_RATIO, flair_visible, replication_config,
-                                                   sensitivity_by_flair_visibility)
+                                                   detections_by_flair_visibility)
 from GliomaProgressionLib.training import cohort_config, is_positive
 
 SEEDS = range(3000, 3090)  # the committed replication's cohort
@@ -30,13 +30,14 @@ def test_sensitivity_is_split_by_flair_visibility(tmp_path):
     for seed, visible in ((1, True), (2, False), (3, False)):
         (tmp_path / f"case_{seed}").mkdir()
         (tmp_path / f"case_{seed}" / "case.json").write_text(json.dumps({"flair_visible": visible}))
-    rows = [("m", "case_1", 1, 1, 0.8), ("m", "case_2", 1, 0, 0.0), ("m", "case_3", 1, 1, 0.6), ("m", "case_4", 0, 1, ""),
-            ("c", "case_1", 1, 1, 0.5), ("c", "case_2", 1, 0, 0.0), ("c", "case_3", 1, 0, 0.1), ("c", "case_4", 0, 0, "")]
+    rows = [("m", "case_1", 1, 1, 0.8), ("m", "case_2", 1, 0, 0.0), ("m", "case_3", 1, 1, 0.6),
+            ("m", "case_4", 0, 1, ""), ("c", "case_1", 1, 1, 0.5), ("c", "case_2", 1, 0, 0.0),
+            ("c", "case_3", 1, 0, 0.1), ("c", "case_4", 0, 0, "")]
     with open(tmp_path / "per_case.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "case", "truth_progression", "predicted_progression", "dice"])
         writer.writerows(rows)
-    counts = sensitivity_by_flair_visibility(tmp_path / "per_case.csv", tmp_path)
+    counts = detections_by_flair_visibility(tmp_path / "per_case.csv", tmp_path)
     assert counts == {"m": {"flair_visible": {"detected": 1, "cases": 1, "mean_dice": 0.8},
                             "ncbv_only": {"detected": 1, "cases": 2, "mean_dice": 0.3}},
                       "c": {"flair_visible": {"detected": 1, "cases": 1, "mean_dice": 0.5},

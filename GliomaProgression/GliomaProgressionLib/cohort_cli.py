@@ -16,7 +16,8 @@ from .radiomics_cli import add_radiomics_commands
 
 def add_cohort_commands(subparsers, positive_float, non_negative_int, positive_int) -> None:
     """Add ``cohort evaluate|export|train|package|replicate`` and ``radiomics`` to the ``gliomaprog`` parsers."""
-    cohort = subparsers.add_parser("cohort", help="cohort studies: export, train, package and evaluate a site's own progression model")
+    cohort = subparsers.add_parser(
+        "cohort", help="cohort studies: export, train, package and evaluate a site's own progression model")
     actions = cohort.add_subparsers(dest="action", required=True, parser_class=type(cohort))
     _add_evaluate(actions, positive_float, non_negative_int)
     _add_export(actions, positive_float, positive_int)  # the model-building commands
@@ -68,9 +69,9 @@ def _add_export(actions, positive_float, positive_int) -> None:
         "export", help="cohort case folders -> nnU-Net v2 raw dataset with per-case QC",
         description="Run the progression module's preprocessing (registration, nCBV, resampling) on every case "
                     "folder of COHORT_DIR (t1c, flair, lesion and, for multiparametric, dsc + dsc.json, as "
-                    "NIfTI/NRRD files or DICOM folders, as 'gliomaprog run' reads them; progression = label drawn on the pre-op FLAIR; "
-                    "optional case.json with 'date' or 'index') and write a new nnU-Net v2 raw "
-                    "dataset with qc.csv and split.json. Failing cases are recorded in qc.csv and skipped.")
+                    "NIfTI/NRRD files or DICOM folders, as 'gliomaprog run' reads them; progression = label drawn "
+                    "on the pre-op FLAIR; optional case.json with 'date' or 'index') and write a new nnU-Net v2 "
+                    "raw dataset with qc.csv and split.json. Failing cases are recorded in qc.csv and skipped.")
     export.add_argument("cohort", type=Path, metavar="COHORT_DIR")
     export.add_argument("--out", required=True, type=Path, help="new raw dataset folder (DatasetNNN_Name)")
     export.add_argument("--dataset-id", required=True, type=int, help="nnU-Net dataset id, 1..999")
@@ -119,8 +120,9 @@ def _add_replicate(actions) -> None:
     replicate = actions.add_parser(
         "replicate", help="simulated replication of seed 000 (phantom cohort, both channel sets, evaluation)",
         description="Generate a phantom cohort in which nCBV shows every future progression and FLAIR only "
-                    "about half of them, export it, train the conventional and multiparametric models (small CPU plan, side by "
-                    "side), predict the test cases and compare them with 'cohort evaluate --compare'.")
+                    "about half of them, export it, train the conventional and multiparametric models (small "
+                    "CPU plan, side by side), predict the test cases and compare them with 'cohort evaluate "
+                    "--compare'.")
     replicate.add_argument("--out", required=True, type=Path, help="new folder")
     replicate.add_argument("--train", type=int, default=60, help="training cases (default 60)")
     replicate.add_argument("--test", type=int, default=30, help="test cases (default 30)")

@@ -3,9 +3,9 @@
 1. **Cohort**: phantom case folders (``size="small"``, ``replication_config``: in three cases of four the
    future-progression part of the NEL has raised nCBV, 1.6-1.8 x white matter; in about half of those it is also
    brighter on FLAIR, 1.12-1.20 x the oedema, in the other half only 1.00-1.02 x, so that nCBV carries what FLAIR
-   lacks in some patients, as in seed 000; in the fourth case of four nothing progresses). Each folder is what a site would have: t1c, flair, dsc +
-   dsc.json, lesion, ``progression`` drawn on the pre-op FLAIR grid (the phantom truth carried there by the true
-   head pose) and case.json with its index.
+   lacks in some patients, as in seed 000; in the fourth case of four nothing progresses). Each folder is what a
+   site would have: t1c, flair, dsc + dsc.json, lesion, ``progression`` drawn on the pre-op FLAIR grid (the
+   phantom truth carried there by the true head pose) and case.json with its index.
 2. **Export** (``cohort export``, 2 mm grid, temporal split: the last ``test`` indices are the test set), once
    with three channels; the conventional dataset is the same export without the nCBV channel (identical
    preprocessing, half the time).
@@ -152,7 +152,7 @@ def train_side_by_side(datasets: dict[str, Path], work: Path, epochs: int, itera
 
 
 def predict_test_cases(package_zip: Path, raw: Path, out: Path) -> None:
-    """Probability maps of the test cases with the installed package (as ``gliomaprog predict`` loads it)."""
+    """Probability maps of the test cases with the packaged model (checked and loaded as ``predict`` does)."""
     import SimpleITK as sitk
 
     from .models import extract_package, install_package
@@ -216,7 +216,7 @@ def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: i
                                      work / "evaluation", compare=work / "predictions" / "conventional",
                                      nel=multi / "nelTs")
         timings["total_s"] = round(time.monotonic() - started, 1)
-        by_visibility = sensitivity_by_flair_visibility(work / "evaluation" / "per_case.csv", work / "cohort")
+        by_visibility = detections_by_flair_visibility(work / "evaluation" / "per_case.csv", work / "cohort")
         record = {"command": " ".join(["gliomaprog", "cohort", "replicate", "--out", str(out), "--train", str(train),
                                        "--test", str(test), "--epochs", str(epochs), "--iterations", str(iterations),
                                        "--seed", str(seed)]),
@@ -227,7 +227,7 @@ def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: i
     return {**evaluation, "wall_time_s": timings["total_s"], "detected_by_flair_visibility": by_visibility}
 
 
-def sensitivity_by_flair_visibility(per_case_csv: Path, cohort: Path) -> dict:
+def detections_by_flair_visibility(per_case_csv: Path, cohort: Path) -> dict:
     """Per model, the progressing test cases visible on FLAIR and those visible only on nCBV: how many were
     detected, out of how many, and the mean Dice inside the NEL."""
     import csv
