@@ -165,41 +165,43 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
         self.ui.modelDescriptionLabel.text = entry.get("description", "") if entry else "Unknown model."
 
     def onPredictButton(self):
-        if self._job is not None:
-            self._cancel()
-            return
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the prediction.", waitCursor=True):
-            runner, folder = self.logic.startPrediction(
-                parameters.t1c, parameters.flair, parameters.lesion, parameters.model, dscNode=parameters.dsc,
-                echoTimeMs=parameters.echoTimeMs, device=parameters.device, threshold=parameters.threshold,
-                minVoxels=parameters.minVoxels)
-            self._start("predict", runner, folder)
+        self._startOrCancel("predict", "Could not start the prediction.", lambda: self.logic.startPrediction(
+            parameters.t1c, parameters.flair, parameters.lesion, parameters.model, dscNode=parameters.dsc,
+            echoTimeMs=parameters.echoTimeMs, device=parameters.device, threshold=parameters.threshold,
+            minVoxels=parameters.minVoxels))
 
     def onRadiomicsButton(self):
-        if self._job is not None:
-            self._cancel()
-            return
+        self._startOrCancel("radiomics", "Could not start the nCBV feature extraction.", self._startRadiomics)
+
+    def _startRadiomics(self):
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start the nCBV feature extraction.", waitCursor=True):
-            try:
-                runner, folder = self.logic.startRadiomics(parameters.ncbv, parameters.lesion)
-            except UnregisteredMapError as error:
-                question = f"{error}\n\nIs '{parameters.ncbv.GetName()}' registered to the CE-T1? Compute anyway?"
-                if not slicer.util.confirmYesNoDisplay(question, windowTitle="nCBV radiomics"):
-                    return
-                runner, folder = self.logic.startRadiomics(parameters.ncbv, parameters.lesion, assumeRegistered=True)
-            self._start("radiomics", runner, folder)
+        try:
+            return self.logic.startRadiomics(parameters.ncbv, parameters.lesion)
+        except UnregisteredMapError as error:
+            question = f"{error}\n\nIs '{parameters.ncbv.GetName()}' registered to the CE-T1? Compute anyway?"
+            if not slicer.util.confirmYesNoDisplay(question, windowTitle="nCBV radiomics"):
+                return None
+            return self.logic.startRadiomics(parameters.ncbv, parameters.lesion, assumeRegistered=True)
 
     def onGenerateButton(self):
+        self._startOrCancel("phantom", "Could not start generating the synthetic case.", self._startSyntheticCase)
+
+    def _startSyntheticCase(self):
+        parameters = self._parameterNode
+        folder = os.path.join(tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath), "case")
+        return self.logic.startSyntheticCase(folder, parameters.seed, parameters.size, parameters.cavity), folder
+
+    def _startOrCancel(self, kind, failure, start):
+        """A job button: Cancel while its job runs, else ``start()`` -> (runner, folder), or None if the user
+        declined."""
         if self._job is not None:
             self._cancel()
             return
-        parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not start generating the synthetic case.", waitCursor=True):
-            folder = os.path.join(tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath), "case")
-            runner = self.logic.startSyntheticCase(folder, parameters.seed, parameters.size, parameters.cavity)
-            self._start("phantom", runner, folder)
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+            started = start()
+            if started is not None:
+                self._start(kind, *started)
 
     def _start(self, kind, runner, folder):
         self._job = (kind, runner, folder)
