@@ -41,12 +41,13 @@ demo: $(STAMP)
 	@echo "(synthetic case; demo model trained on synthetic data - not for clinical use)"
 
 # Re-trains both demo progression models from scratch: a synthetic phantom cohort, nnU-Net v2 on the CPU, then
-# Resources/models/{conventional,multiparametric}.zip and their sha256 + metadata in Resources/Models.json.
+# GliomaProgression/Resources/models/{conventional,multiparametric}.zip and their sha256 + metadata in
+# GliomaProgression/Resources/Models.json (the module's Resources, installed with it).
 # About 25-30 min on 2 CPU cores. Trained on synthetic data - not for clinical use.
 .PHONY: demo-models
 demo-models: $(STAMP)
 	rm -rf build/demo_models
-	$(PY) -m GliomaProgressionLib.training all --work build/demo_models --resources Resources
+	$(PY) -m GliomaProgressionLib.training all --work build/demo_models --resources GliomaProgression/Resources
 
 # Simulated replication of seed 000 (issue 7): 60 training + 30 test phantom cases, both channel sets trained with
 # the small CPU plan side by side, evaluated with 'gliomaprog cohort evaluate --compare'. Measured: 16.5 min on 2 CPU

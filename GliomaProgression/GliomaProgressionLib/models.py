@@ -1,4 +1,4 @@
-"""Model packages: the registry (Resources/Models.json), safe installation and verification.
+"""Model packages: the registry (GliomaProgression/Resources/Models.json), safe installation and verification.
 
 A package is an nnU-Net v2 results folder (``dataset.json``, ``plans.json``, ``fold_N/checkpoint_final.pth``),
 zipped or as a folder. Installing one:
@@ -67,14 +67,16 @@ class ModelPackage:
 
 
 def resources_folder() -> Path:
-    """The extension's Resources folder (Models.json, models/*.zip); ``GLIOMAPROG_RESOURCES`` overrides."""
+    """The GliomaProgression module's Resources folder (Models.json, models/*.zip); ``GLIOMAPROG_RESOURCES`` overrides.
+
+    It is the ``Resources`` folder beside this package, in the source tree (``GliomaProgression/Resources``) and in a
+    built extension alike: Slicer installs a scripted module's scripts and resources with their paths relative to the
+    module folder kept, into one ``lib/Slicer-X.Y/qt-scripted-modules/`` folder (see the module's CMakeLists.txt,
+    which must list every file read from here).
+    """
     if os.environ.get("GLIOMAPROG_RESOURCES"):
         return Path(os.environ["GLIOMAPROG_RESOURCES"])
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "Resources", here.parents[1] / "Resources"):
-        if (candidate / "Models.json").is_file():
-            return candidate
-    return here.parents[2] / "Resources"
+    return Path(__file__).resolve().parents[1] / "Resources"
 
 
 def registry_path() -> Path:

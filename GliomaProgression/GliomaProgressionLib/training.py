@@ -15,8 +15,8 @@ which ``make demo-models`` runs):
 3. **Training**: nnU-Net's trainer (loss, augmentation, poly learning rate, deep supervision) through a subclass
    that takes epochs and iterations from ``TRAINING_SETTINGS``; run in-process on the CPU, fold 0.
 4. **Packaging**: the results folder (dataset.json, plans.json, fold_0/checkpoint_final.pth with the optimizer
-   state removed, a model card) zipped into ``Resources/models/<id>.zip``; sha256 and metadata into
-   ``Resources/Models.json``.
+   state removed, a model card) zipped into ``GliomaProgression/Resources/models/<id>.zip``; sha256 and metadata
+   into ``GliomaProgression/Resources/Models.json`` (the module's Resources folder, which a built extension installs).
 5. **Evaluation** on held-out phantom cases (seeds never used in training): patient verdict (≥ 1 voxel with
    p ≥ 0.5 inside the NEL) sensitivity/specificity and voxel Dice inside the NEL.
 """
@@ -431,7 +431,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m GliomaProgressionLib.training", description=__doc__.split("\n")[0])
     parser.add_argument("step", choices=["cohort", "cohort-full", "train", "package", "evaluate", "all"])
     parser.add_argument("--work", default="build/demo_models", help="working folder (cohort, nnU-Net folders)")
-    parser.add_argument("--resources", default="Resources", help="where models/<id>.zip and Models.json go")
+    parser.add_argument("--resources", default=None,
+                        help="where models/<id>.zip and Models.json go (default: the GliomaProgression module's "
+                             "Resources folder, the one the module reads them from)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--epochs", type=int, default=TRAINING_SETTINGS["epochs"])
     parser.add_argument("--iterations", type=int, default=TRAINING_SETTINGS["iterations_per_epoch"])
@@ -441,7 +443,11 @@ def main(argv=None) -> int:
                         help="train the models one after the other (default: side by side, one process each)")
     arguments = parser.parse_args(argv)
     work = Path(arguments.work).resolve()
-    resources = Path(arguments.resources).resolve()
+    if arguments.resources is None:
+        from .models import resources_folder
+        resources = resources_folder()
+    else:
+        resources = Path(arguments.resources).resolve()
     set_nnunet_environment(work)
     settings = {**TRAINING_SETTINGS, "epochs": arguments.epochs, "iterations_per_epoch": arguments.iterations}
     steps = ["cohort", "cohort-full", "train", "package", "evaluate"] if arguments.step == "all" \
