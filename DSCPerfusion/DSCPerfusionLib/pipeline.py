@@ -51,6 +51,11 @@ from .nawm import abnormal_from_k2, automatic_nawm, nawm_divisors, spacing_from_
 from .signal import cumulative_integral, log_signal_ratio_in_place, validate_times
 
 MIN_FRAMES = 15
+# The frame interval of a DSC acquisition (the repetition time): multiband EPI reaches ~0.3 s, whole-brain
+# single-shot EPI up to ~2.5 s. A median interval outside [0.2, 5] s is milliseconds read as seconds (1500 for
+# TR 1.5 s, which would scale K2, rCBV and the time windows by 1000) or another mistake. Frame numbers (1 s apart)
+# cannot be told from seconds here; mrml.volume_from_sequence refuses sequences that carry only frame numbers.
+FRAME_INTERVAL_RANGE_S = (0.2, 5.0)
 Progress = Callable[[float, str], None]
 
 
@@ -168,6 +173,19 @@ def _checked_series(signal: np.ndarray, name: str) -> np.ndarray:
     if series.shape[0] < MIN_FRAMES:
         raise ValueError(f"{name} has {series.shape[0]} frames; at least {MIN_FRAMES} are needed (baseline and bolus).")
     return series
+
+
+def _checked_frame_interval(times: np.ndarray, name: str) -> None:
+    """Frame times must be seconds: a median interval outside ``FRAME_INTERVAL_RANGE_S`` is refused."""
+    interval = float(np.median(np.diff(times)))
+    low, high = FRAME_INTERVAL_RANGE_S
+    if low <= interval <= high:
+        return
+    if low * 1000 <= interval <= high * 1000:
+        raise ValueError(f"{name} look like milliseconds (median frame interval {interval:g}); give the frame "
+                         f"times in seconds (an interval of {interval / 1000:g} s).")
+    raise ValueError(f"{name} have a median frame interval of {interval:g} s, outside the {low:g}-{high:g} s of a "
+                     "DSC acquisition; give the frame times in seconds.")
 
 
 def _scan_frames(series: np.ndarray, name: str) -> _FrameScan:
@@ -375,6 +393,7 @@ def _validated_inputs(
         raise ValueError(f"signal_te2 has shape {second.shape} but signal has shape {series.shape}.")
     te, te2 = _checked_options(options, second is not None)
     times = validate_times(times_s, series.shape[0])
+    _checked_frame_interval(times, "The frame times (times_s)")
     spatial = series.shape[1:]
     spacing = _checked_spacing(spacing_mm, ijk_to_ras)
     brain = None if brain_mask is None else validate_mask(brain_mask, spatial, "brain_mask")
@@ -448,7 +467,8 @@ def compute_perfusion(
     """Leakage-corrected rCBV, nCBV, K1/K2 maps and mean curves of a DSC series (see the module docstring).
 
     ``signal``: (T, K, J, I) magnitude series (any integer or float dtype; not modified). ``times_s``: (T,)
-    frame times in s. ``ijk_to_ras``: 4x4 matrix of the grid (left-right for the NAWM, voxel size).
+    frame times in s (a median interval outside 0.2-5 s, such as milliseconds, is refused).
+    ``ijk_to_ras``: 4x4 matrix of the grid (left-right for the NAWM, voxel size).
     ``spacing_mm``: voxel size per array axis (k, j, i) when no matrix is given. ``brain_mask``,
     ``nawm_mask``: optional user masks (K, J, I). ``lesion_labels``: integer labels on the DSC grid.
     ``signal_te2``: second echo (dual echo, with ``options.te2_s``). ``progress(fraction, message)``.
