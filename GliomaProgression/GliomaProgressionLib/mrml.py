@@ -249,20 +249,191 @@ def sequence_from_volume(volume: Volume, times_s, name: str, scene=None):
     return sequence, browser
 
 
-def volume_from_sequence(sequence) -> tuple[Volume, np.ndarray]:
-    """The frames of a volume sequence as ``[t, k, j, i]`` and their index values (time)."""
-    count = sequence.GetNumberOfDataNodes()
-    if count == 0:
-        raise ValueError(f"The sequence '{sequence.GetName()}' is empty.")
-    volumes = [volume_from_node(sequence.GetNthDataNode(n)) for n in range(count)]
-    if any(v.array.shape != volumes[0].array.shape or not np.allclose(v.ijk_to_ras, volumes[0].ijk_to_ras)
-           for v in volumes):
-        raise ValueError(f"The frames of '{sequence.GetName()}' do not share one voxel grid.")
+# Sequence index units that are time. Slicer's own sequences (and sequence_from_volume) are indexed "time" in "s".
+_SECONDS = {"s", "sec", "secs", "second", "seconds"}
+_MILLISECONDS = {"ms", "msec", "msecs", "millisecond", "milliseconds"}
+# What MultiVolumeImporter (Slicer's DICOM import of a multi-frame series) stores on the multivolume node and, when it
+# loads the series as a sequence, copies onto the sequence node, whose index is then the frame number ("0", "1",
+# ...) with an empty name and unit: the frame times as comma-separated numbers, the DICOM tag they came from, and
+# its unit (ms for every time tag but GE's DeltaStartTime, in sec; "count" for TemporalPositionIdentifier).
+FRAME_LABELS = "MultiVolume.FrameLabels"
+FRAME_LABEL_UNITS = "MultiVolume.FrameIdentifyingDICOMTagUnits"
+FRAME_LABEL_TAG = "MultiVolume.FrameIdentifyingDICOMTagName"
+# Frame tags whose values are an acquisition parameter that varies between frames, not the time of the frame.
+_NOT_TIME_TAGS = {"EchoTime", "RepetitionTime", "FlipAngle"}
+
+
+def volume_from_sequence(sequence, repetition_time_s: float | None = None) -> tuple[Volume, np.ndarray]:
+    """The frames of a volume sequence as ``[t, k, j, i]`` and their times in seconds.
+
+    The times come from, in this order:
+
+    1. ``repetition_time_s`` (seconds), when given: frame n is at n x TR, whatever the sequence says;
+    2. the sequence index, when its unit is a time unit (s, sec: as they are; ms: / 1000);
+    3. ``MultiVolume.FrameLabels``, which Slicer's DICOM import (MultiVolumeImporter) puts on the sequence node
+       (or on a legacy multivolume node), in the unit of ``MultiVolume.FrameIdentifyingDICOMTagUnits`` (ms
+       when absent), converted to seconds.
+
+    A sequence that carries frame numbers only (index "frame" or an empty unit and no frame labels, as a DICOM
+    series ordered by temporal position or a 4D NRRD without index values loads) raises ValueError asking for
+    the repetition time. ``sequence`` may also be a legacy ``vtkMRMLMultiVolumeNode`` (frames as the voxel
+    components). Frames must share one voxel grid.
+    """
+    name = sequence.GetName()
+    if hasattr(sequence, "GetNumberOfDataNodes"):
+        count = sequence.GetNumberOfDataNodes()
+        if count == 0:
+            raise ValueError(f"The sequence '{name}' is empty.")
+        volumes = [volume_from_node(sequence.GetNthDataNode(n)) for n in range(count)]
+        if any(v.array.shape != volumes[0].array.shape or not np.allclose(v.ijk_to_ras, volumes[0].ijk_to_ras)
+               for v in volumes):
+            raise ValueError(f"The frames of '{name}' do not share one voxel grid.")
+        series = Volume(np.stack([v.array for v in volumes]), volumes[0].ijk_to_ras)
+    else:
+        multivolume = volume_from_node(sequence)
+        if multivolume.array.ndim != 4 or sequence.GetAttribute(FRAME_LABELS) is None:
+            raise ValueError(f"The node '{name}' is neither a volume sequence nor a multivolume.")
+        series = Volume(np.ascontiguousarray(np.moveaxis(multivolume.array, -1, 0)), multivolume.ijk_to_ras)
+    return series, _frame_times_s(sequence, series.array.shape[0], repetition_time_s)
+
+
+def _frame_times_s(sequence, count: int, repetition_time_s: float | None) -> np.ndarray:
+    name = sequence.GetName()
+    if repetition_time_s is not None:
+        return _frame_times_from_tr(repetition_time_s, count, name)
+    is_sequence = hasattr(sequence, "GetNumberOfDataNodes")
+    unit = sequence.GetIndexUnit().strip().lower() if is_sequence else ""
+    if unit in _SECONDS or unit in _MILLISECONDS:
+        try:
+            values = np.array([float(sequence.GetNthIndexValue(n)) for n in range(count)])
+        except ValueError:
+            raise ValueError(f"The sequence '{name}' has non-numeric index values.") from None
+        return values / 1000.0 if unit in _MILLISECONDS else values
+    labelled = sequence
+    if is_sequence and sequence.GetAttribute(FRAME_LABELS) is None and count and \
+            sequence.GetNthDataNode(0).GetAttribute(FRAME_LABELS) is not None:
+        labelled = sequence.GetNthDataNode(0)
+    labels = labelled.GetAttribute(FRAME_LABELS)
+    frame_numbers_only = (f"The sequence '{name}' carries frame numbers only, not frame times; give the repetition "
+                          "time (s) of the series.")
+    if labels is None:
+        if unit:
+            raise ValueError(f"The sequence '{name}' is indexed by {sequence.GetIndexName() or 'value'} in "
+                             f"'{sequence.GetIndexUnit()}', not by time; give the repetition time (s) of the series.")
+        raise ValueError(frame_numbers_only)
+    return _times_from_frame_labels(sequence, labelled, labels, count, frame_numbers_only)
+
+
+def _times_from_frame_labels(sequence, labelled, labels: str, count: int, frame_numbers_only: str) -> np.ndarray:
+    name = sequence.GetName()
+    tag = (labelled.GetAttribute(FRAME_LABEL_TAG) or "").strip()
+    unit = (labelled.GetAttribute(FRAME_LABEL_UNITS) or "ms").strip().lower()
+    if unit == "count":  # TemporalPositionIdentifier: the frame's position, not its time
+        raise ValueError(frame_numbers_only)
+    if tag in _NOT_TIME_TAGS or not (unit in _SECONDS or unit in _MILLISECONDS):
+        raise ValueError(f"The frames of '{name}' differ in {tag or 'a value'} ({unit}), not in time; load the DSC "
+                         "series ordered by acquisition time or give its repetition time (s).")
     try:
-        times = np.array([float(sequence.GetNthIndexValue(n)) for n in range(count)])
+        values = np.array([float(v) for v in labels.split(",")])
     except ValueError:
-        raise ValueError(f"The sequence '{sequence.GetName()}' has non-numeric index values.") from None
-    return Volume(np.stack([v.array for v in volumes]), volumes[0].ijk_to_ras), times
+        raise ValueError(f"The frame times of '{name}' ({FRAME_LABELS}) are not numbers.") from None
+    if values.size != count:
+        raise ValueError(f"The sequence '{name}' has {count} frames but {values.size} frame times in {FRAME_LABELS}.")
+    if hasattr(sequence, "GetNthIndexValue"):
+        # MultiVolumeImporter indexes frame n by the value "n"; follow the index in case the order differs.
+        try:
+            order = [int(float(sequence.GetNthIndexValue(n))) for n in range(count)]
+        except ValueError:
+            order = list(range(count))
+        if sorted(order) == list(range(count)):
+            values = values[order]
+    return values / 1000.0 if unit in _MILLISECONDS else values
+
+
+# NIfTI xyzt_units time codes (bits 3-5) and their size in seconds.
+_NIFTI_TIME_UNITS_S = {8: 1.0, 16: 1e-3, 24: 1e-6}
+
+
+def sequence_from_file(path: str | os.PathLike, name: str | None = None, scene=None,
+                       repetition_time_s: float | None = None):
+    """Load a 4D DSC file as a sequence node indexed by time in seconds, with a browser to play it.
+
+    Slicer's own sequence reader takes only NRRD (.seq.nrrd, .nrrd, .nhdr); this also loads a 4D NIfTI
+    (.nii, .nii.gz).
+
+    - NIfTI: voxels and geometry through SimpleITK (``files.read_image``, which refuses a truncated file); the
+      frame interval is ``pixdim[4]`` in the time unit of ``xyzt_units`` (s, ms or us, converted to s), so
+      frame n is at n x interval. A header with an unknown time unit or no interval is refused (ValueError,
+      one sentence) unless ``repetition_time_s`` is given.
+    - NRRD: read by Slicer's ``vtkMRMLVolumeSequenceStorageNode``; the times then come as in
+      ``volume_from_sequence`` (a sequence saved by Slicer keeps its time index; a 4D NRRD without index
+      values is indexed by frame number and needs ``repetition_time_s``).
+
+    ``repetition_time_s`` (seconds), when given, overrides the file: frame n is at n x TR. ``name`` defaults to
+    the file name without its extension. Returns (sequence node, browser node), as ``sequence_from_volume``.
+    """
+    path = Path(path)
+    lower = path.name.lower()
+    stem = path.name
+    for suffix in (".nii.gz", ".nii", ".seq.nrrd", ".nrrd", ".nhdr"):
+        if lower.endswith(suffix):
+            stem = path.name[: -len(suffix)]
+            break
+    name = name or stem
+    if lower.endswith((".nii", ".nii.gz")):
+        series, times = _series_from_nifti(path, name, repetition_time_s)
+    elif lower.endswith((".nrrd", ".nhdr")):
+        series, times = _series_from_nrrd(path, name, repetition_time_s)
+    else:
+        raise ValueError(f"The DSC file {path} is neither NIfTI (.nii, .nii.gz) nor NRRD (.nrrd, .nhdr).")
+    return sequence_from_volume(series, times, name, scene)
+
+
+def _series_from_nifti(path: Path, name: str, repetition_time_s: float | None) -> tuple[Volume, np.ndarray]:
+    import nibabel
+
+    from .files import read_image
+    from .geometry import volume_from_sitk
+
+    image = read_image(path, "DSC series")
+    if image.GetDimension() != 4:
+        raise ValueError(f"The DSC file {path} is a {image.GetDimension()}D image; a 4D series (x, y, z, time) "
+                         "is needed.")
+    series = volume_from_sitk(image)
+    frames = series.array.shape[0]
+    if repetition_time_s is not None:
+        return series, _frame_times_from_tr(repetition_time_s, frames, name)
+    header = nibabel.load(str(path)).header
+    scale = _NIFTI_TIME_UNITS_S.get(int(header["xyzt_units"]) & 0x38)
+    interval = float(header["pixdim"][4])
+    if scale is None or not np.isfinite(interval) or interval <= 0:
+        raise ValueError(f"The NIfTI header of {path} gives no frame interval in a time unit (pixdim[4] = "
+                         f"{interval:g}, time unit {header.get_xyzt_units()[1]}); give the repetition time (s).")
+    return series, np.arange(frames) * interval * scale
+
+
+def _series_from_nrrd(path: Path, name: str, repetition_time_s: float | None) -> tuple[Volume, np.ndarray]:
+    slicer = _slicer()
+    if not path.is_file():
+        raise ValueError(f"The DSC file {path} does not exist.")
+    scratch = slicer.vtkMRMLScene()  # read beside the user's scene: only the converted sequence joins it
+    storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+    scratch.AddNode(storage)
+    sequence = scratch.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    storage.SetFileName(str(path))
+    if not storage.ReadData(sequence) or sequence.GetNumberOfDataNodes() == 0:
+        raise ValueError(f"The DSC file {path} could not be read as a 4D NRRD series.")
+    if sequence.GetNumberOfDataNodes() < 2:
+        raise ValueError(f"The DSC file {path} holds one frame; a 4D series (x, y, z, time) is needed.")
+    return volume_from_sequence(sequence, repetition_time_s)
+
+
+def _frame_times_from_tr(repetition_time_s: float, frames: int, name: str) -> np.ndarray:
+    tr = float(repetition_time_s)
+    if not np.isfinite(tr) or tr <= 0:
+        raise ValueError(f"The repetition time of '{name}' must be a positive number of seconds, got "
+                         f"{repetition_time_s!r}.")
+    return np.arange(frames) * tr
 
 
 def group_in_study(scene, subject: str, folders: dict, study: str = "Pre-operative MRI") -> None:
