@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
+from CTVPlannerLib import terminology
 
 from . import mrml
-from .cases import SEGMENTS
+from .cases import SEGMENT_TERMINOLOGY, SEGMENTS
 from .geometry import Volume, volume_from_sitk
 from .report import HEAT_MAP_LOWER, PROGRESSION_NAME, TARGET_COLOURS, curve_name, heat_map_colours
 
@@ -89,11 +90,15 @@ def _stored_type(acquired: sitk.Image):
     return np.int32 if "integer" in sitk.GetPixelIDValueAsString(acquired.GetPixelID()) else np.float32
 
 
-def _segmentation(mask: np.ndarray, ijk_to_ras: np.ndarray, name: str, segment: tuple, scene, reference):
-    """One-segment segmentation; an empty mask keeps an empty segment (the node says 'nothing here')."""
-    node = mrml.segmentation_from_labelmap(Volume(mask.astype(np.uint8), ijk_to_ras), {1: segment}, name, scene)
+def _segmentation(mask: np.ndarray, ijk_to_ras: np.ndarray, name: str, segment: tuple, role: str, scene, reference):
+    """One-segment segmentation, with the terminology of ``role`` (``CTVPlannerLib.terminology.TERMS``); an empty
+    mask keeps an empty segment (the node says 'nothing here')."""
+    entry = terminology.entry(role)
+    node = mrml.segmentation_from_labelmap(Volume(mask.astype(np.uint8), ijk_to_ras), {1: segment}, name, scene,
+                                           {1: entry})
     if node.GetSegmentation().GetNumberOfSegments() == 0:
-        node.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
+        empty = node.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
+        node.GetSegmentation().GetSegment(empty).SetTerminology(entry)
     node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
     return node
 
@@ -107,7 +112,8 @@ def _ctv_proposals(results: CaseResults, reference_node, ijk_to_ras: np.ndarray,
     for target in results.targets:
         colour = TARGET_COLOURS.get(target.key.replace("ptv_", ""), (0.9, 0.9, 0.5))
         scratch = mrml.segmentation_from_labelmap(Volume(target.mask.astype(np.uint8), ijk_to_ras),
-                                                  {1: (target.name, colour)}, "scratch", scene)
+                                                  {1: (target.name, colour)}, "scratch", scene,
+                                                  {1: terminology.target_entry(target.kind)})
         try:
             if scratch.GetSegmentation().GetNumberOfSegments():
                 segmentation.CopySegmentFromSegmentation(scratch.GetSegmentation(),
@@ -117,6 +123,7 @@ def _ctv_proposals(results: CaseResults, reference_node, ijk_to_ras: np.ndarray,
         finally:
             scene.RemoveNode(scratch)
         segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(target.name))
+        segment.SetTerminology(terminology.target_entry(target.kind))
         segment.SetTag(FINGERPRINT_TAG, hashlib.sha1(np.packbits(target.mask).tobytes()).hexdigest())
         segment.SetTag(KIND_TAG, target.kind)
         segment.SetTag("CTVPlanner.Description", target.entry.get("description", ""))
@@ -140,15 +147,15 @@ def reference_nodes(results: CaseResults, scene) -> dict:
     _show_with(nodes["probability"], nodes["heat_map_colours"], 0.0, 1.0, HEAT_MAP_LOWER)
     _show_with(nodes["ncbv"], nodes["ncbv_colours"], 0.0, 5.0)
     labels = Volume(sitk.GetArrayFromImage(prepared.lesion), reference.ijk_to_ras)
-    nodes["lesion"] = mrml.segmentation_from_labelmap(labels, SEGMENTS, "Lesion", scene)
+    nodes["lesion"] = mrml.segmentation_from_labelmap(labels, SEGMENTS, "Lesion", scene, SEGMENT_TERMINOLOGY)
     nodes["lesion"].SetReferenceImageGeometryParameterFromVolumeNode(nodes["t1c"])
-    masks = {"progression": (results.prediction.progression, (PROGRESSION_NAME, PROGRESSION_COLOUR)),
-             "brain": (results.brain, ("Brain", (0.9, 0.8, 0.7)))}
+    masks = {"progression": (results.prediction.progression, (PROGRESSION_NAME, PROGRESSION_COLOUR), "neoplasm"),
+             "brain": (results.brain, ("Brain", (0.9, 0.8, 0.7)), "brain")}
     if results.recurrence is not None:
-        masks["recurrence"] = (results.recurrence, ("Recurrence", RECURRENCE_COLOUR))
-    for key, (image, segment) in masks.items():
+        masks["recurrence"] = (results.recurrence, ("Recurrence", RECURRENCE_COLOUR), "neoplasm")
+    for key, (image, segment, role) in masks.items():
         nodes[key] = _segmentation(sitk.GetArrayFromImage(image) > 0, reference.ijk_to_ras, segment[0], segment,
-                                   scene, nodes["t1c"])
+                                   role, scene, nodes["t1c"])
     nodes["brain"].GetDisplayNode().SetVisibility(False)  # an input for CTV Planner, not something to look at
     nodes["ctv"] = _ctv_proposals(results, nodes["t1c"], reference.ijk_to_ras, scene)
     return nodes
@@ -173,7 +180,8 @@ def acquired_nodes(results: CaseResults, scene) -> dict:
     for key, (array, name) in maps.items():
         nodes[key] = mrml.node_from_volume(Volume(np.asarray(array, np.float32), dsc_grid), name, scene)
     nodes["nawm"] = mrml.segmentation_from_labelmap(Volume(perfusion.nawm_mask.astype(np.uint8), dsc_grid),
-                                                    {1: ("NAWM reference", (0.2, 0.4, 1.0))}, "NAWM reference", scene)
+                                                    {1: ("NAWM reference", (0.2, 0.4, 1.0))}, "NAWM reference", scene,
+                                                    {1: terminology.entry("reference_region")})
     proxy = nodes["dsc_browser"].GetProxyNode(nodes["dsc"])
     for node in [proxy, nodes["ncbv_dsc"], nodes["rcbv_dsc"], nodes["k2_dsc"], nodes["nawm"]]:
         if node is not None:

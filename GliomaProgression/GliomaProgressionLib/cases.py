@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from CTVPlannerLib import terminology
 
 from .files import read_volume, staged_output_folder, write_json, write_volume
 from .phantom import MNI_NOTICE, SYNTHETIC_NOTICE, SyntheticCase
@@ -26,6 +27,9 @@ SEGMENTS = {
     4: ("Resection cavity", (0.30, 0.50, 0.90)),
 }
 PROGRESSION_SEGMENT = {1: ("Future progression (truth)", (0.85, 0.25, 0.85))}
+# Terminology entries of the segments above, by label value (declared in CTVPlannerLib.terminology).
+SEGMENT_TERMINOLOGY = {value: terminology.lesion_entry(value) for value in SEGMENTS}
+PROGRESSION_TERMINOLOGY = {1: terminology.entry("neoplasm")}
 
 
 def write_case(case: SyntheticCase, out: str | os.PathLike) -> Path:
@@ -90,13 +94,13 @@ def load_case_into_scene(folder: str | os.PathLike, scene=None, name: str | None
     times = read_frame_times(folder / "dsc.json", dsc.array.shape[0])
     nodes["dsc"], nodes["dsc_browser"] = mrml.sequence_from_volume(dsc, times, f"{name} DSC", scene)
     lesion = read_volume(folder / "lesion.nii.gz", "lesion")
-    nodes["lesion"] = mrml.segmentation_from_labelmap(lesion, SEGMENTS, f"{name} lesion", scene)
+    nodes["lesion"] = mrml.segmentation_from_labelmap(lesion, SEGMENTS, f"{name} lesion", scene, SEGMENT_TERMINOLOGY)
     nodes["lesion"].SetReferenceImageGeometryParameterFromVolumeNode(nodes["t1c"])
     truth = folder / "truth"
     if (truth / "progression.nii.gz").exists():
         progression = read_volume(truth / "progression.nii.gz", "progression truth")
         nodes["progression_truth"] = mrml.segmentation_from_labelmap(
-            progression, PROGRESSION_SEGMENT, f"{name} progression truth", scene)
+            progression, PROGRESSION_SEGMENT, f"{name} progression truth", scene, PROGRESSION_TERMINOLOGY)
         nodes["ncbv_truth"] = mrml.node_from_volume(read_volume(truth / "ncbv.nii.gz", "nCBV truth"),
                                                     f"{name} nCBV (truth)", scene)
     mrml.group_in_study(scene, name, {None: list(nodes.values())})

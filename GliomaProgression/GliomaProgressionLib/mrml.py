@@ -19,7 +19,9 @@ from .geometry import Volume
 
 # MRML written by slicer-core 5.13 is stamped with the oldest Slicer release the extension supports: the
 # application reads the version to decide which compatibility fixes a scene needs, and warns when it is absent.
-SCENE_SLICER_VERSION = "Slicer 5.8.1 r33241"
+# Format as vtkMRMLScene writes and parses it ("<application> <major>.<minor>.<patch> <revision>", the revision a
+# bare number): Slicer 5.12.3 is revision 34627 (commit count of its release commit + Slicer's revision offset).
+SCENE_SLICER_VERSION = "Slicer 5.12.3 34627"
 
 # Node attribute ("true") of volumes registered to the CE-T1 the lesion is drawn on, such as the nCBV map the
 # progression model saw; CBV radiomics asks before it uses any other nCBV map.
@@ -144,11 +146,12 @@ def update_node_from_volume(node, volume: Volume) -> None:
 
 
 def segmentation_from_labelmap(labelmap: Volume, segments: dict[int, tuple[str, tuple[float, float, float]]],
-                               name: str, scene=None):
+                               name: str, scene=None, terminology: dict[int, str] | None = None):
     """A segmentation node with one segment per label value present in ``labelmap``.
 
     ``segments`` maps label value -> (segment name, RGB colour 0..1); values absent from the labelmap give
-    no segment, values not in ``segments`` are refused.
+    no segment, values not in ``segments`` are refused. ``terminology`` maps label value -> the segment's
+    terminology entry (built by ``CTVPlannerLib.terminology``); a value without one keeps Slicer's default.
     """
     scene = scene or current_scene()
     values = [int(v) for v in np.unique(labelmap.array) if v != 0]
@@ -172,7 +175,31 @@ def segmentation_from_labelmap(labelmap: Volume, segments: dict[int, tuple[str, 
         label_name, colour = segments[segment.GetLabelValue()]
         segment.SetName(label_name)
         segment.SetColor(*colour)
+        if terminology and segment.GetLabelValue() in terminology:
+            segment.SetTerminology(terminology[segment.GetLabelValue()])
     return segmentation
+
+
+def load_extension_terminology(path: str | os.PathLike, logic=None) -> bool:
+    """Load a terminology list the extension ships (Slicer's JSON schema for terminology contexts) into the
+    Terminologies module, so Slicer knows the codes of the extension's segments and offers them in its selector.
+
+    Uses ``logic`` (a ``vtkSlicerTerminologiesModuleLogic``) when given, else the application's Terminologies
+    module logic. Headless, with no application and no ``logic``, it does nothing and returns False. Returns True
+    once loaded; a missing file or one the logic refuses raises ValueError.
+    """
+    slicer = _slicer()
+    if logic is None:
+        module = getattr(slicer.modules, "terminologies", None) if _application_running() else None
+        if module is None:
+            return False
+        logic = module.logic()
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"The terminology file {path} does not exist.")
+    if not logic.LoadTerminologyFromFile(str(path)):  # the loaded context's name; empty on failure
+        raise ValueError(f"Slicer's Terminologies module could not load {path}.")
+    return True
 
 
 def labelmap_from_segmentation(segmentation, reference, segment_values: dict[str, int] | None = None) -> Volume:
