@@ -216,12 +216,15 @@ def test_requirements_resolve_to_wheels_for_slicer_python_312_on_linux_windows_a
                    "--target", str(tmp_path / f"target-{name}"), "--find-links", str(wheels),
                    "--constraint", str(constraints), "--requirement", str(deps.REQUIREMENTS_FILE),
                    *[f"{package}=={version}" for package, version in TORCH.items()], "--report", str(report)]
-        runs[name] = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), report)
+        log = tmp_path / f"{name}.log"  # a file, not a pipe: a full pipe would stall the runs one behind the other
+        with open(log, "w") as out:
+            runs[name] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), report, log)
 
     slicer = {canonicalize_name(n): v for n, v in deps.SLICER_PACKAGES.items()}
-    for name, (run, report) in runs.items():
-        output = run.communicate(timeout=600)[0]
-        assert run.returncode == 0, f"{name}:\n{output}"
+    for name, (run, report, log) in runs.items():
+        run.wait(timeout=600)
+        output = "\n".join(line for line in log.read_text().splitlines() if not line.startswith("WARNING: Location"))
+        assert run.returncode == 0, f"{name}:\n{output[-5000:]}"
         installed = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
                      for item in json.loads(report.read_text())["install"]}
         changed = {n: v for n, v in installed.items() if n in slicer and v != slicer[n]}
