@@ -238,7 +238,7 @@ def pip_install_command(requirements: list[str], constraints: str | Path, python
 
 
 def cpu_torch_command(constraints: str | Path, python: str | None = None) -> list[str]:
-    """Install the CPU build of torch and torchvision from the PyTorch CPU index (when the PyTorch extension is not used).
+    """Install the CPU build of torch and torchvision from the PyTorch CPU index (without the PyTorch extension).
 
     Only that index is used, so pip cannot pick PyPI's CUDA build on Linux; dependencies already installed (Slicer's
     packages) satisfy torch's requirements in place.
