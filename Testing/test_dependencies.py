@@ -35,7 +35,7 @@ winonly>=1; sys_platform == "nonexistent-os"
 
 def test_missing_reports_absent_and_too_old_and_skips_satisfied_and_foreign_markers(tmp_path):
     path = _requirements_file(tmp_path, FAKE)
-    versions = {"oldpkg": "1.9", "goodpkg": "1.5", "torch": "2.13.0+cpu", "pyradiomics": "3.0.1"}
+    versions = {"OldPkg": "1.9", "goodpkg": "1.5", "torch": "2.13.0+cpu", "pyradiomics": "3.0.1"}
     missing = deps.missing_requirements(path, versions=versions)
     assert [(m.requirement, m.installed, m.provider) for m in missing] == [
         ("glioma-fake-package-that-does-not-exist>=1.0", None, deps.PIP),

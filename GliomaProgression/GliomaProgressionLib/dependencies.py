@@ -164,13 +164,13 @@ def missing_requirements(path: str | Path = REQUIREMENTS_FILE, only=None,
     None checks all. Requirements whose environment marker does not apply here are skipped. ``versions``
     (``installed_versions()`` by default) is for tests.
     """
-    versions = installed_versions() if versions is None else versions
+    versions = installed_versions() if versions is None else {canonicalize_name(n): v for n, v in versions.items()}
     wanted = None if only is None else {canonicalize_name(name) for name in only}
     missing = []
     for requirement in read_requirements(path):
         if wanted is not None and canonicalize_name(requirement.name) not in wanted:
             continue
-        if requirement.marker is not None and not requirement.marker.evaluate():
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue
         state = _unsatisfied(requirement, versions)
         if state is not False:
