@@ -1,6 +1,7 @@
 import hashlib
 import os
 import re
+from typing import Annotated
 
 import numpy as np
 
@@ -11,7 +12,14 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+
+from CTVPlannerLib import terminology
+from CTVPlannerLib.schemes import MARGIN_RANGE_MM
+from GliomaProgressionLib.mrml import ParameterNodeLifecycle
+
+Margin = Annotated[float, WithinRange(*MARGIN_RANGE_MM)]
 
 PROPOSALS_NAME = "CTV proposals"
 TABLE_NAME = "CTV comparison"
@@ -21,10 +29,6 @@ KIND_TAG = "CTVPlanner.Kind"
 COLOURS = {
     "rtog46": (0.98, 0.85, 0.35), "rtog60": (0.95, 0.55, 0.15), "eortc": (0.30, 0.60, 0.95),
     "estro": (0.25, 0.80, 0.45), "ai": (0.85, 0.35, 0.85), "boost": (0.90, 0.15, 0.20),
-}
-TERMINOLOGY = {  # Slicer terminology entries (DICOM master list): category Spatial and Relational Concept
-    "CTV": "SCT^228792002^Clinical target volume", "BOOST": "SCT^228792002^Clinical target volume",
-    "PTV": "SCT^228793007^Planning target volume",
 }
 # Packages the science needs that the Slicer application does not ship (installed after asking, never at import).
 REQUIREMENTS = {"skfmm": "scikit-fmm==2025.6.23", "skimage": "scikit-image==0.26.0",
@@ -66,6 +70,15 @@ class CTVPlanner(ScriptedLoadableModule):
             "Target definitions follow RTOG/NRG, EORTC and ESTRO-EANO 2023 guidance and Tran 2025 "
             "(deep-learning CTV from predicted progression). Built on 3D Slicer, scikit-fmm, pydicom and highdicom."
         )
+        if hasattr(slicer, "app"):  # the application only: slicer-core has no application to start up
+            slicer.app.connect("startupCompleted()", loadExtensionTerminology)
+
+
+def loadExtensionTerminology():
+    """Slicer's Terminologies module learns the extension's codes (CTV/PTV/GTV, lesion types) at startup."""
+    from GliomaProgressionLib import mrml
+
+    mrml.load_extension_terminology(terminology.TERMINOLOGY_FILE)
 
 
 #
@@ -90,13 +103,13 @@ class CTVPlannerParameterNode:
     ai: bool = False
     boost: bool = False
     geodesic: bool = False
-    rtogMarginMm: float = 20.0
-    eortcMarginMm: float = 15.0
-    estroMarginMm: float = 15.0
-    aiMarginMm: float = 5.0
-    boostMarginMm: float = 5.0
-    ptvMarginMm: float = 0.0
-    oarMarginMm: float = 0.0
+    rtogMarginMm: Margin = 20.0
+    eortcMarginMm: Margin = 15.0
+    estroMarginMm: Margin = 15.0
+    aiMarginMm: Margin = 5.0
+    boostMarginMm: Margin = 5.0
+    ptvMarginMm: Margin = 0.0
+    oarMarginMm: Margin = 0.0
 
 
 #
@@ -104,43 +117,33 @@ class CTVPlannerParameterNode:
 #
 
 
-class CTVPlannerWidget(ScriptedLoadableModuleWidget):
+class CTVPlannerWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self):
-        import vtk
-
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CTVPlanner.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CTVPlannerLogic()
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
-        self.ui.editButton.connect("clicked(bool)", self.onEditButton)
-        self.ui.exportRtStructButton.connect("clicked(bool)", lambda: self.onExport(("rtstruct",)))
-        self.ui.exportSegButton.connect("clicked(bool)", lambda: self.onExport(("seg",)))
-        self._parameterNode = self.logic.getParameterNode()
-        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self._parameterNode.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-        self._updateButtons()
+        self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.compareButton.clicked.connect(self.onCompareButton)
+        self.ui.editButton.clicked.connect(self.onEditButton)
+        self.ui.exportRtStructButton.clicked.connect(lambda: self.onExport(("rtstruct",)))
+        self.ui.exportSegButton.clicked.connect(lambda: self.onExport(("seg",)))
+        self.observeScene()
 
-    def cleanup(self):
-        if self._parameterNode and self._parameterNodeGuiTag:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-
-    def _updateButtons(self, *unused):
+    def updateGui(self):
         p = self._parameterNode
-        ready = bool(p.lesion and p.referenceVolume and p.brainMask)
+        ready = p is not None and bool(p.lesion and p.referenceVolume and p.brainMask)
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = ("Create the CTV proposals" if ready
                                        else "Choose a lesion, a reference volume and a brain mask")
-        hasProposals = self.logic.findProposals() is not None
+        hasProposals = p is not None and self.logic.findProposals() is not None
         for button in (self.ui.compareButton, self.ui.editButton, self.ui.exportRtStructButton,
                        self.ui.exportSegButton):
             button.enabled = hasProposals and bool(p.referenceVolume)
@@ -172,7 +175,7 @@ class CTVPlannerWidget(ScriptedLoadableModuleWidget):
             self.ui.comparisonTableView.setMRMLTableNode(result["table"])
             self.ui.statusLabel.text = (f"Created {len(result['segmentIds'])} proposals in '{PROPOSALS_NAME}'. "
                                         + " ".join(result["notes"]))
-        self._updateButtons()
+        self.updateGui()
 
     def onCompareButton(self):
         p = self._parameterNode
@@ -480,10 +483,7 @@ class CTVPlannerLogic(ScriptedLoadableModuleLogic):
         segment.SetTag(FINGERPRINT_TAG, self._fingerprint(target.mask))
         segment.SetTag(KIND_TAG, target.kind)
         segment.SetTag("CTVPlanner.Description", target.description)
-        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(),
-                       "Segmentation category and type - DICOM master list~SCT^309825002^Spatial and Relational "
-                       f"Concept~{TERMINOLOGY.get(target.kind, TERMINOLOGY['CTV'])}~^^~Anatomic codes - DICOM "
-                       "master list~^^~^^")
+        segment.SetTerminology(terminology.target_entry(target.kind))
         return segmentId
 
     @staticmethod

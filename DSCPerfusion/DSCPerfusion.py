@@ -1,3 +1,5 @@
+from typing import Annotated
+
 import numpy as np
 
 import slicer
@@ -7,8 +9,12 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
 
+from DSCPerfusionLib.leakage import LEAKAGE_METHODS
+from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE, MAX_FRAMES
+from GliomaProgressionLib.mrml import ParameterNodeLifecycle
 
 
 #
@@ -45,19 +51,20 @@ class DSCPerfusion(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class DSCPerfusionParameterNode:
-    """inputSequence: DSC series (volume sequence, index = time in s); echoTimeMs: TE in ms; brainMask, nawm,
-    lesion: optional segmentations; leakage: bsw | bidirectional | none; autoBaseline or baselineStart/End
-    (frames [start, end)); firstPass; perSlice; outputNCBV/outputRCBV/outputK2: result volumes."""
+    """inputSequence: DSC series (volume sequence; frame times from the sequence, else repetitionTimeS); echoTimeMs:
+    TE in ms; brainMask, nawm, lesion: optional segmentations; leakage: bsw | bidirectional | none; autoBaseline or
+    baselineStart/End (frames [start, end)); firstPass; perSlice; outputNCBV/outputRCBV/outputK2: result volumes."""
 
     inputSequence: slicer.vtkMRMLSequenceNode
-    echoTimeMs: float = 30.0
+    echoTimeMs: Annotated[float, WithinRange(*ECHO_TIME_MS_RANGE)] = 30.0
+    repetitionTimeS: Annotated[float, WithinRange(0.0, 10.0)] = 0.0  # 0: the frame times the series carries
     brainMask: slicer.vtkMRMLSegmentationNode
     nawm: slicer.vtkMRMLSegmentationNode
     lesion: slicer.vtkMRMLSegmentationNode
-    leakage: str = "bsw"
+    leakage: Annotated[str, Choice(LEAKAGE_METHODS)] = "bsw"
     autoBaseline: bool = True
-    baselineStart: int = 2
-    baselineEnd: int = 10
+    baselineStart: Annotated[int, WithinRange(0, MAX_FRAMES - 1)] = 2
+    baselineEnd: Annotated[int, WithinRange(1, MAX_FRAMES)] = 10
     firstPass: bool = False
     perSlice: bool = False
     outputNCBV: slicer.vtkMRMLScalarVolumeNode
@@ -70,46 +77,49 @@ class DSCPerfusionParameterNode:
 #
 
 
-class DSCPerfusionWidget(ScriptedLoadableModuleWidget):
+class DSCPerfusionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
 
     def setup(self):
-        import vtk
-
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/DSCPerfusion.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DSCPerfusionLogic()
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self._parameterNode = self.logic.getParameterNode()
-        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self._parameterNode.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateGui)
-        self._updateGui()
+        self.ui.applyButton.clicked.connect(self.onApplyButton)
+        self.ui.loadSeriesButton.clicked.connect(self.onLoadSeriesButton)
+        self.observeScene()
 
-    def cleanup(self):
-        if self._parameterNode and self._parameterNodeGuiTag:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-
-    def _updateGui(self, *unused):
+    def updateGui(self):
         parameters = self._parameterNode
-        ready = parameters.inputSequence is not None
+        ready = parameters is not None and parameters.inputSequence is not None
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = "Compute nCBV, rCBV and K2" if ready else "Choose a DSC sequence"
-        self.ui.baselineStartSpinBox.enabled = not parameters.autoBaseline
-        self.ui.baselineEndSpinBox.enabled = not parameters.autoBaseline
+        manual = parameters is not None and not parameters.autoBaseline
+        self.ui.baselineStartSpinBox.enabled = manual
+        self.ui.baselineEndSpinBox.enabled = manual
+
+    def onLoadSeriesButton(self):
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(self.parent, "Load a 4D DSC series", "",
+                                              "4D images (*.nii *.nii.gz *.nrrd *.nhdr)")
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not load the DSC series.", waitCursor=True):
+            self._parameterNode.inputSequence = self.logic.loadSeries(path, self._parameterNode.repetitionTimeS)
 
     def onApplyButton(self):
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not compute the perfusion maps.", waitCursor=True):
             baseline = None if parameters.autoBaseline else (parameters.baselineStart, parameters.baselineEnd)
             results = self.logic.process(
-                parameters.inputSequence, parameters.echoTimeMs, leakage=parameters.leakage, baseline=baseline,
+                parameters.inputSequence, parameters.echoTimeMs, repetitionTimeS=parameters.repetitionTimeS or None,
+                leakage=parameters.leakage, baseline=baseline,
                 firstPass=parameters.firstPass, perSlice=parameters.perSlice, brainMaskNode=parameters.brainMask,
                 nawmNode=parameters.nawm, lesionNode=parameters.lesion,
                 outputNodes={"ncbv": parameters.outputNCBV, "rcbv": parameters.outputRCBV, "k2": parameters.outputK2},
@@ -125,6 +135,8 @@ class DSCPerfusionWidget(ScriptedLoadableModuleWidget):
     @staticmethod
     def _showResults(results):
         layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:  # the application runs without a main window
+            return
         layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
         slicer.modules.plots.logic().ShowChartInLayout(results["chart"])
         if results.get("table") is not None:
@@ -148,9 +160,20 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return DSCPerfusionParameterNode(super().getParameterNode())
 
+    @staticmethod
+    def loadSeries(path, repetitionTimeS=0.0):
+        """A 4D NIfTI or NRRD DSC file as a sequence node indexed by time in seconds (Slicer's own sequence reader
+        takes NRRD only). ``repetitionTimeS`` (0: from the file) gives the frame times a file does not carry."""
+        from GliomaProgressionLib import mrml
+
+        sequence, _ = mrml.sequence_from_file(path, repetition_time_s=repetitionTimeS or None)
+        return sequence
+
     def process(self, sequenceNode, echoTimeMs=30.0, leakage="bsw", baseline=None, firstPass=False, perSlice=False,
-                brainMaskNode=None, nawmNode=None, lesionNode=None, outputNodes=None, progress=None):
-        """Compute nCBV, leakage-corrected rCBV and K2 of a DSC sequence.
+                brainMaskNode=None, nawmNode=None, lesionNode=None, outputNodes=None, progress=None,
+                repetitionTimeS=None):
+        """Compute nCBV, leakage-corrected rCBV and K2 of a DSC sequence. Frame times come from the sequence
+        (its time index, or the frame times Slicer's DICOM import keeps), else from ``repetitionTimeS``.
 
         Returns a dict: 'ncbv', 'rcbv', 'k2' (volume nodes), 'chart' (mean curves), 'table' (per lesion
         segment, or None), 'curves' (table node), 'report' (dict), 'result' (the pipeline's result).
@@ -163,11 +186,12 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         started = time.monotonic()
         if sequenceNode is None:
             raise ValueError("Choose the DSC series (a volume sequence).")
-        if not 1.0 <= echoTimeMs <= 200.0:
-            raise ValueError(f"The echo time must be between 1 and 200 ms, got {echoTimeMs:g}.")
-        if leakage not in ("bsw", "bidirectional", "none"):
-            raise ValueError(f"Unknown leakage correction {leakage!r}: use bsw, bidirectional or none.")
-        series, times = mrml.volume_from_sequence(sequenceNode)
+        low, high = ECHO_TIME_MS_RANGE
+        if not low <= echoTimeMs <= high:
+            raise ValueError(f"The echo time must be between {low:g} and {high:g} ms, got {echoTimeMs:g}.")
+        if leakage not in LEAKAGE_METHODS:
+            raise ValueError(f"Unknown leakage correction {leakage!r}: use {', '.join(LEAKAGE_METHODS)}.")
+        series, times = mrml.volume_from_sequence(sequenceNode, repetitionTimeS)
         grid = type(series)(series.array[0], series.ijk_to_ras)
         masks = {name: self._maskOnGrid(node, grid, name)
                  for name, node in (("brain mask", brainMaskNode), ("white-matter reference", nawmNode)) if node}

@@ -1,5 +1,6 @@
 import os
 import tempfile
+from typing import Annotated
 
 import numpy as np
 
@@ -10,10 +11,14 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
 
+from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE
 from GliomaProgressionLib import process
-from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1
+from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1, ParameterNodeLifecycle
+from GliomaProgressionLib.phantom import SIZES
+from GliomaProgressionLib.predict_run import DEVICES, MIN_VOXELS_RANGE, THRESHOLD_RANGE
 
 RADIOMICS_BUTTON_TEXT = "Compute nCBV features"
 SAMPLE_CATEGORY = "Glioma progression"
@@ -64,21 +69,83 @@ def registerSampleData():
         category=SAMPLE_CATEGORY,
         sampleName=SAMPLE_NAME,
         thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "GliomaProgression.png"),
-        uris=None,
-        fileNames=None,
-        nodeNames=None,
-        customDownloader=_generateSampleCase,
+        uris=[], fileNames=[], nodeNames=[],  # nothing to download: the case is generated here
+        customDownloader=generateSampleCase,
     )
 
 
-def _generateSampleCase(source=None):
-    folder = tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath)
-    caseFolder = os.path.join(folder, "case")
+def generateSampleCase(source=None):
+    """Start generating the small synthetic case in a background process and return at once; a progress dialog
+    (with Cancel) follows it and the case is loaded when it is ready. Returns the job."""
+    import qt
+
+    folder = os.path.join(tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath), "case")
     logic = GliomaProgressionLogic()
-    runner = logic.startSyntheticCase(caseFolder, seed=0, size="small")
-    with slicer.util.tryWithErrorDisplay("Could not generate the synthetic glioma case.", waitCursor=True):
-        logic.finishSyntheticCase(runner, caseFolder, waitForCompletion=True)
-    return [logic.loadedNodes["t1c"]]
+    dialog = qt.QProgressDialog(f"Generating the {SAMPLE_NAME.lower()} (synthetic, not patient data)...",
+                                "Cancel", 0, 100, slicer.util.mainWindow())
+    dialog.setWindowTitle(SAMPLE_NAME)
+    dialog.setModal(False)
+    dialog.show()
+
+    def finished(job):
+        dialog.close()
+        if job.code == 0:
+            with slicer.util.tryWithErrorDisplay("Could not load the synthetic glioma case."):
+                nodes = logic.finishSyntheticCase(job.runner, folder)
+                slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
+
+    job = BackgroundJob("phantom", logic.startSyntheticCase(folder, seed=0, size="small"), folder,
+                        onProgress=lambda fraction, message: dialog.setValue(int(100 * fraction)),
+                        onFinished=finished)
+    dialog.canceled.connect(job.cancel)
+    job.dialog = dialog
+    return job
+
+
+class BackgroundJob:
+    """A running ``gliomaprog`` process followed from the GUI: a timer polls it (the application never waits),
+    reports new output lines and progress, and calls ``onFinished(job)`` once, when it ends or is cancelled."""
+
+    POLL_MS = 250
+
+    def __init__(self, kind, runner, folder, onProgress=None, onLines=None, onFinished=None):
+        import qt
+
+        self.kind, self.runner, self.folder = kind, runner, folder
+        self.code, self.cancelled, self._shownLines = None, False, 0
+        self._onProgress, self._onLines, self._onFinished = onProgress, onLines, onFinished
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_MS)
+        self._timer.timeout.connect(self.poll)
+        self._timer.start()
+
+    @property
+    def running(self):
+        return self.code is None
+
+    def poll(self):
+        code = self.runner.poll()
+        if self._onLines and len(self.runner.lines) > self._shownLines:
+            self._onLines(self.runner.lines[self._shownLines:])
+        self._shownLines = len(self.runner.lines)
+        if self._onProgress:
+            self._onProgress(self.runner.progress.fraction, self.runner.progress.message)
+        if code is not None and self.code is None:
+            self._end(code)
+
+    def cancel(self):
+        """End the process and everything it started; the job folder is removed."""
+        if self.code is None:
+            self.cancelled = True
+            self.runner.cancel()
+            GliomaProgressionLogic.discardJobFolder(self.folder)
+            self._end(-1)
+
+    def _end(self, code):
+        self._timer.stop()
+        self.code = code
+        if self._onFinished:
+            self._onFinished(self)
 
 
 #
@@ -95,15 +162,15 @@ class GliomaProgressionParameterNode:
     t1c: slicer.vtkMRMLScalarVolumeNode
     flair: slicer.vtkMRMLScalarVolumeNode
     dsc: slicer.vtkMRMLSequenceNode
-    echoTimeMs: float = 30.0
+    echoTimeMs: Annotated[float, WithinRange(*ECHO_TIME_MS_RANGE)] = 30.0
     lesion: slicer.vtkMRMLSegmentationNode
     ncbv: slicer.vtkMRMLScalarVolumeNode
-    model: str = "multiparametric"
-    device: str = "auto"
-    threshold: float = 0.5
-    minVoxels: int = 1
-    seed: int = 0
-    size: str = "small"
+    model: str = "multiparametric"  # bound by hand: the model list is read from Models.json at run time
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    threshold: Annotated[float, WithinRange(*THRESHOLD_RANGE)] = 0.5
+    minVoxels: Annotated[int, WithinRange(*MIN_VOXELS_RANGE)] = 1
+    seed: Annotated[int, WithinRange(0, 1_000_000)] = 0
+    size: Annotated[str, Choice(SIZES)] = "small"
     cavity: bool = False
 
 
@@ -112,19 +179,14 @@ class GliomaProgressionParameterNode:
 #
 
 
-class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
+class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None  # (kind, runner, folder) of the running background process
-        self._timer = None
+        self._job = None  # the running BackgroundJob (one at a time)
 
     def setup(self):
-        import qt
-        import vtk
-
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/GliomaProgression.ui"))
         self.layout.addWidget(uiWidget)
@@ -132,27 +194,27 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = GliomaProgressionLogic()
         for entry in self.logic.availableModels():
-            self.ui.modelComboBox.addItem(entry["id"])
-        self._timer = qt.QTimer()
-        self._timer.setInterval(250)
-        self._timer.timeout.connect(self._poll)
-        self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
-        self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
-        self.ui.radiomicsButton.connect("clicked(bool)", self.onRadiomicsButton)
+            self.ui.modelComboBox.addItem(entry.get("title", entry["id"]), entry["id"])
+        self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChosen)
+        self.ui.generateButton.clicked.connect(self.onGenerateButton)
+        self.ui.predictButton.clicked.connect(self.onPredictButton)
+        self.ui.radiomicsButton.clicked.connect(self.onRadiomicsButton)
         self.ui.progressBar.setVisible(False)
-        self._parameterNode = self.logic.getParameterNode()
-        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-        self._parameterNode.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateGui)
-        self._updateGui()
+        self.observeScene()
 
     def cleanup(self):
         self._cancel()
-        if self._parameterNode and self._parameterNodeGuiTag:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        ParameterNodeLifecycle.cleanup(self)
 
-    def _updateGui(self, *unused):
+    def onModelChosen(self, index):
+        if self._parameterNode is not None and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
+
+    def updateGui(self):
         parameters = self._parameterNode
-        running = self._job[0] if self._job is not None else None  # one background job at a time
+        if parameters is None:
+            return
+        running = self._job.kind if self._job is not None else None  # one background job at a time
         ready = bool(parameters.t1c and parameters.flair and parameters.lesion)
         self.ui.predictButton.enabled = running == "predict" or (running is None and ready)
         self.ui.radiomicsButton.enabled = running == "radiomics" or (
@@ -161,8 +223,12 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
         self.ui.predictButton.text = "Cancel" if running == "predict" else "Predict progression"
         self.ui.radiomicsButton.text = "Cancel" if running == "radiomics" else RADIOMICS_BUTTON_TEXT
         self.ui.generateButton.text = "Cancel" if running == "phantom" else "Generate and load"
+        index = self.ui.modelComboBox.findData(parameters.model)
+        if index != self.ui.modelComboBox.currentIndex:
+            self.ui.modelComboBox.setCurrentIndex(index)
         entry = self.logic.modelEntry(parameters.model)
-        self.ui.modelDescriptionLabel.text = entry.get("description", "") if entry else "Unknown model."
+        self.ui.modelDescriptionLabel.text = entry.get("description", "") if entry else (
+            f"The model '{parameters.model}' is not installed.")
 
     def onPredictButton(self):
         parameters = self._parameterNode
@@ -204,56 +270,54 @@ class GliomaProgressionWidget(ScriptedLoadableModuleWidget):
                 self._start(kind, *started)
 
     def _start(self, kind, runner, folder):
-        self._job = (kind, runner, folder)
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
         self.ui.logTextEdit.clear()
-        self._shownLines = 0
-        self._timer.start()
-        self._updateGui()
+        self._job = BackgroundJob(kind, runner, folder, onProgress=self._showProgress, onLines=self._showLines,
+                                  onFinished=self._onJobFinished)
+        self.updateGui()
 
-    def _poll(self):
-        kind, runner, folder = self._job
-        code = runner.poll()
-        for line in runner.lines[self._shownLines:]:
+    def _showProgress(self, fraction, message):
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = message
+
+    def _showLines(self, lines):
+        for line in lines:
             self.ui.logTextEdit.appendPlainText(line)
-        self._shownLines = len(runner.lines)
-        self.ui.progressBar.value = int(100 * runner.progress.fraction)
-        self.ui.statusLabel.text = runner.progress.message
-        if code is None:
-            return
-        self._timer.stop()
+
+    def _onJobFinished(self, job):
         self._job = None
         self.ui.progressBar.setVisible(False)
-        self._updateGui()
+        self.updateGui()
+        if job.cancelled:
+            self.ui.statusLabel.text = "Cancelled; nothing was loaded."
+            return
         with slicer.util.tryWithErrorDisplay("The background work failed.", waitCursor=True):
-            if kind == "phantom":
-                nodes = self.logic.finishSyntheticCase(runner, folder)
-                slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
-                self.ui.statusLabel.text = f"Loaded the synthetic case (synthetic, not patient data) from {folder}."
-            elif kind == "radiomics":
-                table = self.logic.finishRadiomics(runner, folder)
-                self.logic.showTable(table)
-                self.ui.statusLabel.text = self.logic.radiomicsSummary(table)
-            else:
-                nodes = self.logic.finishPrediction(runner, folder)
-                if nodes["ncbv"] is not None and self._parameterNode.ncbv is None:
-                    self._parameterNode.ncbv = nodes["ncbv"]  # the map radiomics should use
-                slicer.util.setSliceViewerLayers(background=self._parameterNode.t1c, foreground=nodes["probability"],
-                                                 foregroundOpacity=0.5)
-                self.ui.verdictLabel.text = self.logic.verdictText(nodes["verdict"], nodes["model"])
-                self.ui.statusLabel.text = f"Prediction finished; files in {folder}."
+            {"phantom": self._loadSyntheticCase, "radiomics": self._showRadiomics,
+             "predict": self._showPrediction}[job.kind](job)
+
+    def _loadSyntheticCase(self, job):
+        nodes = self.logic.finishSyntheticCase(job.runner, job.folder)
+        slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
+        self.ui.statusLabel.text = f"Loaded the synthetic case (synthetic, not patient data) from {job.folder}."
+
+    def _showRadiomics(self, job):
+        table = self.logic.finishRadiomics(job.runner, job.folder)
+        self.logic.showTable(table)
+        self.ui.statusLabel.text = self.logic.radiomicsSummary(table)
+
+    def _showPrediction(self, job):
+        nodes = self.logic.finishPrediction(job.runner, job.folder)
+        if nodes["ncbv"] is not None and self._parameterNode.ncbv is None:
+            self._parameterNode.ncbv = nodes["ncbv"]  # the map radiomics should use
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.t1c, foreground=nodes["probability"],
+                                         foregroundOpacity=0.5)
+        self.ui.verdictLabel.text = self.logic.verdictText(nodes["verdict"], nodes["model"])
+        self.ui.statusLabel.text = f"Prediction finished; files in {job.folder}."
 
     def _cancel(self):
         if self._job is not None:
-            self._timer.stop()
-            kind, runner, folder = self._job
-            self._job = None
-            runner.cancel()
-            self.logic.discardJobFolder(folder)
-            self.ui.progressBar.setVisible(False)
-            self.ui.statusLabel.text = "Cancelled; nothing was loaded."
-            self._updateGui()
+            self._job.cancel()
 
 
 #
@@ -301,8 +365,9 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         names = [channel["name"] for channel in entry["channels"]] if entry else []
         if "ncbv" in names and dscNode is None:
             raise ValueError(f"The model '{model}' needs the DSC series (it uses nCBV).")
-        if not 1.0 <= echoTimeMs <= 200.0:
-            raise ValueError(f"The DSC echo time must be between 1 and 200 ms, got {echoTimeMs:g}.")
+        low, high = ECHO_TIME_MS_RANGE
+        if not low <= echoTimeMs <= high:
+            raise ValueError(f"The DSC echo time must be between {low:g} and {high:g} ms, got {echoTimeMs:g}.")
         self._resultsBeside = t1cNode
         folder = tempfile.mkdtemp(prefix="GliomaProgression-")
         inputs = os.path.join(folder, "inputs")
@@ -353,10 +418,14 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
                                             f"{name} probability")
         self._showAsHeatMap(probability)
         mask = read_volume(os.path.join(results, "progression.nii.gz"))
-        segment = ("Predicted progression", (1.0, 0.55, 0.0))
-        segmentation = mrml.segmentation_from_labelmap(mask, {1: segment}, f"{name} predicted progression")
+        from CTVPlannerLib import terminology
+
+        segment, neoplasm = ("Predicted progression", (1.0, 0.55, 0.0)), terminology.entry("neoplasm")
+        segmentation = mrml.segmentation_from_labelmap(mask, {1: segment}, f"{name} predicted progression",
+                                                       terminology={1: neoplasm})
         if segmentation.GetSegmentation().GetNumberOfSegments() == 0:  # nothing predicted: say so with an empty segment
-            segmentation.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
+            emptyId = segmentation.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
+            segmentation.GetSegmentation().GetSegment(emptyId).SetTerminology(neoplasm)
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(probability)
         loaded = [probability, segmentation]
         channels = [channel["name"] for channel in prediction["model"]["channels"]]
@@ -492,8 +561,8 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
         if int(seed) < 0:
             raise ValueError(f"The seed must be zero or positive, got {seed}.")
-        if size not in ("small", "full"):
-            raise ValueError(f"The case size must be 'small' or 'full', got {size!r}.")
+        if size not in SIZES:
+            raise ValueError(f"The case size must be one of {', '.join(SIZES)}, got {size!r}.")
         check_new_output_folder(caseFolder, "The case folder")
         arguments = ["phantom", "--out", str(caseFolder), "--seed", str(int(seed)), "--size", size]
         if cavity:

@@ -1,4 +1,9 @@
-"""pytest set-up: the slicer-core test shim (see slicer_shim.py) and a fresh MRML scene per test that asks."""
+"""pytest set-up for the main suite: a fresh slicer-core MRML scene per test that asks, a throwaway model cache.
+
+The tests that run the modules on Slicer's own Python layer live in ``slicer_app/`` and run in a pytest process
+of their own, once per Slicer version (``make test`` does it; see slicer_app/conftest.py): they replace ``qt``
+and parts of ``slicer`` for the whole process, so this suite does not collect them unless asked to.
+"""
 
 import os
 import sys
@@ -10,16 +15,25 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Shipped models are unpacked into a cache on first use: in tests, a throwaway one, never the user's home.
 os.environ.setdefault("GLIOMAPROG_MODELS_DIR", tempfile.mkdtemp(prefix="gliomaprog-test-models-"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TESTING = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTING))
+REPO = TESTING.parent
+for _module in ("DSCPerfusion", "GliomaProgression", "CTVPlanner"):
+    if str(REPO / _module) not in sys.path:
+        sys.path.insert(0, str(REPO / _module))
 
-import slicer_shim  # noqa: E402
 
-slicer_shim.install()
+def pytest_ignore_collect(collection_path, config):
+    if collection_path == TESTING / "slicer_app" and not os.environ.get("GLIOMAPROG_SLICER_VERSION"):
+        return True
+    return None
 
 
 @pytest.fixture
 def scene():
-    return slicer_shim.fresh_scene()
+    from GliomaProgressionLib import mrml
+
+    return mrml.new_scene()
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,9 @@ BOOST_CONTAINERS = ("rtog46", "rtog60", "eortc", "estro")
 MIN_LESION_FRACTION_IN_BRAIN = 0.5
 
 
+MARGIN_RANGE_MM = (0.0, 100.0)  # every margin, in mm; larger ones are implausible
+
+
 @dataclass(frozen=True)
 class Margins:
     """Margins in mm. ``ptv_mm`` 0 means no PTV; ``oar_mm`` is the safety margin around organs at risk."""
@@ -64,11 +67,12 @@ class Margins:
     def validated(self) -> "Margins":
         for name, value in asdict(self).items():
             if name.endswith("_mm") and (not isinstance(value, (int, float)) or not np.isfinite(value)
-                                         or value < 0):
+                                         or value < MARGIN_RANGE_MM[0]):
                 raise ValueError(f"The margin {name} must be zero or a positive number of mm (margins grow "
                                  f"the target), got {value}.")
-            if name.endswith("_mm") and value > 100:
-                raise ValueError(f"The margin {name} = {value} mm is implausibly large (over 100 mm).")
+            if name.endswith("_mm") and value > MARGIN_RANGE_MM[1]:
+                raise ValueError(f"The margin {name} = {value} mm is implausibly large (over "
+                                 f"{MARGIN_RANGE_MM[1]:g} mm).")
         if self.boost_within not in BOOST_CONTAINERS:
             raise ValueError(f"boost_within must be one of {', '.join(BOOST_CONTAINERS)}, got {self.boost_within!r}.")
         return self

@@ -20,6 +20,10 @@ from scipy.integrate import cumulative_trapezoid, trapezoid
 # absurdly large sample (noise floor, masked background, corrupt frame) gives a finite deltaR2*.
 # 1e-3 caps deltaR2* at ln(1000)/TE, about 230 1/s at TE = 30 ms: above any real first pass (arterial
 # peaks are ~100 1/s), so genuine data is never clipped.
+# Echo times a DSC acquisition plausibly has (ms): the range the Slicer module accepts and offers.
+ECHO_TIME_MS_RANGE = (1.0, 200.0)
+# Frames a DSC series may have (the module's baseline-window limits).
+MAX_FRAMES = 9999
 MIN_SIGNAL_RATIO = 1e-3
 MAX_SIGNAL_RATIO = 1e3
 

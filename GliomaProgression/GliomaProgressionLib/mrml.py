@@ -634,3 +634,62 @@ def read_scene_bundle(path: str | os.PathLike, cache_folder: str | os.PathLike |
     if not scene.ReadFromMRB(str(path)):
         raise ValueError(f"The scene file {path} could not be read.")
     return scene
+
+
+# --- module widgets: parameter node lifecycle -----------------------------------------------------------------
+
+
+class ParameterNodeLifecycle:
+    """The scripted-module template's widget lifecycle, written once for the three module widgets.
+
+    The widget class also inherits ``slicer.util.VTKObservationMixin`` (so every observer is removed in
+    ``cleanup``), sets ``self.logic`` and ``self.ui``, calls ``observeScene()`` at the end of ``setup`` and
+    implements ``updateGui()``. The parameter node is bound to the GUI (``connectGui``) while the module is shown
+    and released when the scene closes, so a Close Scene or a module reload leaves no callback behind.
+    """
+
+    _parameterNode = None
+    _parameterNodeGuiTag = None
+
+    def observeScene(self):
+        slicer = _slicer()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.setParameterNode(None)
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, parameterNode):
+        import vtk
+
+        if self._parameterNode is not None:
+            if self._parameterNodeGuiTag is not None:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = parameterNode
+        if parameterNode is not None:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self.updateGui()
+
+    def _onParameterNodeModified(self, caller=None, event=None):
+        self.updateGui()

@@ -22,6 +22,10 @@ from .preprocess import PreparedCase
 Progress = Callable[[float, str], None]
 
 
+DEVICES = ("auto", "cpu", "cuda")
+THRESHOLD_RANGE = (0.01, 0.99)  # probability cut-off of the progression map
+MIN_VOXELS_RANGE = (1, 100000)  # smallest predicted region (voxels) that makes a patient "progression"
+
 @dataclass(frozen=True)
 class PredictionSettings:
     threshold: float = 0.5
@@ -31,12 +35,13 @@ class PredictionSettings:
     tta: bool | None = None  # None: mirroring on GPU, off on CPU
 
     def validated(self) -> "PredictionSettings":
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"The probability threshold must be between 0 and 1, got {self.threshold}.")
+        if not THRESHOLD_RANGE[0] <= self.threshold <= THRESHOLD_RANGE[1]:
+            raise ValueError(f"The probability threshold must be between {THRESHOLD_RANGE[0]} and "
+                             f"{THRESHOLD_RANGE[1]}, got {self.threshold}.")
         if self.min_voxels < 1 or self.min_ml < 0:
             raise ValueError("The minimum size of a predicted progression must be at least one voxel and >= 0 mL.")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"The device must be auto, cpu or cuda, got {self.device!r}.")
+        if self.device not in DEVICES:
+            raise ValueError(f"The device must be {', '.join(DEVICES)}, got {self.device!r}.")
         return self
 
 

@@ -1,0 +1,246 @@
+"""The three panels built and driven as a user would, on Slicer's own Python layer (see layer.py).
+
+Each test builds the module's real widget (``setup()`` with its ``.ui``), lets Slicer's real ``connectGui`` bind
+it, chooses inputs in the widgets, presses the buttons and looks at the scene. Exceptions raised in Qt slots
+(which the application would only print) fail the test (the ``scene`` fixture).
+"""
+
+import os
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import slicer
+from conftest import savePanel
+from layer import MODULE_NAMES, REPO
+
+from GliomaProgressionLib import mrml
+from GliomaProgressionLib.cases import SEGMENTS
+from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+
+
+def widgetOf(name):
+    """The module's widget, shown (entered) as when the user opens the module."""
+    return slicer.app.selectModule(name)
+
+
+def boundParameters(widget):
+    """Parameter name -> the connector Slicer's parameterNodeWrapper made for it."""
+    wrapper = widget._parameterNode
+    return dict(wrapper._parameterGUIs[widget._parameterNodeGuiTag])
+
+
+def uiRanges(name):
+    """SlicerParameterName -> (minimum, maximum) written in the module's .ui file."""
+    root = ET.parse(REPO / name / "Resources" / "UI" / f"{name}.ui").getroot()
+    ranges = {}
+    for widget in root.iter("widget"):
+        properties = {p.get("name"): p for p in widget.findall("property")}
+        if "SlicerParameterName" in properties and "minimum" in properties:
+            value = lambda p: float(next(iter(p)).text)
+            ranges[properties["SlicerParameterName"].findtext("string")] = (value(properties["minimum"]),
+                                                                           value(properties["maximum"]))
+    return ranges
+
+
+def withinRange(widget, parameter):
+    from slicer.parameterNodeWrapper import WithinRange
+    from slicer.parameterNodeWrapper.util import findFirstAnnotation, splitAnnotations
+
+    annotations = splitAnnotations(type(widget._parameterNode).dataType(parameter))[1]
+    return findFirstAnnotation(annotations, WithinRange)
+
+
+@pytest.fixture(scope="module")
+def smallCase():
+    return generate_case(PhantomConfig(seed=11, size="small"))
+
+
+def loadCase(case):
+    nodes = {"t1c": mrml.node_from_volume(case.t1c, "CE-T1"), "flair": mrml.node_from_volume(case.flair, "FLAIR"),
+             "lesion": mrml.segmentation_from_labelmap(case.lesion, SEGMENTS, "Lesion")}
+    nodes["dsc"], _ = mrml.sequence_from_volume(case.dsc, case.frame_times_s, "DSC")
+    return nodes
+
+
+# --- every panel ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_setup_binds_every_parameter(scene, name):
+    widget = widgetOf(name)
+    bound = boundParameters(widget)
+    parameters = type(widget._parameterNode).allParameters
+    handBound = {"model"} if name == "GliomaProgression" else set()  # items change at run time: see the module
+    assert set(bound) == set(parameters) - handBound
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_spin_boxes_keep_the_declared_ranges(scene, name):
+    """Slicer's connectors set a bound widget's range from WithinRange (else +-2^31 or +-inf): the range must be
+    the module's declared one, and the .ui must say the same."""
+    widget = widgetOf(name)
+    declared = uiRanges(name)
+    assert declared, "the .ui declares spin-box ranges"
+    for parameter, connector in boundParameters(widget).items():
+        if parameter not in declared:
+            continue
+        limits = withinRange(widget, parameter)
+        assert limits is not None, f"{name}.{parameter} has no WithinRange annotation"
+        spin = connector.widget()
+        assert (spin.minimum, spin.maximum) == pytest.approx((limits.minimum, limits.maximum)), parameter
+        assert declared[parameter] == pytest.approx((limits.minimum, limits.maximum)), parameter
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_close_scene_and_reload_leave_nothing_behind(scene, name):
+    widget = widgetOf(name)
+    calls = []
+    widget.updateGui = lambda *a, original=widget.updateGui: (calls.append(1), original())[1]
+    widget.setParameterNode(widget.logic.getParameterNode())  # re-observe with the spy installed
+    calls.clear()
+    slicer.app.closeScene()  # the parameter node is a singleton: Slicer keeps it and clears its node references
+    from slicer.parameterNodeWrapper.util import isNodeOrUnionOfNodes
+
+    references = [p for p, info in type(widget._parameterNode).allParameters.items()
+                  if isNodeOrUnionOfNodes(info.unalteredType)]
+    assert references and all(getattr(widget._parameterNode, p) is None for p in references)
+    slicer.util.reloadScriptedModule(name)
+    reloaded = widgetOf(name)
+    assert reloaded is not widget
+    assert widget.Observations == [], "the old widget still observes something"
+    calls.clear()
+    reloaded.logic.getParameterNode().parameterNode.Modified()
+    assert calls == [], "the old widget still reacts to the parameter node"
+    assert reloaded._parameterNode is not None and boundParameters(reloaded)
+
+
+def test_sample_data_entry_is_registered_by_slicers_own_code(scene):
+    import GliomaProgression
+
+    sources = slicer.modules.sampleDataSources[GliomaProgression.SAMPLE_CATEGORY]
+    source = next(s for s in sources if s.sampleName == GliomaProgression.SAMPLE_NAME)
+    assert source.customDownloader.__qualname__ == GliomaProgression.generateSampleCase.__qualname__
+    assert os.path.isfile(source.thumbnailFileName)
+
+
+def test_sample_data_generates_in_the_background(scene):
+    import GliomaProgression
+
+    source = next(s for s in slicer.modules.sampleDataSources[GliomaProgression.SAMPLE_CATEGORY]
+                  if s.sampleName == GliomaProgression.SAMPLE_NAME)
+    started = time.monotonic()
+    job = source.customDownloader(source)
+    assert time.monotonic() - started < 2.0, "choosing the sample must not block the application"
+    assert job.running and slicer.mrmlScene.GetFirstNodeByName("Synthetic glioma case CE-T1") is None
+    slicer.app.waitFor(lambda: not job.running, timeout=120)
+    assert job.code == 0 and not job.dialog.isVisible()
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() >= 2
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 1
+
+
+def test_sample_data_cancel_ends_the_process(scene):
+    import GliomaProgression
+
+    source = next(s for s in slicer.modules.sampleDataSources[GliomaProgression.SAMPLE_CATEGORY]
+                  if s.sampleName == GliomaProgression.SAMPLE_NAME)
+    job = source.customDownloader(source)
+    pid = job.runner._process.pid
+    import qt
+
+    job.dialog.findChildren(qt.QPushButton)[0].click()  # the dialog's Cancel button
+    assert not job.running and job.cancelled
+    slicer.app.waitFor(lambda: not _alive(pid), timeout=5)
+    assert not os.path.exists(job.folder)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+# --- DSC Perfusion -------------------------------------------------------------------------------------------
+
+
+def test_dsc_panel_apply(scene, smallCase, panelsDir):
+    widget = widgetOf("DSCPerfusion")
+    ui, parameters = widget.ui, widget._parameterNode
+    nodes = loadCase(smallCase)
+    ui.inputSequenceSelector.setCurrentNode(nodes["dsc"])
+    ui.lesionSelector.setCurrentNode(nodes["lesion"])
+    ui.echoTimeSpinBox.value = 30.0
+    ui.leakageComboBox.currentIndex = ui.leakageComboBox.findText("bsw")
+    assert parameters.inputSequence is nodes["dsc"] and parameters.lesion is nodes["lesion"]
+    assert parameters.leakage == "bsw" and ui.applyButton.enabled
+    ui.echoTimeSpinBox.value = 5000.0  # typed beyond the range: the spin box keeps it in range
+    assert parameters.echoTimeMs == ui.echoTimeSpinBox.maximum
+    ui.echoTimeSpinBox.value = 30.0
+    ui.applyButton.click()
+    ncbv = parameters.outputNCBV
+    assert ncbv is not None and ncbv.GetName() == "DSC nCBV"
+    values = slicer.util.arrayFromVolume(ncbv)
+    assert np.isfinite(values).all() and values.max() > 1.5
+    assert ui.statusLabel.text.startswith("Done in")
+    savePanel(widget, panelsDir, "DSCPerfusion")
+
+
+def test_dsc_panel_frame_numbers_only_asks_for_the_repetition_time(scene, smallCase):
+    """A sequence indexed by frame number (a 4D NRRD without times): Apply refuses in one sentence naming the
+    repetition time; with TR typed in the panel it runs."""
+    widget = widgetOf("DSCPerfusion")
+    ui = widget.ui
+    sequence, _ = mrml.sequence_from_volume(smallCase.dsc, np.arange(len(smallCase.frame_times_s)), "DSC frames")
+    sequence.SetIndexName("frame")
+    sequence.SetIndexUnit("")
+    ui.inputSequenceSelector.setCurrentNode(sequence)
+    ui.repetitionTimeSpinBox.value = 0.0
+    ui.applyButton.click()
+    errors = slicer.app.recorder.take()
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)
+    assert "repetition time" in str(errors[0]).lower() and str(errors[0]).count(". ") <= 1
+    assert widget._parameterNode.outputNCBV is None
+    ui.repetitionTimeSpinBox.value = float(np.median(np.diff(smallCase.frame_times_s)))
+    ui.applyButton.click()
+    assert widget._parameterNode.outputNCBV is not None
+
+
+# --- CTV Planner ---------------------------------------------------------------------------------------------
+
+
+def test_ctv_panel_apply_and_edited_proposal_asks(scene, smallCase, panelsDir):
+    from PySide6.QtWidgets import QMessageBox
+
+    widget = widgetOf("CTVPlanner")
+    ui, parameters = widget.ui, widget._parameterNode
+    nodes = loadCase(smallCase)
+    brain = mrml.segmentation_from_labelmap(smallCase.truth["brain"], {1: ("Brain", (0.8, 0.8, 0.8))}, "Brain")
+    ui.lesionSelector.setCurrentNode(nodes["lesion"])
+    ui.referenceVolumeSelector.setCurrentNode(nodes["t1c"])
+    ui.brainMaskSelector.setCurrentNode(brain)
+    ui.rtogMarginSpinBox.value = 20.0
+    assert parameters.brainMask is brain and parameters.rtogMarginMm == 20.0 and ui.applyButton.enabled
+    assert not ui.exportRtStructButton.enabled
+    ui.applyButton.click()
+    proposals = widget.logic.findProposals()
+    assert proposals is not None and proposals.GetSegmentation().GetNumberOfSegments() >= 3
+    assert ui.comparisonTableView.mrmlTableNode() is not None
+    assert ui.exportRtStructButton.enabled and ui.statusLabel.text.startswith("Created")
+    savePanel(widget, panelsDir, "CTVPlanner")
+    segmentation = proposals.GetSegmentation()
+    first = segmentation.GetNthSegmentID(0)
+    edited = slicer.util.arrayFromSegmentBinaryLabelmap(proposals, first, nodes["t1c"])
+    edited[:, :, : edited.shape[2] // 2] = 0  # the oncologist trims the target
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, proposals, first, nodes["t1c"])
+    with slicer.app.answeringDialogs(QMessageBox.No) as asked:  # No: keep the edited one
+        slicer.app.click(ui.applyButton)
+    assert len(asked) == 1 and "edited" in asked[0]
+    kept = slicer.util.arrayFromSegmentBinaryLabelmap(proposals, first, nodes["t1c"])
+    assert np.array_equal(kept, edited), "an edited proposal was overwritten"
