@@ -10,7 +10,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
 DEMO := demo_output
 
-.PHONY: all venv test demo clean
+.PHONY: all venv test test-main test-slicer test-fast panels demo clean
 
 all: test
 
@@ -26,9 +26,31 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 venv: $(STAMP)
 
 # pytest exits 5 when it collects no test: that is a failure here, not a green run.
-test: $(STAMP)
-	@QT_QPA_PLATFORM=offscreen $(PY) -m pytest; status=$$?; \
-	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$status
+PYTEST = QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+define run_pytest
+	@$(1) $(PYTEST) $(2); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests ($(2))" >&2; exit 1; fi; exit $$status
+endef
+# The modules on Slicer's own Python layer run in a process of their own per Slicer version (Testing/slicer_app):
+# 5.12.3 (stable) and main (the 5.13 preview).
+test: test-main test-slicer
+
+test-main: $(STAMP)
+	$(call run_pytest,,)
+
+test-slicer: test-slicer-5.12.3 test-slicer-main
+
+test-slicer-%: $(STAMP)
+	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=$*,Testing/slicer_app)
+
+# The fast loop for developers: everything but the slow end-to-end tests, one Slicer version.
+test-fast: $(STAMP)
+	$(call run_pytest,,-m "not slow" -x -q)
+	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=5.12.3,Testing/slicer_app -m "not slow" -x -q)
+
+# Pictures of the three panels after a full Apply (stand-in widgets, offscreen), under build/panels.
+panels: $(STAMP)
+	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=5.12.3 GLIOMAPROG_PANELS_DIR=build/panels,Testing/slicer_app -k panel -q)
 
 # The synthetic case (full size), then the whole chain on it with the shipped multiparametric demo model; the
 # phantom's future-progression truth stands in for the follow-up recurrence the CTV metrics are measured against.

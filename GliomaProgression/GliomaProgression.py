@@ -79,8 +79,14 @@ def generateSampleCase(source=None):
     (with Cancel) follows it and the case is loaded when it is ready. Returns the job."""
     import qt
 
-    folder = os.path.join(tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath), "case")
     logic = GliomaProgressionLogic()
+    missing = logic.missingPackages("phantom")
+    if missing:
+        slicer.util.errorDisplay(f"The {SAMPLE_NAME.lower()} needs Python packages that are not installed ("
+                                 + ", ".join(str(m) for m in missing) + "). Open the Glioma Progression module and "
+                                 "press 'Generate and load': it offers to install them.")
+        return None
+    folder = os.path.join(tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath), "case")
     dialog = qt.QProgressDialog(f"Generating the {SAMPLE_NAME.lower()} (synthetic, not patient data)...",
                                 "Cancel", 0, 100, slicer.util.mainWindow())
     dialog.setWindowTitle(SAMPLE_NAME)
@@ -260,22 +266,68 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
 
     def _startOrCancel(self, kind, failure, start):
         """A job button: Cancel while its job runs, else ``start()`` -> (runner, folder), or None if the user
-        declined."""
+        declined. Python packages the job needs and Slicer lacks are offered first (see _offerPackages)."""
         if self._job is not None:
             self._cancel()
             return
         with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
-            started = start()
+            missing = self.logic.missingPackages(kind)
+            started = self._offerPackages(kind, missing) if missing else start()
             if started is not None:
-                self._start(kind, *started)
+                self._start(kind, *started, installing=bool(missing))
 
-    def _start(self, kind, runner, folder):
+    def _offerPackages(self, kind, missing):
+        """Ask once; then install in the background: -> (runner, folder), or None (declined, or an extension is
+        needed first)."""
+        from GliomaProgressionLib import dependencies
+
+        listed = "\n".join(f"- {m}" for m in missing)
+        if not slicer.util.confirmOkCancelDisplay(
+                f"This needs Python packages that are not installed:\n{listed}\n\nInstall them now? Slicer's own "
+                "packages are kept at their versions.", windowTitle="Glioma Progression: Python packages"):
+            return None
+        extensions = sorted({m.provider for m in missing if m.provider in dependencies.EXTENSIONS})
+        if dependencies.RADIOMICS_EXTENSION in extensions:
+            raise ValueError("pyradiomics comes from the SlicerRadiomics extension: install it with the Extensions "
+                             "Manager, restart Slicer and press the button again.")
+        if dependencies.PYTORCH_EXTENSION in extensions and self._installTorchWithExtension():
+            missing = [m for m in missing if m.provider != dependencies.PYTORCH_EXTENSION]
+            if not missing:
+                return None
+        return self.logic.startPackageInstall(missing)
+
+    @staticmethod
+    def _installTorchWithExtension():
+        """torch from the PyTorch extension (the build for this computer's GPU), as SlicerNNUnet gets it; False
+        when the extension is not installed (the CPU build from PyTorch's index is installed instead)."""
+        from GliomaProgressionLib import dependencies
+
+        try:
+            import PyTorchUtils
+        except ImportError:
+            return False
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                      torchVersionRequirement=dependencies.TORCH_VERSION)
+        return True
+
+    def _start(self, kind, runner, folder, installing=False):
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
         self.ui.logTextEdit.clear()
-        self._job = BackgroundJob(kind, runner, folder, onProgress=self._showProgress, onLines=self._showLines,
+        progress = self._showPipProgress if installing else self._showProgress
+        self._job = BackgroundJob(kind, runner, folder, onProgress=progress, onLines=self._showLines,
                                   onFinished=self._onJobFinished)
+        self._job.installing = installing
         self.updateGui()
+
+    def _showPipProgress(self, fraction, message):
+        from GliomaProgressionLib import dependencies
+
+        progress = dependencies.pip_progress(self._job.runner.lines) if self._job else None
+        if progress is not None:
+            self.ui.progressBar.setRange(0, 0 if progress.fraction is None else 100)  # busy, or the download
+            self.ui.progressBar.value = int(100 * (progress.fraction or 0))
+            self.ui.statusLabel.text = progress.message
 
     def _showProgress(self, fraction, message):
         self.ui.progressBar.value = int(100 * fraction)
@@ -289,8 +341,12 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         self._job = None
         self.ui.progressBar.setVisible(False)
         self.updateGui()
+        self.ui.progressBar.setRange(0, 100)
         if job.cancelled:
             self.ui.statusLabel.text = "Cancelled; nothing was loaded."
+            return
+        if job.installing:
+            self.ui.statusLabel.text = self.logic.packageInstallOutcome(job)
             return
         with slicer.util.tryWithErrorDisplay("The background work failed.", waitCursor=True):
             {"phantom": self._loadSyntheticCase, "radiomics": self._showRadiomics,
@@ -335,6 +391,52 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return GliomaProgressionParameterNode(super().getParameterNode())
+
+    # --- Python packages (inside Slicer)
+
+    requirementsFile = None  # None: the extension's Resources/requirements.txt (tests give another)
+    PACKAGES_FOR = {"predict": "PREDICT", "radiomics": "RADIOMICS", "phantom": "SYNTHETIC_CASE"}
+
+    def missingPackages(self, kind):
+        """Packages the job ``kind`` (predict, radiomics, phantom) needs that are missing (dependencies.
+        MissingRequirement list); empty outside Slicer, where the command line's environment provides them."""
+        from GliomaProgressionLib import dependencies
+
+        if not hasattr(slicer, "app"):
+            return []
+        only = getattr(dependencies, self.PACKAGES_FOR[kind])
+        return dependencies.missing_requirements(self.requirementsFile or dependencies.REQUIREMENTS_FILE, only=only)
+
+    def startPackageInstall(self, missing):
+        """pip in a background process, Slicer's packages (and torch) pinned at their installed versions; torch
+        without the PyTorch extension is the CPU build from PyTorch's own index (its own step: pip takes one index).
+        Returns (process, folder)."""
+        from GliomaProgressionLib import dependencies
+
+        folder = tempfile.mkdtemp(prefix="GliomaProgression-packages-")
+        constraints = dependencies.write_constraints(os.path.join(folder, "constraints.txt"))
+        requirements = dependencies.pip_requirements(missing)
+        if any(m.provider == dependencies.PYTORCH_EXTENSION for m in missing):
+            command = dependencies.cpu_torch_command(constraints)
+        else:
+            command = dependencies.pip_install_command(requirements, constraints)
+        self._packagesBefore = dependencies.installed_versions()
+        return process.BackgroundProcess(command).start(), folder
+
+    def packageInstallOutcome(self, job):
+        """One line for the user after an install job; the job folder is removed."""
+        import importlib
+
+        from GliomaProgressionLib import dependencies
+
+        self.discardJobFolder(job.folder)
+        if job.code != 0:
+            return f"Installing the Python packages failed: {dependencies.pip_error(job.runner.lines)}"
+        importlib.invalidate_caches()
+        restart = dependencies.restart_needed(getattr(self, "_packagesBefore", {}), dependencies.installed_versions())
+        if restart:
+            return f"Installed; restart Slicer to use the new {', '.join(restart)}."
+        return "Installed the Python packages; press the button again to start."
 
     # --- models
 

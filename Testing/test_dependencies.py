@@ -256,8 +256,6 @@ def test_the_resource_line_installs_requirements_where_the_library_looks(tmp_pat
     assert _installed_requirements(tree).read_text() == deps.REQUIREMENTS_FILE.read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="GliomaProgression/CMakeLists.txt does not list Resources/requirements.txt yet: "
-                                       "remove this marker when it does")
 def test_built_extension_ships_the_requirements(tmp_path):
     import install_tree
 

@@ -244,3 +244,134 @@ def test_ctv_panel_apply_and_edited_proposal_asks(scene, smallCase, panelsDir):
     assert len(asked) == 1 and "edited" in asked[0]
     kept = slicer.util.arrayFromSegmentBinaryLabelmap(proposals, first, nodes["t1c"])
     assert np.array_equal(kept, edited), "an edited proposal was overwritten"
+
+
+# --- Glioma Progression --------------------------------------------------------------------------------------
+
+
+def _job(widget):
+    return widget._job
+
+
+def test_generate_runs_in_the_background_and_loads(scene):
+    widget = widgetOf("GliomaProgression")
+    ui = widget.ui
+    ui.sizeComboBox.currentIndex = ui.sizeComboBox.findText("small")
+    ui.seedSpinBox.value = 5
+    assert widget._parameterNode.size == "small" and widget._parameterNode.seed == 5
+    started = time.monotonic()
+    slicer.app.click(ui.generateButton)
+    assert time.monotonic() - started < 2.0, "Generate must not block the application"
+    assert ui.generateButton.text == "Cancel" and not ui.progressBar.isHidden() and not ui.predictButton.enabled
+    slicer.app.waitFor(lambda: _job(widget) is None, timeout=120)
+    assert ui.generateButton.text == "Generate and load" and ui.progressBar.isHidden()
+    assert "synthetic" in ui.statusLabel.text
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 1
+
+
+def test_predict_cancel_ends_every_process(scene, smallCase):
+    widget = widgetOf("GliomaProgression")
+    ui, parameters = widget.ui, widget._parameterNode
+    nodes = loadCase(smallCase)
+    ui.t1cSelector.setCurrentNode(nodes["t1c"])
+    ui.flairSelector.setCurrentNode(nodes["flair"])
+    ui.lesionSelector.setCurrentNode(nodes["lesion"])
+    ui.dscSelector.setCurrentNode(nodes["dsc"])
+    ui.modelComboBox.currentIndex = ui.modelComboBox.findData("multiparametric")
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+    assert parameters.model == "multiparametric" and parameters.device == "cpu" and ui.predictButton.enabled
+    slicer.app.click(ui.predictButton)
+    job = _job(widget)
+    assert job is not None and ui.predictButton.text == "Cancel"
+    slicer.app.waitFor(lambda: len(job.runner.lines) > 0, timeout=60)  # the worker is up
+    pid = job.runner._process.pid
+    started = time.monotonic()
+    slicer.app.click(ui.predictButton)
+    assert time.monotonic() - started < 1.5, "Cancel must not block the application"
+    assert _job(widget) is None and ui.predictButton.text == "Predict progression"
+    assert ui.statusLabel.text.startswith("Cancelled")
+    slicer.app.waitFor(lambda: not _alive(pid), timeout=5)
+    assert not os.path.exists(job.folder)
+    assert slicer.mrmlScene.GetFirstNodeByName("Progression probability") is None
+
+
+@pytest.mark.slow
+def test_predict_panel_full_run(scene, smallCase, panelsDir):
+    widget = widgetOf("GliomaProgression")
+    ui = widget.ui
+    nodes = loadCase(smallCase)
+    ui.t1cSelector.setCurrentNode(nodes["t1c"])
+    ui.flairSelector.setCurrentNode(nodes["flair"])
+    ui.lesionSelector.setCurrentNode(nodes["lesion"])
+    ui.dscSelector.setCurrentNode(nodes["dsc"])
+    ui.modelComboBox.currentIndex = ui.modelComboBox.findData("multiparametric")
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+    slicer.app.click(ui.predictButton)
+    slicer.app.waitFor(lambda: _job(widget) is None, timeout=600)
+    assert "not for clinical use" in ui.verdictLabel.text and "predicted" in ui.verdictLabel.text
+    assert slicer.mrmlScene.GetFirstNodeByName("Progression probability") is not None
+    assert widget._parameterNode.ncbv is not None and ui.radiomicsButton.enabled
+    savePanel(widget, panelsDir, "GliomaProgression")
+
+
+def _dummyWheel(folder):
+    """A one-module wheel pip installs offline (the install flow is tested without the network)."""
+    import zipfile
+
+    path = folder / "gliomaprog_dummy-1.0-py3-none-any.whl"
+    files = {"gliomaprog_dummy/__init__.py": "VALUE = 42\n",
+             "gliomaprog_dummy-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gliomaprog-dummy\nVersion: 1.0\n",
+             "gliomaprog_dummy-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                      "Tag: py3-none-any\n"}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+        archive.writestr("gliomaprog_dummy-1.0.dist-info/RECORD",
+                         "".join(f"{name},,\n" for name in files) + "gliomaprog_dummy-1.0.dist-info/RECORD,,\n")
+    return path
+
+
+def test_missing_packages_are_offered_once_and_installed_in_the_background(scene, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from PySide6.QtWidgets import QMessageBox
+
+    from GliomaProgressionLib import dependencies
+
+    widget = widgetOf("GliomaProgression")
+    ui = widget.ui
+    wheel = _dummyWheel(tmp_path)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"gliomaprog-dummy @ {wheel.as_uri()}\n", encoding="utf-8")
+    monkeypatch.setattr(widget.logic, "requirementsFile", requirements)
+    monkeypatch.setattr(dependencies, "SYNTHETIC_CASE", ("gliomaprog-dummy",))
+    try:
+        with slicer.app.answeringDialogs(QMessageBox.Ok) as asked:
+            slicer.app.click(ui.generateButton)
+        assert len(asked) == 1 and "gliomaprog-dummy" in asked[0]
+        assert _job(widget) is not None and _job(widget).installing and ui.generateButton.text == "Cancel"
+        slicer.app.waitFor(lambda: _job(widget) is None, timeout=120)
+        assert "press the button again" in ui.statusLabel.text, ui.statusLabel.text
+        assert widget.logic.missingPackages("phantom") == []
+        assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 0  # nothing generated
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "gliomaprog-dummy"], check=False)
+
+
+def test_a_failed_install_says_why(scene, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    from GliomaProgressionLib import dependencies
+
+    widget = widgetOf("GliomaProgression")
+    requirements = tmp_path / "requirements.txt"
+    absent = tmp_path / "gliomaprog_dummy-1.0-py3-none-any.whl"  # never written
+    requirements.write_text(f"gliomaprog-dummy @ {absent.as_uri()}\n", encoding="utf-8")
+    monkeypatch.setattr(widget.logic, "requirementsFile", requirements)
+    monkeypatch.setattr(dependencies, "SYNTHETIC_CASE", ("gliomaprog-dummy",))
+    with slicer.app.answeringDialogs(QMessageBox.Ok):
+        slicer.app.click(widget.ui.generateButton)
+    slicer.app.waitFor(lambda: _job(widget) is None, timeout=60)
+    assert widget.ui.statusLabel.text.startswith("Installing the Python packages failed:")
+    assert "gliomaprog_dummy-1.0-py3-none-any.whl" in widget.ui.statusLabel.text
