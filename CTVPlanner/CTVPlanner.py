@@ -30,9 +30,9 @@ COLOURS = {
     "rtog46": (0.98, 0.85, 0.35), "rtog60": (0.95, 0.55, 0.15), "eortc": (0.30, 0.60, 0.95),
     "estro": (0.25, 0.80, 0.45), "ai": (0.85, 0.35, 0.85), "boost": (0.90, 0.15, 0.20),
 }
-# Packages the science needs that the Slicer application does not ship (installed after asking, never at import).
-REQUIREMENTS = {"skfmm": "scikit-fmm==2025.6.23", "skimage": "scikit-image==0.26.0",
-                "highdicom": "highdicom==0.28.2"}
+# Python packages (PyPI names, versions in the extension's requirements.txt) each action needs beyond Slicer.
+PACKAGES_FOR_GEODESIC_MARGINS = ("scikit-fmm",)
+PACKAGES_FOR_DICOM_EXPORT = ("scikit-image", "highdicom")
 # BraTS 2024 classes by segment name (whole words, lower case); values 1-4 by "1" / "label_1".
 _NAME_CLASSES = (
     (4, ("cavity", "resection", "rc")),
@@ -122,6 +122,7 @@ class CTVPlannerWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTK
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._installJob = None  # Python packages being installed (mrml.BackgroundJob)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -139,26 +140,51 @@ class CTVPlannerWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTK
 
     def updateGui(self):
         p = self._parameterNode
-        ready = p is not None and bool(p.lesion and p.referenceVolume and p.brainMask)
+        idle = self._installJob is None
+        ready = p is not None and bool(p.lesion and p.referenceVolume and p.brainMask) and idle
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = ("Create the CTV proposals" if ready
                                        else "Choose a lesion, a reference volume and a brain mask")
         hasProposals = p is not None and self.logic.findProposals() is not None
         for button in (self.ui.compareButton, self.ui.editButton, self.ui.exportRtStructButton,
                        self.ui.exportSegButton):
-            button.enabled = hasProposals and bool(p.referenceVolume)
+            button.enabled = hasProposals and bool(p.referenceVolume) and idle
 
-    def _ensurePackages(self, modules):
-        missing = self.logic.missingPackages(modules)
-        if missing and slicer.util.confirmOkCancelDisplay(
-                "CTV Planner needs these Python packages: " + ", ".join(missing) + ". Install them now?"):
-            slicer.util.pip_install(missing)
-        return not self.logic.missingPackages(modules)
+    def cleanup(self):
+        if self._installJob is not None:
+            self._installJob.cancel()
+        ParameterNodeLifecycle.cleanup(self)
+
+    def _ensurePackages(self, names):
+        """True when the packages are there; else ask once and install them in the background (progress in the
+        status line; the buttons wait until it is done) and return False: the user presses the button again."""
+        from GliomaProgressionLib import mrml
+
+        missing = mrml.missing_packages(names, self.logic.requirementsFile)
+        if not missing:
+            return True
+        if self._installJob is None and mrml.offer_packages(missing, "CTV Planner"):
+            runner, folder = mrml.start_package_install(mrml.packages_left_after_extensions(missing))
+            self._installJob = mrml.BackgroundJob("install", runner, folder, installing=True,
+                                                  onProgress=self._showInstallProgress,
+                                                  onFinished=self._onInstallFinished)
+            self.updateGui()
+        return False
+
+    def _showInstallProgress(self, fraction, message):
+        self.ui.statusLabel.text = message
+
+    def _onInstallFinished(self, job):
+        from GliomaProgressionLib import mrml
+
+        self._installJob = None
+        self.ui.statusLabel.text = mrml.package_install_outcome(job)
+        self.updateGui()
 
     def onApplyButton(self):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not create the CTV proposals.", waitCursor=True):
-            if not self._ensurePackages(("skfmm",) if p.geodesic else ()):
+            if p.geodesic and not self._ensurePackages(PACKAGES_FOR_GEODESIC_MARGINS):
                 return
             kwargs = dict(progressionNode=p.progression, recurrenceNode=p.recurrence, oarNode=p.organsAtRisk,
                           barrierNode=p.barriers, margins=self.logic.marginsFromParameters(p),
@@ -198,7 +224,7 @@ class CTVPlannerWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTK
         p = self._parameterNode
         folder = self.ui.exportDirectoryButton.directory
         with slicer.util.tryWithErrorDisplay("Could not export the proposals.", waitCursor=True):
-            if not self._ensurePackages(("skimage", "highdicom")):
+            if not self._ensurePackages(PACKAGES_FOR_DICOM_EXPORT):
                 return
             out = os.path.join(folder, f"{'RTSTRUCT' if 'rtstruct' in formats else 'SEG'} CTV proposals")
             out = self.logic.uniqueFolder(out)
@@ -219,12 +245,7 @@ class CTVPlannerLogic(ScriptedLoadableModuleLogic):
 
     # --- helpers ------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def missingPackages(modules=tuple(REQUIREMENTS)):
-        """pip requirements of ``modules`` (import names) that cannot be imported."""
-        import importlib.util
-
-        return [REQUIREMENTS[m] for m in modules if importlib.util.find_spec(m) is None]
+    requirementsFile = None  # None: the extension's Resources/requirements.txt (tests give another)
 
     @staticmethod
     def marginsFromParameters(parameters):

@@ -16,6 +16,7 @@ from slicer.util import VTKObservationMixin
 
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE
 from GliomaProgressionLib import process
+from GliomaProgressionLib import mrml
 from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1, ParameterNodeLifecycle
 from GliomaProgressionLib.phantom import SIZES
 from GliomaProgressionLib.predict_run import DEVICES, MIN_VOXELS_RANGE, THRESHOLD_RANGE
@@ -100,58 +101,12 @@ def generateSampleCase(source=None):
                 nodes = logic.finishSyntheticCase(job.runner, folder)
                 slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
 
-    job = BackgroundJob("phantom", logic.startSyntheticCase(folder, seed=0, size="small"), folder,
-                        onProgress=lambda fraction, message: dialog.setValue(int(100 * fraction)),
-                        onFinished=finished)
+    job = mrml.BackgroundJob("phantom", logic.startSyntheticCase(folder, seed=0, size="small"), folder,
+                             onProgress=lambda fraction, message: dialog.setValue(int(100 * fraction)),
+                             onFinished=finished)
     dialog.canceled.connect(job.cancel)
     job.dialog = dialog
     return job
-
-
-class BackgroundJob:
-    """A running ``gliomaprog`` process followed from the GUI: a timer polls it (the application never waits),
-    reports new output lines and progress, and calls ``onFinished(job)`` once, when it ends or is cancelled."""
-
-    POLL_MS = 250
-
-    def __init__(self, kind, runner, folder, onProgress=None, onLines=None, onFinished=None):
-        import qt
-
-        self.kind, self.runner, self.folder = kind, runner, folder
-        self.code, self.cancelled, self._shownLines = None, False, 0
-        self._onProgress, self._onLines, self._onFinished = onProgress, onLines, onFinished
-        self._timer = qt.QTimer()
-        self._timer.setInterval(self.POLL_MS)
-        self._timer.timeout.connect(self.poll)
-        self._timer.start()
-
-    @property
-    def running(self):
-        return self.code is None
-
-    def poll(self):
-        code = self.runner.poll()
-        if self._onLines and len(self.runner.lines) > self._shownLines:
-            self._onLines(self.runner.lines[self._shownLines:])
-        self._shownLines = len(self.runner.lines)
-        if self._onProgress:
-            self._onProgress(self.runner.progress.fraction, self.runner.progress.message)
-        if code is not None and self.code is None:
-            self._end(code)
-
-    def cancel(self):
-        """End the process and everything it started; the job folder is removed."""
-        if self.code is None:
-            self.cancelled = True
-            self.runner.cancel()
-            GliomaProgressionLogic.discardJobFolder(self.folder)
-            self._end(-1)
-
-    def _end(self, code):
-        self._timer.stop()
-        self.code = code
-        if self._onFinished:
-            self._onFinished(self)
 
 
 #
@@ -277,57 +232,25 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
                 self._start(kind, *started, installing=bool(missing))
 
     def _offerPackages(self, kind, missing):
-        """Ask once; then install in the background: -> (runner, folder), or None (declined, or an extension is
-        needed first)."""
-        from GliomaProgressionLib import dependencies
-
-        listed = "\n".join(f"- {m}" for m in missing)
-        if not slicer.util.confirmOkCancelDisplay(
-                f"This needs Python packages that are not installed:\n{listed}\n\nInstall them now? Slicer's own "
-                "packages are kept at their versions.", windowTitle="Glioma Progression: Python packages"):
+        """Ask once, then pip in the background: -> (runner, folder), or None."""
+        if not mrml.offer_packages(missing, "Glioma Progression"):
             return None
-        extensions = sorted({m.provider for m in missing if m.provider in dependencies.EXTENSIONS})
-        if dependencies.RADIOMICS_EXTENSION in extensions:
-            raise ValueError("pyradiomics comes from the SlicerRadiomics extension: install it with the Extensions "
-                             "Manager, restart Slicer and press the button again.")
-        if dependencies.PYTORCH_EXTENSION in extensions and self._installTorchWithExtension():
-            missing = [m for m in missing if m.provider != dependencies.PYTORCH_EXTENSION]
-            if not missing:
-                return None
-        return self.logic.startPackageInstall(missing)
-
-    @staticmethod
-    def _installTorchWithExtension():
-        """torch from the PyTorch extension (the build for this computer's GPU), as SlicerNNUnet gets it; False
-        when the extension is not installed (the CPU build from PyTorch's index is installed instead)."""
-        from GliomaProgressionLib import dependencies
-
-        try:
-            import PyTorchUtils
-        except ImportError:
-            return False
-        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                      torchVersionRequirement=dependencies.TORCH_VERSION)
-        return True
+        missing = mrml.packages_left_after_extensions(missing)
+        return mrml.start_package_install(missing) if missing else None
 
     def _start(self, kind, runner, folder, installing=False):
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
         self.ui.logTextEdit.clear()
         progress = self._showPipProgress if installing else self._showProgress
-        self._job = BackgroundJob(kind, runner, folder, onProgress=progress, onLines=self._showLines,
-                                  onFinished=self._onJobFinished)
-        self._job.installing = installing
+        self._job = mrml.BackgroundJob(kind, runner, folder, onProgress=progress, onLines=self._showLines,
+                                       onFinished=self._onJobFinished, installing=installing)
         self.updateGui()
 
     def _showPipProgress(self, fraction, message):
-        from GliomaProgressionLib import dependencies
-
-        progress = dependencies.pip_progress(self._job.runner.lines) if self._job else None
-        if progress is not None:
-            self.ui.progressBar.setRange(0, 0 if progress.fraction is None else 100)  # busy, or the download
-            self.ui.progressBar.value = int(100 * (progress.fraction or 0))
-            self.ui.statusLabel.text = progress.message
+        self.ui.progressBar.setRange(0, 0 if fraction is None else 100)  # busy, or the download's progress
+        self.ui.progressBar.value = int(100 * (fraction or 0))
+        self.ui.statusLabel.text = message
 
     def _showProgress(self, fraction, message):
         self.ui.progressBar.value = int(100 * fraction)
@@ -346,7 +269,7 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
             self.ui.statusLabel.text = "Cancelled; nothing was loaded."
             return
         if job.installing:
-            self.ui.statusLabel.text = self.logic.packageInstallOutcome(job)
+            self.ui.statusLabel.text = mrml.package_install_outcome(job)
             return
         with slicer.util.tryWithErrorDisplay("The background work failed.", waitCursor=True):
             {"phantom": self._loadSyntheticCase, "radiomics": self._showRadiomics,
@@ -398,45 +321,10 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
     PACKAGES_FOR = {"predict": "PREDICT", "radiomics": "RADIOMICS", "phantom": "SYNTHETIC_CASE"}
 
     def missingPackages(self, kind):
-        """Packages the job ``kind`` (predict, radiomics, phantom) needs that are missing (dependencies.
-        MissingRequirement list); empty outside Slicer, where the command line's environment provides them."""
+        """Packages the job ``kind`` (predict, radiomics, phantom) needs that are missing (empty outside Slicer)."""
         from GliomaProgressionLib import dependencies
 
-        if not hasattr(slicer, "app"):
-            return []
-        only = getattr(dependencies, self.PACKAGES_FOR[kind])
-        return dependencies.missing_requirements(self.requirementsFile or dependencies.REQUIREMENTS_FILE, only=only)
-
-    def startPackageInstall(self, missing):
-        """pip in a background process, Slicer's packages (and torch) pinned at their installed versions; torch
-        without the PyTorch extension is the CPU build from PyTorch's own index (its own step: pip takes one index).
-        Returns (process, folder)."""
-        from GliomaProgressionLib import dependencies
-
-        folder = tempfile.mkdtemp(prefix="GliomaProgression-packages-")
-        constraints = dependencies.write_constraints(os.path.join(folder, "constraints.txt"))
-        requirements = dependencies.pip_requirements(missing)
-        if any(m.provider == dependencies.PYTORCH_EXTENSION for m in missing):
-            command = dependencies.cpu_torch_command(constraints)
-        else:
-            command = dependencies.pip_install_command(requirements, constraints)
-        self._packagesBefore = dependencies.installed_versions()
-        return process.BackgroundProcess(command).start(), folder
-
-    def packageInstallOutcome(self, job):
-        """One line for the user after an install job; the job folder is removed."""
-        import importlib
-
-        from GliomaProgressionLib import dependencies
-
-        self.discardJobFolder(job.folder)
-        if job.code != 0:
-            return f"Installing the Python packages failed: {dependencies.pip_error(job.runner.lines)}"
-        importlib.invalidate_caches()
-        restart = dependencies.restart_needed(getattr(self, "_packagesBefore", {}), dependencies.installed_versions())
-        if restart:
-            return f"Installed; restart Slicer to use the new {', '.join(restart)}."
-        return "Installed the Python packages; press the button again to start."
+        return mrml.missing_packages(getattr(dependencies, self.PACKAGES_FOR[kind]), self.requirementsFile)
 
     # --- models
 

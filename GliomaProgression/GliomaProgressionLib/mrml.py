@@ -693,3 +693,148 @@ class ParameterNodeLifecycle:
 
     def _onParameterNodeModified(self, caller=None, event=None):
         self.updateGui()
+
+
+# --- module widgets: background jobs and Python packages ------------------------------------------------------
+
+
+class BackgroundJob:
+    """A running process (``process.BackgroundProcess``) followed from a module panel: a Qt timer polls it (the
+    application never waits), reports new output lines and progress, and calls ``onFinished(job)`` once, when it
+    ends or is cancelled. ``installing``: a pip job (progress read from pip's output)."""
+
+    POLL_MS = 250
+
+    def __init__(self, kind, runner, folder, onProgress=None, onLines=None, onFinished=None, installing=False):
+        import qt
+
+        self.kind, self.runner, self.folder, self.installing = kind, runner, folder, installing
+        self.code, self.cancelled, self._shownLines = None, False, 0
+        self._onProgress, self._onLines, self._onFinished = onProgress, onLines, onFinished
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_MS)
+        self._timer.timeout.connect(self.poll)
+        self._timer.start()
+
+    @property
+    def running(self):
+        return self.code is None
+
+    def poll(self):
+        code = self.runner.poll()
+        if self._onLines and len(self.runner.lines) > self._shownLines:
+            self._onLines(self.runner.lines[self._shownLines:])
+        self._shownLines = len(self.runner.lines)
+        if self._onProgress:
+            self._onProgress(*self._progress())
+        if code is not None and self.code is None:
+            self._end(code)
+
+    def _progress(self):
+        if self.installing:
+            from .dependencies import pip_progress
+
+            progress = pip_progress(self.runner.lines)
+        else:
+            progress = self.runner.progress
+        return progress.fraction, progress.message
+
+    def cancel(self):
+        """End the process and everything it started; the job folder is removed."""
+        if self.code is None:
+            self.cancelled = True
+            self.runner.cancel()
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self._end(-1)
+
+    def _end(self, code):
+        self._timer.stop()
+        self.code = code
+        if self._onFinished:
+            self._onFinished(self)
+
+
+def missing_packages(names, requirements_file=None) -> list:
+    """Of the extension's requirements (``names``: PyPI names, or torch / radiomics), those not installed in this
+    Slicer (``dependencies.MissingRequirement``). Empty outside the application: there the command line's
+    environment provides them."""
+    from . import dependencies
+
+    if not _application_running():
+        return []
+    return dependencies.missing_requirements(requirements_file or dependencies.REQUIREMENTS_FILE, only=names)
+
+
+def offer_packages(missing, requester: str) -> bool:
+    """Ask once whether to install ``missing``; False if the user declines. pyradiomics needs the SlicerRadiomics
+    extension (one sentence, ValueError); torch comes from the PyTorch extension when it is installed (as
+    SlicerNNUnet gets it), else ``start_package_install`` takes the CPU build from PyTorch's index."""
+    from . import dependencies
+
+    slicer = _slicer()
+    listed = "\n".join(f"- {m}" for m in missing)
+    if not slicer.util.confirmOkCancelDisplay(
+            f"This needs Python packages that are not installed:\n{listed}\n\nInstall them now? Slicer's own "
+            "packages are kept at their versions.", windowTitle=f"{requester}: Python packages"):
+        return False
+    if any(m.provider == dependencies.RADIOMICS_EXTENSION for m in missing):
+        raise ValueError("pyradiomics comes from the SlicerRadiomics extension: install it with the Extensions "
+                         "Manager, restart Slicer and press the button again.")
+    return True
+
+
+def packages_left_after_extensions(missing) -> list:
+    """Install torch with the PyTorch extension if it is there (it blocks, with its own dialog); returns what pip
+    still has to install."""
+    from . import dependencies
+
+    if not any(m.provider == dependencies.PYTORCH_EXTENSION for m in missing):
+        return missing
+    try:
+        import PyTorchUtils
+    except ImportError:
+        return missing  # start_package_install installs the CPU build
+    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                  torchVersionRequirement=dependencies.TORCH_VERSION)
+    return [m for m in missing if m.provider != dependencies.PYTORCH_EXTENSION]
+
+
+def start_package_install(missing):
+    """pip in a background process, Slicer's packages (and torch) pinned at their installed versions; torch
+    without the PyTorch extension is the CPU build from PyTorch's own index, as a step of its own (pip takes one
+    index). Returns (process, folder); follow it with ``BackgroundJob(..., installing=True)``."""
+    from . import dependencies, process
+
+    folder = tempfile.mkdtemp(prefix="GliomaProgression-packages-")
+    constraints = dependencies.write_constraints(os.path.join(folder, "constraints.txt"))
+    with open(os.path.join(folder, "before.json"), "w", encoding="utf-8") as before:
+        import json
+
+        json.dump(dependencies.installed_versions(), before)
+    if any(m.provider == dependencies.PYTORCH_EXTENSION for m in missing):
+        command = dependencies.cpu_torch_command(constraints)
+    else:
+        command = dependencies.pip_install_command(dependencies.pip_requirements(missing), constraints)
+    return process.BackgroundProcess(command).start(), folder
+
+
+def package_install_outcome(job) -> str:
+    """One line for the user after a pip job; its folder is removed."""
+    import importlib
+    import json
+
+    from . import dependencies
+
+    try:
+        with open(os.path.join(job.folder, "before.json"), encoding="utf-8") as before:
+            versions = json.load(before)
+    except OSError:
+        versions = {}
+    shutil.rmtree(job.folder, ignore_errors=True)
+    if job.code != 0:
+        return f"Installing the Python packages failed: {dependencies.pip_error(job.runner.lines)}"
+    importlib.invalidate_caches()
+    restart = dependencies.restart_needed(versions, dependencies.installed_versions())
+    if restart:
+        return f"Installed; restart Slicer to use the new {', '.join(restart)}."
+    return "Installed the Python packages; press the button again to start."

@@ -375,3 +375,36 @@ def test_a_failed_install_says_why(scene, tmp_path, monkeypatch):
     slicer.app.waitFor(lambda: _job(widget) is None, timeout=60)
     assert widget.ui.statusLabel.text.startswith("Installing the Python packages failed:")
     assert "gliomaprog_dummy-1.0-py3-none-any.whl" in widget.ui.statusLabel.text
+
+
+def test_ctv_export_offers_its_packages_and_installs_them_in_the_background(scene, smallCase, tmp_path,
+                                                                            monkeypatch):
+    import subprocess
+    import sys
+
+    import CTVPlanner
+    from PySide6.QtWidgets import QMessageBox
+
+    widget = widgetOf("CTVPlanner")
+    ui = widget.ui
+    nodes = loadCase(smallCase)
+    brain = mrml.segmentation_from_labelmap(smallCase.truth["brain"], {1: ("Brain", (0.8, 0.8, 0.8))}, "Brain")
+    ui.lesionSelector.setCurrentNode(nodes["lesion"])
+    ui.referenceVolumeSelector.setCurrentNode(nodes["t1c"])
+    ui.brainMaskSelector.setCurrentNode(brain)
+    ui.applyButton.click()
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"gliomaprog-dummy @ {_dummyWheel(tmp_path).as_uri()}\n", encoding="utf-8")
+    monkeypatch.setattr(widget.logic, "requirementsFile", requirements)
+    monkeypatch.setattr(CTVPlanner, "PACKAGES_FOR_DICOM_EXPORT", ("gliomaprog-dummy",))
+    ui.exportDirectoryButton.directory = str(tmp_path / "export")
+    try:
+        with slicer.app.answeringDialogs(QMessageBox.Ok) as asked:
+            slicer.app.click(ui.exportSegButton)
+        assert len(asked) == 1 and "gliomaprog-dummy" in asked[0]
+        assert widget._installJob is not None and not ui.exportSegButton.enabled and not ui.applyButton.enabled
+        slicer.app.waitFor(lambda: widget._installJob is None, timeout=120)
+        assert "press the button again" in ui.statusLabel.text and ui.exportSegButton.enabled
+        assert not (tmp_path / "export").exists(), "nothing is exported before the packages are there"
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "gliomaprog-dummy"], check=False)
