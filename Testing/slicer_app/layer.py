@@ -297,11 +297,13 @@ class Application(QObject):
         if self.currentModule is not None:
             previous = self.moduleEntries[self.currentModule].widgetRepresentation()
             previous.isEntered = False
-            previous.self().exit()
+            if hasattr(previous.self(), "exit"):  # the application calls enter()/exit() when the widget has them
+                previous.self().exit()
         self.currentModule = name
         panel = self.moduleEntries[name].widgetRepresentation()
         panel.isEntered = True
-        panel.self().enter()
+        if hasattr(panel.self(), "enter"):
+            panel.self().enter()
         return panel.self()
 
     def unloadModule(self, name):
