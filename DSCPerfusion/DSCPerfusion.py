@@ -129,7 +129,9 @@ class DSCPerfusionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, V
             slicer.util.setSliceViewerLayers(foreground=results["ncbv"], foregroundOpacity=0.5)
             self._showResults(results)
             warnings = results["report"].get("warnings", [])
-            self.ui.statusLabel.text = (f"Done in {results['report'].get('total_time_s', 0):.1f} s."
+            made = ", ".join(f"'{results[key].GetName()}'" for key in ("ncbv", "rcbv", "k2"))
+            table = f"; nCBV per lesion segment in '{results['table'].GetName()}'" if results.get("table") else ""
+            self.ui.statusLabel.text = (f"Done in {results['report'].get('total_time_s', 0):.1f} s: {made}{table}."
                                         + ("".join(f"\nWarning: {w}" for w in warnings)))
 
     @staticmethod

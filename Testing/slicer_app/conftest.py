@@ -62,7 +62,7 @@ def savePanel(widget, folder, name):
         return None
     folder.mkdir(parents=True, exist_ok=True)
     panel = widget.parent
-    panel.resize(480, max(700, panel.sizeHint().height()))
+    panel.resize(480, max(700, panel.sizeHint.height()))  # a property, as in PythonQt
     panel.show()
     path = folder / f"{name}-{VERSION}.png"
     panel.grab().save(str(path))

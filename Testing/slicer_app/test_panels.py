@@ -188,7 +188,7 @@ def test_dsc_panel_apply(scene, smallCase, panelsDir):
     assert ncbv is not None and ncbv.GetName() == "DSC nCBV"
     values = slicer.util.arrayFromVolume(ncbv)
     assert np.isfinite(values).all() and values.max() > 1.5
-    assert ui.statusLabel.text.startswith("Done in")
+    assert ui.statusLabel.text.startswith("Done in") and "DSC nCBV" in ui.statusLabel.text
     savePanel(widget, panelsDir, "DSCPerfusion")
 
 
