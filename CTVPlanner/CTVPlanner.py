@@ -16,7 +16,7 @@ from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 from CTVPlannerLib import terminology
-from CTVPlannerLib.schemes import MARGIN_RANGE_MM
+from CTVPlannerLib.schemes import MARGIN_RANGE_MM, Margins
 from GliomaProgressionLib.mrml import ParameterNodeLifecycle
 
 Margin = Annotated[float, WithinRange(*MARGIN_RANGE_MM)]
@@ -103,13 +103,13 @@ class CTVPlannerParameterNode:
     ai: bool = False
     boost: bool = False
     geodesic: bool = False
-    rtogMarginMm: Margin = 20.0
-    eortcMarginMm: Margin = 15.0
-    estroMarginMm: Margin = 15.0
-    aiMarginMm: Margin = 5.0
-    boostMarginMm: Margin = 5.0
-    ptvMarginMm: Margin = 0.0
-    oarMarginMm: Margin = 0.0
+    rtogMarginMm: Margin = Margins.rtog_mm
+    eortcMarginMm: Margin = Margins.eortc_mm
+    estroMarginMm: Margin = Margins.estro_mm
+    aiMarginMm: Margin = Margins.ai_mm
+    boostMarginMm: Margin = Margins.boost_mm
+    ptvMarginMm: Margin = Margins.ptv_mm
+    oarMarginMm: Margin = Margins.oar_mm
 
 
 #

@@ -388,6 +388,11 @@ class BackgroundProcess:
             if update is not None:
                 self.progress = update
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before start)."""
+        return self._process.pid if self._process is not None else None
+
     def poll(self) -> int | None:
         """Collect new output; the exit code once the process has ended and all its output is read, else None.
 

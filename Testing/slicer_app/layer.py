@@ -348,9 +348,6 @@ class Application(QObject):
     def answeringDialogs(self, button):
         """Answer every modal message box shown meanwhile with ``button`` (e.g. QMessageBox.Yes), as a user
         would click it; records the texts of the boxes."""
-        from PySide6 import QtCore as core
-        from PySide6 import QtWidgets as widgets
-
         texts = []
 
         def answer():

@@ -146,7 +146,7 @@ def test_sample_data_cancel_ends_the_process(scene):
     source = next(s for s in slicer.modules.sampleDataSources[GliomaProgression.SAMPLE_CATEGORY]
                   if s.sampleName == GliomaProgression.SAMPLE_NAME)
     job = source.customDownloader(source)
-    pid = job.runner._process.pid
+    pid = job.runner.pid
     import qt
 
     job.dialog.findChildren(qt.QPushButton)[0].click()  # the dialog's Cancel button
@@ -269,22 +269,26 @@ def test_generate_runs_in_the_background_and_loads(scene):
     assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 1
 
 
-def test_predict_cancel_ends_every_process(scene, smallCase):
-    widget = widgetOf("GliomaProgression")
-    ui, parameters = widget.ui, widget._parameterNode
-    nodes = loadCase(smallCase)
+def choosePredictionInputs(ui, nodes):
+    """As a user: the case's series and lesion, the multiparametric demo model, on the CPU."""
     ui.t1cSelector.setCurrentNode(nodes["t1c"])
     ui.flairSelector.setCurrentNode(nodes["flair"])
     ui.lesionSelector.setCurrentNode(nodes["lesion"])
     ui.dscSelector.setCurrentNode(nodes["dsc"])
     ui.modelComboBox.currentIndex = ui.modelComboBox.findData("multiparametric")
     ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+
+
+def test_predict_cancel_ends_every_process(scene, smallCase):
+    widget = widgetOf("GliomaProgression")
+    ui, parameters = widget.ui, widget._parameterNode
+    choosePredictionInputs(ui, loadCase(smallCase))
     assert parameters.model == "multiparametric" and parameters.device == "cpu" and ui.predictButton.enabled
     slicer.app.click(ui.predictButton)
     job = _job(widget)
     assert job is not None and ui.predictButton.text == "Cancel"
     slicer.app.waitFor(lambda: len(job.runner.lines) > 0, timeout=60)  # the worker is up
-    pid = job.runner._process.pid
+    pid = job.runner.pid
     started = time.monotonic()
     slicer.app.click(ui.predictButton)
     assert time.monotonic() - started < 1.5, "Cancel must not block the application"
@@ -299,13 +303,7 @@ def test_predict_cancel_ends_every_process(scene, smallCase):
 def test_predict_panel_full_run(scene, smallCase, panelsDir):
     widget = widgetOf("GliomaProgression")
     ui = widget.ui
-    nodes = loadCase(smallCase)
-    ui.t1cSelector.setCurrentNode(nodes["t1c"])
-    ui.flairSelector.setCurrentNode(nodes["flair"])
-    ui.lesionSelector.setCurrentNode(nodes["lesion"])
-    ui.dscSelector.setCurrentNode(nodes["dsc"])
-    ui.modelComboBox.currentIndex = ui.modelComboBox.findData("multiparametric")
-    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+    choosePredictionInputs(ui, loadCase(smallCase))
     slicer.app.click(ui.predictButton)
     slicer.app.waitFor(lambda: _job(widget) is None, timeout=600)
     assert "not for clinical use" in ui.verdictLabel.text and "predicted" in ui.verdictLabel.text
