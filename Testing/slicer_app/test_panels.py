@@ -406,3 +406,19 @@ def test_ctv_export_offers_its_packages_and_installs_them_in_the_background(scen
         assert not (tmp_path / "export").exists(), "nothing is exported before the packages are there"
     finally:
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "gliomaprog-dummy"], check=False)
+
+
+def test_dsc_panel_loads_a_4d_nifti_as_a_time_sequence(scene, smallCase, tmp_path):
+    from GliomaProgressionLib.files import write_volume
+
+    widget = widgetOf("DSCPerfusion")
+    interval = float(np.median(np.diff(smallCase.frame_times_s)))
+    path = tmp_path / "dsc.nii.gz"
+    write_volume(smallCase.dsc, str(path), time_spacing=interval)
+    assert widget.ui.loadSeriesButton.text.startswith("Load a 4D file")
+    sequence = widget.logic.loadSeries(str(path))
+    assert sequence.GetIndexUnit() == "s" and sequence.GetNumberOfDataNodes() == smallCase.dsc.array.shape[0]
+    assert float(sequence.GetNthIndexValue(1)) == pytest.approx(interval)
+    widget.ui.inputSequenceSelector.setCurrentNode(sequence)
+    slicer.app.click(widget.ui.applyButton)
+    assert widget._parameterNode.outputNCBV is not None
