@@ -167,7 +167,9 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         self._cancel()
         ParameterNodeLifecycle.cleanup(self)
 
-    def onModelChosen(self, index):
+    def onModelChosen(self, *unused):
+        # Read the index from the combo box: Qt 5's currentIndexChanged also has a QString overload in PythonQt.
+        index = self.ui.modelComboBox.currentIndex
         if self._parameterNode is not None and index >= 0:
             self._parameterNode.model = self.ui.modelComboBox.itemData(index)
 
