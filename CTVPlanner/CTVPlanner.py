@@ -17,7 +17,7 @@ from slicer.util import VTKObservationMixin
 
 from CTVPlannerLib import terminology
 from CTVPlannerLib.schemes import MARGIN_RANGE_MM, Margins
-from GliomaProgressionLib.mrml import ParameterNodeLifecycle
+from GliomaProgressionLib.mrml import PackageInstalling, ParameterNodeLifecycle
 
 Margin = Annotated[float, WithinRange(*MARGIN_RANGE_MM)]
 
@@ -117,12 +117,14 @@ class CTVPlannerParameterNode:
 #
 
 
-class CTVPlannerWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class CTVPlannerWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoadableModuleWidget,
+                       VTKObservationMixin):
+    requester = "CTV Planner"
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._installJob = None  # Python packages being installed (mrml.BackgroundJob)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -140,7 +142,7 @@ class CTVPlannerWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTK
 
     def updateGui(self):
         p = self._parameterNode
-        idle = self._installJob is None
+        idle = not self.installing
         ready = p is not None and bool(p.lesion and p.referenceVolume and p.brainMask) and idle
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = ("Create the CTV proposals" if ready
@@ -150,58 +152,31 @@ class CTVPlannerWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTK
                        self.ui.exportSegButton):
             button.enabled = hasProposals and bool(p.referenceVolume) and idle
 
-    def cleanup(self):
-        if self._installJob is not None:
-            self._installJob.cancel()
-        ParameterNodeLifecycle.cleanup(self)
-
-    def _ensurePackages(self, names):
-        """True when the packages are there; else ask once and install them in the background (progress in the
-        status line; the buttons wait until it is done) and return False: the user presses the button again."""
-        from GliomaProgressionLib import mrml
-
-        missing = mrml.missing_packages(names, self.logic.requirementsFile)
-        if not missing:
-            return True
-        if self._installJob is None and mrml.offer_packages(missing, "CTV Planner"):
-            runner, folder = mrml.start_package_install(mrml.packages_left_after_extensions(missing))
-            self._installJob = mrml.BackgroundJob("install", runner, folder, installing=True,
-                                                  onProgress=self._showInstallProgress,
-                                                  onFinished=self._onInstallFinished)
-            self.updateGui()
-        return False
-
-    def _showInstallProgress(self, fraction, message):
-        self.ui.statusLabel.text = message
-
-    def _onInstallFinished(self, job):
-        from GliomaProgressionLib import mrml
-
-        self._installJob = None
-        self.ui.statusLabel.text = mrml.package_install_outcome(job)
-        self.updateGui()
-
     def onApplyButton(self):
-        p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not create the CTV proposals.", waitCursor=True):
-            if p.geodesic and not self._ensurePackages(PACKAGES_FOR_GEODESIC_MARGINS):
-                return
-            kwargs = dict(progressionNode=p.progression, recurrenceNode=p.recurrence, oarNode=p.organsAtRisk,
-                          barrierNode=p.barriers, margins=self.logic.marginsFromParameters(p),
-                          geodesic=p.geodesic)
-            schemes = [s for s in ("rtog", "eortc", "estro", "ai", "boost") if getattr(p, s)]
-            conflicts = self.logic.conflictingProposals(p.lesion, p.referenceVolume, p.brainMask, schemes, **kwargs)
-            choice = {}
-            if conflicts:
-                answer = slicer.util.confirmYesNoDisplay(
-                    "These proposals were edited (or not made here): " + ", ".join(conflicts)
-                    + ".\n\nYes: replace them. No: keep them and add the new proposals beside them.")
-                choice = {"overwrite": True} if answer else {"besideExisting": True}
-            result = self.logic.createProposals(p.lesion, p.referenceVolume, p.brainMask, schemes, **kwargs, **choice)
-            self.ui.comparisonTableView.setMRMLTableNode(result["table"])
-            self.ui.statusLabel.text = (f"Created {len(result['segmentIds'])} proposals in '{PROPOSALS_NAME}'. "
-                                        + " ".join(result["notes"]))
-        self.updateGui()
+        try:
+            with slicer.util.tryWithErrorDisplay("Could not create the CTV proposals.", waitCursor=True):
+                self._createProposals(self._parameterNode)
+        finally:
+            self.updateGui()  # also after an error: the buttons follow the scene
+
+    def _createProposals(self, p):
+        if p.geodesic and not self.ensurePackages(PACKAGES_FOR_GEODESIC_MARGINS):
+            return
+        kwargs = dict(progressionNode=p.progression, recurrenceNode=p.recurrence, oarNode=p.organsAtRisk,
+                      barrierNode=p.barriers, margins=self.logic.marginsFromParameters(p),
+                      geodesic=p.geodesic)
+        schemes = [s for s in ("rtog", "eortc", "estro", "ai", "boost") if getattr(p, s)]
+        conflicts = self.logic.conflictingProposals(p.lesion, p.referenceVolume, p.brainMask, schemes, **kwargs)
+        choice = {}
+        if conflicts:
+            answer = slicer.util.confirmYesNoDisplay(
+                "These proposals were edited (or not made here): " + ", ".join(conflicts)
+                + ".\n\nYes: replace them. No: keep them and add the new proposals beside them.")
+            choice = {"overwrite": True} if answer else {"besideExisting": True}
+        result = self.logic.createProposals(p.lesion, p.referenceVolume, p.brainMask, schemes, **kwargs, **choice)
+        self.ui.comparisonTableView.setMRMLTableNode(result["table"])
+        self.ui.statusLabel.text = (f"Created {len(result['segmentIds'])} proposals in '{PROPOSALS_NAME}'. "
+                                    + " ".join(result["notes"]))
 
     def onCompareButton(self):
         p = self._parameterNode
@@ -224,7 +199,7 @@ class CTVPlannerWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTK
         p = self._parameterNode
         folder = self.ui.exportDirectoryButton.directory
         with slicer.util.tryWithErrorDisplay("Could not export the proposals.", waitCursor=True):
-            if not self._ensurePackages(PACKAGES_FOR_DICOM_EXPORT):
+            if not self.ensurePackages(PACKAGES_FOR_DICOM_EXPORT):
                 return
             out = os.path.join(folder, f"{'RTSTRUCT' if 'rtstruct' in formats else 'SEG'} CTV proposals")
             out = self.logic.uniqueFolder(out)

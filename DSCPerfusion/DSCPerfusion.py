@@ -14,7 +14,9 @@ from slicer.util import VTKObservationMixin
 
 from DSCPerfusionLib.leakage import LEAKAGE_METHODS
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE, MAX_FRAMES
-from GliomaProgressionLib.mrml import ParameterNodeLifecycle
+from GliomaProgressionLib.mrml import PackageInstalling, ParameterNodeLifecycle
+
+PACKAGES_FOR_NIFTI = ("nibabel",)  # reading a 4D NIfTI (Slicer does not ship nibabel)
 
 
 #
@@ -77,7 +79,10 @@ class DSCPerfusionParameterNode:
 #
 
 
-class DSCPerfusionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class DSCPerfusionWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoadableModuleWidget,
+                         VTKObservationMixin):
+    requester = "DSC Perfusion"
+
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -96,8 +101,9 @@ class DSCPerfusionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, V
 
     def updateGui(self):
         parameters = self._parameterNode
-        ready = parameters is not None and parameters.inputSequence is not None
+        ready = parameters is not None and parameters.inputSequence is not None and not self.installing
         self.ui.applyButton.enabled = ready
+        self.ui.loadSeriesButton.enabled = not self.installing
         self.ui.applyButton.toolTip = "Compute nCBV, rCBV and K2" if ready else "Choose a DSC sequence"
         manual = parameters is not None and not parameters.autoBaseline
         self.ui.baselineStartSpinBox.enabled = manual
@@ -110,7 +116,9 @@ class DSCPerfusionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidget, V
                                               "4D images (*.nii *.nii.gz *.nrrd *.nhdr)")
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay("Could not load the DSC series.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay("Could not load the DSC series."):
+            if path.lower().endswith((".nii", ".nii.gz")) and not self.ensurePackages(PACKAGES_FOR_NIFTI):
+                return
             self._parameterNode.inputSequence = self.logic.loadSeries(path, self._parameterNode.repetitionTimeS)
 
     def onApplyButton(self):
@@ -158,6 +166,7 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
     """
 
     NCBV_WINDOW = (0.0, 5.0)
+    requirementsFile = None  # None: the extension's Resources/requirements.txt (tests give another)
 
     def getParameterNode(self):
         return DSCPerfusionParameterNode(super().getParameterNode())

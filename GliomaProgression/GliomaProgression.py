@@ -76,10 +76,8 @@ def registerSampleData():
 
 
 def generateSampleCase(source=None):
-    """Start generating the small synthetic case in a background process and return at once; a progress dialog
-    (with Cancel) follows it and the case is loaded when it is ready. Returns the job."""
-    import qt
-
+    """Start generating the small synthetic case in a background process and return at once (the job, or None);
+    a progress dialog with Cancel follows it, and the case is loaded when it is ready."""
     logic = GliomaProgressionLogic()
     missing = logic.missingPackages("phantom")
     if missing:
@@ -87,7 +85,20 @@ def generateSampleCase(source=None):
                                  + ", ".join(str(m) for m in missing) + "). Open the Glioma Progression module and "
                                  "press 'Generate and load': it offers to install them.")
         return None
-    folder = os.path.join(tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath), "case")
+    parent = tempfile.mkdtemp(prefix="SyntheticGliomaCase-", dir=slicer.app.temporaryPath)
+    folder = os.path.join(parent, "case")
+    with slicer.util.tryWithErrorDisplay("Could not start generating the synthetic glioma case."):
+        try:
+            runner = logic.startSyntheticCase(folder, seed=0, size="small")
+        except Exception:
+            logic.discardJobFolder(parent)
+            raise
+    return _followSampleCase(logic, runner, parent, folder)
+
+
+def _followSampleCase(logic, runner, parent, folder):
+    import qt
+
     dialog = qt.QProgressDialog(f"Generating the {SAMPLE_NAME.lower()} (synthetic, not patient data)...",
                                 "Cancel", 0, 100, slicer.util.mainWindow())
     dialog.setWindowTitle(SAMPLE_NAME)
@@ -96,17 +107,24 @@ def generateSampleCase(source=None):
 
     def finished(job):
         dialog.close()
-        if job.code == 0:
-            with slicer.util.tryWithErrorDisplay("Could not load the synthetic glioma case."):
-                nodes = logic.finishSyntheticCase(job.runner, folder)
-                slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
+        dialog.deleteLater()
+        _sampleJobs.discard(job)
+        if job.cancelled:
+            logic.discardJobFolder(parent)
+            return
+        with slicer.util.tryWithErrorDisplay("Could not generate the synthetic glioma case."):
+            nodes = logic.finishSyntheticCase(job.runner, folder)
+            slicer.util.setSliceViewerLayers(background=nodes["t1c"], fit=True)
 
-    job = mrml.BackgroundJob("phantom", logic.startSyntheticCase(folder, seed=0, size="small"), folder,
-                             onProgress=lambda fraction, message: dialog.setValue(int(100 * fraction)),
-                             onFinished=finished)
+    job = mrml.BackgroundJob("phantom", runner, folder, onFinished=finished,
+                             onProgress=lambda fraction, message: dialog.setValue(int(100 * fraction)))
     dialog.canceled.connect(job.cancel)
     job.dialog = dialog
+    _sampleJobs.add(job)  # the job lives until it ends, whatever holds the dialog
     return job
+
+
+_sampleJobs = set()
 
 
 #
@@ -163,9 +181,8 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         self.ui.progressBar.setVisible(False)
         self.observeScene()
 
-    def cleanup(self):
+    def cancelJobs(self):
         self._cancel()
-        ParameterNodeLifecycle.cleanup(self)
 
     def onModelChosen(self, *unused):
         # Read the index from the combo box: Qt 5's currentIndexChanged also has a QString overload in PythonQt.
@@ -227,18 +244,21 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         if self._job is not None:
             self._cancel()
             return
-        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(failure):  # no wait cursor: a question may be asked
             missing = self.logic.missingPackages(kind)
-            started = self._offerPackages(kind, missing) if missing else start()
+            started = self._offerPackages(missing) if missing else start()
             if started is not None:
                 self._start(kind, *started, installing=bool(missing))
 
-    def _offerPackages(self, kind, missing):
+    def _offerPackages(self, missing):
         """Ask once, then pip in the background: -> (runner, folder), or None."""
         if not mrml.offer_packages(missing, "Glioma Progression"):
             return None
         missing = mrml.packages_left_after_extensions(missing)
-        return mrml.start_package_install(missing) if missing else None
+        if not missing:
+            self.ui.statusLabel.text = "PyTorch is installed; press the button again to start."
+            return None
+        return mrml.start_package_install(missing)
 
     def _start(self, kind, runner, folder, installing=False):
         self.ui.progressBar.value = 0
@@ -289,9 +309,10 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
 
     def _showPrediction(self, job):
         nodes = self.logic.finishPrediction(job.runner, job.folder)
-        if nodes["ncbv"] is not None and self._parameterNode.ncbv is None:
-            self._parameterNode.ncbv = nodes["ncbv"]  # the map radiomics should use
-        slicer.util.setSliceViewerLayers(background=self._parameterNode.t1c, foreground=nodes["probability"],
+        parameters = self.logic.getParameterNode()  # also when the module is no longer shown
+        if nodes["ncbv"] is not None and parameters.ncbv is None:
+            parameters.ncbv = nodes["ncbv"]  # the map radiomics should use
+        slicer.util.setSliceViewerLayers(background=parameters.t1c, foreground=nodes["probability"],
                                          foregroundOpacity=0.5)
         self.ui.verdictLabel.text = self.logic.verdictText(nodes["verdict"], nodes["model"])
         self.ui.statusLabel.text = f"Prediction finished; files in {job.folder}."

@@ -644,8 +644,10 @@ class ParameterNodeLifecycle:
 
     The widget class also inherits ``slicer.util.VTKObservationMixin`` (so every observer is removed in
     ``cleanup``), sets ``self.logic`` and ``self.ui``, calls ``observeScene()`` at the end of ``setup`` and
-    implements ``updateGui()``. The parameter node is bound to the GUI (``connectGui``) while the module is shown
-    and released when the scene closes, so a Close Scene or a module reload leaves no callback behind.
+    implements ``updateGui()``; a widget with background work overrides ``cancelJobs()``. As in the template, the
+    GUI is bound to the parameter node (``connectGui``) while the module is shown, unbound on ``exit`` (the node is
+    kept: a job that ends later still reads it), and released when the scene closes, after the jobs are
+    cancelled (their results would land in the next scene). A Close Scene or a reload leaves no callback behind.
     """
 
     _parameterNode = None
@@ -657,7 +659,11 @@ class ParameterNodeLifecycle:
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
+    def cancelJobs(self):
+        """Stop the widget's background work (none by default)."""
+
     def cleanup(self):
+        self.cancelJobs()
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -665,9 +671,10 @@ class ParameterNodeLifecycle:
         self.initializeParameterNode()
 
     def exit(self):
-        self.setParameterNode(None)
+        self._unbindGui()
 
     def onSceneStartClose(self, caller, event):
+        self.cancelJobs()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -678,18 +685,25 @@ class ParameterNodeLifecycle:
         self.setParameterNode(self.logic.getParameterNode())
 
     def setParameterNode(self, parameterNode):
-        import vtk
-
-        if self._parameterNode is not None:
-            if self._parameterNodeGuiTag is not None:
-                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._unbindGui()
         self._parameterNode = parameterNode
         if parameterNode is not None:
+            import vtk
+
             self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
             self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self.updateGui()
+
+    def _unbindGui(self):
+        import vtk
+
+        if self._parameterNode is None:
+            return
+        if self._parameterNodeGuiTag is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified):
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def _onParameterNodeModified(self, caller=None, event=None):
         self.updateGui()
@@ -794,9 +808,53 @@ def packages_left_after_extensions(missing) -> list:
         import PyTorchUtils
     except ImportError:
         return missing  # start_package_install installs the CPU build
-    PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                  torchVersionRequirement=dependencies.TORCH_VERSION)
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                          torchVersionRequirement=dependencies.TORCH_VERSION)
+    if torch is None:
+        raise ValueError("The PyTorch extension could not install PyTorch: see the Python console for its reason.")
     return [m for m in missing if m.provider != dependencies.PYTORCH_EXTENSION]
+
+
+class PackageInstalling:
+    """For a module widget whose actions need Python packages: ``ensurePackages(names)`` is True when they are
+    there; else it asks once, installs them in the background (progress in ``self.ui.statusLabel``, the widget's
+    ``updateGui`` sees ``installing``) and returns False: the user presses the button again when it is done."""
+
+    _installJob = None
+    requester = "GliomaProgression"
+
+    @property
+    def installing(self):
+        return self._installJob is not None
+
+    def ensurePackages(self, names):
+        if self._installJob is not None:
+            return False
+        missing = missing_packages(names, self.logic.requirementsFile)
+        if not missing:
+            return True
+        if not offer_packages(missing, self.requester):
+            return False
+        missing = packages_left_after_extensions(missing)
+        if not missing:
+            return True
+        runner, folder = start_package_install(missing)
+        self._installJob = BackgroundJob("install", runner, folder, installing=True,
+                                         onProgress=self._showInstallProgress, onFinished=self._onInstallFinished)
+        self.updateGui()
+        return False
+
+    def cancelJobs(self):
+        if self._installJob is not None:
+            self._installJob.cancel()
+
+    def _showInstallProgress(self, fraction, message):
+        self.ui.statusLabel.text = message
+
+    def _onInstallFinished(self, job):
+        self._installJob = None
+        self.ui.statusLabel.text = package_install_outcome(job)
+        self.updateGui()
 
 
 def start_package_install(missing):

@@ -45,9 +45,11 @@ def scene(app):
     """The application's one scene, closed before the test as File > Close Scene does."""
     app.closeScene()
     app.recorder.take()
+    app.unexpectedDialogs.clear()
     yield app.scene
-    errors = app.recorder.take()
+    errors, dialogs = app.recorder.take(), list(app.unexpectedDialogs)
     assert not errors, f"exceptions were raised in Qt slots: {errors}"
+    assert not dialogs, f"message boxes nobody expected: {dialogs}"
 
 
 @pytest.fixture

@@ -198,7 +198,15 @@ class Application(QObject):
         self._temporaryPath = tempfile.mkdtemp(prefix="slicer-layer-tmp-")
         self.recorder = Recorder()
         self.currentModule = None
-        self.testing = True
+        # The main window, as Slicer's: message boxes and the status bar need one (no views, no module panel).
+        self.mainWindow = pythonqt.compat(QtWidgets.QMainWindow)()
+        self.mainWindow.setObjectName("qSlicerMainWindow")
+        self.testing = False  # as for a user; the self-tests set it, as Slicer's --testing does
+        self.unexpectedDialogs, self._answer, self._answered = [], None, None
+        self._watchdog = QtCore.QTimer()
+        self._watchdog.setInterval(20)
+        self._watchdog.timeout.connect(self._answerModalDialog)
+        self._watchdog.start()
 
     # --- what qSlicerApplication offers ---------------------------------------------------------------
 
@@ -223,7 +231,7 @@ class Application(QObject):
         return self._layoutManager
 
     def testingEnabled(self):
-        """As Slicer's --testing: message boxes are logged and auto-answered (see answeringDialogs for real ones)."""
+        """Slicer's --testing (message boxes only logged); off by default, so dialogs show as for a user."""
         return self.testing
 
     def translate(self, context, text):
@@ -344,28 +352,29 @@ class Application(QObject):
         """A user's click on ``button``."""
         self.inEventLoop(button.click)
 
+    def _answerModalDialog(self):
+        """A modal message box, as a user meets it: answered with the button a test chose (answeringDialogs), or
+        closed and recorded as unexpected (the ``scene`` fixture fails the test on it)."""
+        box = QtWidgets.QApplication.activeModalWidget()
+        if not isinstance(box, QtWidgets.QMessageBox):
+            return
+        text = QtWidgets.QMessageBox.text(box)
+        if self._answered is None:
+            self.unexpectedDialogs.append(text)
+            box.done(int(QtWidgets.QMessageBox.Cancel.value))
+        else:
+            self._answered.append(text)
+            box.done(int(getattr(self._answer, "value", self._answer)))
+
     @contextlib.contextmanager
     def answeringDialogs(self, button):
-        """Answer every modal message box shown meanwhile with ``button`` (e.g. QMessageBox.Yes), as a user
-        would click it; records the texts of the boxes."""
-        texts = []
-
-        def answer():
-            box = QtWidgets.QApplication.activeModalWidget()
-            if isinstance(box, QtWidgets.QMessageBox):
-                texts.append(QtWidgets.QMessageBox.text(box))
-                box.done(int(button.value if hasattr(button, "value") else button))
-
-        timer = QtCore.QTimer()
-        timer.setInterval(20)
-        timer.timeout.connect(answer)
-        timer.start()
-        self.testing = False  # show real message boxes, as the application does for a user
+        """Answer every modal message box shown meanwhile with ``button`` (e.g. QMessageBox.Yes) as a user would
+        click it; yields the list of their texts."""
+        self._answer, self._answered = button, []
         try:
-            yield texts
+            yield self._answered
         finally:
-            self.testing = True
-            timer.stop()
+            self._answer, self._answered = None, None
 
 
 class ModuleEntry:

@@ -97,7 +97,7 @@ def _metaProperty(name: str, metaProperty: QtCore.QMetaProperty):
 
 
 def _name(self):
-    return self.objectName()
+    return QtCore.QObject.objectName(self)
 
 
 def _setName(self, value):
@@ -120,10 +120,13 @@ def compat(qtClass: type) -> type:
                  "__init_subclass__": classmethod(_inheritConnect)}
     for klass in reversed([k for k in qtClass.__mro__ if isinstance(k, type) and issubclass(k, QtCore.QObject)]):
         if "staticMetaObject" in vars(klass):
-            namespace.update({n: p for n, p in propertiesOf(klass).items() if n not in ("objectName",)})
+            namespace.update(propertiesOf(klass))
     namespace["name"] = property(_name, _setName)
     if hasattr(qtClass, "exec"):  # PythonQt's name for QDialog::exec (and QEventLoop's)
         namespace["exec_"] = qtClass.exec
+    if qtClass is QtWidgets.QFileDialog:  # PythonQt returns the chosen path alone, PySide6 (path, filter)
+        for getter in ("getOpenFileName", "getSaveFileName"):
+            namespace[getter] = staticmethod(lambda *a, _get=getattr(qtClass, getter), **k: _get(*a, **k)[0])
     cls = _PythonQtMeta(qtClass.__name__, (qtClass,), namespace)
     _compatClasses[qtClass] = cls
     return cls
@@ -168,8 +171,9 @@ class QUiLoader(QtUiTools.QUiLoader):
         widget = super().load(buffer, parentWidget)
         if widget is None:
             return None
-        named = {w.objectName(): w for w in widget.findChildren(QtCore.QObject)}
-        named[widget.objectName()] = widget
+        name = QtCore.QObject.objectName
+        named = {name(w): w for w in QtCore.QObject.findChildren(widget, QtCore.QObject)}
+        named[name(widget)] = widget
         for connection in pointerConnections:
             sender, receiver = named[connection.findtext("sender")], named[connection.findtext("receiver")]
             signal = _signalInstance(sender, connection.findtext("signal"))

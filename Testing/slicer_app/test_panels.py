@@ -149,7 +149,7 @@ def test_sample_data_cancel_ends_the_process(scene):
     pid = job.runner.pid
     import qt
 
-    job.dialog.findChildren(qt.QPushButton)[0].click()  # the dialog's Cancel button
+    slicer.app.click(job.dialog.findChildren(qt.QPushButton)[0])  # the dialog's Cancel button
     assert not job.running and job.cancelled
     slicer.app.waitFor(lambda: not _alive(pid), timeout=5)
     assert not os.path.exists(job.folder)
@@ -183,7 +183,7 @@ def test_dsc_panel_apply(scene, smallCase, panelsDir):
     ui.echoTimeSpinBox.value = 5000.0  # typed beyond the range: the spin box keeps it in range
     assert parameters.echoTimeMs == ui.echoTimeSpinBox.maximum
     ui.echoTimeSpinBox.value = 30.0
-    ui.applyButton.click()
+    slicer.app.click(ui.applyButton)
     ncbv = parameters.outputNCBV
     assert ncbv is not None and ncbv.GetName() == "DSC nCBV"
     values = slicer.util.arrayFromVolume(ncbv)
@@ -202,13 +202,17 @@ def test_dsc_panel_frame_numbers_only_asks_for_the_repetition_time(scene, smallC
     sequence.SetIndexUnit("")
     ui.inputSequenceSelector.setCurrentNode(sequence)
     ui.repetitionTimeSpinBox.value = 0.0
-    ui.applyButton.click()
+    from PySide6.QtWidgets import QMessageBox
+
+    with slicer.app.answeringDialogs(QMessageBox.Ok) as shown:  # Slicer's error box, closed by the user
+        slicer.app.click(ui.applyButton)
     errors = slicer.app.recorder.take()
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
     assert "repetition time" in str(errors[0]).lower() and str(errors[0]).count(". ") <= 1
+    assert len(shown) == 1 and str(errors[0]) in shown[0]
     assert widget._parameterNode.outputNCBV is None
     ui.repetitionTimeSpinBox.value = float(np.median(np.diff(smallCase.frame_times_s)))
-    ui.applyButton.click()
+    slicer.app.click(ui.applyButton)
     assert widget._parameterNode.outputNCBV is not None
 
 
@@ -228,7 +232,7 @@ def test_ctv_panel_apply_and_edited_proposal_asks(scene, smallCase, panelsDir):
     ui.rtogMarginSpinBox.value = 20.0
     assert parameters.brainMask is brain and parameters.rtogMarginMm == 20.0 and ui.applyButton.enabled
     assert not ui.exportRtStructButton.enabled
-    ui.applyButton.click()
+    slicer.app.click(ui.applyButton)
     proposals = widget.logic.findProposals()
     assert proposals is not None and proposals.GetSegmentation().GetNumberOfSegments() >= 3
     assert ui.comparisonTableView.mrmlTableNode() is not None
@@ -390,7 +394,7 @@ def test_ctv_export_offers_its_packages_and_installs_them_in_the_background(scen
     ui.lesionSelector.setCurrentNode(nodes["lesion"])
     ui.referenceVolumeSelector.setCurrentNode(nodes["t1c"])
     ui.brainMaskSelector.setCurrentNode(brain)
-    ui.applyButton.click()
+    slicer.app.click(ui.applyButton)
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(f"gliomaprog-dummy @ {_dummyWheel(tmp_path).as_uri()}\n", encoding="utf-8")
     monkeypatch.setattr(widget.logic, "requirementsFile", requirements)
@@ -422,3 +426,58 @@ def test_dsc_panel_loads_a_4d_nifti_as_a_time_sequence(scene, smallCase, tmp_pat
     widget.ui.inputSequenceSelector.setCurrentNode(sequence)
     slicer.app.click(widget.ui.applyButton)
     assert widget._parameterNode.outputNCBV is not None
+
+
+def test_close_scene_while_a_job_runs_cancels_it(scene):
+    widget = widgetOf("GliomaProgression")
+    slicer.app.click(widget.ui.generateButton)
+    job = _job(widget)
+    assert job is not None and job.running
+    widgetOf("DSCPerfusion")  # the user goes to another module, the job goes on
+    assert job.running
+    slicer.app.closeScene()
+    assert _job(widget) is None and job.cancelled
+    slicer.app.waitFor(lambda: not _alive(job.runner.pid), timeout=5)
+    slicer.app.processEvents()
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
+
+
+def _withoutPackage(monkeypatch, name):
+    """This Slicer as if ``name`` were not installed (the requirement checks read installed_versions())."""
+    from GliomaProgressionLib import dependencies
+
+    real = dependencies.installed_versions
+    monkeypatch.setattr(dependencies, "installed_versions",
+                        lambda: {k: v for k, v in real().items() if k != name})
+
+
+def test_dsc_load_button_offers_nibabel_for_a_nifti(scene, smallCase, tmp_path, monkeypatch):
+    import qt
+    from PySide6.QtWidgets import QMessageBox
+
+    from GliomaProgressionLib.files import write_volume
+
+    widget = widgetOf("DSCPerfusion")
+    path = tmp_path / "dsc.nii.gz"
+    write_volume(smallCase.dsc, str(path), time_spacing=1.5)
+    monkeypatch.setattr(qt.QFileDialog, "getOpenFileName", staticmethod(lambda *a: str(path)))  # the user's pick
+    _withoutPackage(monkeypatch, "nibabel")
+    with slicer.app.answeringDialogs(QMessageBox.Cancel) as asked:  # the user declines
+        slicer.app.click(widget.ui.loadSeriesButton)
+    assert len(asked) == 1 and "nibabel" in asked[0]
+    assert widget._parameterNode.inputSequence is None and not widget.installing
+    monkeypatch.undo()
+    monkeypatch.setattr(qt.QFileDialog, "getOpenFileName", staticmethod(lambda *a: str(path)))
+    slicer.app.click(widget.ui.loadSeriesButton)  # nibabel there: it loads
+    assert widget._parameterNode.inputSequence is not None
+
+
+def test_declining_the_packages_starts_nothing(scene, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    widget = widgetOf("GliomaProgression")
+    _withoutPackage(monkeypatch, "nilearn")
+    with slicer.app.answeringDialogs(QMessageBox.Cancel) as asked:
+        slicer.app.click(widget.ui.generateButton)
+    assert len(asked) == 1 and "nilearn" in asked[0]
+    assert _job(widget) is None and widget.ui.generateButton.text == "Generate and load"
