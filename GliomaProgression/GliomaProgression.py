@@ -172,8 +172,9 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = GliomaProgressionLogic()
-        for entry in self.logic.availableModels():
-            self.ui.modelComboBox.addItem(entry.get("title", entry["id"]), entry["id"])
+        self._models = {entry["id"]: entry for entry in self.logic.availableModels()}  # Models.json, read once
+        for modelId, entry in self._models.items():
+            self.ui.modelComboBox.addItem(entry.get("title", modelId), modelId)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChosen)
         self.ui.generateButton.clicked.connect(self.onGenerateButton)
         self.ui.predictButton.clicked.connect(self.onPredictButton)
@@ -206,7 +207,7 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         index = self.ui.modelComboBox.findData(parameters.model)
         if index != self.ui.modelComboBox.currentIndex:
             self.ui.modelComboBox.setCurrentIndex(index)
-        entry = self.logic.modelEntry(parameters.model)
+        entry = self._models.get(parameters.model)
         self.ui.modelDescriptionLabel.text = entry.get("description", "") if entry else (
             f"The model '{parameters.model}' is not installed.")
 

@@ -136,8 +136,9 @@ class qMRMLNodeComboBox(qMRMLWidget):
     """Fakes the selection logic of Slicer's node selector, without its list model or menus:
     - lists the scene's nodes whose class ``IsA`` one of ``nodeTypes`` (``nodes()``);
     - ``setCurrentNode`` selects only such a node of its scene (else nothing: None), as the real selector does;
-    - with ``noneEnabled`` off it selects the first node it can list when the scene is set or a node is added,
-      and a removed current node is replaced (by the first remaining one, or None);
+    - with ``noneEnabled`` off it selects the first node it can list when its list goes from empty to not empty
+      (the scene is set, or the first such node is added: QComboBox's rule), and a removed current node is
+      replaced (by the first remaining one, or None);
     - emits ``currentNodeChanged(vtkMRMLNode*)`` and ``currentNodeIDChanged(QString)`` on every change.
     ``addEnabled``/``removeEnabled``/``renameEnabled``/... are stored (the real ones add menu entries)."""
 
@@ -228,7 +229,8 @@ class qMRMLNodeComboBox(qMRMLWidget):
             self._selectDefault()
 
     def _onNodeAdded(self, *unused):
-        self._selectDefault()
+        if len(self.nodes()) == 1:  # the list was empty
+            self._selectDefault()
 
     def _onNodeRemoved(self, *unused):
         if self._current is not None and self._scene.GetNodeByID(self._current.GetID()) is not self._current:
