@@ -39,15 +39,12 @@ test: test-main test-slicer
 test-main: $(STAMP)
 	$(call run_pytest,,-n 2 --dist loadfile)
 
-# The slow tests (module self-tests, a full prediction through the panel) run once, on the stable release: the two
-# versions differ in the GUI layer (util, packaging), which the fast tests drive on both.
-test-slicer: test-slicer-5.12.3 test-slicer-main
+# Both versions run every test, side by side (two cores; output kept per version).
+test-slicer: $(STAMP)
+	@$(MAKE) --no-print-directory -j2 -O test-slicer-5.12.3 test-slicer-main
 
-test-slicer-5.12.3: $(STAMP)
-	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=5.12.3,Testing/slicer_app)
-
-test-slicer-main: $(STAMP)
-	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=main,Testing/slicer_app -m "not slow")
+test-slicer-%: $(STAMP)
+	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=$*,Testing/slicer_app)
 
 # The fast loop for developers: everything but the slow end-to-end tests, one Slicer version.
 test-fast: $(STAMP)

@@ -316,20 +316,25 @@ def test_predict_panel_full_run(scene, smallCase, panelsDir):
     savePanel(widget, panelsDir, "GliomaProgression")
 
 
+# A distribution of this process's own: the two Slicer versions' suites run side by side in one environment.
+DUMMY = f"gliomaprog-dummy{os.getpid()}"
+DUMMY_MODULE = DUMMY.replace("-", "_")
+DUMMY_WHEEL = f"{DUMMY_MODULE}-1.0-py3-none-any.whl"
+
+
 def _dummyWheel(folder):
     """A one-module wheel pip installs offline (the install flow is tested without the network)."""
     import zipfile
 
-    path = folder / "gliomaprog_dummy-1.0-py3-none-any.whl"
-    files = {"gliomaprog_dummy/__init__.py": "VALUE = 42\n",
-             "gliomaprog_dummy-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gliomaprog-dummy\nVersion: 1.0\n",
-             "gliomaprog_dummy-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                                      "Tag: py3-none-any\n"}
+    path = folder / DUMMY_WHEEL
+    info = f"{DUMMY_MODULE}-1.0.dist-info"
+    files = {f"{DUMMY_MODULE}/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {DUMMY}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     with zipfile.ZipFile(path, "w") as archive:
         for name, text in files.items():
             archive.writestr(name, text)
-        archive.writestr("gliomaprog_dummy-1.0.dist-info/RECORD",
-                         "".join(f"{name},,\n" for name in files) + "gliomaprog_dummy-1.0.dist-info/RECORD,,\n")
+        archive.writestr(f"{info}/RECORD", "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n")
     return path
 
 
@@ -345,20 +350,20 @@ def test_missing_packages_are_offered_once_and_installed_in_the_background(scene
     ui = widget.ui
     wheel = _dummyWheel(tmp_path)
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text(f"gliomaprog-dummy @ {wheel.as_uri()}\n", encoding="utf-8")
+    requirements.write_text(f"{DUMMY} @ {wheel.as_uri()}\n", encoding="utf-8")
     monkeypatch.setattr(widget.logic, "requirementsFile", requirements)
-    monkeypatch.setattr(dependencies, "SYNTHETIC_CASE", ("gliomaprog-dummy",))
+    monkeypatch.setattr(dependencies, "SYNTHETIC_CASE", (DUMMY,))
     try:
         with slicer.app.answeringDialogs(QMessageBox.Ok) as asked:
             slicer.app.click(ui.generateButton)
-        assert len(asked) == 1 and "gliomaprog-dummy" in asked[0]
+        assert len(asked) == 1 and DUMMY in asked[0]
         assert _job(widget) is not None and _job(widget).installing and ui.generateButton.text == "Cancel"
         slicer.app.waitFor(lambda: _job(widget) is None, timeout=120)
         assert "press the button again" in ui.statusLabel.text, ui.statusLabel.text
         assert widget.logic.missingPackages("phantom") == []
         assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 0  # nothing generated
     finally:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "gliomaprog-dummy"], check=False)
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", DUMMY], check=False)
 
 
 def test_a_failed_install_says_why(scene, tmp_path, monkeypatch):
@@ -368,15 +373,15 @@ def test_a_failed_install_says_why(scene, tmp_path, monkeypatch):
 
     widget = widgetOf("GliomaProgression")
     requirements = tmp_path / "requirements.txt"
-    absent = tmp_path / "gliomaprog_dummy-1.0-py3-none-any.whl"  # never written
-    requirements.write_text(f"gliomaprog-dummy @ {absent.as_uri()}\n", encoding="utf-8")
+    absent = tmp_path / DUMMY_WHEEL  # never written
+    requirements.write_text(f"{DUMMY} @ {absent.as_uri()}\n", encoding="utf-8")
     monkeypatch.setattr(widget.logic, "requirementsFile", requirements)
-    monkeypatch.setattr(dependencies, "SYNTHETIC_CASE", ("gliomaprog-dummy",))
+    monkeypatch.setattr(dependencies, "SYNTHETIC_CASE", (DUMMY,))
     with slicer.app.answeringDialogs(QMessageBox.Ok):
         slicer.app.click(widget.ui.generateButton)
     slicer.app.waitFor(lambda: _job(widget) is None, timeout=60)
     assert widget.ui.statusLabel.text.startswith("Installing the Python packages failed:")
-    assert "gliomaprog_dummy-1.0-py3-none-any.whl" in widget.ui.statusLabel.text
+    assert DUMMY_WHEEL in widget.ui.statusLabel.text
 
 
 def test_ctv_export_offers_its_packages_and_installs_them_in_the_background(scene, smallCase, tmp_path,
@@ -396,20 +401,20 @@ def test_ctv_export_offers_its_packages_and_installs_them_in_the_background(scen
     ui.brainMaskSelector.setCurrentNode(brain)
     slicer.app.click(ui.applyButton)
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text(f"gliomaprog-dummy @ {_dummyWheel(tmp_path).as_uri()}\n", encoding="utf-8")
+    requirements.write_text(f"{DUMMY} @ {_dummyWheel(tmp_path).as_uri()}\n", encoding="utf-8")
     monkeypatch.setattr(widget.logic, "requirementsFile", requirements)
-    monkeypatch.setattr(CTVPlanner, "PACKAGES_FOR_DICOM_EXPORT", ("gliomaprog-dummy",))
+    monkeypatch.setattr(CTVPlanner, "PACKAGES_FOR_DICOM_EXPORT", (DUMMY,))
     ui.exportDirectoryButton.directory = str(tmp_path / "export")
     try:
         with slicer.app.answeringDialogs(QMessageBox.Ok) as asked:
             slicer.app.click(ui.exportSegButton)
-        assert len(asked) == 1 and "gliomaprog-dummy" in asked[0]
+        assert len(asked) == 1 and DUMMY in asked[0]
         assert widget._installJob is not None and not ui.exportSegButton.enabled and not ui.applyButton.enabled
         slicer.app.waitFor(lambda: widget._installJob is None, timeout=120)
         assert "press the button again" in ui.statusLabel.text and ui.exportSegButton.enabled
         assert not (tmp_path / "export").exists(), "nothing is exported before the packages are there"
     finally:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "gliomaprog-dummy"], check=False)
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", DUMMY], check=False)
 
 
 def test_dsc_panel_loads_a_4d_nifti_as_a_time_sequence(scene, smallCase, tmp_path):
