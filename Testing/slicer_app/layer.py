@@ -314,9 +314,6 @@ class Application(QObject):
             panel.self().enter()
         return panel.self()
 
-    def unloadModule(self, name):
-        self._moduleManager.moduleAboutToBeUnloaded.emit(name)
-
     def closeScene(self):
         """File > Close Scene."""
         self.scene.Clear(0)
@@ -397,8 +394,6 @@ class ModuleEntry:
             self._panel.reload()
         return self._panel
 
-    def hasWidget(self):
-        return self._panel is not None
 
 
 class ModulePanel(standins.qMRMLWidget):
