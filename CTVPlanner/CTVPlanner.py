@@ -16,7 +16,7 @@ from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 from CTVPlannerLib import terminology
-from CTVPlannerLib.schemes import MARGIN_RANGE_MM, Margins
+from CTVPlannerLib.schemes import MARGIN_RANGE_MM, SCHEMES, TARGET_COLOURS, Margins
 from GliomaProgressionLib.mrml import PackageInstalling, ParameterNodeLifecycle
 
 Margin = Annotated[float, WithinRange(*MARGIN_RANGE_MM)]
@@ -26,10 +26,6 @@ TABLE_NAME = "CTV comparison"
 # Hash of a proposal's mask as created: tells an edited proposal from an untouched one.
 FINGERPRINT_TAG = "CTVPlanner.Fingerprint"
 KIND_TAG = "CTVPlanner.Kind"
-COLOURS = {
-    "rtog46": (0.98, 0.85, 0.35), "rtog60": (0.95, 0.55, 0.15), "eortc": (0.30, 0.60, 0.95),
-    "estro": (0.25, 0.80, 0.45), "ai": (0.85, 0.35, 0.85), "boost": (0.90, 0.15, 0.20),
-}
 # Python packages (PyPI names, versions in the extension's requirements.txt) each action needs beyond Slicer.
 PACKAGES_FOR_GEODESIC_MARGINS = ("scikit-fmm",)
 PACKAGES_FOR_DICOM_EXPORT = ("scikit-image", "highdicom")
@@ -165,7 +161,7 @@ class CTVPlannerWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoadab
         kwargs = dict(progressionNode=p.progression, recurrenceNode=p.recurrence, oarNode=p.organsAtRisk,
                       barrierNode=p.barriers, margins=self.logic.marginsFromParameters(p),
                       geodesic=p.geodesic)
-        schemes = [s for s in ("rtog", "eortc", "estro", "ai", "boost") if getattr(p, s)]
+        schemes = [s for s in SCHEMES if getattr(p, s)]
         conflicts = self.logic.conflictingProposals(p.lesion, p.referenceVolume, p.brainMask, schemes, **kwargs)
         choice = {}
         if conflicts:
@@ -459,7 +455,7 @@ class CTVPlannerLogic(ScriptedLoadableModuleLogic):
         if existing:
             segmentation.RemoveSegment(existing)
         key = target.key.replace("ptv_", "")
-        colour = COLOURS.get(key, (0.9, 0.9, 0.5))
+        colour = TARGET_COLOURS.get(key, (0.9, 0.9, 0.5))
         if target.kind == "PTV":
             colour = tuple(0.5 + 0.5 * c for c in colour)
         reference = mrml.volume_from_node(referenceVolumeNode)

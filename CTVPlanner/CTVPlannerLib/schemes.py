@@ -47,6 +47,11 @@ BOOST_CONTAINERS = ("rtog46", "rtog60", "eortc", "estro")
 MIN_LESION_FRACTION_IN_BRAIN = 0.5
 
 
+# Display colour (RGB 0-1) of each target, by its key: the module's segments, the report and the scene agree.
+TARGET_COLOURS = {
+    "rtog46": (0.98, 0.85, 0.35), "rtog60": (0.95, 0.55, 0.15), "eortc": (0.30, 0.60, 0.95),
+    "estro": (0.25, 0.80, 0.45), "ai": (0.85, 0.35, 0.85), "boost": (0.90, 0.15, 0.20),
+}
 MARGIN_RANGE_MM = (0.0, 100.0)  # every margin, in mm; larger ones are implausible
 
 

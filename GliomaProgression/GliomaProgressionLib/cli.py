@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from DSCPerfusionLib.leakage import LEAKAGE_METHODS
+
 from .cohort_cli import add_cohort_commands
 from .ctv_run import add_ctv_commands
 from .run_case import add_run_command
@@ -194,7 +196,7 @@ def _add_perfusion_parser(commands) -> None:
     perfusion.add_argument("--nawm", type=Path, help="white-matter reference mask on the DSC grid "
                                                      "(default: automatic, contralateral)")
     perfusion.add_argument("--lesion", type=Path, help="lesion labels (any grid; resampled to the DSC grid)")
-    perfusion.add_argument("--leakage", choices=("bsw", "bidirectional", "none"), default="bsw",
+    perfusion.add_argument("--leakage", choices=LEAKAGE_METHODS, default="bsw",
                            help="leakage correction (default bsw: Boxerman-Schmainda-Weisskoff)")
     perfusion.add_argument("--first-pass", action="store_true", help="integrate the first pass only")
     perfusion.add_argument("--per-slice", action="store_true", help="normalise each slice by its own NAWM")

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
+from CTVPlannerLib.schemes import TARGET_COLOURS
+
 from .cases import SEGMENTS
 
 if TYPE_CHECKING:
@@ -29,11 +31,6 @@ if TYPE_CHECKING:
 
 DEMO_NOTICE = "Demo model trained on synthetic data \u2014 not for clinical use"
 TARGET_NOTICE = "Target-volume proposals for review and editing by a radiation oncologist; not a treatment plan."
-# The CTVPlanner module's colours (CTVPlanner.COLOURS), so the report, the scene and the module agree.
-TARGET_COLOURS = {
-    "rtog46": (0.98, 0.85, 0.35), "rtog60": (0.95, 0.55, 0.15), "eortc": (0.30, 0.60, 0.95),
-    "estro": (0.25, 0.80, 0.45), "ai": (0.85, 0.35, 0.85), "boost": (0.90, 0.15, 0.20),
-}
 PROGRESSION_NAME = "Predicted progression"
 NCBV_RANGE = (0.0, 5.0)  # ratio to NAWM: white matter 1, grey matter ~2, enhancing tumour 3-6
 HEAT_MAP_LOWER = 0.05  # probabilities below this are transparent (report and scene)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
+from DSCPerfusionLib.leakage import LEAKAGE_METHODS
+
 # numpy, SimpleITK and the Lib modules are imported inside the functions that use them: cli.py imports this module
 # to build its parser on every gliomaprog call, which then stays as quick as the standard library.
 if TYPE_CHECKING:
@@ -484,7 +486,7 @@ def add_run_command(subparsers, positive_float, non_negative_int) -> None:
     run.add_argument("--threshold", type=positive_float, default=0.5, help="probability cut-off (default 0.5)")
     run.add_argument("--min-voxels", type=non_negative_int, default=1,
                      help="voxels needed for a 'progression' verdict (default 1)")
-    run.add_argument("--leakage", choices=("bsw", "bidirectional", "none"), default="bsw",
+    run.add_argument("--leakage", choices=LEAKAGE_METHODS, default="bsw",
                      help="DSC leakage correction (default bsw)")
     run.add_argument("--trust-model", action="store_true",
                      help="load a package that cannot be loaded safely (runs code from it)")
