@@ -16,7 +16,7 @@ from slicer.util import VTKObservationMixin
 
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE
 from GliomaProgressionLib import process
-from GliomaProgressionLib import mrml
+from GliomaProgressionLib import dependencies, mrml
 from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1, ParameterNodeLifecycle
 from GliomaProgressionLib.phantom import SIZES
 from GliomaProgressionLib.predict_run import DEVICES, MIN_VOXELS_RANGE, THRESHOLD_RANGE
@@ -265,18 +265,13 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         self.ui.progressBar.value = 0
         self.ui.progressBar.setVisible(True)
         self.ui.logTextEdit.clear()
-        progress = self._showPipProgress if installing else self._showProgress
-        self._job = mrml.BackgroundJob(kind, runner, folder, onProgress=progress, onLines=self._showLines,
+        self._job = mrml.BackgroundJob(kind, runner, folder, onProgress=self._showProgress, onLines=self._showLines,
                                        onFinished=self._onJobFinished, installing=installing)
         self.updateGui()
 
-    def _showPipProgress(self, fraction, message):
-        self.ui.progressBar.setRange(0, 0 if fraction is None else 100)  # busy, or the download's progress
-        self.ui.progressBar.value = int(100 * (fraction or 0))
-        self.ui.statusLabel.text = message
-
     def _showProgress(self, fraction, message):
-        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.progressBar.setRange(0, 0 if fraction is None else 100)  # None: busy (pip resolving, building)
+        self.ui.progressBar.value = int(100 * (fraction or 0))
         self.ui.statusLabel.text = message
 
     def _showLines(self, lines):
@@ -342,13 +337,12 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
     # --- Python packages (inside Slicer)
 
     requirementsFile = None  # None: the extension's Resources/requirements.txt (tests give another)
-    PACKAGES_FOR = {"predict": "PREDICT", "radiomics": "RADIOMICS", "phantom": "SYNTHETIC_CASE"}
-
     def missingPackages(self, kind):
-        """Packages the job ``kind`` (predict, radiomics, phantom) needs that are missing (empty outside Slicer)."""
-        from GliomaProgressionLib import dependencies
-
-        return mrml.missing_packages(getattr(dependencies, self.PACKAGES_FOR[kind]), self.requirementsFile)
+        """Packages the job ``kind`` (predict, radiomics, phantom) needs that are missing (empty outside Slicer).
+        The lists are read when asked, so that a test can change them."""
+        packages = {"predict": dependencies.PREDICT, "radiomics": dependencies.RADIOMICS,
+                    "phantom": dependencies.SYNTHETIC_CASE}
+        return mrml.missing_packages(packages[kind], self.requirementsFile)
 
     # --- models
 
