@@ -72,7 +72,7 @@ demo: $(STAMP)
 .PHONY: demo-models
 demo-models: $(STAMP)
 	rm -rf build/demo_models
-	$(PY) -m GliomaProgressionLib.training all --work build/demo_models --resources GliomaProgression/Resources
+	$(PY) -m GliomaProgressionLib.models.training all --work build/demo_models --resources GliomaProgression/Resources
 
 # Simulated replication of seed 000 (issue 7): 60 training + 30 test phantom cases, both channel sets trained with
 # the small CPU plan side by side, evaluated with 'gliomaprog cohort evaluate --compare'. Measured: 16.5 min on 2 CPU
@@ -81,7 +81,7 @@ REPLICATE_EPOCHS ?= 50
 .PHONY: replicate
 replicate: $(STAMP)
 	rm -rf build/replicate
-	$(PY) -m GliomaProgressionLib.cli cohort replicate --out build/replicate --train 60 --test 30 \
+	$(PY) -m GliomaProgressionLib.cli.main cohort replicate --out build/replicate --train 60 --test 30 \
 		--epochs $(REPLICATE_EPOCHS) --iterations 20
 
 clean:

@@ -448,7 +448,7 @@ class CTVPlannerLogic(ScriptedLoadableModuleLogic):
 
     def _storeTarget(self, proposals, target, name, referenceVolumeNode):
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.geometry import Volume
+        from GliomaProgressionLib.case.geometry import Volume
 
         segmentation = proposals.GetSegmentation()
         existing = segmentation.GetSegmentIdBySegmentName(name)
@@ -595,7 +595,7 @@ class CTVPlannerTest(ScriptedLoadableModuleTest):
     def _case(self):
         """A lesion (necrotic core, enhancing rim, oedema) in a box-shaped brain on 1 x 1 x 3 mm voxels."""
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.geometry import Volume
+        from GliomaProgressionLib.case.geometry import Volume
 
         ijkToRas = np.diag([1.0, 1.0, 3.0, 1.0])
         shape = (20, 70, 70)
@@ -649,7 +649,7 @@ class CTVPlannerTest(ScriptedLoadableModuleTest):
 
     def test_EditedProposalsAreKept(self):
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.geometry import Volume
+        from GliomaProgressionLib.case.geometry import Volume
 
         nodes, _ = self._case()
         logic = CTVPlannerLogic()

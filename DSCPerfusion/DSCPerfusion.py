@@ -315,12 +315,12 @@ class DSCPerfusionTest(ScriptedLoadableModuleTest):
 
     def _loadSyntheticCase(self):
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.cases import SEGMENTS
-        from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+        from CTVPlannerLib.lesion import LESION_SEGMENTS
+        from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
         case = generate_case(PhantomConfig(seed=11, size="small"))
         sequence, _ = mrml.sequence_from_volume(case.dsc, case.frame_times_s, "DSC")
-        lesion = mrml.segmentation_from_labelmap(case.lesion, SEGMENTS, "Lesion")
+        lesion = mrml.segmentation_from_labelmap(case.lesion, LESION_SEGMENTS, "Lesion")
         return case, sequence, lesion
 
     def test_SyntheticCase(self):

@@ -15,11 +15,12 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.util import VTKObservationMixin
 
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE
-from GliomaProgressionLib import process
-from GliomaProgressionLib import dependencies, mrml
+from GliomaProgressionLib.models import process
+from GliomaProgressionLib import dependencies
+from GliomaProgressionLib import mrml
 from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1, ParameterNodeLifecycle
-from GliomaProgressionLib.phantom import SIZES
-from GliomaProgressionLib.predict_run import DEVICES, MIN_VOXELS_RANGE, THRESHOLD_RANGE
+from GliomaProgressionLib.phantom.synthetic import SIZES
+from GliomaProgressionLib.runs.predict import DEVICES, MIN_VOXELS_RANGE, THRESHOLD_RANGE
 
 RADIOMICS_BUTTON_TEXT = "Compute nCBV features"
 SAMPLE_CATEGORY = "Glioma progression"
@@ -136,7 +137,7 @@ _sampleJobs = set()
 class GliomaProgressionParameterNode:
     """Prediction: t1c, flair, dsc (+ echoTimeMs), lesion, model (id), device, threshold, minVoxels.
     CBV radiomics: ncbv (an nCBV map) with the same lesion.
-    Synthetic case: seed, size, cavity (see GliomaProgressionLib.phantom)."""
+    Synthetic case: seed, size, cavity (see GliomaProgressionLib.phantom.synthetic)."""
 
     t1c: slicer.vtkMRMLScalarVolumeNode
     flair: slicer.vtkMRMLScalarVolumeNode
@@ -348,7 +349,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def availableModels():
-        from GliomaProgressionLib.models import available_models
+        from GliomaProgressionLib.models.packages import available_models
 
         return available_models()
 
@@ -362,9 +363,9 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         """Write the inputs to a job folder and start ``gliomaprog predict`` on them in a background process.
         Returns (process, job folder)."""
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.cases import brats_labels_from_segmentation
-        from GliomaProgressionLib.files import write_json, write_volume
-        from GliomaProgressionLib.predict_run import PredictionSettings
+        from GliomaProgressionLib.mrml import brats_labels_from_segmentation
+        from GliomaProgressionLib.case.files import write_json, write_volume
+        from GliomaProgressionLib.runs.predict import PredictionSettings
 
         if t1cNode is None or flairNode is None or lesionNode is None:
             raise ValueError("Choose the CE-T1, the FLAIR and the lesion segmentation.")
@@ -410,7 +411,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         import json
 
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.files import read_volume
+        from GliomaProgressionLib.case.files import read_volume
 
         code = runner.wait() if waitForCompletion else runner.poll()
         if code is None:
@@ -492,8 +493,8 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         series) would put the regions in the wrong place. Maps this module registered carry the attribute
         ``ALIGNED_WITH_CE_T1``; any other map needs ``assumeRegistered=True`` (the GUI asks the user)."""
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.cases import brats_labels_from_segmentation
-        from GliomaProgressionLib.files import write_volume
+        from GliomaProgressionLib.mrml import brats_labels_from_segmentation
+        from GliomaProgressionLib.case.files import write_volume
 
         if ncbvNode is None or lesionNode is None:
             raise ValueError("Choose the nCBV map and the lesion segmentation.")
@@ -521,7 +522,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         region. A region too small for features gets NaN, and the reason in the node attribute
         ``GliomaProgression.warning.<region>``. The job folder is removed."""
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.radiomics_features import region_columns_from_csv
+        from GliomaProgressionLib.cohort.radiomics_features import region_columns_from_csv
 
         code = runner.wait() if waitForCompletion else runner.poll()
         if code is None:
@@ -565,7 +566,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
     def startSyntheticCase(self, caseFolder, seed=0, size="small", cavity=False):
         """Start generating a synthetic case in a background process; returns the running process."""
-        from GliomaProgressionLib.files import check_new_output_folder
+        from GliomaProgressionLib.case.files import check_new_output_folder
 
         if int(seed) < 0:
             raise ValueError(f"The seed must be zero or positive, got {seed}.")
@@ -579,7 +580,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
     def finishSyntheticCase(self, runner, caseFolder, waitForCompletion=False, name=None):
         """Load a finished case into the scene; with ``waitForCompletion`` block until the process ends."""
-        from GliomaProgressionLib.cases import load_case_into_scene
+        from GliomaProgressionLib.report.scene import load_case_into_scene
 
         code = runner.wait() if waitForCompletion else runner.poll()
         if code is None:
@@ -637,14 +638,14 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
     def test_PredictionOnSyntheticCase(self):
         self.delayDisplay("Predicting progression on a synthetic case with the multiparametric demo model")
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.cases import SEGMENTS
-        from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+        from CTVPlannerLib.lesion import LESION_SEGMENTS
+        from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
         case = generate_case(PhantomConfig(seed=901, size="small"))
         t1c = mrml.node_from_volume(case.t1c, "CE-T1")
         flair = mrml.node_from_volume(case.flair, "FLAIR")
         dsc, _ = mrml.sequence_from_volume(case.dsc, case.frame_times_s, "DSC")
-        lesion = mrml.segmentation_from_labelmap(case.lesion, SEGMENTS, "Lesion")
+        lesion = mrml.segmentation_from_labelmap(case.lesion, LESION_SEGMENTS, "Lesion")
         nodes = GliomaProgressionLogic().predict(t1c, flair, lesion, "multiparametric", dscNode=dsc, device="cpu")
         probability = slicer.util.arrayFromVolume(nodes["probability"])
         self.assertGreaterEqual(float(probability.min()), 0.0)
@@ -679,9 +680,9 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         lesion segmentation is stored on a grid shifted by two voxels, so it must be resampled onto the map."""
         self.delayDisplay("Computing nCBV radiomics on a small synthetic case")
         from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.cases import SEGMENTS
-        from GliomaProgressionLib.geometry import Volume
-        from GliomaProgressionLib.radiomics_features import expected_feature_names, make_extractor
+        from CTVPlannerLib.lesion import LESION_SEGMENTS
+        from GliomaProgressionLib.case.geometry import Volume
+        from GliomaProgressionLib.cohort.radiomics_features import expected_feature_names, make_extractor
 
         shape = (20, 24, 24)
         k, j, i = np.indices(shape)
@@ -693,7 +694,7 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
                                      "nCBV")
         shifted = ijkToRas.copy()
         shifted[:3, 3] = ijkToRas[:3, :3] @ [2.0, 0.0, 0.0]  # the lesion array starts two columns later
-        lesion = mrml.segmentation_from_labelmap(Volume(labels[:, :, 2:], shifted), SEGMENTS, "Lesion")
+        lesion = mrml.segmentation_from_labelmap(Volume(labels[:, :, 2:], shifted), LESION_SEGMENTS, "Lesion")
         logic = GliomaProgressionLogic()
         with self.assertRaises(UnregisteredMapError):  # nothing says this map is registered to the CE-T1
             logic.computeRadiomics(ncbv, lesion)

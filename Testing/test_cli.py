@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from GliomaProgressionLib import mrml
-from GliomaProgressionLib.files import read_volume
+from GliomaProgressionLib.case.files import read_volume
 
 
 def gliomaprog(*arguments, timeout=300, cwd=None):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", *map(str, arguments)],
+    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 

@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from GliomaProgressionLib.cases import write_case
-from GliomaProgressionLib.files import read_volume, write_json, write_volume
-from GliomaProgressionLib.geometry import Volume
-from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+from GliomaProgressionLib.phantom.folder import write_case
+from GliomaProgressionLib.case.files import read_volume, write_json, write_volume
+from GliomaProgressionLib.case.geometry import Volume
+from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
 
 def gliomaprog(*arguments, cwd=None):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", *map(str, arguments)],
+    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
                           capture_output=True, text=True, timeout=300, cwd=cwd)
 
 

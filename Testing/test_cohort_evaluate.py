@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from GliomaProgressionLib.cohort_evaluate import (EvaluationSettings, bootstrap_auc_interval,
+from GliomaProgressionLib.cohort.evaluate import (EvaluationSettings, bootstrap_auc_interval,
                                                   evaluate_cohort, mcnemar_exact, roc_auc, wilson_interval)
 
 SHAPE = (6, 6, 6)
@@ -149,7 +149,7 @@ def test_min_voxels_and_threshold_change_the_verdicts(cohort):
 
 
 def _gliomaprog(*arguments):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", *map(str, arguments)],
+    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -8,8 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from dicom_writing import write_dicom_dsc, write_dicom_series
-from GliomaProgressionLib import cli, cohort_export
-from GliomaProgressionLib.cohort_replicate import write_phantom_case
+from GliomaProgressionLib.cli import main as cli
+from GliomaProgressionLib.cohort import export as cohort_export
+from GliomaProgressionLib.cohort.replicate import write_phantom_case
 
 POSITIVE, NEGATIVE = 3000, 3003  # cohort_config: seed % 4 == 3 is a case without progression
 

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from GliomaProgressionLib import cli
-from GliomaProgressionLib.cohort_replicate import (FLAIR_VISIBLE_RATIO, flair_visible, replication_config,
+from GliomaProgressionLib.cli import main as cli
+from GliomaProgressionLib.cohort.replicate import (FLAIR_VISIBLE_RATIO, flair_visible, replication_config,
                                                    detections_by_flair_visibility)
-from GliomaProgressionLib.training import cohort_config, is_positive
+from GliomaProgressionLib.models.training import cohort_config, is_positive
 
 SEEDS = range(3000, 3090)  # the committed replication's cohort
 

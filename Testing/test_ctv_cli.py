@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from GliomaProgressionLib.files import read_volume, write_volume
-from GliomaProgressionLib.geometry import Volume
+from GliomaProgressionLib.case.files import read_volume, write_volume
+from GliomaProgressionLib.case.geometry import Volume
 
 
 def gliomaprog(*arguments, timeout=300, cwd=None):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", *map(str, arguments)],
+    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
                           capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
@@ -27,8 +27,8 @@ def _assert_one_line_error(result, *fragments):
 
 @pytest.fixture(scope="module")
 def phantom_case(tmp_path_factory):
-    from GliomaProgressionLib.cases import write_case
-    from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+    from GliomaProgressionLib.phantom.folder import write_case
+    from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
     folder = tmp_path_factory.mktemp("ctv-phantom") / "case"
     write_case(generate_case(PhantomConfig(seed=3, size="small")), folder)

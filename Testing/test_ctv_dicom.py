@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from skimage.draw import polygon2mask
 
 from CTVPlannerLib.dicom_export import PatientStudy, Structure, export_dicom, read_series
-from GliomaProgressionLib.geometry import Volume, sitk_from_volume
+from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume
 
 DCIODVFY = shutil.which("dciodvfy") or str(Path(sys.executable).parent / "dciodvfy")
 

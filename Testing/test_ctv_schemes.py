@@ -172,7 +172,7 @@ def test_ventricles_are_found_from_intensity_but_not_sulci_or_the_lesion():
 
 @pytest.fixture(scope="module", params=[dict(seed=3), dict(seed=5, cavity=True)], ids=["pre-op", "cavity"])
 def phantom(request):
-    from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+    from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
     return generate_case(PhantomConfig(size="small", **request.param))
 

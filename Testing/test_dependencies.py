@@ -9,7 +9,7 @@ import time
 import pytest
 
 from GliomaProgressionLib import dependencies as deps
-from GliomaProgressionLib.process import BackgroundProcess
+from GliomaProgressionLib.models.process import BackgroundProcess
 
 try:
     from packaging.utils import canonicalize_name

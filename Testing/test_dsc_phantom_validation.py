@@ -16,7 +16,7 @@ import pytest
 
 from DSCPerfusionLib.pipeline import PerfusionOptions, compute_perfusion
 from DSCPerfusionLib.simulation import simulate_dsc
-from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
 SEEDS = (0, 3)
 

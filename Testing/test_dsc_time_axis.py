@@ -14,8 +14,8 @@ import pytest
 from DSCPerfusionLib.pipeline import PerfusionOptions, compute_perfusion
 from DSCPerfusionLib.simulation import simulate_dsc
 from GliomaProgressionLib import mrml
-from GliomaProgressionLib.files import write_volume
-from GliomaProgressionLib.geometry import Volume
+from GliomaProgressionLib.case.files import write_volume
+from GliomaProgressionLib.case.geometry import Volume
 from test_geometry import EXPECTED_RAS, _landmark_ras, _oblique_ijk_to_ras, _volume_with_landmark
 
 TR_MS = 1500.0

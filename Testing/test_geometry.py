@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from GliomaProgressionLib import geometry, mrml
-from GliomaProgressionLib.files import read_volume, write_volume
-from GliomaProgressionLib.geometry import Volume
+from GliomaProgressionLib.case import geometry
+
+from GliomaProgressionLib import mrml
+from GliomaProgressionLib.case.files import read_volume, write_volume
+from GliomaProgressionLib.case.geometry import Volume
 
 LANDMARK_IJK = (3, 5, 7)  # (i, j, k)
 LANDMARK_VALUE = 1000

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from GliomaProgressionLib import inference, models, predict_worker, training
+from GliomaProgressionLib.models import inference
+
+from GliomaProgressionLib.models import packages as models
+
+from GliomaProgressionLib.models import worker as predict_worker
+
+from GliomaProgressionLib.models import training
 
 HELD_OUT_POSITIVE = 2001  # a held-out seed (training uses 1000-1047)
 

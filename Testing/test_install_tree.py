@@ -25,7 +25,8 @@ import json, sys
 from pathlib import Path
 
 import CTVPlannerLib, DSCPerfusionLib, GliomaProgressionLib
-from GliomaProgressionLib import models, radiomics_features
+from GliomaProgressionLib.models import packages as models
+from GliomaProgressionLib.cohort import radiomics_features
 
 mode, only = sys.argv[1], sys.argv[2:]
 report = {"packages": {p.__name__: str(Path(p.__file__).resolve())

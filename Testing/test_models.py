@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from GliomaProgressionLib import models
-from GliomaProgressionLib.predict_worker import UnsafeModelError
+from GliomaProgressionLib.models import packages as models
+from GliomaProgressionLib.models.worker import UnsafeModelError
 
 DEMO_IDS = ("conventional", "multiparametric")
 
@@ -184,7 +184,7 @@ def test_network_is_built_without_timm_or_torchvision_and_matches_nnunet(cache):
     package = models.resolve_model("multiparametric")
     script = f"""
 import sys, json, torch
-from GliomaProgressionLib.predict_worker import load_predictor
+from GliomaProgressionLib.models.worker import load_predictor
 predictor = load_predictor({str(package.folder)!r}, device="cpu", tta=False)
 assert not [m for m in sys.modules if m.startswith(("timm", "torchvision"))], "timm/torchvision imported"
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -213,7 +213,7 @@ def test_trusted_package_loads_only_when_asked(cache, tmp_path):
 
     import torch
 
-    from GliomaProgressionLib import inference
+    from GliomaProgressionLib.models import inference
 
     folder = _copy_of_demo_folder(cache, tmp_path, "conventional")
     checkpoint = folder / "fold_0" / "checkpoint_final.pth"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from GliomaProgressionLib import mrml
-from GliomaProgressionLib.geometry import Volume
+from GliomaProgressionLib.case.geometry import Volume
 
 
 def volume_node(scene, name):

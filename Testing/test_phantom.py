@@ -5,8 +5,8 @@ import pytest
 import SimpleITK as sitk
 
 from DSCPerfusionLib.signal import delta_r2s_from_signal, rcbv_trapezoid
-from GliomaProgressionLib import geometry
-from GliomaProgressionLib.phantom import LABELS, PhantomConfig, generate_case
+from GliomaProgressionLib.case import geometry
+from GliomaProgressionLib.phantom.synthetic import LABELS, PhantomConfig, generate_case
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_series_have_their_own_clinical_grids(noisy_case):
 
 
 def test_full_size_protocol_is_clinical():
-    from GliomaProgressionLib.phantom import _protocols
+    from GliomaProgressionLib.phantom.synthetic import _protocols
 
     protocols = _protocols("full")
     assert protocols["t1c"].spacing == (0.9375, 0.9375, 1.2)
@@ -71,7 +71,7 @@ def test_enhancing_rim_is_3_to_5_mm_and_bright(noisy_case):
 
 
 def test_oedema_prefers_white_matter():
-    from GliomaProgressionLib.phantom import _anatomy, _grow_tumour, _load_template
+    from GliomaProgressionLib.phantom.synthetic import _anatomy, _grow_tumour, _load_template
 
     anatomy = _anatomy(_load_template("small"))
     tumour = _grow_tumour(anatomy, np.random.default_rng(2), PhantomConfig(size="small"))
@@ -147,7 +147,7 @@ def test_progression_visibility_is_tunable():
     """The future-progression region can be made visible in nCBV but not in FLAIR (seed 000's finding)."""
     config = PhantomConfig(seed=5, size="small", noise=False, progression_cbv_ratio=1.8, progression_flair_ratio=1.0)
     case = generate_case(config)
-    from GliomaProgressionLib.phantom import _anatomy, _grow_tumour, _load_template, _tissue_maps
+    from GliomaProgressionLib.phantom.synthetic import _anatomy, _grow_tumour, _load_template, _tissue_maps
 
     anatomy = _anatomy(_load_template("small"))
     tumour = _grow_tumour(anatomy, np.random.default_rng(5), config)

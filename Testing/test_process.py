@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from GliomaProgressionLib import process
+from GliomaProgressionLib.models import process
 
 
 def test_parse_progress():

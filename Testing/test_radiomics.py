@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from GliomaProgressionLib.radiomics_features import (default_settings_file, expected_feature_names, extract_cohort,
+from GliomaProgressionLib.cohort.radiomics_features import (default_settings_file, expected_feature_names, extract_cohort,
                                                      make_extractor)
 
 SHAPE = (20, 24, 24)  # k, j, i: small so that the wavelet extraction takes about a second per region
@@ -132,7 +132,7 @@ def test_a_constant_map_is_handled(tmp_path):
 
 
 def _gliomaprog(*arguments):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", *map(str, arguments)],
+    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from GliomaProgressionLib import radiomics_model
-from GliomaProgressionLib.radiomics_model import ModelSettings, cross_validate, run_model
+from GliomaProgressionLib.cohort import radiomics_model
+from GliomaProgressionLib.cohort.radiomics_model import ModelSettings, cross_validate, run_model
 
 INFORMATIVE = 4  # the first columns carry the class; the rest are noise
 
@@ -95,7 +95,7 @@ def test_feature_selection_keeps_the_informative_columns():
 
 
 def _gliomaprog(*arguments):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli", *map(str, arguments)],
+    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from GliomaProgressionLib import geometry, registration
-from GliomaProgressionLib.geometry import Volume
-from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+from GliomaProgressionLib.case import geometry
+
+from GliomaProgressionLib.case import registration
+from GliomaProgressionLib.case.geometry import Volume
+from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
 
 @pytest.fixture(scope="module", params=[5, 8])

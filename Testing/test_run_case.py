@@ -18,10 +18,13 @@ import pytest
 import SimpleITK as sitk
 
 from dicom_writing import write_dicom_dsc, write_dicom_series
-from GliomaProgressionLib import cli, mrml, run_case
-from GliomaProgressionLib.case_input import check_nifti_complete, read_dicom_dsc, read_dicom_volume
-from GliomaProgressionLib.cases import SEGMENTS, write_case
-from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+from GliomaProgressionLib.cli import main as cli
+from GliomaProgressionLib import mrml
+from GliomaProgressionLib.runs import chain as run_case
+from GliomaProgressionLib.case.folder import check_nifti_complete, read_dicom_dsc, read_dicom_volume
+from CTVPlannerLib.lesion import LESION_SEGMENTS
+from GliomaProgressionLib.phantom.folder import write_case
+from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
 SCHEME_KEYS = ("rtog46", "rtog60", "eortc", "estro", "ai", "boost")
 BAD_CASES = {  # case folder -> what its one-line error must say
@@ -156,11 +159,11 @@ def test_batch_on_a_single_case_folder_says_so(batch, tmp_path, capsys):
 def test_report_has_ncbv_per_lesion_label_the_verdict_and_metrics_per_scheme(report):
     regions = report["ncbv"]["regions"]
     for value in (1, 2, 3):  # the phantom has necrosis, SNFH and enhancing tumour (no cavity)
-        name = SEGMENTS[value][0]
+        name = LESION_SEGMENTS[value][0]
         assert regions[name]["label"] == value and regions[name]["voxels"] > 0
         assert regions[name]["mean"] > 0
     # Enhancing tumour has raised CBV, white matter defines 1: a mislabelled or misregistered map fails this.
-    assert regions[SEGMENTS[3][0]]["mean"] > 1.5 * regions[SEGMENTS[2][0]]["mean"]
+    assert regions[LESION_SEGMENTS[3][0]]["mean"] > 1.5 * regions[LESION_SEGMENTS[2][0]]["mean"]
     assert abs(regions["NAWM reference (DSC grid)"]["mean"] - 1.0) < 0.05
     verdict = report["verdict"]
     assert isinstance(verdict["progression_predicted"], bool) and verdict["nel_volume_ml"] > 0
@@ -221,7 +224,7 @@ def test_scene_reads_back_with_every_node(batch, report, tmp_path):
         assert node.GetImageData() is not None and node.GetImageData().GetNumberOfPoints() > 0
     lesion = scene.GetFirstNodeByName("Lesion").GetSegmentation()
     assert {lesion.GetNthSegment(i).GetName() for i in range(lesion.GetNumberOfSegments())} == \
-        {SEGMENTS[v][0] for v in (1, 2, 3)}
+        {LESION_SEGMENTS[v][0] for v in (1, 2, 3)}
     proposals = scene.GetFirstNodeByName("CTV proposals").GetSegmentation()
     assert [proposals.GetNthSegment(i).GetName() for i in range(proposals.GetNumberOfSegments())] == \
         [t["name"] for t in report["ctv"]["targets"]]

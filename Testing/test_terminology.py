@@ -22,9 +22,12 @@ import vtk
 from CTVPlannerLib import terminology
 from CTVPlannerLib.terminology import TERMS
 
-from GliomaProgressionLib import case_scene, mrml
-from GliomaProgressionLib.cases import PROGRESSION_SEGMENT, PROGRESSION_TERMINOLOGY, SEGMENT_TERMINOLOGY, SEGMENTS
-from GliomaProgressionLib.geometry import Volume
+from GliomaProgressionLib.report import scene as case_scene
+
+from GliomaProgressionLib import mrml
+from GliomaProgressionLib.report.scene import PROGRESSION_SEGMENT, PROGRESSION_TERMINOLOGY
+from CTVPlannerLib.lesion import LESION_TERMINOLOGY, LESION_SEGMENTS
+from GliomaProgressionLib.case.geometry import Volume
 
 REPO = Path(__file__).resolve().parents[1]
 TERMINOLOGY_RESOURCES = Path("Modules") / "Loadable" / "Terminologies" / "Resources"
@@ -187,7 +190,7 @@ def test_builders_refuse_what_is_not_declared():
     with pytest.raises(ValueError, match="label 5"):
         terminology.lesion_entry(5)
     assert terminology.target_entry("BOOST") == terminology.target_entry("CTV") == terminology.entry("ctv")
-    assert set(SEGMENT_TERMINOLOGY) == set(SEGMENTS)
+    assert set(LESION_TERMINOLOGY) == set(LESION_SEGMENTS)
 
 
 # --- segments as written ----------------------------------------------------------------------------------------
@@ -207,8 +210,8 @@ def written_scene(scene, tmp_path):
     labels = np.zeros((6, 12, 12), np.uint8)
     labels[2:4, 3:6, 3:6], labels[2:4, 6:8, 3:6], labels[2:4, 3:6, 6:8], labels[1, 1, 1] = 1, 2, 3, 4
     reference = mrml.node_from_volume(Volume(np.zeros(labels.shape, np.int16), ijk_to_ras), "CE-T1", scene)
-    lesion = mrml.segmentation_from_labelmap(Volume(labels, ijk_to_ras), SEGMENTS, "Lesion", scene,
-                                             SEGMENT_TERMINOLOGY)
+    lesion = mrml.segmentation_from_labelmap(Volume(labels, ijk_to_ras), LESION_SEGMENTS, "Lesion", scene,
+                                             LESION_TERMINOLOGY)
     truth = mrml.segmentation_from_labelmap(Volume((labels == 2).astype(np.uint8), ijk_to_ras), PROGRESSION_SEGMENT,
                                             "Progression truth", scene, PROGRESSION_TERMINOLOGY)
     empty = case_scene._segmentation(np.zeros(labels.shape, bool), ijk_to_ras, "Predicted progression",
@@ -226,7 +229,7 @@ def written_scene(scene, tmp_path):
 def test_every_segment_written_carries_a_declared_term_and_keeps_it_in_the_bundle(written_scene):
     _, written, read = written_scene
     declared = {term.entry() for term in TERMS.values()}
-    assert written["Lesion"] == {SEGMENTS[v][0]: terminology.lesion_entry(v) for v in SEGMENTS}
+    assert written["Lesion"] == {LESION_SEGMENTS[v][0]: terminology.lesion_entry(v) for v in LESION_SEGMENTS}
     assert written["Predicted progression"] == {"Predicted progression": terminology.entry("neoplasm")}
     assert written["CTV proposals"] == {"CTV60": terminology.entry("ctv"), "Boost": terminology.entry("ctv"),
                                         "PTV60": terminology.entry("ptv")}

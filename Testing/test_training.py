@@ -5,8 +5,12 @@ import zipfile
 
 import pytest
 
-from GliomaProgressionLib import models, predict_worker, training
-from GliomaProgressionLib.phantom import PhantomConfig
+from GliomaProgressionLib.models import packages as models
+
+from GliomaProgressionLib.models import worker as predict_worker
+
+from GliomaProgressionLib.models import training
+from GliomaProgressionLib.phantom.synthetic import PhantomConfig
 
 
 def test_cohort_shows_progression_in_ncbv_more_than_in_flair():
@@ -90,7 +94,7 @@ def test_one_iteration_training_smoke(tmp_path, monkeypatch):
     script = f"""
 import json, sys
 from pathlib import Path
-from GliomaProgressionLib import training as t
+from GliomaProgressionLib.models import training as t
 t.TRAINING_SEEDS = (1000, 1001, 1002, 1003, 1004)  # one training case, four for nnU-Net's pseudo Dice
 work = Path({str(tmp_path)!r})
 t.set_nnunet_environment(work)

@@ -30,8 +30,8 @@ def mni_case(seed: int) -> tuple[PlanningInputs, dict]:
     """The phantom's tumour grown on the 1 mm MNI grid (the phantom's own building blocks, before acquisition)."""
     # Private helpers of the phantom: the benchmark needs the 1 mm template grid, which the acquired series
     # (0.94 x 0.94 x 1.2 mm, tilted) do not have.
-    from GliomaProgressionLib.geometry import ijk_to_ras_from_sitk
-    from GliomaProgressionLib.phantom import PhantomConfig, _anatomy, _grow_tumour, _load_template
+    from GliomaProgressionLib.case.geometry import ijk_to_ras_from_sitk
+    from GliomaProgressionLib.phantom.synthetic import PhantomConfig, _anatomy, _grow_tumour, _load_template
 
     template = _load_template("full")
     anatomy = _anatomy(template)

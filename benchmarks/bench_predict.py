@@ -37,12 +37,16 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     arguments = parser.parse_args(argv)
 
-    from GliomaProgressionLib import inference, models, training
-    from GliomaProgressionLib.files import write_image, write_json
-    from GliomaProgressionLib.geometry import sitk_from_volume
-    from GliomaProgressionLib.phantom import generate_case
-    from GliomaProgressionLib.preprocess import prepare_case
-    from GliomaProgressionLib.registration import resample_onto
+    from GliomaProgressionLib.models import inference
+
+    from GliomaProgressionLib.models import packages as models
+
+    from GliomaProgressionLib.models import training
+    from GliomaProgressionLib.case.files import write_image, write_json
+    from GliomaProgressionLib.case.geometry import sitk_from_volume
+    from GliomaProgressionLib.phantom.synthetic import generate_case
+    from GliomaProgressionLib.case.preprocess import prepare_case
+    from GliomaProgressionLib.case.registration import resample_onto
 
     results: dict = {"seed": arguments.seed, "cpu_count": os.cpu_count(), "models": {}}
     started = time.monotonic()

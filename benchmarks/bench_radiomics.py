@@ -34,10 +34,10 @@ TARGET_S_PER_REGION = 60.0
 
 def prepared_case(seed: int):
     """nCBV and lesion labels of a full-size phantom on its 1 mm CE-T1 grid, and the preparation time."""
-    from GliomaProgressionLib import training
-    from GliomaProgressionLib.geometry import sitk_from_volume
-    from GliomaProgressionLib.phantom import generate_case
-    from GliomaProgressionLib.preprocess import prepare_case
+    from GliomaProgressionLib.models import training
+    from GliomaProgressionLib.case.geometry import sitk_from_volume
+    from GliomaProgressionLib.phantom.synthetic import generate_case
+    from GliomaProgressionLib.case.preprocess import prepare_case
 
     case = generate_case(training.cohort_config(seed, "full"))
     started = time.perf_counter()
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
     from radiomics import featureextractor
 
-    from GliomaProgressionLib.radiomics_features import (REGIONS, default_settings_file, expected_feature_names,
+    from GliomaProgressionLib.cohort.radiomics_features import (REGIONS, default_settings_file, expected_feature_names,
                                                          make_extractor, region_features)
 
     ncbv, lesion, preparation_s = prepared_case(arguments.seed)

@@ -2,7 +2,7 @@
 4x4 IJK-to-RAS matrix, with arrays stored ``[k, j, i]`` as in Slicer.
 
 This package may not import the extension's other packages, so the few conversions it needs live here; they
-follow the same conventions as ``GliomaProgressionLib.geometry`` (RAS in the matrix, LPS only for DICOM).
+follow the same conventions as ``GliomaProgressionLib.case.geometry`` (RAS in the matrix, LPS only for DICOM).
 """
 
 from __future__ import annotations

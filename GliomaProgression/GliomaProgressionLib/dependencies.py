@@ -216,7 +216,7 @@ def write_constraints(path: str | Path, versions: dict[str, str] | None = None) 
 def _python(python: str | None) -> str:
     if python is not None:
         return python
-    from .process import python_executable  # PythonSlicer inside Slicer
+    from GliomaProgressionLib.models.process import python_executable  # PythonSlicer inside Slicer
 
     return python_executable()
 

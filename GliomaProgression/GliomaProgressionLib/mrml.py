@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import Volume
+from GliomaProgressionLib.case.geometry import Volume
 
 # MRML written by slicer-core 5.13 is stamped with the oldest Slicer release the extension supports: the
 # application reads the version to decide which compatibility fixes a scene needs, and warns when it is absent.
@@ -419,8 +419,8 @@ def sequence_from_file(path: str | os.PathLike, name: str | None = None, scene=N
 def _series_from_nifti(path: Path, name: str, repetition_time_s: float | None) -> tuple[Volume, np.ndarray]:
     import nibabel
 
-    from .files import read_image
-    from .geometry import volume_from_sitk
+    from GliomaProgressionLib.case.files import read_image
+    from GliomaProgressionLib.case.geometry import volume_from_sitk
 
     image = read_image(path, "DSC series")
     if image.GetDimension() != 4:
@@ -746,7 +746,7 @@ class BackgroundJob:
 
     def _progress(self):
         if self.installing:
-            from .dependencies import pip_progress
+            from GliomaProgressionLib.dependencies import pip_progress
 
             progress = pip_progress(self.runner.lines)
         else:
@@ -772,7 +772,7 @@ def missing_packages(names, requirements_file=None) -> list:
     """Of the extension's requirements (``names``: PyPI names, or torch / radiomics), those not installed in this
     Slicer (``dependencies.MissingRequirement``). Empty outside the application: there the command line's
     environment provides them."""
-    from . import dependencies
+    from GliomaProgressionLib import dependencies
 
     if not _application_running():
         return []
@@ -783,7 +783,7 @@ def offer_packages(missing, requester: str) -> bool:
     """Ask once whether to install ``missing``; False if the user declines. pyradiomics needs the SlicerRadiomics
     extension (one sentence, ValueError); torch comes from the PyTorch extension when it is installed (as
     SlicerNNUnet gets it), else ``start_package_install`` takes the CPU build from PyTorch's index."""
-    from . import dependencies
+    from GliomaProgressionLib import dependencies
 
     slicer = _slicer()
     listed = "\n".join(f"- {m}" for m in missing)
@@ -800,7 +800,7 @@ def offer_packages(missing, requester: str) -> bool:
 def packages_left_after_extensions(missing) -> list:
     """Install torch with the PyTorch extension if it is there (it blocks, with its own dialog); returns what pip
     still has to install."""
-    from . import dependencies
+    from GliomaProgressionLib import dependencies
 
     if not any(m.provider == dependencies.PYTORCH_EXTENSION for m in missing):
         return missing
@@ -861,7 +861,8 @@ def start_package_install(missing):
     """pip in a background process, Slicer's packages (and torch) pinned at their installed versions; torch
     without the PyTorch extension is the CPU build from PyTorch's own index, as a step of its own (pip takes one
     index). Returns (process, folder); follow it with ``BackgroundJob(..., installing=True)``."""
-    from . import dependencies, process
+    from GliomaProgressionLib import dependencies
+    from GliomaProgressionLib.models import process
 
     folder = tempfile.mkdtemp(prefix="GliomaProgression-packages-")
     constraints = dependencies.write_constraints(os.path.join(folder, "constraints.txt"))
@@ -881,7 +882,7 @@ def package_install_outcome(job) -> str:
     import importlib
     import json
 
-    from . import dependencies
+    from GliomaProgressionLib import dependencies
 
     try:
         with open(os.path.join(job.folder, "before.json"), encoding="utf-8") as before:
@@ -896,3 +897,18 @@ def package_install_outcome(job) -> str:
     if restart:
         return f"Installed; restart Slicer to use the new {', '.join(restart)}."
     return "Installed the Python packages; press the button again to start."
+
+
+def brats_labels_from_segmentation(segmentation, reference_node):
+    """A lesion segmentation (segments named by lesion part) as BraTS 2024 labels on a reference grid."""
+    from CTVPlannerLib.lesion import brats_value_for_segment
+
+    names = segment_names(segmentation)
+    if not names:
+        raise ValueError(f"The lesion segmentation '{segmentation.GetName()}' has no segments.")
+    labels = labelmap_from_segmentation(segmentation, reference_node,
+                                             {name: brats_value_for_segment(name) for name in names})
+    if not labels.array.any():
+        grid = reference_node.GetName() if hasattr(reference_node, "GetName") else "the reference grid"
+        raise ValueError(f"The lesion segmentation '{segmentation.GetName()}' does not overlap '{grid}'.")
+    return labels

@@ -8,7 +8,7 @@ import pytest
 
 from CTVPlannerLib.schemes import Margins, PlanningInputs, plan_targets
 from GliomaProgressionLib import mrml
-from GliomaProgressionLib.geometry import Volume
+from GliomaProgressionLib.case.geometry import Volume
 from test_ctv_dicom import DCIODVFY, _dice, _on_source_grid, _read_rtstruct
 
 

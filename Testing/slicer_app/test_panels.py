@@ -16,8 +16,8 @@ from conftest import savePanel
 from layer import MODULE_NAMES, REPO
 
 from GliomaProgressionLib import mrml
-from GliomaProgressionLib.cases import SEGMENTS
-from GliomaProgressionLib.phantom import PhantomConfig, generate_case
+from CTVPlannerLib.lesion import LESION_SEGMENTS
+from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
 
 def widgetOf(name):
@@ -59,7 +59,7 @@ def smallCase():
 
 def loadCase(case):
     nodes = {"t1c": mrml.node_from_volume(case.t1c, "CE-T1"), "flair": mrml.node_from_volume(case.flair, "FLAIR"),
-             "lesion": mrml.segmentation_from_labelmap(case.lesion, SEGMENTS, "Lesion")}
+             "lesion": mrml.segmentation_from_labelmap(case.lesion, LESION_SEGMENTS, "Lesion")}
     nodes["dsc"], _ = mrml.sequence_from_volume(case.dsc, case.frame_times_s, "DSC")
     return nodes
 
@@ -418,7 +418,7 @@ def test_ctv_export_offers_its_packages_and_installs_them_in_the_background(scen
 
 
 def test_dsc_panel_loads_a_4d_nifti_as_a_time_sequence(scene, smallCase, tmp_path):
-    from GliomaProgressionLib.files import write_volume
+    from GliomaProgressionLib.case.files import write_volume
 
     widget = widgetOf("DSCPerfusion")
     interval = float(np.median(np.diff(smallCase.frame_times_s)))
@@ -460,7 +460,7 @@ def test_dsc_load_button_offers_nibabel_for_a_nifti(scene, smallCase, tmp_path, 
     import qt
     from PySide6.QtWidgets import QMessageBox
 
-    from GliomaProgressionLib.files import write_volume
+    from GliomaProgressionLib.case.files import write_volume
 
     widget = widgetOf("DSCPerfusion")
     path = tmp_path / "dsc.nii.gz"

@@ -1,0 +1,143 @@
+"""File input and output that never leaves a half-written result behind.
+
+Images are read and written with SimpleITK (NIfTI, NRRD, and every other format ITK knows). A single file is
+written to a temporary name in its destination folder and renamed into place; a folder of results is built
+in a hidden staging folder beside its destination and renamed into place once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import zlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume, volume_from_sitk
+
+
+def _stored_bytes(path: Path) -> int:
+    """The uncompressed length of a file (streamed: a .gz is decompressed once, never held in memory)."""
+    if not path.name.endswith(".gz"):
+        return path.stat().st_size
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while chunk := stream.read(1 << 22):
+            total += len(chunk)
+    return total
+
+
+def check_nifti_complete(path: Path, what: str) -> None:
+    """ITK reads a truncated NIfTI file without an error and fills the missing voxels with zeros (measured with
+    SimpleITK 2.5 on .nii and .nii.gz); a transfer cut short must not become a case. NRRD and MetaImage readers
+    do report it."""
+    import nibabel
+
+    try:
+        header = nibabel.load(str(path)).header
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \
+            header.get_data_dtype().itemsize
+        stored = _stored_bytes(path)
+    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as error:
+        raise ValueError(f"The {what} file {path} is damaged or incomplete ({error}).") from None
+    if stored < expected:
+        raise ValueError(f"The {what} file {path} is incomplete: it holds {stored} of the {expected} bytes its "
+                         "header announces.")
+
+
+def read_image(path: str | os.PathLike, what: str = "image") -> sitk.Image:
+    """Read an image file, or raise ValueError naming the input and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"The {what} file {path} does not exist.")
+    if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
+        check_nifti_complete(path, what)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise ValueError(f"The {what} file {path} could not be read as an image ({reason}).") from None
+
+
+def read_volume(path: str | os.PathLike, what: str = "image") -> Volume:
+    return volume_from_sitk(read_image(path, what))
+
+
+def _temporary_sibling(path: Path) -> Path:
+    # Keep the full suffix (".nii.gz", ".seq.nrrd") so that ITK picks the right writer for the temporary file.
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix="".join(path.suffixes), dir=path.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write an image atomically: to a temporary file beside ``path``, then renamed over it."""
+    path = Path(path)
+    temporary = _temporary_sibling(path)
+    try:
+        sitk.WriteImage(image, str(temporary), compress)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, time_spacing: float = 1.0) -> Path:
+    return write_image(sitk_from_volume(volume, time_spacing), path)
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    temporary = _temporary_sibling(path)
+    try:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def check_new_output_folder(out: str | os.PathLike, what: str = "--out") -> Path:
+    """Check that a result folder can be created at ``out`` without overwriting anything.
+
+    Raises ValueError when ``out`` exists and is not an empty folder, or when its parent cannot be written.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{what} {out} already exists and is not an empty folder; choose a new folder.")
+    existing = out.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {out} cannot be created: {existing} is a file, not a folder.")
+    try:  # permissions alone do not tell (root, read-only mounts, special file systems): try it
+        Path(tempfile.mkdtemp(prefix=".write-test-", dir=existing)).rmdir()
+    except OSError as error:
+        raise ValueError(f"{what} {out} cannot be created: {existing} is not writable ({error.strerror}).") from None
+    return out
+
+
+@contextlib.contextmanager
+def staged_output_folder(out: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``out`` and rename it to ``out`` only if the block succeeds.
+
+    On any error the staging folder is removed, so a failed or cancelled run leaves no partial result.
+    """
+    out = check_new_output_folder(out, what)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.absolute().parent))
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()  # only an empty folder reaches this point (checked above)
+        os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

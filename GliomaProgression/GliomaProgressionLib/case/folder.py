@@ -1,0 +1,267 @@
+"""One patient's case folder, read and checked before any long computation.
+
+A case folder holds ``t1c``, ``flair``, ``dsc`` (4D, with ``dsc.json`` unless the DICOM headers give TR and TE;
+not read for CE-T1 + FLAIR work, ``with_dsc=False``) and ``lesion`` (BraTS 2024 labels aligned with CE-T1), each
+as a NIfTI/NRRD file (``t1c.nii.gz``) or as a folder of DICOM files (``t1c/``); optionally
+``brain`` (a brain mask aligned with CE-T1) and ``recurrence`` (the recurrence at follow-up, aligned with CE-T1:
+it is resampled, not registered).
+
+DICOM folders are converted with SimpleITK's ``ImageSeriesReader`` (GDCM); the few tags needed to put the frames
+of a DSC series in order (temporal position, slice position) and its timing (TR, TE) are read with SimpleITK's
+``ImageFileReader``. Nothing here parses DICOM by hand. NIfTI files are checked to hold every voxel their header
+announces (ITK would read a truncated one, zero-filled, without a word).
+
+Every problem ends in a ``ValueError`` of one sentence naming the case, the series and what is wrong.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from GliomaProgressionLib.case.files import check_nifti_complete, read_image  # noqa: F401 (re-exported)
+from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume, volume_from_sitk
+from GliomaProgressionLib.case.timing import AcquisitionTiming, read_timing
+from GliomaProgressionLib.case.preprocess import NEL_LABEL, SERIES_SUFFIXES
+from GliomaProgressionLib.case.registration import check_overlap
+
+REQUIRED_SERIES = {"t1c": "CE-T1", "flair": "FLAIR", "dsc": "DSC series", "lesion": "lesion segmentation"}
+OPTIONAL_SERIES = {"brain": "brain mask", "recurrence": "recurrence mask"}
+# DICOM tags, as SimpleITK names them
+TAG_TEMPORAL_POSITION = "0020|0100"
+TAG_ACQUISITION_NUMBER = "0020|0012"
+TAG_POSITION = "0020|0032"
+TAG_ORIENTATION = "0020|0037"
+TAG_REPETITION_TIME = "0018|0080"  # ms
+TAG_ECHO_TIME = "0018|0081"  # ms
+
+
+@dataclass
+class CaseInputs:
+    """The images of one case as read (each on its own grid), with where each came from."""
+
+    name: str
+    folder: Path
+    t1c: sitk.Image
+    flair: sitk.Image
+    lesion: sitk.Image
+    dsc: Volume | None  # [t, k, j, i]; None only when read with with_dsc=False
+    timing: AcquisitionTiming | None
+    brain: sitk.Image | None = None
+    recurrence: sitk.Image | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # series -> file or "DICOM folder <path>"
+    converted: dict[str, sitk.Image] = field(default_factory=dict)  # series read from DICOM (written to OUT)
+
+
+# --- locating series ------------------------------------------------------------------------------------
+
+
+def locate_series(folder: Path, name: str) -> Path | None:
+    """``<folder>/<name>.<suffix>`` for any supported suffix, or ``<folder>/<name>/`` (DICOM), or None."""
+    for suffix in SERIES_SUFFIXES:
+        candidate = folder / f"{name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    candidate = folder / name
+    return candidate if candidate.is_dir() else None
+
+
+def _required(folder: Path, name: str) -> Path:
+    path = locate_series(folder, name)
+    if path is None:
+        raise ValueError(f"The case folder {folder} has no {REQUIRED_SERIES[name]} ({name}.nii.gz, {name}.nrrd or "
+                         f"a {name}/ folder of DICOM files).")
+    return path
+
+
+# --- DICOM ----------------------------------------------------------------------------------------------
+
+
+def _series_files(folder: Path, what: str) -> list[str]:
+    """The files of the one DICOM series in ``folder`` (GDCM's order: by slice position)."""
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise ValueError(f"The {what} folder {folder} holds no DICOM image series.")
+    if len(series_ids) > 1:
+        raise ValueError(f"The {what} folder {folder} holds {len(series_ids)} DICOM series; keep one series per "
+                         "folder.")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+
+
+def _read_files(files: list[str], what: str, folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise ValueError(f"The {what} DICOM folder {folder} could not be read ({reason}).") from None
+
+
+def _header(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return reader
+
+
+def _tag(header: sitk.ImageFileReader, tag: str) -> str | None:
+    return header.GetMetaData(tag).strip() if header.HasMetaDataKey(tag) else None
+
+
+def read_dicom_volume(folder: Path, what: str) -> sitk.Image:
+    """A 3D DICOM series (one series per folder) as a SimpleITK image."""
+    files = _series_files(folder, what)
+    positions = {_tag(_header(f), TAG_POSITION) for f in files}
+    if len(positions) < len(files):
+        raise ValueError(f"The {what} folder {folder} repeats slice positions (a time series?); a 3D series is "
+                         "needed.")
+    return _read_files(files, what, folder)
+
+
+def _slice_order(header: sitk.ImageFileReader) -> float:
+    """Position of a slice along its normal (mm): the order in which ImageSeriesReader must get the files."""
+    orientation = np.array([float(v) for v in (_tag(header, TAG_ORIENTATION) or "1\\0\\0\\0\\1\\0").split("\\")])
+    normal = np.cross(orientation[:3], orientation[3:])
+    position = np.array([float(v) for v in (_tag(header, TAG_POSITION) or "0\\0\\0").split("\\")])
+    return float(position @ normal)
+
+
+def _frame_key(header: sitk.ImageFileReader) -> float | None:
+    value = _tag(header, TAG_TEMPORAL_POSITION) or _tag(header, TAG_ACQUISITION_NUMBER)
+    return float(value) if value else None
+
+
+def read_dicom_dsc(folder: Path) -> tuple[Volume, float | None, float | None]:
+    """A DSC time series stored as DICOM (one file per slice and time point): the 4D volume, TR and TE in s.
+
+    Frames are grouped by Temporal Position Identifier (else Acquisition Number); each frame is read with
+    ImageSeriesReader in slice-position order.
+    """
+    files = _series_files(folder, "DSC")
+    headers = {path: _header(path) for path in files}
+    frames: dict[float, list[str]] = defaultdict(list)
+    for path, header in headers.items():
+        key = _frame_key(header)
+        if key is None:
+            raise ValueError(f"The DSC folder {folder} has files without a temporal position or acquisition "
+                             "number; the time frames cannot be told apart.")
+        frames[key].append(path)
+    if len(frames) < 2:
+        raise ValueError(f"The DSC folder {folder} holds a single time point; a DSC series (4D) is needed.")
+    sizes = {len(paths) for paths in frames.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"The DSC folder {folder} has time points with different numbers of slices {sorted(sizes)}.")
+    volumes = []
+    for key in sorted(frames):
+        ordered = sorted(frames[key], key=lambda path: _slice_order(headers[path]))
+        volumes.append(_read_files(ordered, "DSC", folder))
+    series = volume_from_sitk(sitk.JoinSeries(volumes))
+    first = headers[files[0]]
+    tr_ms, te_ms = _tag(first, TAG_REPETITION_TIME), _tag(first, TAG_ECHO_TIME)
+    return series, float(tr_ms) / 1000.0 if tr_ms else None, float(te_ms) / 1000.0 if te_ms else None
+
+
+# --- file integrity -------------------------------------------------------------------------------------
+
+
+def read_series_file(path: Path, what: str) -> sitk.Image:
+    return read_image(path, what)  # checks NIfTI completeness too
+
+
+# --- reading one case -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Provenance:
+    """Where each series came from, and the ones converted from DICOM."""
+
+    sources: dict[str, str] = field(default_factory=dict)
+    converted: dict[str, sitk.Image] = field(default_factory=dict)
+
+
+def _read_3d(path: Path, name: str, what: str, provenance: _Provenance) -> sitk.Image:
+    if path.is_dir():
+        image = read_dicom_volume(path, what)
+        provenance.converted[name] = image
+        provenance.sources[name] = f"DICOM folder {path}"
+    else:
+        image = read_series_file(path, what)
+        provenance.sources[name] = str(path)
+    if image.GetDimension() != 3:
+        raise ValueError(f"The {what} {path} must be a 3D volume, it is {image.GetDimension()}D.")
+    return image
+
+
+def _read_dsc(path: Path, folder: Path, provenance: _Provenance) -> tuple[Volume, AcquisitionTiming]:
+    sidecar = folder / "dsc.json"
+    tr_s = te_s = None
+    if path.is_dir():
+        series, tr_s, te_s = read_dicom_dsc(path)
+        provenance.converted["dsc"] = sitk_from_volume(series, time_spacing=tr_s or 1.0)
+        provenance.sources["dsc"] = f"DICOM folder {path}"
+    else:
+        image = read_series_file(path, "DSC series")
+        if image.GetDimension() != 4:
+            raise ValueError(f"The DSC series {path} is a {image.GetDimension()}D image; a 4D series (x, y, z, "
+                             "time) is needed.")
+        series = volume_from_sitk(image)
+        provenance.sources["dsc"] = str(path)
+    if not sidecar.is_file() and (tr_s is None or te_s is None):
+        raise ValueError(f"The case folder {folder} has no dsc.json with the DSC timing (EchoTime and "
+                         "RepetitionTime or FrameTimes, in seconds).")
+    timing = read_timing(series.array.shape[0], sidecar if sidecar.is_file() else None,
+                         None if sidecar.is_file() else tr_s, None if sidecar.is_file() else te_s)
+    return series, timing
+
+
+def _check_lesion(lesion: sitk.Image, path_text: str) -> None:
+    from CTVPlannerLib.schemes import check_lesion_labels
+
+    labels = check_lesion_labels(sitk.GetArrayViewFromImage(lesion), f"The lesion {path_text}")
+    if not (labels == NEL_LABEL).any():
+        raise ValueError(f"The lesion {path_text} has no non-enhancing part (label 2, SNFH): there is nothing to "
+                         "predict progression in.")
+
+
+def _check_space(inputs: CaseInputs) -> None:
+    """Every series must overlap CE-T1 in scanner space (same session); registration can fix small motion only."""
+    dsc_frame = None if inputs.dsc is None else sitk_from_volume(Volume(inputs.dsc.array[0], inputs.dsc.ijk_to_ras))
+    others = {"FLAIR": inputs.flair, "DSC series": dsc_frame, "lesion": inputs.lesion, "brain mask": inputs.brain,
+              "recurrence mask": inputs.recurrence}
+    for what, image in others.items():
+        if image is not None:
+            check_overlap(inputs.t1c, image, what)
+
+
+def read_case(folder: str | Path, recurrence: str | Path | None = None, with_dsc: bool = True) -> CaseInputs:
+    """Read and check every series of a case folder (``recurrence`` overrides ``<folder>/recurrence``).
+
+    With ``with_dsc=False`` the DSC series is neither needed nor read (CE-T1 + FLAIR work: no nCBV).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"The case folder {folder} does not exist.")
+    wanted = [name for name in REQUIRED_SERIES if with_dsc or name != "dsc"]
+    paths = {name: _required(folder, name) for name in wanted}
+    provenance = _Provenance()
+    t1c = _read_3d(paths["t1c"], "t1c", "CE-T1", provenance)
+    flair = _read_3d(paths["flair"], "flair", "FLAIR", provenance)
+    lesion = _read_3d(paths["lesion"], "lesion", "lesion", provenance)
+    _check_lesion(lesion, provenance.sources["lesion"])
+    dsc, timing = _read_dsc(paths["dsc"], folder, provenance) if "dsc" in paths else (None, None)
+    optional = {name: locate_series(folder, name) for name in OPTIONAL_SERIES}
+    if recurrence is not None:
+        optional["recurrence"] = Path(recurrence)
+        if not optional["recurrence"].exists():
+            raise ValueError(f"The recurrence mask {recurrence} does not exist.")
+    extra = {name: _read_3d(path, name, OPTIONAL_SERIES[name], provenance) if path else None
+             for name, path in optional.items()}
+    inputs = CaseInputs(folder.name, folder, t1c, flair, lesion, dsc, timing, extra["brain"], extra["recurrence"],
+                        provenance.sources, provenance.converted)
+    _check_space(inputs)
+    return inputs

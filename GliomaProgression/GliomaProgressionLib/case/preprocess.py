@@ -1,0 +1,131 @@
+"""Seed 000's preprocessing: every channel of the progression model on the 1 mm CE-T1 reference grid.
+
+CE-T1 resampled to 1 mm (linear) is the reference. FLAIR is registered to it rigidly (Mattes MI). The DSC
+series is registered through its pre-bolus image; nCBV is computed on the DSC grid (with the lesion mapped
+there through the inverse of that registration, so the white-matter reference avoids it) and then carried
+onto the reference grid by the same registration. Lesion labels are resampled by nearest neighbour. Intensity
+normalisation is left to nnU-Net (each model's plans say how).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
+
+from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume
+from GliomaProgressionLib.case.registration import RigidRegistration, isotropic_reference, register_rigid, resample_onto
+
+Progress = Callable[[float, str], None]
+CHANNEL_ORDER = ("t1c", "flair", "ncbv")
+NEL_LABEL = 2  # BraTS 2024 SNFH: the non-enhancing FLAIR lesion, already without enhancing tumour and necrosis
+DSC_REGISTRATION_FRAMES = slice(1, 8)  # pre-bolus in any clinical protocol; frame 0 is not at steady state
+
+
+@dataclass
+class PreparedCase:
+    """Channels, lesion and NEL on the reference grid, with what it took to get them there."""
+
+    reference: sitk.Image
+    channels: dict[str, sitk.Image]
+    lesion: sitk.Image
+    nel: sitk.Image
+    registrations: dict[str, RigidRegistration]
+    perfusion: PerfusionResult | None
+    qc: dict = field(default_factory=dict)
+
+    def channel_list(self, names=CHANNEL_ORDER) -> list[sitk.Image]:
+        missing = [name for name in names if name not in self.channels]
+        if missing:
+            raise ValueError(f"The case has no {', '.join(missing)} channel.")
+        return [self.channels[name] for name in names]
+
+
+def _check_3d(image: sitk.Image, what: str) -> sitk.Image:
+    if image.GetDimension() != 3:
+        raise ValueError(f"The {what} must be a 3D volume, got a {image.GetDimension()}D image.")
+    return image
+
+
+def dsc_registration_image(dsc: Volume) -> sitk.Image:
+    """The mean of early (pre-bolus) frames: the DSC series' anatomy, used to register it."""
+    frames = np.asarray(dsc.array)[DSC_REGISTRATION_FRAMES].astype(np.float32)
+    return sitk_from_volume(Volume(frames.mean(axis=0), dsc.ijk_to_ras))
+
+
+def lesion_on_dsc_grid(lesion: sitk.Image, dsc_grid: sitk.Image, dsc_registration: RigidRegistration) -> np.ndarray:
+    """Lesion labels (CE-T1 space) carried onto the DSC grid through the inverse of the DSC registration."""
+    dsc_to_reference = dsc_registration.transform.GetInverse()
+    resampled = sitk.Resample(lesion, dsc_grid, dsc_to_reference, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Volume | None = None,
+                 times_s: np.ndarray | None = None, te_s: float | None = None, ncbv: sitk.Image | None = None,
+                 leakage: str = "bsw", spacing_mm: float = 1.0, progress: Progress | None = None) -> PreparedCase:
+    """Register and resample one case's series onto the CE-T1 reference grid.
+
+    nCBV comes from ``dsc`` (4D ``Volume`` with ``times_s`` and ``te_s``), or is given ready-made as ``ncbv``:
+    on the DSC grid when ``dsc`` is given too (the DSC registration carries it), else already aligned with
+    CE-T1. Without either the case has two channels.
+    """
+    report = progress or (lambda fraction, message: None)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    _check_3d(t1c, "CE-T1")
+    _check_3d(flair, "FLAIR")
+    _check_3d(lesion, "lesion")
+    report(0.0, "Resampling CE-T1 to the 1 mm reference grid")
+    reference = isotropic_reference(t1c, spacing_mm)
+    channels = {"t1c": reference}
+    lesion_reference = resample_onto(reference, lesion, None, labels=True)
+    report(0.1, "Registering FLAIR to CE-T1")
+    registrations = {"flair": register_rigid(reference, flair, "FLAIR")}
+    channels["flair"] = resample_onto(reference, flair, registrations["flair"])
+    timings["flair_registration_s"] = time.monotonic() - started
+    perfusion = None
+    if dsc is not None:
+        if np.asarray(dsc.array).ndim != 4:
+            raise ValueError("The DSC series must be 4D (a time series of volumes).")
+        report(0.3, "Registering DSC to CE-T1")
+        moment = time.monotonic()
+        dsc_image = dsc_registration_image(dsc)
+        registrations["dsc"] = register_rigid(reference, dsc_image, "DSC")
+        timings["dsc_registration_s"] = time.monotonic() - moment
+        if ncbv is None:
+            report(0.5, "Computing nCBV")
+            moment = time.monotonic()
+            if times_s is None or te_s is None:
+                raise ValueError("The DSC frame times and echo time are needed to compute nCBV.")
+            labels = lesion_on_dsc_grid(lesion, dsc_image, registrations["dsc"])
+            perfusion = compute_perfusion(dsc.array, times_s, PerfusionOptions(te_s=te_s, leakage=leakage),
+                                          ijk_to_ras=dsc.ijk_to_ras, spacing_mm=tuple(dsc.spacing[::-1]),
+                                          lesion_labels=labels if labels.any() else None)
+            ncbv = sitk_from_volume(Volume(perfusion.ncbv.astype(np.float32), dsc.ijk_to_ras))
+            timings["perfusion_s"] = time.monotonic() - moment
+        channels["ncbv"] = resample_onto(reference, ncbv, registrations["dsc"])
+    elif ncbv is not None:
+        # Without its DSC series nothing can register it: it must already be aligned with CE-T1 (for example
+        # the nCBV channel a previous prediction wrote to inputs/).
+        _check_3d(ncbv, "nCBV")
+        channels["ncbv"] = resample_onto(reference, ncbv, None)
+    nel = sitk.Cast(lesion_reference == NEL_LABEL, sitk.sitkUInt8)
+    report(0.9, "Channels ready")
+    qc = {
+        "registration": {name: registration.summary() for name, registration in registrations.items()},
+        "warnings": [w for registration in registrations.values() for w in registration.warnings]
+        + (list(perfusion.report.get("warnings", [])) if perfusion is not None else []),
+        "nel_voxels": int(sitk.GetArrayViewFromImage(nel).sum()),
+        "timings_s": {name: round(value, 3) for name, value in timings.items()},
+    }
+    if perfusion is not None:
+        qc["nawm_voxels"] = int(perfusion.nawm_mask.sum())
+    return PreparedCase(reference, channels, lesion_reference, nel, registrations, perfusion, qc)
+
+
+SERIES_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

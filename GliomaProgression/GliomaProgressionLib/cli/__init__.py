@@ -1,0 +1,1 @@
+"""``gliomaprog``: argument parsing only, one file per command group."""

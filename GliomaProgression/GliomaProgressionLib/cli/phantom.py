@@ -1,0 +1,68 @@
+"""``gliomaprog phantom``: a synthetic case folder (and optionally its Slicer scene)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float
+from GliomaProgressionLib.phantom.synthetic import SIZES
+
+
+def add_commands(commands) -> None:
+    """``phantom``."""
+    phantom = commands.add_parser(
+        "phantom", help="generate a synthetic glioma case (simulated images with known truth)",
+        description="Generate a synthetic glioma case from the MNI152 template: CE-T1, FLAIR, DSC (4D), "
+                    "lesion labels and the truth (CBV, K2, future progression). Synthetic, not patient data.")
+    phantom.add_argument("--out", required=True, type=Path, help="new folder for the case (must not exist)")
+    phantom.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    phantom.add_argument("--size", choices=SIZES, default="full",
+                         help="full: clinical resolution; small: coarse grids for fast tests")
+    phantom.add_argument("--cavity", action="store_true", help="resection-cavity variant")
+    phantom.add_argument("--no-noise", action="store_true", help="noise-free images (for validation)")
+    phantom.add_argument("--progression-cbv-ratio", type=positive_float, default=1.6,
+                         help="CBV of the future-progression region relative to white matter (default 1.6)")
+    phantom.add_argument("--progression-flair-ratio", type=positive_float, default=1.04,
+                         help="FLAIR of the future-progression region relative to the oedema (default 1.04)")
+    phantom.add_argument("--scene", type=Path, help="also write the case as a Slicer scene bundle (.mrb)")
+    phantom.add_argument("--quiet", action="store_true", help="no progress lines")
+    phantom.set_defaults(handler=_run_phantom)
+
+
+def _run_phantom(args: argparse.Namespace) -> int:
+    from GliomaProgressionLib.phantom.folder import write_case
+    from GliomaProgressionLib.case.files import check_new_output_folder
+    from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
+
+    check_new_output_folder(args.out)
+    if args.scene is not None:
+        _check_scene_path(args.scene)
+    config = PhantomConfig(seed=args.seed, size=args.size, cavity=args.cavity, noise=not args.no_noise,
+                           progression_cbv_ratio=args.progression_cbv_ratio,
+                           progression_flair_ratio=args.progression_flair_ratio)
+    progress = StderrProgress(args.quiet)
+    case = generate_case(config, progress)
+    write_case(case, args.out)
+    print(f"Synthetic case written to {args.out}")
+    if args.scene is not None:
+        progress(1.0, "Writing the Slicer scene")
+        _write_case_scene(args.out, args.scene)
+        print(f"Slicer scene written to {args.scene}")
+    return 0
+
+
+def _check_scene_path(path: Path) -> None:
+    if path.suffix.lower() != ".mrb":
+        raise ValueError(f"--scene {path} must end in .mrb.")
+    if path.exists():
+        raise ValueError(f"--scene {path} already exists; choose a new file name.")
+
+
+def _write_case_scene(case_folder: Path, scene_path: Path) -> None:
+    from GliomaProgressionLib import mrml
+    from GliomaProgressionLib.report.scene import load_case_into_scene
+
+    scene = mrml.new_scene()
+    load_case_into_scene(case_folder, scene, name=case_folder.name)
+    mrml.write_scene_bundle(scene_path, scene)

@@ -1,0 +1,58 @@
+"""``gliomaprog run``: one case folder (or a folder of them with ``--batch``) through the whole chain."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from DSCPerfusionLib.leakage import LEAKAGE_METHODS
+
+from GliomaProgressionLib.cli.options import name_list, non_negative_int, positive_float
+from GliomaProgressionLib.runs.predict import DEVICES
+
+
+def add_commands(subparsers) -> None:
+    """``run``: one case, or a folder of cases, end to end."""
+    run = subparsers.add_parser(
+        "run", help="one case end to end: nCBV, progression prediction, CTV proposals, report and Slicer scene",
+        description="Run a case folder (t1c, flair, dsc + dsc.json, lesion; NIfTI, NRRD or DICOM folders; "
+                    "optional brain and recurrence) through the three modules: OUT gets every intermediate, "
+                    "report.png, report.json, scene.mrb and rtstruct/. With --batch, CASE_DIR is a folder of case "
+                    "folders. Demo models are trained on synthetic data - not for clinical use.")
+    run.add_argument("case", type=Path, metavar="CASE_DIR", help="case folder (a folder of case folders with --batch)")
+    run.add_argument("--out", required=True, type=Path,
+                     help="new folder for the results (with --batch: the batch folder; complete cases are skipped)")
+    run.add_argument("--model", default="multiparametric",
+                     help="model id (see 'gliomaprog models list') or package path (default multiparametric)")
+    run.add_argument("--device", choices=DEVICES, default="auto")
+    run.add_argument("--schemes", nargs="+", metavar="NAME",
+                     help="CTV schemes: rtog, eortc, estro, ai, boost or all (default all)")
+    run.add_argument("--geodesic", action="store_true", help="measure every CTV margin through brain tissue")
+    run.add_argument("--recurrence", type=Path, help="recurrence mask aligned with CE-T1 (default: CASE_DIR/"
+                                                     "recurrence.*): metrics of each CTV against it")
+    run.add_argument("--threshold", type=positive_float, default=0.5, help="probability cut-off (default 0.5)")
+    run.add_argument("--min-voxels", type=non_negative_int, default=1,
+                     help="voxels needed for a 'progression' verdict (default 1)")
+    run.add_argument("--leakage", choices=LEAKAGE_METHODS, default="bsw",
+                     help="DSC leakage correction (default bsw)")
+    run.add_argument("--trust-model", action="store_true",
+                     help="load a package that cannot be loaded safely (runs code from it)")
+    run.add_argument("--batch", action="store_true", help="CASE_DIR holds one sub-folder per case")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.set_defaults(handler=_run_command)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from GliomaProgressionLib.runs.chain import RunSettings, StageProgress, batch_summary, run_batch, run_case, summary_line
+
+    schemes = name_list(args.schemes)
+    settings = RunSettings(model=args.model, device=args.device, schemes=schemes, geodesic=args.geodesic,
+                           threshold=args.threshold, min_voxels=args.min_voxels, leakage=args.leakage,
+                           trust_model=args.trust_model, recurrence=args.recurrence)
+    if args.batch:
+        rows = run_batch(args.case, args.out, settings, args.quiet)
+        print(batch_summary(rows, args.out))
+        return 2 if any(row["status"] == "failed" for row in rows) else 0
+    data = run_case(args.case, args.out, settings, StageProgress(args.case.name, quiet=args.quiet))
+    print(summary_line(data, args.out))
+    return 0

@@ -1,0 +1,1 @@
+"""Many cases at once: dataset export, training, evaluation, replication, radiomics."""

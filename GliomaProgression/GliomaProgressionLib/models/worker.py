@@ -1,0 +1,365 @@
+"""nnU-Net prediction of one case, loaded safely; run as a separate process by ``inference.py``.
+
+    python -m GliomaProgressionLib.models.worker --input DIR --model FOLDER --output FILE [--device auto|cpu|cuda]
+        [--tta | --no-tta] [--folds 0 1 ...] [--configuration 3d_fullres] [--trust]
+
+``DIR`` holds ``case_0000.nii.gz``, ``case_0001.nii.gz``, … (channels in model order, one grid). ``FILE`` gets the
+foreground probability (float32, 0..1) on that grid. Progress lines ``[ NN%] message`` go to stdout; a failure
+ends with ``ERROR: <message>`` and exit code 1 (the parent shows the last lines).
+
+Safe loading (DESIGN §7): nnU-Net's own loader unpickles checkpoints (``weights_only=False``) and imports whatever
+class names the plans and checkpoint name, so a model folder from an untrusted source can run code. Here the
+network is built from the plans with an allow-list of architecture and layer classes (no ``pydoc.locate``, no
+trainer-class lookup — which also keeps timm/torchvision out of the process), the checkpoint is loaded with
+``torch.load(weights_only=True)`` allowing only a few numpy scalar types, and the predictor is set up with
+``nnUNetPredictor.manual_initialization``. Only ``trust=True`` falls back to unrestricted unpickling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Before torch/nnU-Net are imported: nnU-Net's export pool size, and no GPU when the CPU is forced.
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+os.environ.setdefault("nnUNet_compile", "false")
+for _name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):  # silence nnU-Net's missing-folder warnings
+    os.environ.setdefault(_name, os.devnull)
+
+ALLOWED_NETWORKS = {
+    "dynamic_network_architectures.architectures.unet.PlainConvUNet": ("unet", "PlainConvUNet"),
+    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet": ("unet", "ResidualEncoderUNet"),
+}
+# Names nnU-Net plans use for layer classes (both the public and the module path spellings).
+ALLOWED_LAYERS = {
+    **{f"torch.nn.{n}": n for n in ("Conv2d", "Conv3d", "InstanceNorm2d", "InstanceNorm3d", "BatchNorm2d",
+                                    "BatchNorm3d", "LeakyReLU", "ReLU", "GELU", "PReLU", "Dropout", "Dropout2d",
+                                    "Dropout3d")},
+    **{f"torch.nn.modules.conv.{n}": n for n in ("Conv2d", "Conv3d")},
+    **{f"torch.nn.modules.instancenorm.{n}": n for n in ("InstanceNorm2d", "InstanceNorm3d")},
+    **{f"torch.nn.modules.batchnorm.{n}": n for n in ("BatchNorm2d", "BatchNorm3d")},
+    **{f"torch.nn.modules.activation.{n}": n for n in ("LeakyReLU", "ReLU", "GELU", "PReLU")},
+    **{f"torch.nn.modules.dropout.{n}": n for n in ("Dropout", "Dropout2d", "Dropout3d")},
+}
+ALLOWED_PREPROCESSORS = {"DefaultPreprocessor"}
+ALLOWED_READERS = {"SimpleITKIO", "NibabelIO", "NibabelIOWithReorient", "SimpleITKIOWithReorient"}
+MIN_FREE_CUDA_BYTES = 2 * 1024 ** 3
+
+
+class UnsafeModelError(ValueError):
+    """The model package cannot be loaded without running code from it."""
+
+
+def report(fraction: float, message: str) -> None:
+    print(f"[{int(round(100 * max(0.0, min(1.0, fraction)))):3d}%] {message}", flush=True)
+
+
+# --- safe loading ---------------------------------------------------------------------------------------------
+
+
+def _numpy_safe_globals() -> list:
+    """The numpy types nnU-Net checkpoints contain (scalars in the training log), nothing that calls code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    types = [scalar, np.dtype]
+    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType"):
+        if hasattr(np, "dtypes") and hasattr(np.dtypes, name):
+            types.append(getattr(np.dtypes, name))
+    return types
+
+
+def load_checkpoint(path: Path, trust: bool = False) -> dict:
+    """Load an nnU-Net checkpoint weights-only (raises UnsafeModelError if that is impossible), or trusted."""
+    import torch
+
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle.UnpicklingError and friends
+        text = str(error)
+        refused = next((line.strip() for line in text.splitlines() if "allowed global" in line), None)
+        if refused is None and "GLOBAL" not in text:
+            raise ValueError(f"The checkpoint {path} is damaged or not a PyTorch checkpoint "
+                             f"({type(error).__name__}: {text.strip().splitlines()[-1][:200] if text.strip() else ''})."
+                             ) from None
+        reason = refused.split(". Please use")[0] if refused else "it refers to code"
+        raise UnsafeModelError(
+            f"The checkpoint {path} cannot be loaded safely (weights only): {reason}. Loading it would run code "
+            "stored in the file; install or use the package with trust only if you trust its source.") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise UnsafeModelError(f"The checkpoint {path} is not an nnU-Net checkpoint (no network_weights).")
+    return checkpoint
+
+
+def _layer(name: str | None):
+    import torch
+
+    if name is None:
+        return None
+    if name not in ALLOWED_LAYERS:
+        raise UnsafeModelError(f"The plans name a layer class that is not allowed: {name!r}.")
+    return getattr(torch.nn, ALLOWED_LAYERS[name])
+
+
+def check_plans(plans: dict, configuration: str) -> dict:
+    """The configuration's entry of the plans, after checking every class name it makes nnU-Net look up."""
+    configurations = plans.get("configurations", {})
+    if configuration not in configurations:
+        raise ValueError(f"The model's plans have no configuration {configuration!r} "
+                         f"(available: {', '.join(configurations) or 'none'}).")
+    entry = dict(configurations[configuration])
+    parent = entry.get("inherits_from")
+    while parent is not None:  # nnU-Net configurations can inherit from one another
+        base = dict(configurations[parent])
+        parent = base.get("inherits_from")
+        base.update(entry)
+        entry = base
+    architecture = entry.get("architecture", {})
+    if architecture.get("network_class_name") not in ALLOWED_NETWORKS:
+        raise UnsafeModelError(f"The network class {architecture.get('network_class_name')!r} in the plans is not "
+                               f"one of the allowed architectures ({', '.join(sorted(ALLOWED_NETWORKS))}).")
+    for key in architecture.get("_kw_requires_import", []):
+        _layer(architecture["arch_kwargs"].get(key))
+    if entry.get("preprocessor_name", "DefaultPreprocessor") not in ALLOWED_PREPROCESSORS:
+        raise UnsafeModelError(f"The preprocessor {entry.get('preprocessor_name')!r} is not allowed.")
+    if plans.get("image_reader_writer", "SimpleITKIO") not in ALLOWED_READERS:
+        raise UnsafeModelError(f"The image reader {plans.get('image_reader_writer')!r} is not allowed.")
+    return entry
+
+
+def build_network(entry: dict, input_channels: int, output_channels: int):
+    """The network from the plans, built from allow-listed classes only (no name lookup, no trainer class)."""
+    import importlib
+
+    architecture = entry["architecture"]
+    module, class_name = ALLOWED_NETWORKS[architecture["network_class_name"]]
+    network_class = getattr(importlib.import_module(f"dynamic_network_architectures.architectures.{module}"),
+                            class_name)
+    kwargs = dict(architecture["arch_kwargs"])
+    for key in architecture.get("_kw_requires_import", []):
+        kwargs[key] = _layer(kwargs.get(key))
+    kwargs["deep_supervision"] = False
+    return network_class(input_channels=input_channels, num_classes=output_channels, **kwargs)
+
+
+def choose_device(requested: str = "auto") -> str:
+    """auto: CUDA when available with enough free memory, else CPU."""
+    if requested == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        if requested == "cuda":
+            raise ValueError("CUDA was requested but no CUDA device is available.")
+        return "cpu"
+    if requested == "cuda":
+        return "cuda"
+    try:
+        free, _ = torch.cuda.mem_get_info()
+    except Exception:
+        return "cpu"
+    return "cuda" if free >= MIN_FREE_CUDA_BYTES else "cpu"
+
+
+def load_predictor(folder: Path, device: str = "cpu", tta: bool | None = None, folds=None,
+                   configuration: str | None = None, trust: bool = False):
+    """An ``nnUNetPredictor`` for a model folder, set up without unpickling code or looking classes up by name."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(folder)
+    for required in ("dataset.json", "plans.json"):
+        if not (folder / required).is_file():
+            raise ValueError(f"The model folder {folder} has no {required}.")
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text())
+    if configuration is None:
+        configuration = folder.name.split("__")[-1] if folder.name.count("__") == 2 else None
+        if configuration not in plans.get("configurations", {}):
+            configuration = next(iter(plans.get("configurations", {})), "3d_fullres")
+    entry = check_plans(plans, configuration)
+    if folds is None:
+        folds = sorted(int(p.name[5:]) for p in folder.glob("fold_*") if p.name[5:].isdigit()
+                       and (p / "checkpoint_final.pth").is_file())
+    if not folds:
+        raise ValueError(f"The model folder {folder} has no fold_N/checkpoint_final.pth.")
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration)
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    input_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+    network = build_network(entry, input_channels, label_manager.num_segmentation_heads)
+    parameters, trainer_name, mirror_axes = [], "unknown", None
+    for fold in folds:
+        checkpoint = load_checkpoint(folder / f"fold_{fold}" / "checkpoint_final.pth", trust)
+        parameters.append(checkpoint["network_weights"])
+        trainer_name = str(checkpoint.get("trainer_name", trainer_name))
+        mirror_axes = checkpoint.get("inference_allowed_mirroring_axes", mirror_axes)
+    try:
+        network.load_state_dict(parameters[0])
+    except RuntimeError as error:
+        raise ValueError(f"The checkpoint does not fit the network in the plans: {str(error).splitlines()[0]}")
+    torch_device = torch.device(device)
+    use_mirroring = (device != "cpu") if tta is None else bool(tta)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
+                                perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=True)
+    predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                    trainer_name, tuple(mirror_axes) if mirror_axes is not None else None)
+    predictor.gliomaprog_info = {"device": device, "mirroring": use_mirroring, "folds": list(folds),
+                                 "configuration": configuration, "input_channels": input_channels}
+    return predictor
+
+
+# --- prediction -----------------------------------------------------------------------------------------------
+
+
+class _ProgressBar:
+    """Stands in for tqdm inside nnU-Net's sliding window: prints ``[ NN%] Sliding window k/N`` lines."""
+
+    span = (0.2, 0.85)
+
+    def __init__(self, *args, total=None, disable=False, **kwargs):
+        self.total = max(1, int(total or 1))
+        self.count = 0
+        self.started = time.monotonic()
+        self.fold_label = kwargs.get("desc") or ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int = 1):
+        self.count += n
+        start, end = self.span
+        fraction = start + (end - start) * self.count / self.total
+        report(fraction, f"Sliding window {self.count}/{self.total} ({time.monotonic() - self.started:.1f} s)")
+
+    def close(self):
+        pass
+
+
+def predict_probability(predictor, images: list, progress: bool = False):
+    """Foreground probability (float32 SimpleITK image on the first image's grid) of one case's channels."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+    from nnunetv2.inference import predict_from_raw_data
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    reference = images[0]
+    data = np.stack([sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)) for image in images])
+    spacing = list(reference.GetSpacing())[::-1]
+    properties = {"spacing": spacing}
+    if progress:
+        predict_from_raw_data.tqdm = _ProgressBar
+        report(0.12, "Preprocessing (crop, normalise, resample to the model's spacing)")
+    adapter = PreprocessAdapterFromNpy([data], [None], [properties], [None], predictor.plans_manager,
+                                       predictor.dataset_json, predictor.configuration_manager,
+                                       num_threads_in_multithreaded=1, verbose=False)
+    item = next(adapter)
+    if progress:
+        report(0.2, f"Sliding window on {tuple(item['data'].shape[1:])} voxels")
+    logits = predictor.predict_logits_from_preprocessed_data(item["data"]).cpu()
+    if progress:
+        report(0.88, "Resampling the probabilities onto the input grid")
+    _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
+        item["data_properties"], return_probabilities=True)
+    if isinstance(probabilities, torch.Tensor):
+        probabilities = probabilities.numpy()
+    foreground = np.clip(1.0 - probabilities[0], 0.0, 1.0).astype(np.float32)
+    image = sitk.GetImageFromArray(foreground)
+    image.CopyInformation(reference)
+    return image
+
+
+def _is_cuda_failure(error: BaseException) -> bool:
+    text = f"{type(error).__name__} {error}".lower()
+    return any(word in text for word in ("cuda", "out of memory", "cudnn", "cublas", "outofmemory"))
+
+
+def run(arguments) -> dict:
+    import SimpleITK as sitk
+
+    started = time.monotonic()
+    report(0.0, "Loading the model")
+    device = choose_device(arguments.device)
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    import torch  # noqa: F401  (after CUDA_VISIBLE_DEVICES)
+
+    files = sorted(Path(arguments.input).glob("case_[0-9][0-9][0-9][0-9].nii.gz"))
+    if not files:
+        raise ValueError(f"No case_0000.nii.gz in {arguments.input}.")
+    predictor = load_predictor(Path(arguments.model), device, arguments.tta, arguments.folds,
+                               arguments.configuration, arguments.trust)
+    expected = predictor.gliomaprog_info["input_channels"]
+    if len(files) != expected:
+        raise ValueError(f"The model needs {expected} channels, the input folder has {len(files)}.")
+    report(0.08, f"Device: {device}, test-time mirroring {'on' if predictor.gliomaprog_info['mirroring'] else 'off'}")
+    report(0.1, f"Reading {len(files)} channels")
+    images = [sitk.ReadImage(str(path)) for path in files]
+    fell_back = None
+    try:
+        probability = predict_probability(predictor, images, progress=True)
+    except Exception as error:
+        if device != "cuda" or not _is_cuda_failure(error):
+            raise
+        fell_back = str(error).splitlines()[0][:200]
+        print(f"WARNING: CUDA failed ({fell_back}); predicting on the CPU instead.", flush=True)
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        device = "cpu"
+        predictor = load_predictor(Path(arguments.model), "cpu", arguments.tta, arguments.folds,
+                                   arguments.configuration, arguments.trust)
+        probability = predict_probability(predictor, images, progress=True)
+    report(0.95, "Writing the probability map")
+    output = Path(arguments.output)
+    temporary = output.with_name(f".{output.name}.partial.nii.gz")
+    sitk.WriteImage(probability, str(temporary), True)
+    os.replace(temporary, output)
+    info = {**predictor.gliomaprog_info, "device": device, "cuda_fallback": fell_back,
+            "seconds": round(time.monotonic() - started, 2)}
+    print("RESULT " + json.dumps(info), flush=True)
+    report(1.0, f"Prediction done ({info['seconds']} s)")
+    return info
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m GliomaProgressionLib.models.worker")
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--tta", dest="tta", action="store_true", default=None)
+    parser.add_argument("--no-tta", dest="tta", action="store_false")
+    parser.add_argument("--folds", type=int, nargs="+", default=None)
+    parser.add_argument("--configuration", default=None)
+    parser.add_argument("--trust", action="store_true")
+    arguments = parser.parse_args(argv)
+    try:
+        run(arguments)
+    except Exception as error:  # the traceback for the log, then the one-line message the parent shows
+        import traceback
+
+        traceback.print_exc(file=sys.stdout)
+        print(f"ERROR: {error}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # nnU-Net's pools use spawn: nothing may run on import
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""File-level runners: read files, call the libraries, write the results atomically."""

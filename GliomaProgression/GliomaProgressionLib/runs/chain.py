@@ -1,0 +1,462 @@
+"""One case end to end (``gliomaprog run``): perfusion, progression prediction, CTV proposals, report and scene.
+
+Stages: read and check every series (DICOM folders converted) -> register FLAIR and DSC onto the 1 mm CE-T1 grid
+and compute nCBV (``preprocess.prepare_case``) -> progression model (``predict_run.predict_prepared``) -> write the
+intermediates of the three modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
+SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
+``report.json``, written last, so a folder with a valid report.json is a complete result.
+
+Output folder (written completely or not at all)::
+
+    registered/   CE-T1 on the 1 mm reference grid, FLAIR, nCBV, lesion, NEL, brain, recurrence; transforms
+    perfusion/    what ``gliomaprog perfusion`` writes (DSC grid)
+    prediction/   what ``gliomaprog predict`` writes (reference grid)
+    ctv/          what ``gliomaprog ctv`` writes (reference grid)
+    rtstruct/     RTSTRUCT.dcm, SEG.dcm and the MR series they reference
+    converted/    series that were read from DICOM folders, as NIfTI
+    report.png  report.json  scene.mrb
+
+``--batch`` runs every sub-folder of a folder of cases into ``OUT/<case>``, continues past a failing case, records
+each case's outcome in ``OUT/batch.csv`` and skips cases whose output is already complete (resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TextIO
+
+
+# numpy, SimpleITK and the Lib modules are imported inside the functions that use them: cli.py imports this module
+# to build its parser on every gliomaprog call, which then stays as quick as the standard library.
+if TYPE_CHECKING:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from GliomaProgressionLib.case.folder import CaseInputs
+    from GliomaProgressionLib.models.packages import ModelPackage
+    from GliomaProgressionLib.runs.predict import PredictionResult
+    from GliomaProgressionLib.case.preprocess import PreparedCase
+
+STAGES = {
+    "read": "Reading and checking the series",
+    "prepare": "Registration and nCBV",
+    "predict": "Progression prediction",
+    "save": "Writing registered series, perfusion maps and prediction",
+    "ctv": "CTV proposals",
+    "dicom": "RTSTRUCT and SEG export",
+    "report": "Report",
+    "scene": "Slicer scene",
+}
+REPORT_JSON = "report.json"
+BATCH_CSV = "batch.csv"
+BATCH_COLUMNS = ("case", "status", "message", "progression_predicted", "predicted_volume_ml", "elapsed_s",
+                 "output")
+
+
+# --- settings -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    model: str = "multiparametric"
+    device: str = "auto"
+    schemes: tuple[str, ...] | None = None  # None: every scheme
+    geodesic: bool = False
+    threshold: float = 0.5
+    min_voxels: int = 1
+    leakage: str = "bsw"
+    trust_model: bool = False
+    recurrence: Path | None = None  # overrides <case>/recurrence (single case only)
+
+    def prediction_settings(self):
+        from GliomaProgressionLib.runs.predict import PredictionSettings
+
+        return PredictionSettings(threshold=self.threshold, min_voxels=self.min_voxels,
+                                  device=self.device).validated()
+
+
+# --- progress ------------------------------------------------------------------------------------------------
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class StageProgress:
+    """Progress lines on stderr: stage k/N and name, the stage's own progress, elapsed time and, when the stage
+    reports how far it is, its ETA. Records the seconds each stage took (``timings``)."""
+
+    MIN_INTERVAL_S = 2.0  # between two lines of the same kind (same message but for its numbers)
+
+    def __init__(self, case: str, stream: TextIO | None = None, quiet: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        self.case, self.quiet, self.clock = case, quiet, clock
+        self.stream = stream or sys.stderr
+        self.started = clock()
+        self.timings: dict[str, float] = {}
+        self._stage: str | None = None
+        self._stage_started = self.started
+        self._last_line = (0.0, "")
+
+    def start(self, stage: str) -> None:
+        self._close()
+        self._stage, self._stage_started = stage, self.clock()
+        self._print(f"{STAGES[stage]}")
+
+    def update(self, fraction: float, message: str) -> None:
+        """A stage's own progress (``fraction`` 0-1 of that stage); the signature of every Lib progress callback.
+
+        A new kind of message is always shown; the same kind with new numbers ("Sliding window 5/48") at most
+        every MIN_INTERVAL_S."""
+        now = self.clock()
+        kind = re.sub(r"\d+", "#", message)
+        if kind == self._last_line[1] and now - self._last_line[0] < self.MIN_INTERVAL_S:
+            return
+        in_stage = now - self._stage_started
+        eta = f", about {_clock(in_stage * (1 - fraction) / fraction)} left" if 0.05 <= fraction < 1 and \
+            in_stage > 1.0 else ""
+        self._print(f"{100 * min(max(fraction, 0.0), 1.0):3.0f}% {message} (stage {_clock(in_stage)}{eta})", kind)
+
+    def finish(self) -> dict[str, float]:
+        self._close()
+        self.timings["total"] = round(self.clock() - self.started, 2)
+        return dict(self.timings)
+
+    def _close(self) -> None:
+        if self._stage is not None:
+            self.timings[self._stage] = round(self.clock() - self._stage_started, 2)
+            self._stage = None
+
+    def _print(self, text: str, kind: str = "") -> None:
+        self._last_line = (self.clock(), kind)
+        if self.quiet:
+            return
+        keys = list(STAGES)
+        position = f"{keys.index(self._stage) + 1}/{len(keys)}" if self._stage in keys else "-"
+        print(f"[{self.case} {position} {_clock(self.clock() - self.started)}] {text}", file=self.stream,
+              flush=True)
+
+
+# --- the case's results in memory -------------------------------------------------------------------------------
+
+
+@dataclass
+class TargetMask:
+    key: str
+    name: str
+    kind: str
+    mask: np.ndarray  # bool on the reference grid
+    entry: dict  # its entry in ctv.json (volume, metrics...)
+
+
+@dataclass
+class CaseResults:
+    """Everything the report and the scene show; arrays on the reference grid unless said otherwise."""
+
+    inputs: CaseInputs
+    prepared: PreparedCase
+    prediction: PredictionResult
+    model: ModelPackage
+    settings: RunSettings
+    brain: sitk.Image
+    recurrence: sitk.Image | None
+    targets: list[TargetMask] = field(default_factory=list)
+    ctv_report: dict = field(default_factory=dict)
+    dicom_files: dict = field(default_factory=dict)
+
+
+# --- stages ------------------------------------------------------------------------------------------------------
+
+
+def brain_on_reference(prepared: PreparedCase, given: sitk.Image | None, dsc_ijk_to_ras: np.ndarray) -> sitk.Image:
+    """The brain mask on the reference grid: the case's own (aligned with CE-T1), else the perfusion module's
+    automatic mask carried from the DSC grid by the DSC registration. The lesion always counts as brain."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume
+    from GliomaProgressionLib.case.registration import resample_onto
+
+    if given is not None:
+        brain = resample_onto(prepared.reference, given, None, labels=True) > 0
+    else:
+        dsc_brain = sitk_from_volume(Volume(prepared.perfusion.brain_mask.astype(np.float32), dsc_ijk_to_ras))
+        # Linear interpolation then 0.5: the 5 mm DSC slices would otherwise show as steps on the 1 mm grid.
+        brain = resample_onto(prepared.reference, dsc_brain, prepared.registrations["dsc"]) > 0.5
+    return sitk.Cast(brain | (prepared.lesion > 0), sitk.sitkUInt8)
+
+
+def write_registered(folder: Path, results: CaseResults) -> None:
+    """The reference-grid series every later stage reads, and the transforms that produced them."""
+    import SimpleITK as sitk
+
+    from GliomaProgressionLib.case.files import write_image, write_json
+
+    folder.mkdir()
+    prepared = results.prepared
+    for name, image in prepared.channels.items():
+        write_image(sitk.Cast(image, sitk.sitkFloat32), folder / f"{name}.nii.gz")
+    write_image(prepared.lesion, folder / "lesion.nii.gz")
+    write_image(prepared.nel, folder / "nel.nii.gz")
+    write_image(results.brain, folder / "brain.nii.gz")
+    if results.recurrence is not None:
+        write_image(results.recurrence, folder / "recurrence.nii.gz")
+    for name, registration in prepared.registrations.items():
+        sitk.WriteTransform(registration.transform, str(folder / f"{name}_to_t1c.tfm"))
+    write_json({"reference_grid": "CE-T1 resampled to 1 mm isotropic voxels (linear)",
+                "registration": prepared.qc.get("registration", {}), "warnings": prepared.qc.get("warnings", []),
+                "transforms": "ITK transforms mapping CE-T1 (reference) points to the series' points (LPS)"},
+               folder / "registration.json")
+
+
+def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> None:
+    """perfusion/, prediction/, registered/ and converted/: what the three modules' commands would write."""
+    import numpy as np
+
+    from DSCPerfusionLib.pipeline import PerfusionOptions
+
+    from GliomaProgressionLib.case.files import write_image
+    from GliomaProgressionLib.case.geometry import Volume
+    from GliomaProgressionLib.runs.perfusion import write_perfusion_outputs
+    from GliomaProgressionLib.runs.predict import write_prediction
+
+    inputs, prepared = results.inputs, results.prepared
+    write_registered(staging / "registered", results)
+    grid = Volume(np.asarray(inputs.dsc.array[0]), inputs.dsc.ijk_to_ras)
+    write_perfusion_outputs(prepared.perfusion, grid, inputs.timing, staging / "perfusion", inputs=inputs.sources,
+                            options=PerfusionOptions(te_s=inputs.timing.te_s, leakage=results.settings.leakage),
+                            elapsed_s=prepared.qc["timings_s"].get("perfusion_s", 0.0))
+    write_prediction(staging / "prediction", prepared, results.prediction, results.model,
+                     results.settings.prediction_settings(), {"inference": timings.get("predict", 0.0)},
+                     inputs=inputs.sources)
+    if inputs.converted:
+        (staging / "converted").mkdir()
+        for name, image in inputs.converted.items():
+            write_image(image, staging / "converted" / f"{name}.nii.gz")
+
+
+def plan_ctvs(staging: Path, results: CaseResults, progress: StageProgress) -> None:
+    """``gliomaprog ctv`` on the registered series, then its masks read back for the export, report and scene."""
+    from GliomaProgressionLib.runs.ctv import parse_schemes, run_ctv_files
+    from GliomaProgressionLib.case.files import read_volume
+
+    registered = staging / "registered"
+    schemes, _ = parse_schemes(list(results.settings.schemes) if results.settings.schemes else None, True)
+    recurrence = registered / "recurrence.nii.gz" if results.recurrence is not None else None
+    report = run_ctv_files(registered / "lesion.nii.gz", registered / "brain.nii.gz", staging / "ctv",
+                           list(schemes), geodesic=results.settings.geodesic,
+                           progression=staging / "prediction" / "progression.nii.gz",
+                           image=registered / "t1c.nii.gz", recurrence=recurrence, progress=progress.update)
+    results.ctv_report = report
+    for entry in report["targets"]:
+        mask = read_volume(staging / "ctv" / entry["file"], entry["name"]).array > 0
+        results.targets.append(TargetMask(entry["key"], entry["name"], entry["kind"], mask, entry))
+
+
+def export_dicom_structures(folder: Path, results: CaseResults) -> dict:
+    """RTSTRUCT and SEG of the GTV and every non-empty target, with the 1 mm CE-T1 they are drawn on."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from CTVPlannerLib.dicom_export import PatientStudy, Structure, export_dicom
+    from CTVPlannerLib.schemes import gtv_masks
+
+    from GliomaProgressionLib.case.geometry import volume_from_sitk
+    from GliomaProgressionLib.report.figure import TARGET_COLOURS
+
+    reference = volume_from_sitk(results.prepared.reference)
+    labels = sitk.GetArrayFromImage(results.prepared.lesion)
+    structures = [Structure("GTV", gtv_masks(labels)["core"], (0.9, 0.2, 0.2), "GTV",
+                            "Enhancing tumour, necrosis and resection cavity")]
+    skipped = []
+    for target in results.targets:
+        if not target.mask.any():
+            skipped.append(target.name)
+            continue
+        colour = TARGET_COLOURS.get(target.key.replace("ptv_", ""), (0.9, 0.9, 0.5))
+        structures.append(Structure(target.name, target.mask, colour, "CTV" if target.kind == "BOOST" else
+                                    target.kind, target.entry.get("description", "")))
+    study = PatientStudy(patient_name=f"{results.inputs.name}^", patient_id=results.inputs.name[:64],
+                         study_description="GliomaProgression CTV proposals")
+    image = reference.array
+    if "integer" in sitk.GetPixelIDValueAsString(results.inputs.t1c.GetPixelID()):
+        image = np.rint(image)  # whole numbers keep the scanner's intensities (else the exporter rescales)
+    written = export_dicom(folder, structures, image, reference.ijk_to_ras, study)
+    return {"files": {kind: [str(p.relative_to(folder.parent)) for p in paths] for kind, paths in written.items()},
+            "structures": [s.name for s in structures], "empty_targets_not_exported": skipped}
+
+
+def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = RunSettings(),
+             progress: StageProgress | None = None) -> dict:
+    """Run one case into the new folder ``out`` (all or nothing); returns what report.json holds."""
+    from GliomaProgressionLib.report import scene as case_scene
+    from GliomaProgressionLib.report import figure as report
+    from GliomaProgressionLib.case.folder import read_case
+    from GliomaProgressionLib.runs.ctv import parse_schemes
+    from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder, write_json
+    from GliomaProgressionLib.models.packages import resolve_model
+    from GliomaProgressionLib.runs.predict import predict_prepared
+    from GliomaProgressionLib.case.preprocess import prepare_case
+    from GliomaProgressionLib.case.registration import resample_onto
+
+    out = check_new_output_folder(Path(out))
+    progress = progress or StageProgress(Path(case_folder).name)
+    prediction_settings = settings.prediction_settings()
+    parse_schemes(list(settings.schemes) if settings.schemes else None, True)  # a bad name fails before the work
+    progress.start("read")
+    inputs = read_case(case_folder, settings.recurrence)
+    model = resolve_model(settings.model, trust=settings.trust_model)
+    progress.start("prepare")
+    prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc, inputs.timing.times_s,
+                            inputs.timing.te_s, leakage=settings.leakage, progress=progress.update)
+    progress.start("predict")
+    prediction = predict_prepared(prepared, model, prediction_settings, progress=progress.update)
+    recurrence = (resample_onto(prepared.reference, inputs.recurrence, None, labels=True) > 0
+                  if inputs.recurrence is not None else None)
+    brain = brain_on_reference(prepared, inputs.brain, inputs.dsc.ijk_to_ras)
+    results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence)
+    with staged_output_folder(out) as staging:
+        progress.start("save")
+        write_module_outputs(staging, results, progress.timings)
+        progress.start("ctv")
+        plan_ctvs(staging, results, progress)
+        progress.start("dicom")
+        results.dicom_files = export_dicom_structures(staging / "rtstruct", results)
+        progress.start("report")
+        data, display = report.build_report(results)
+        report.render_report(data, display, staging / "report.png")
+        progress.start("scene")
+        case_scene.write_case_scene(staging / "scene.mrb", data, results)
+        data["timings_s"] = progress.finish()
+        data["outputs"] = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()) \
+            + [REPORT_JSON]
+        write_json(data, staging / REPORT_JSON)
+    return data
+
+
+def summary_line(data: dict, out: Path) -> str:
+    verdict = data["verdict"]
+    outcome = (f"progression predicted ({verdict['predicted_volume_ml']:.1f} mL inside the non-enhancing lesion)"
+               if verdict["progression_predicted"] else "no progression predicted")
+    from CTVPlannerLib.lesion import LESION_SEGMENTS
+    from GliomaProgressionLib.case.preprocess import NEL_LABEL
+
+    nel = data["ncbv"]["regions"].get(LESION_SEGMENTS[NEL_LABEL][0], {})
+    ncbv = f"; NEL nCBV mean {nel['mean']:.2f}" if nel.get("mean") is not None else ""
+    return (f"{data['case']}: {outcome}{ncbv}; {len(data['ctv']['targets'])} target volumes; "
+            f"{data['timings_s']['total']:.0f} s. Report: {out / 'report.png'}  Scene: {out / 'scene.mrb'}")
+
+
+# --- batch ---------------------------------------------------------------------------------------------------
+
+
+def is_complete(folder: Path) -> bool:
+    """A case output is complete when its report.json reads and lists only files that exist."""
+    try:
+        data = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    outputs = data.get("outputs") or []
+    return bool(outputs) and all((folder / name).is_file() for name in outputs)
+
+
+def case_folders(cases: Path, out: Path) -> list[Path]:
+    """The sub-folders of ``cases`` (hidden ones and the output folder excluded), in name order."""
+    from GliomaProgressionLib.case.folder import locate_series
+
+    if not cases.is_dir():
+        raise ValueError(f"The folder of cases {cases} does not exist.")
+    if locate_series(cases, "t1c") is not None:
+        raise ValueError(f"{cases} is a case folder itself (it holds t1c); run it without --batch.")
+    found = [p for p in sorted(cases.iterdir()) if p.is_dir() and not p.name.startswith(".")
+             and p.resolve() != out.resolve()]
+    if not found:
+        raise ValueError(f"The folder of cases {cases} has no sub-folder (one per case).")
+    return found
+
+
+def _write_batch_csv(path: Path, rows: list[dict]) -> None:
+    """Rewritten after every case (a temporary file renamed over it): an interrupted batch keeps its record."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=BATCH_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        Path(name).write_text(buffer.getvalue(), encoding="utf-8")
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _row(case: Path, status: str, message: str, output: Path, data: dict | None, elapsed: float) -> dict:
+    verdict = (data or {}).get("verdict", {})
+    return {"case": case.name, "status": status, "message": message,
+            "progression_predicted": verdict.get("progression_predicted", ""),
+            "predicted_volume_ml": verdict.get("predicted_volume_ml", ""), "elapsed_s": f"{elapsed:.1f}",
+            "output": str(output)}
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"
+
+
+def run_one_of_batch(case: Path, target: Path, settings: RunSettings, quiet: bool) -> dict:
+    started = time.monotonic()
+    if is_complete(target):
+        data = json.loads((target / REPORT_JSON).read_text(encoding="utf-8"))
+        return _row(case, "skipped", "output already complete", target, data, 0.0)
+    try:
+        data = run_case(case, target, settings, StageProgress(case.name, quiet=quiet))
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # a failing case must not stop the batch; the reason goes to batch.csv
+        message = _one_line(error)
+        print(f"gliomaprog run: {case.name}: error: {message}", file=sys.stderr, flush=True)
+        return _row(case, "failed", message, target, None, time.monotonic() - started)
+    if not quiet:
+        print(summary_line(data, target), flush=True)
+    return _row(case, "complete", "", target, data, time.monotonic() - started)
+
+
+def run_batch(cases: Path, out: Path, settings: RunSettings, quiet: bool = False) -> list[dict]:
+    """Every case folder of ``cases`` into ``out/<case>``; returns the rows of batch.csv."""
+    if settings.recurrence is not None:
+        raise ValueError("--recurrence names one case's mask; in --batch put a recurrence file in each case folder.")
+    folders = case_folders(cases, out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for index, case in enumerate(folders):
+        if not quiet:
+            print(f"[batch] case {index + 1}/{len(folders)}: {case.name}{_batch_eta(rows, len(folders) - index)}",
+                  file=sys.stderr, flush=True)
+        rows.append(run_one_of_batch(case, out / case.name, settings, quiet))
+        _write_batch_csv(out / BATCH_CSV, rows)
+    return rows
+
+
+def _batch_eta(rows: list[dict], remaining: int) -> str:
+    done = [float(row["elapsed_s"]) for row in rows if row["status"] == "complete"]
+    if not done:
+        return ""
+    return f" (about {_clock(sum(done) / len(done) * remaining)} left for {remaining} case(s))"
+
+
+def batch_summary(rows: list[dict], out: Path) -> str:
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("complete", "skipped", "failed")}
+    return (f"Batch: {counts['complete']} complete, {counts['skipped']} skipped (already complete), "
+            f"{counts['failed']} failed. Outcomes in {out / BATCH_CSV}")
+
+

@@ -1,0 +1,127 @@
+"""DSC perfusion on files: read a DSC series and its masks, run ``DSCPerfusionLib.pipeline``, write the maps.
+
+Used by ``gliomaprog perfusion`` and the case pipeline. Masks given on the DSC grid are used as they are; a
+lesion segmentation on another grid (typically the CE-T1 grid) is resampled onto the DSC grid by nearest
+neighbour in scanner coordinates, which is right when the series were acquired in one session without the
+patient moving; the progression module registers the series properly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
+
+from GliomaProgressionLib.case.files import read_image, staged_output_folder, write_json, write_volume
+from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume, volume_from_sitk
+from GliomaProgressionLib.case.timing import AcquisitionTiming, read_timing
+
+Progress = Callable[[float, str], None]
+OUTPUT_FILES = ("ncbv.nii.gz", "rcbv.nii.gz", "rcbv_uncorrected.nii.gz", "k2.nii.gz", "brain_mask.nii.gz",
+                "nawm_mask.nii.gz", "curves.csv", "perfusion.json")
+
+
+def read_dsc(path: Path) -> Volume:
+    series = volume_from_sitk(read_image(path, "DSC"))
+    if series.array.ndim != 4:
+        raise ValueError(f"The DSC file {path} is a {series.array.ndim}D image; a 4D series (x, y, z, time) is "
+                         "needed.")
+    return series
+
+
+def read_mask_on_grid(path: Path, grid: Volume, what: str) -> np.ndarray:
+    """A mask that must be on the DSC grid itself (same shape and geometry)."""
+    mask = volume_from_sitk(read_image(path, what))
+    if mask.array.ndim != 3:
+        raise ValueError(f"The {what} {path} must be a 3D mask.")
+    if mask.array.shape != grid.array.shape[-3:] or not np.allclose(mask.ijk_to_ras, grid.ijk_to_ras, atol=1e-3):
+        raise ValueError(f"The {what} {path} is not on the DSC grid (shape {mask.array.shape} vs "
+                         f"{grid.array.shape[-3:]}, or a different position/orientation).")
+    if not mask.array.any():
+        raise ValueError(f"The {what} {path} is empty.")
+    return mask.array > 0
+
+
+def resample_labels_to_grid(path: Path, grid: Volume, what: str = "lesion") -> np.ndarray:
+    """Integer labels resampled onto the DSC grid (nearest neighbour, scanner coordinates)."""
+    labels = read_image(path, what)
+    if labels.GetDimension() != 3:
+        raise ValueError(f"The {what} {path} must be a 3D label image.")
+    reference = sitk_from_volume(Volume(np.zeros(grid.array.shape[-3:], np.uint8), grid.ijk_to_ras))
+    resampled = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    array = sitk.GetArrayFromImage(resampled)
+    if not array.any():
+        raise ValueError(f"The {what} {path} does not overlap the DSC series.")
+    return array
+
+
+def run_perfusion_files(dsc: Path, out: Path, options_kwargs: dict, sidecar: Path | None = None,
+                        tr_s: float | None = None, te_s: float | None = None, mask: Path | None = None,
+                        nawm: Path | None = None, lesion: Path | None = None,
+                        progress: Progress | None = None) -> PerfusionResult:
+    """Compute the perfusion maps of one DSC file and write them to a new folder ``out`` (all or nothing)."""
+    from GliomaProgressionLib.case.files import check_new_output_folder
+
+    check_new_output_folder(out)
+    started = time.monotonic()
+    series = read_dsc(dsc)
+    timing = read_timing(series.array.shape[0], sidecar, tr_s, te_s)
+    options = PerfusionOptions(te_s=timing.te_s, **options_kwargs)
+    grid = Volume(series.array[0], series.ijk_to_ras)
+    brain = read_mask_on_grid(mask, grid, "brain mask") if mask else None
+    nawm_mask = read_mask_on_grid(nawm, grid, "NAWM mask") if nawm else None
+    labels = resample_labels_to_grid(lesion, grid) if lesion else None
+    spacing_kji = tuple(float(s) for s in series.spacing[::-1])
+    result = compute_perfusion(series.array, timing.times_s, options, ijk_to_ras=series.ijk_to_ras,
+                               spacing_mm=spacing_kji, brain_mask=brain, nawm_mask=nawm_mask,
+                               lesion_labels=labels, progress=progress)
+    write_perfusion_outputs(result, grid, timing, out, inputs={
+        "dsc": str(dsc), "sidecar": str(sidecar) if sidecar else None, "mask": str(mask) if mask else None,
+        "nawm": str(nawm) if nawm else None, "lesion": str(lesion) if lesion else None,
+    }, options=options, elapsed_s=time.monotonic() - started)
+    return result
+
+
+def curves_csv(times_s: np.ndarray, curves: dict[str, np.ndarray]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    names = list(curves)
+    writer.writerow(["time_s"] + [f"{name}_delta_r2s_per_s" for name in names])
+    for index, time_s in enumerate(times_s):
+        writer.writerow([f"{time_s:.4f}"] + [f"{curves[name][index]:.6f}" for name in names])
+    return buffer.getvalue()
+
+
+def write_perfusion_outputs(result: PerfusionResult, grid: Volume, timing: AcquisitionTiming, out: Path,
+                            inputs: dict, options: PerfusionOptions, elapsed_s: float) -> None:
+    maps = {"ncbv": result.ncbv, "rcbv": result.rcbv, "rcbv_uncorrected": result.rcbv_uncorrected,
+            "k2": result.k2, "brain_mask": result.brain_mask.astype(np.uint8),
+            "nawm_mask": result.nawm_mask.astype(np.uint8)}
+    for name in ("cbf", "mtt", "ttp"):
+        if getattr(result, name, None) is not None:
+            maps[name] = getattr(result, name)
+    with staged_output_folder(out) as staging:
+        for name, array in maps.items():
+            write_volume(Volume(np.asarray(array), grid.ijk_to_ras), staging / f"{name}.nii.gz")
+        (staging / "curves.csv").write_text(curves_csv(timing.times_s, result.curves), encoding="utf-8")
+        write_json({
+            "software": "GliomaProgression DSCPerfusion",
+            "inputs": inputs,
+            "options": asdict(options),
+            "frame_times_s": [round(float(t), 4) for t in timing.times_s],
+            "echo_time_s": timing.te_s,
+            "baseline_frames": list(result.baseline),
+            "arrival_frame": int(result.arrival_frame),
+            "first_pass_end_frame": result.first_pass_end,
+            "report": result.report,
+            "outputs": sorted(f"{name}.nii.gz" for name in maps) + ["curves.csv"],
+            "total_time_s": round(elapsed_s, 3),
+        }, staging / "perfusion.json")
