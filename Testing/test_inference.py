@@ -184,22 +184,41 @@ def test_device_choice_and_cuda_fallback_rules(monkeypatch):
         inference.start_prediction([], None, "x.nii.gz", device="gpu")
 
 
-def test_progression_result_and_empty_nel():
+def test_verdict_counts_only_the_nel_above_the_threshold():
+    """The one place the heat map becomes a segment and a verdict: runs.predict (the GUI and the CLI read it)."""
+    from GliomaProgressionLib.runs.predict import PredictionSettings, patient_verdict, predicted_progression
+
     probability = sitk.Image([10, 10, 10], sitk.sitkFloat32)
     probability.SetSpacing([2.0, 2.0, 2.0])
     nel = sitk.Image([10, 10, 10], sitk.sitkUInt8)
     nel.CopyInformation(probability)
-    with pytest.raises(ValueError, match="nothing to predict"):
-        inference.progression_result(probability, nel)
     nel[2, 2, 2] = 1
     nel[3, 2, 2] = 1
     probability[2, 2, 2] = 0.7
     probability[3, 2, 2] = 0.4
     probability[8, 8, 8] = 0.9  # outside the NEL: not progression
-    label, verdict = inference.progression_result(probability, nel)
-    assert verdict["progression_predicted"] and verdict["voxels"] == 1 and verdict["volume_ml"] == 0.008
+
+    def verdict(**settings):
+        settings = PredictionSettings(**settings)
+        label = predicted_progression(probability, nel, settings.threshold)
+        return label, patient_verdict(label, probability, nel, settings)
+
+    label, result = verdict()
+    assert result["progression_predicted"] and result["predicted_voxels"] == 1
+    assert result["predicted_volume_ml"] == 0.008 and result["max_probability_in_nel"] == 0.7
     assert sitk.GetArrayFromImage(label).sum() == 1 and label.GetSpacing() == (2.0, 2.0, 2.0)
-    _, verdict = inference.progression_result(probability, nel, min_voxels=2)
-    assert not verdict["progression_predicted"]
-    _, verdict = inference.progression_result(probability, nel, threshold=0.3, min_volume_ml=0.01)
-    assert verdict["voxels"] == 2 and verdict["progression_predicted"]
+    assert not verdict(min_voxels=2)[1]["progression_predicted"]
+    _, result = verdict(threshold=0.3, min_ml=0.01)
+    assert result["predicted_voxels"] == 2 and result["progression_predicted"]
+    assert not verdict(threshold=0.3, min_ml=0.02)[1]["progression_predicted"]
+
+
+def test_an_empty_nel_is_refused_before_the_model_runs(conventional):
+    from GliomaProgressionLib.case.preprocess import PreparedCase
+    from GliomaProgressionLib.runs.predict import predict_prepared
+
+    image = sitk.Image([10, 10, 10], sitk.sitkFloat32)
+    empty = sitk.Image([10, 10, 10], sitk.sitkUInt8)
+    prepared = PreparedCase(image, {"t1c": image, "flair": image}, empty, empty, {}, None)
+    with pytest.raises(ValueError, match="nothing to predict"):
+        predict_prepared(prepared, conventional)

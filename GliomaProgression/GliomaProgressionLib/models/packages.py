@@ -25,7 +25,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 MANIFEST = ".gliomaprog-install.json"
@@ -56,11 +56,6 @@ class ModelPackage:
 
     def describe_channels(self) -> str:
         return ", ".join(f"{i}: {c['name']} ({c.get('modality', c['name'])})" for i, c in enumerate(self.channels))
-
-    def as_dict(self) -> dict:
-        data = asdict(self)
-        data["folder"] = str(self.folder)
-        return data
 
 
 # --- registry -------------------------------------------------------------------------------------------------
