@@ -120,7 +120,7 @@ def test_bidirectional_fit_recovers_k2_and_kep_when_the_model_holds():
     _, reference = _normal_and_tumour()
     cases = [(0.02, 0.0), (0.02, 0.02), (0.02, 0.045), (-0.01, 0.02)]  # (K2 1/s, kep 1/s)
     curves = np.stack([1.7 * reference - k2 * _exchange_integral(reference, kep) for k2, kep in cases], axis=1)
-    fit, _, _ = fit_bidirectional(curves, TIMES, reference)
+    fit = fit_bidirectional(curves, TIMES, reference)
     np.testing.assert_allclose(fit.k1, 1.7, rtol=0.01)
     np.testing.assert_allclose(fit.k2, [k2 for k2, _ in cases], rtol=0.03)
     np.testing.assert_allclose(fit.kep, [kep for _, kep in cases], atol=1e-3)
@@ -144,11 +144,11 @@ def test_bidirectional_correction_removes_back_flux_that_bsw_misses():
 def test_bidirectional_keeps_bsw_where_kep_is_unphysical():
     # Normal tissue: the free kep term would "explain" the transit-time difference (kep >> MAX_KEP_PER_S).
     vascular, reference = _normal_and_tumour()
-    fit, b, c = fit_bidirectional(vascular[:, :2], TIMES, reference)
+    fit = fit_bidirectional(vascular[:, :2], TIMES, reference)
     bsw = fit_bsw(vascular[:, :2], TIMES, reference)
     np.testing.assert_array_equal(fit.kep, 0.0)
     np.testing.assert_allclose(fit.k2, bsw.k2, rtol=1e-6)
-    np.testing.assert_array_equal(c, 0.0)
+    np.testing.assert_array_equal(fit.c, 0.0)
     assert MAX_KEP_PER_S == pytest.approx(0.05)
 
 

@@ -64,12 +64,16 @@ MIN_REFERENCE_VOXELS = 1
 class LeakageFit:
     """Result of a leakage fit. Maps have the spatial shape of the input; ``corrected`` is (T, ...) or None.
 
-    k1: unitless. k2: 1/s. kep: 1/s (zeros for BSW). corrected: leakage-corrected deltaR2* in 1/s.
+    k1: unitless. k2: 1/s. kep: 1/s (zeros for BSW). b (1/s), c (1/s): coefficients of the leakage term
+    -b R(t) - c Y(t) that ``remove_leakage`` takes off the curves (BSW: b = -K2, c = 0; see the module
+    docstring). corrected: leakage-corrected deltaR2* in 1/s.
     """
 
     k1: np.ndarray
     k2: np.ndarray
     kep: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
     corrected: np.ndarray | None = None
 
 
@@ -182,20 +186,17 @@ def fit_bsw(delta_r2s: np.ndarray, times_s: np.ndarray, reference: np.ndarray) -
     projections = frame_products(design.T, flat)  # (2, N): the only pass over the data
     k1, k2 = np.linalg.inv(gram) @ projections  # a 2x2 inverse shared by all voxels
     spatial = np.shape(delta_r2s)[1:]
-    return LeakageFit(k1.reshape(spatial), k2.reshape(spatial), np.zeros(spatial))
+    k1, k2 = k1.reshape(spatial), k2.reshape(spatial)
+    return LeakageFit(k1, k2, np.zeros(spatial), -k2, np.zeros(spatial))
 
 
 def correct_bsw(delta_r2s: np.ndarray, times_s: np.ndarray, reference: np.ndarray, k2: np.ndarray) -> np.ndarray:
     """Leakage-corrected curves deltaR2* + K2 * integral_0^t ref (T, ...) float32, in 1/s (a new array)."""
-    flat, times = _as_time_first(delta_r2s, times_s)
-    integral = cumulative_integral(_validated_reference(reference, times), times)
-    leak = np.asarray(k2, dtype=np.float32).reshape(-1)
-    if leak.size != flat.shape[1]:
-        raise ValueError(f"k2 has {leak.size} entries but delta_r2s has {flat.shape[1]} voxels.")
-    corrected = flat.copy() if np.may_share_memory(flat, delta_r2s) else flat
-    for t in range(times.size):  # one frame at a time keeps temporaries to one frame
-        corrected[t] += leak * np.float32(integral[t])
-    return corrected.reshape(np.shape(delta_r2s))
+    voxels = int(np.prod(np.shape(delta_r2s)[1:]))
+    leak = np.asarray(k2, dtype=np.float64)
+    if leak.size != voxels:
+        raise ValueError(f"k2 has {leak.size} entries but delta_r2s has {voxels} voxels.")
+    return remove_leakage(delta_r2s, times_s, reference, -leak, np.zeros(leak.shape))
 
 
 def voxel_integral(flat: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -212,12 +213,12 @@ def voxel_integral(flat: np.ndarray, times: np.ndarray) -> np.ndarray:
 
 def fit_bidirectional(
     delta_r2s: np.ndarray, times_s: np.ndarray, reference: np.ndarray, own_integral: np.ndarray | None = None
-) -> tuple[LeakageFit, np.ndarray, np.ndarray]:
+) -> LeakageFit:
     """Bidirectional (Leu 2016) fit of every voxel; see the module docstring for the linear model.
 
-    Returns (fit with K1, K2 (1/s), kep (1/s) maps, b, c): b and c are the raw coefficients of R(t) and of
-    the voxel's own integral Y(t), needed to correct curves or integrals. ``own_integral`` (T, N) float32
-    may be passed if already computed (``voxel_integral``).
+    Returns K1, K2 (1/s), kep (1/s) maps and b, c: the raw coefficients of R(t) and of the voxel's own
+    integral Y(t), needed to correct curves or integrals. ``own_integral`` (T, N) float32 may be passed if
+    already computed (``voxel_integral``).
     """
     flat, times = _as_time_first(delta_r2s, times_s)
     bsw = fit_bsw(flat, times, reference)
@@ -241,8 +242,8 @@ def fit_bidirectional(
     c = np.where(physical, c, 0.0)
     k2 = -b - c * k1
     spatial = np.shape(delta_r2s)[1:]
-    fit = LeakageFit(k1.reshape(spatial), k2.reshape(spatial), np.where(physical, kep, 0.0).reshape(spatial))
-    return fit, b, c
+    return LeakageFit(k1.reshape(spatial), k2.reshape(spatial), np.where(physical, kep, 0.0).reshape(spatial),
+                      b.reshape(spatial), c.reshape(spatial))
 
 
 def _columnwise_dot(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -267,17 +268,48 @@ def _batched_solve(gram: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.nd
     return coefficients, solved
 
 
-def correct_bidirectional(
+def fit_leakage(
+    delta_r2s: np.ndarray, times_s: np.ndarray, reference: np.ndarray, method: str = "bsw",
+    own_integral: np.ndarray | None = None,
+) -> LeakageFit:
+    """Leakage fit of every voxel with ``method`` "bsw", "bidirectional" or "none" (K1 = 1, K2 = kep = b = c = 0).
+
+    ``own_integral``: the curves' ``voxel_integral``, if already computed (used by "bidirectional" only).
+    """
+    if method not in LEAKAGE_METHODS:
+        raise ValueError(f"leakage method must be one of {', '.join(LEAKAGE_METHODS)}, got {method!r}.")
+    flat, times = _as_time_first(delta_r2s, times_s)
+    spatial = np.shape(delta_r2s)[1:]
+    if method == "none":
+        return LeakageFit(np.ones(spatial), np.zeros(spatial), np.zeros(spatial), np.zeros(spatial),
+                          np.zeros(spatial))
+    if method == "bsw":
+        fit = fit_bsw(flat, times, reference)
+    else:
+        fit = fit_bidirectional(flat, times, reference, own_integral)
+    for name in ("k1", "k2", "kep", "b", "c"):
+        setattr(fit, name, getattr(fit, name).reshape(spatial))
+    return fit
+
+
+def remove_leakage(
     delta_r2s: np.ndarray, times_s: np.ndarray, reference: np.ndarray, b: np.ndarray, c: np.ndarray
 ) -> np.ndarray:
-    """Curves with the bidirectional leakage term removed: deltaR2* - b * R(t) - c * Y(t), (T, ...) float32."""
+    """Curves with the leakage term removed: deltaR2* - b R(t) - c Y(t) (the module docstring's notation).
+
+    Returns a new (T, ...) float32 array in 1/s; b and c as in ``LeakageFit``. Y (the voxel's own integral)
+    is only computed when some c is non-zero (never for BSW), since it costs a copy of the curves.
+    """
     flat, times = _as_time_first(delta_r2s, times_s)
     integral = cumulative_integral(_validated_reference(reference, times), times)
-    own = voxel_integral(flat, times)
     b32, c32 = np.asarray(b, np.float32).reshape(-1), np.asarray(c, np.float32).reshape(-1)
+    own = voxel_integral(flat, times) if np.any(c32) else None
     corrected = flat.copy() if np.may_share_memory(flat, delta_r2s) else flat
-    for t in range(times.size):
-        corrected[t] -= b32 * np.float32(integral[t]) + c32 * own[t]
+    for t in range(times.size):  # one frame at a time keeps temporaries to one frame
+        if own is None:
+            corrected[t] -= b32 * np.float32(integral[t])
+        else:
+            corrected[t] -= b32 * np.float32(integral[t]) + c32 * own[t]
     return corrected.reshape(np.shape(delta_r2s))
 
 
@@ -289,16 +321,6 @@ def correct_leakage(
     The returned ``corrected`` is a new (T, ...) float32 array; for "none" it is the input as float32 and
     K1 = 1, K2 = kep = 0.
     """
-    if method not in LEAKAGE_METHODS:
-        raise ValueError(f"leakage method must be one of {', '.join(LEAKAGE_METHODS)}, got {method!r}.")
-    flat, times = _as_time_first(delta_r2s, times_s)
-    spatial = np.shape(delta_r2s)[1:]
-    if method == "none":
-        return LeakageFit(np.ones(spatial), np.zeros(spatial), np.zeros(spatial), flat.reshape(np.shape(delta_r2s)))
-    if method == "bsw":
-        fit = fit_bsw(flat, times, reference)
-        fit.corrected = correct_bsw(delta_r2s, times, reference, fit.k2)
-        return fit
-    fit, b, c = fit_bidirectional(flat, times, reference)
-    fit.corrected = correct_bidirectional(delta_r2s, times, reference, b, c)
+    fit = fit_leakage(delta_r2s, times_s, reference, method)
+    fit.corrected = remove_leakage(delta_r2s, times_s, reference, fit.b, fit.c)
     return fit

@@ -38,9 +38,10 @@ from . import baseline as baseline_rules
 from .brainmask import brain_mask_from_baseline, validate_mask
 from .leakage import (
     LEAKAGE_METHODS,
+    LeakageFit,
     correct_bsw,
-    fit_bidirectional,
     fit_bsw,
+    fit_leakage,
     frame_products,
     reference_curve,
     select_reference_voxels,
@@ -308,36 +309,22 @@ def _region_weights(region: np.ndarray) -> np.ndarray | None:
     return None if count == 0 else region.astype(np.float32) / np.float32(count)
 
 
-@dataclass
-class _Leakage:
-    """Per-voxel leakage fit on the gathered voxels and the pieces needed to correct integrals and curves."""
-
-    k1: np.ndarray
-    k2: np.ndarray
-    b: np.ndarray  # coefficient of R(t) in the correction term  -b R(t) - c Y(t)
-    c: np.ndarray
-    rcbv_correction: np.ndarray
-
-
 def _fit_leakage(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, method: str,
-                 weights: np.ndarray) -> _Leakage:
-    """Leakage fit of the gathered curves and its correction of the rCBV integral (weights: trapezoid)."""
-    n = curves.shape[1]
-    if method == "none":
-        zeros = np.zeros(n)
-        return _Leakage(np.ones(n), zeros, zeros, zeros, zeros)
-    integral_of_reference = float(weights @ cumulative_integral(reference, times))
-    if method == "bsw":
-        fit = fit_bsw(curves, times, reference)
-        return _Leakage(fit.k1, fit.k2, -fit.k2, np.zeros(n), fit.k2 * integral_of_reference)
-    own = voxel_integral(curves, times)
-    fit, b, c = fit_bidirectional(curves, times, reference, own_integral=own)
-    own_area = frame_products(weights, own)
-    del own
-    return _Leakage(fit.k1, fit.k2, b, c, -b * integral_of_reference - c * own_area)
+                 weights: np.ndarray) -> tuple[LeakageFit, np.ndarray]:
+    """Leakage fit of the gathered curves (T, N) and its correction of the rCBV integral (weights: trapezoid).
+
+    The correction is the integral of the leakage term, so the corrected curves are never built: the voxel's
+    own integral Y is computed once, for the bidirectional fit and its area, and dropped.
+    """
+    own = voxel_integral(curves, times) if method == "bidirectional" else None
+    fit = fit_leakage(curves, times, reference, method, own_integral=own)
+    rcbv_correction = -fit.b * float(weights @ cumulative_integral(reference, times))
+    if own is not None:
+        rcbv_correction -= fit.c * frame_products(weights, own)
+    return fit, rcbv_correction
 
 
-def _mean_corrected_curve(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: _Leakage,
+def _mean_corrected_curve(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: LeakageFit,
                           region: np.ndarray) -> np.ndarray:
     """Mean leakage-corrected deltaR2* (T,) over a region (bool (N,)), from the uncorrected curves."""
     weights = _region_weights(region)
@@ -504,13 +491,13 @@ def compute_perfusion(
     flagged = (inputs.flagged.saturated | inputs.flagged.negative).reshape(-1)[flat_index]
     reference_voxels = select_reference_voxels(curves, times, window, candidates=~flagged)
     reference = reference_curve(curves, reference_voxels)
-    leak = _fit_leakage(curves, times, reference, options.leakage, weights)
+    leak, rcbv_correction = _fit_leakage(curves, times, reference, options.leakage, weights)
     # The lesion side for the NAWM comes from BSW K2 whatever the method: it is the most stable leak map.
     screening_k2 = leak.k2 if options.leakage == "bsw" else fit_bsw(curves, times, reference).k2
 
     stages.start("rcbv", 0.7, "Integrating rCBV")
     rcbv_uncorrected = frame_products(weights, curves).astype(np.float32)
-    rcbv = rcbv_uncorrected + leak.rcbv_correction.astype(np.float32)
+    rcbv = rcbv_uncorrected + rcbv_correction.astype(np.float32)
     maps = {name: _scatter(values, flat_index, spatial) for name, values in (
         ("rcbv", rcbv), ("rcbv_uncorrected", rcbv_uncorrected), ("k1", leak.k1), ("k2", leak.k2),
         ("screening_k2", screening_k2))}
@@ -564,7 +551,7 @@ def compute_perfusion(
         first_pass_end=first_pass_end, reference_curve=reference, curves=curves_out, report=report, **deconvolved)
 
 
-def _deconvolution_maps(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: _Leakage,
+def _deconvolution_maps(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: LeakageFit,
                         flat_index: np.ndarray, spatial: tuple, warnings: list[str]) -> dict[str, np.ndarray]:
     """CBF (relative), MTT (s) and TTP (s) by oSVD with an automatic AIF, on BSW-corrected curves.
 
@@ -583,7 +570,7 @@ def _deconvolution_maps(curves: np.ndarray, times: np.ndarray, reference: np.nda
             for name, field in (("cbf", "cbf"), ("mtt", "mtt_s"), ("ttp", "ttp_s"))}
 
 
-def _region_curves(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: _Leakage, brain: np.ndarray,
+def _region_curves(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: LeakageFit, brain: np.ndarray,
                    nawm: np.ndarray, labels: np.ndarray | None, flat_index: np.ndarray,
                    warnings: list[str]) -> dict[str, np.ndarray]:
     """Mean corrected deltaR2* (T,) of the brain, the NAWM and each lesion label (over its brain voxels)."""
