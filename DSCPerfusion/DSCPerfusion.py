@@ -15,6 +15,7 @@ from slicer.util import VTKObservationMixin
 from DSCPerfusionLib.leakage import LEAKAGE_METHODS
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE, MAX_FRAMES
 from GliomaProgressionLib.mrml import PackageInstalling, ParameterNodeLifecycle
+from GliomaProgressionLib.report.figure import NCBV_RANGE
 
 PACKAGES_FOR_NIFTI = ("nibabel",)  # reading a 4D NIfTI (Slicer does not ship nibabel)
 
@@ -54,7 +55,7 @@ class DSCPerfusion(ScriptedLoadableModule):
 @parameterNodeWrapper
 class DSCPerfusionParameterNode:
     """inputSequence: DSC series (volume sequence; frame times from the sequence, else repetitionTimeS); echoTimeMs:
-    TE in ms; brainMask, nawm, lesion: optional segmentations; leakage: bsw | bidirectional | none; autoBaseline or
+    TE in ms; brainMask, nawm, lesion: optional segmentations; leakage: one of LEAKAGE_METHODS; autoBaseline or
     baselineStart/End (frames [start, end)); firstPass; perSlice; outputNCBV/outputRCBV/outputK2: result volumes."""
 
     inputSequence: slicer.vtkMRMLSequenceNode
@@ -165,7 +166,6 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
     runs; this class converts nodes to arrays and results back to nodes.
     """
 
-    NCBV_WINDOW = (0.0, 5.0)
     requirementsFile = None  # None: the extension's Resources/requirements.txt (tests give another)
 
     def getParameterNode(self):
@@ -216,7 +216,7 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         name = sequenceNode.GetName()
         outputNodes = outputNodes or {}
         nodes = {
-            "ncbv": self._storeVolume(result.ncbv, grid, outputNodes.get("ncbv"), f"{name} nCBV", self.NCBV_WINDOW),
+            "ncbv": self._storeVolume(result.ncbv, grid, outputNodes.get("ncbv"), f"{name} nCBV", NCBV_RANGE),
             "rcbv": self._storeVolume(result.rcbv, grid, outputNodes.get("rcbv"), f"{name} rCBV"),
             "k2": self._storeVolume(result.k2, grid, outputNodes.get("k2"), f"{name} K2"),
         }

@@ -20,6 +20,7 @@ from GliomaProgressionLib import dependencies
 from GliomaProgressionLib import mrml
 from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1, ParameterNodeLifecycle
 from GliomaProgressionLib.phantom.synthetic import SIZES
+from GliomaProgressionLib.report.figure import PROGRESSION_NAME
 from GliomaProgressionLib.runs.predict import DEVICES, MIN_VOXELS_RANGE, THRESHOLD_RANGE
 
 RADIOMICS_BUTTON_TEXT = "Compute nCBV features"
@@ -48,7 +49,7 @@ class GliomaProgression(ScriptedLoadableModule):
             "from pre-operative CE-T1, FLAIR and nCBV (seed 000: Heo 2023). The series are registered rigidly "
             "onto the 1 mm CE-T1 grid, nCBV is computed from the DSC series, and an nnU-Net model runs in a "
             "background process (Cancel stops it and everything it started). The result is a probability heat "
-            "map, a 'Predicted progression' segment (p >= threshold inside the non-enhancing lesion) and a "
+            f"map, a '{PROGRESSION_NAME}' segment (p >= threshold inside the non-enhancing lesion) and a "
             "patient verdict. A synthetic glioma case with a known future-progression region can be generated "
             "here or from Sample Data. The shipped demo models are trained on synthetic data - not for "
             "clinical use."
@@ -407,7 +408,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         return process.BackgroundProcess(process.gliomaprog_command(*arguments)).start(), folder
 
     def finishPrediction(self, runner, folder, waitForCompletion=False, name=None):
-        """Load a finished prediction: heat map (0-1), 'Predicted progression' segment, verdict. Returns nodes."""
+        """Load a finished prediction: heat map (0-1), the PROGRESSION_NAME segment, verdict. Returns nodes."""
         import json
 
         from GliomaProgressionLib import mrml
@@ -428,8 +429,9 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         self._showAsHeatMap(probability)
         mask = read_volume(os.path.join(results, "progression.nii.gz"))
         from CTVPlannerLib import terminology
+        from GliomaProgressionLib.report.scene import PROGRESSION_COLOUR
 
-        segment, neoplasm = ("Predicted progression", (1.0, 0.55, 0.0)), terminology.entry("neoplasm")
+        segment, neoplasm = (PROGRESSION_NAME, PROGRESSION_COLOUR), terminology.entry("neoplasm")
         segmentation = mrml.segmentation_from_labelmap(mask, {1: segment}, f"{name} predicted progression",
                                                        terminology={1: neoplasm})
         if segmentation.GetSegmentation().GetNumberOfSegments() == 0:  # nothing predicted: say so with an empty segment
@@ -651,7 +653,7 @@ class GliomaProgressionTest(ScriptedLoadableModuleTest):
         self.assertGreaterEqual(float(probability.min()), 0.0)
         self.assertLessEqual(float(probability.max()), 1.0)
         segmentation = nodes["segmentation"].GetSegmentation()
-        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Predicted progression")
+        self.assertEqual(segmentation.GetNthSegment(0).GetName(), PROGRESSION_NAME)
         self.assertIn("progression_predicted", nodes["verdict"])
         self.assertTrue(nodes["model"]["synthetic"])
         ncbv = nodes["ncbv"]  # the registered nCBV the model saw, ready for CBV radiomics
