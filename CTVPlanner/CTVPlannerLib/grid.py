@@ -17,6 +17,16 @@ def spacing_kji(ijk_to_ras: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(ijk_to_ras, dtype=float)[:3, :3], axis=0)[::-1]
 
 
+def check_3d(dimensions: int, what: str = "The image") -> None:
+    """Refuse an image that is not 3-D. ``dimensions``: its number of axes; ``what`` names it in the sentence.
+
+    The extension's glue (``GliomaProgressionLib.case.geometry.check_3d``) calls this too, so "must be 3-D"
+    is one rule and one sentence everywhere.
+    """
+    if dimensions != 3:
+        raise ValueError(f"{what} must be a 3D image, it is {dimensions}D.")
+
+
 def check_grid(ijk_to_ras: np.ndarray, what: str = "The image") -> np.ndarray:
     """Check that a grid has positive spacing and orthogonal axes; return its spacing (k, j, i) in mm.
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .grid import check_3d
+
 # Margins are compared with a small tolerance so that a voxel exactly at the margin (a common case on regular
 # grids: 20 mm = 10 voxels of 2 mm) is inside despite floating-point rounding.
 TOLERANCE_MM = 1e-6
@@ -31,8 +33,7 @@ _SEED_LEVEL = -1e-3
 def _check(mask: np.ndarray, spacing_kji) -> tuple[np.ndarray, np.ndarray]:
     mask = np.asarray(mask)
     spacing = np.asarray(spacing_kji, dtype=float)
-    if mask.ndim != 3:
-        raise ValueError(f"The mask must be 3D, got {mask.ndim}D.")
+    check_3d(mask.ndim, "The mask")
     if spacing.shape != (3,) or np.any(~np.isfinite(spacing)) or np.any(spacing <= 0):
         raise ValueError(f"The voxel spacing must be three positive numbers (k, j, i), got {spacing_kji}.")
     return mask.astype(bool, copy=False), spacing

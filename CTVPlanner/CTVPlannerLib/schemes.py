@@ -33,7 +33,7 @@ import numpy as np
 
 from . import margins as mg
 from .barriers import Barriers, fallback_barriers, given_barriers, no_barriers
-from .grid import check_grid, voxel_volume_ml
+from .grid import check_3d, check_grid, voxel_volume_ml
 
 Progress = Callable[[float, str], None]
 
@@ -126,8 +126,7 @@ class Plan:
 def check_lesion_labels(labels: np.ndarray, what: str = "The lesion") -> np.ndarray:
     """The labels as uint8 after checking they are whole BraTS values 0-4 and not all zero."""
     labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise ValueError(f"{what} must be a 3D label image, got {labels.ndim}D.")
+    check_3d(labels.ndim, what)
     values = np.unique(labels)
     if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
         raise ValueError(f"{what} holds non-integer values; it must be a label image "

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume, volume_from_sitk
+from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume, volume_from_sitk
 
 
 def _stored_bytes(path: Path) -> int:
@@ -68,6 +68,18 @@ def read_image(path: str | os.PathLike, what: str = "image") -> sitk.Image:
 
 def read_volume(path: str | os.PathLike, what: str = "image") -> Volume:
     return volume_from_sitk(read_image(path, what))
+
+
+def read_3d_image(path: str | os.PathLike, what: str = "image") -> sitk.Image:
+    """An image file that must hold a 3-D volume (a mask, a label map, a map), as a SimpleITK image."""
+    image = read_image(path, what)
+    check_3d(image, f"The {what} {path}")
+    return image
+
+
+def read_3d_volume(path: str | os.PathLike, what: str = "image") -> Volume:
+    """``read_3d_image`` as a Volume (array ``[k, j, i]`` and IJK-to-RAS)."""
+    return volume_from_sitk(read_3d_image(path, what))
 
 
 def _temporary_sibling(path: Path) -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from GliomaProgressionLib.case.files import check_nifti_complete, read_image  # noqa: F401 (re-exported)
-from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume, volume_from_sitk
+from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume, volume_from_sitk
 from GliomaProgressionLib.case.timing import AcquisitionTiming, read_timing
 from GliomaProgressionLib.case.preprocess import NEL_LABEL, SERIES_SUFFIXES
 from GliomaProgressionLib.case.registration import check_overlap
@@ -192,12 +192,12 @@ def _read_3d(path: Path, name: str, what: str, provenance: _Provenance) -> sitk.
     else:
         image = read_series_file(path, what)
         provenance.sources[name] = str(path)
-    if image.GetDimension() != 3:
-        raise ValueError(f"The {what} {path} must be a 3D volume, it is {image.GetDimension()}D.")
+    check_3d(image, f"The {what} {path}")
     return image
 
 
-def _read_dsc(path: Path, folder: Path, provenance: _Provenance) -> tuple[Volume, AcquisitionTiming]:
+def _read_dsc(path: Path, folder: Path, provenance: _Provenance,
+              need_echo_time: bool = True) -> tuple[Volume, AcquisitionTiming]:
     sidecar = folder / "dsc.json"
     tr_s = te_s = None
     if path.is_dir():
@@ -211,11 +211,11 @@ def _read_dsc(path: Path, folder: Path, provenance: _Provenance) -> tuple[Volume
                              "time) is needed.")
         series = volume_from_sitk(image)
         provenance.sources["dsc"] = str(path)
-    if not sidecar.is_file() and (tr_s is None or te_s is None):
+    if not sidecar.is_file() and (tr_s is None or (te_s is None and need_echo_time)):
         raise ValueError(f"The case folder {folder} has no dsc.json with the DSC timing (EchoTime and "
                          "RepetitionTime or FrameTimes, in seconds).")
     timing = read_timing(series.array.shape[0], sidecar if sidecar.is_file() else None,
-                         None if sidecar.is_file() else tr_s, None if sidecar.is_file() else te_s)
+                         None if sidecar.is_file() else tr_s, None if sidecar.is_file() else te_s, need_echo_time)
     return series, timing
 
 
@@ -236,6 +236,22 @@ def _check_space(inputs: CaseInputs) -> None:
     for what, image in others.items():
         if image is not None:
             check_overlap(inputs.t1c, image, what)
+
+
+def read_series(folder: str | Path, name: str) -> sitk.Image:
+    """One 3-D series of a case folder ("t1c", "flair", "lesion"), stored as ``read_case`` accepts it."""
+    folder = Path(folder)
+    what = REQUIRED_SERIES.get(name) or OPTIONAL_SERIES[name]
+    return _read_3d(_required(folder, name), name, what, _Provenance())
+
+
+def read_dsc_series(folder: str | Path, need_echo_time: bool = True) -> tuple[Volume, AcquisitionTiming]:
+    """The DSC series of a case folder and its timing, as ``read_case`` reads them.
+
+    ``need_echo_time=False`` asks for frame times only (to show the series), so a sidecar without EchoTime does.
+    """
+    folder = Path(folder)
+    return _read_dsc(_required(folder, "dsc"), folder, _Provenance(), need_echo_time)
 
 
 def read_case(folder: str | Path, recurrence: str | Path | None = None, with_dsc: bool = True) -> CaseInputs:

@@ -7,6 +7,8 @@ Every conversion goes through exactly one helper per direction:
 - ``ras_from_lps`` / ``lps_from_ras`` for points and 4x4 matrices,
 - ``ras_from_ijk`` / ``ijk_from_ras`` for index <-> physical points,
 - ``volume_from_sitk`` / ``sitk_from_volume`` for images.
+
+``same_grid`` and ``check_3d`` are the extension's one "same grid?" and one "must be 3-D" check.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from CTVPlannerLib.grid import check_3d as _check_dimensions
 
 _FLIP_LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -110,5 +113,21 @@ def sitk_from_volume(volume: Volume, time_spacing: float = 1.0) -> sitk.Image:
 
 
 def same_grid(a: np.ndarray, b: np.ndarray, shape_a: tuple, shape_b: tuple, tolerance_mm: float = 1e-3) -> bool:
-    """True when two voxel grids (IJK-to-RAS and spatial shape) coincide within a tolerance."""
+    """True when two voxel grids (IJK-to-RAS and spatial shape) coincide within a tolerance.
+
+    The one "same grid?" rule of the extension; shapes may be array shapes (k, j, i) or SimpleITK sizes
+    (i, j, k), as long as both are the same kind.
+    """
     return tuple(shape_a) == tuple(shape_b) and np.allclose(a, b, atol=tolerance_mm)
+
+
+def check_3d(image: sitk.Image | Volume | np.ndarray, what: str) -> None:
+    """Refuse anything but a 3-D image (``what`` names it: "The lesion lesion.nii.gz").
+
+    The rule and its sentence are CTVPlannerLib's (``grid.check_3d``), which cannot import this package.
+    """
+    if isinstance(image, sitk.Image):
+        dimensions = image.GetDimension()
+    else:
+        dimensions = np.ndim(image.array if isinstance(image, Volume) else image)
+    _check_dimensions(dimensions, what)

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
 
-from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume
+from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume
 from GliomaProgressionLib.case.registration import RigidRegistration, isotropic_reference, register_rigid, resample_onto
 
 Progress = Callable[[float, str], None]
@@ -46,12 +46,6 @@ class PreparedCase:
         return [self.channels[name] for name in names]
 
 
-def _check_3d(image: sitk.Image, what: str) -> sitk.Image:
-    if image.GetDimension() != 3:
-        raise ValueError(f"The {what} must be a 3D volume, got a {image.GetDimension()}D image.")
-    return image
-
-
 def dsc_registration_image(dsc: Volume) -> sitk.Image:
     """The mean of early (pre-bolus) frames: the DSC series' anatomy, used to register it."""
     frames = np.asarray(dsc.array)[DSC_REGISTRATION_FRAMES].astype(np.float32)
@@ -77,9 +71,9 @@ def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Vo
     report = progress or (lambda fraction, message: None)
     timings: dict[str, float] = {}
     started = time.monotonic()
-    _check_3d(t1c, "CE-T1")
-    _check_3d(flair, "FLAIR")
-    _check_3d(lesion, "lesion")
+    check_3d(t1c, "The CE-T1")
+    check_3d(flair, "The FLAIR")
+    check_3d(lesion, "The lesion")
     report(0.0, "Resampling CE-T1 to the 1 mm reference grid")
     reference = isotropic_reference(t1c, spacing_mm)
     channels = {"t1c": reference}
@@ -112,7 +106,7 @@ def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Vo
     elif ncbv is not None:
         # Without its DSC series nothing can register it: it must already be aligned with CE-T1 (for example
         # the nCBV channel a previous prediction wrote to inputs/).
-        _check_3d(ncbv, "nCBV")
+        check_3d(ncbv, "The nCBV")
         channels["ncbv"] = resample_onto(reference, ncbv, None)
     nel = sitk.Cast(lesion_reference == NEL_LABEL, sitk.sitkUInt8)
     report(0.9, "Channels ready")

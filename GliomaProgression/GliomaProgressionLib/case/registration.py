@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from GliomaProgressionLib.case.geometry import lps_from_ras, ras_from_lps
+from GliomaProgressionLib.case.geometry import check_3d, lps_from_ras, ras_from_lps
 
 # A final Mattes MI above this (less negative) usually means the series did not lock on to each other.
 POOR_METRIC_THRESHOLD = -0.25
@@ -46,8 +46,7 @@ class RigidRegistration:
 
 def isotropic_reference(image: sitk.Image, spacing_mm: float = 1.0) -> sitk.Image:
     """The image resampled (linear) to isotropic voxels, same orientation and extent: the reference grid."""
-    if image.GetDimension() != 3:
-        raise ValueError(f"The reference image must be 3D, got {image.GetDimension()}D.")
+    check_3d(image, "The reference image")
     old_spacing = np.array(image.GetSpacing())
     size = np.maximum(np.round(np.array(image.GetSize()) * old_spacing / spacing_mm), 1).astype(int)
     # Keep the first voxel's corner where it was, so the new grid covers the same field of view.

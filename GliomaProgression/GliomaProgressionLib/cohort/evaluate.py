@@ -252,12 +252,10 @@ def check_same_cases(truth: dict[str, Path], other: dict[str, Path], what: str) 
 
 def read_probability(path: Path, what: str):
     """A probability map or 0/1 mask as a Volume of float32; ValueError for values outside 0..1 or NaN."""
-    from GliomaProgressionLib.case.files import read_volume
+    from GliomaProgressionLib.case.files import read_3d_volume
 
-    volume = read_volume(path, what)
+    volume = read_3d_volume(path, f"{what} file")
     array = volume.array.astype(np.float32)
-    if array.ndim != 3:
-        raise ValueError(f"The {what} file {path} is {array.ndim}D; expected a 3D probability map or mask.")
     if not np.isfinite(array).all() or array.min(initial=0) < 0 or array.max(initial=0) > 1:
         raise ValueError(f"The {what} file {path} holds values outside 0..1 (expected probabilities or a 0/1 mask).")
     volume.array = array

@@ -100,14 +100,12 @@ def read_case_series(case_dir: Path):
     """nCBV (float) and lesion labels (integers) as SimpleITK images, checked to share one grid."""
     import SimpleITK as sitk
 
-    from GliomaProgressionLib.case.files import read_image
+    from GliomaProgressionLib.case.files import read_3d_image
     from GliomaProgressionLib.case.geometry import ijk_to_ras_from_sitk, same_grid
 
     ncbv_path, lesion_path = locate_case_series(case_dir)
-    ncbv = sitk.Cast(read_image(ncbv_path, "nCBV"), sitk.sitkFloat32)
-    lesion = read_image(lesion_path, "lesion")
-    if ncbv.GetDimension() != 3 or lesion.GetDimension() != 3:
-        raise ValueError(f"The nCBV and lesion images of {case_dir} must be 3D.")
+    ncbv = sitk.Cast(read_3d_image(ncbv_path, "nCBV"), sitk.sitkFloat32)
+    lesion = read_3d_image(lesion_path, "lesion")
     if not same_grid(ijk_to_ras_from_sitk(ncbv), ijk_to_ras_from_sitk(lesion), ncbv.GetSize(), lesion.GetSize()):
         raise ValueError(f"The nCBV {ncbv_path} and lesion {lesion_path} are not on the same grid.")
     # Rounded: labels resampled with a linear interpolator, or stored as float, would otherwise miss by 1e-6.

@@ -32,8 +32,8 @@ from CTVPlannerLib.lesion import LESION_SEGMENTS, LESION_TERMINOLOGY
 
 from GliomaProgressionLib import mrml
 from GliomaProgressionLib.case.files import read_volume
+from GliomaProgressionLib.case.folder import locate_series, read_dsc_series, read_series
 from GliomaProgressionLib.case.geometry import Volume, volume_from_sitk
-from GliomaProgressionLib.case.timing import read_frame_times
 from GliomaProgressionLib.report.figure import HEAT_MAP_LOWER, PROGRESSION_NAME, TARGET_COLOURS, curve_name, heat_map_colours
 
 if TYPE_CHECKING:
@@ -280,28 +280,38 @@ PROGRESSION_TERMINOLOGY = {1: terminology.entry("neoplasm")}
 
 def load_case_into_scene(folder: str | os.PathLike, scene=None, name: str | None = None) -> dict:
     """Load a case folder into a scene: volumes, the DSC series as a sequence, the lesion segmentation (and the
-    progression truth when present), grouped under one study in the subject hierarchy. Returns the nodes."""
+    progression truth when present), grouped under one study in the subject hierarchy. Returns the nodes.
+
+    The series are found and read by the case-folder reader (``case.folder``), so every layout ``gliomaprog run``
+    accepts (NIfTI, NRRD, DICOM folders) loads here too; the DSC needs its frame times, not its echo time.
+    """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"The case folder {folder} does not exist.")
     scene = scene or mrml.current_scene()
     name = name or folder.name
     nodes = {
-        "t1c": mrml.node_from_volume(read_volume(folder / "t1c.nii.gz", "CE-T1"), f"{name} CE-T1", scene),
-        "flair": mrml.node_from_volume(read_volume(folder / "flair.nii.gz", "FLAIR"), f"{name} FLAIR", scene),
+        "t1c": mrml.node_from_volume(volume_from_sitk(read_series(folder, "t1c")), f"{name} CE-T1", scene),
+        "flair": mrml.node_from_volume(volume_from_sitk(read_series(folder, "flair")), f"{name} FLAIR", scene),
     }
-    dsc = read_volume(folder / "dsc.nii.gz", "DSC")
-    if dsc.array.ndim != 4:
-        raise ValueError(f"The DSC file {folder / 'dsc.nii.gz'} is not a 4D series.")
-    times = read_frame_times(folder / "dsc.json", dsc.array.shape[0])
-    nodes["dsc"], nodes["dsc_browser"] = mrml.sequence_from_volume(dsc, times, f"{name} DSC", scene)
-    lesion = read_volume(folder / "lesion.nii.gz", "lesion")
+    dsc, timing = read_dsc_series(folder, need_echo_time=False)
+    nodes["dsc"], nodes["dsc_browser"] = mrml.sequence_from_volume(dsc, timing.times_s, f"{name} DSC", scene)
+    lesion = volume_from_sitk(read_series(folder, "lesion"))
     nodes["lesion"] = mrml.segmentation_from_labelmap(lesion, LESION_SEGMENTS, f"{name} lesion", scene, LESION_TERMINOLOGY)
     nodes["lesion"].SetReferenceImageGeometryParameterFromVolumeNode(nodes["t1c"])
-    truth = folder / "truth"
-    if (truth / "progression.nii.gz").exists():
-        progression = read_volume(truth / "progression.nii.gz", "progression truth")
-        nodes["progression_truth"] = mrml.segmentation_from_labelmap(
-            progression, PROGRESSION_SEGMENT, f"{name} progression truth", scene, PROGRESSION_TERMINOLOGY)
-        nodes["ncbv_truth"] = mrml.node_from_volume(read_volume(truth / "ncbv.nii.gz", "nCBV truth"),
-                                                    f"{name} nCBV (truth)", scene)
+    nodes.update(_truth_nodes(folder / "truth", name, scene))
     mrml.group_in_study(scene, name, {None: list(nodes.values())})
+    return nodes
+
+
+def _truth_nodes(truth: Path, name: str, scene) -> dict:
+    """The synthetic case's progression truth and nCBV truth (``truth/``), when the folder has them."""
+    progression_file, ncbv_file = locate_series(truth, "progression"), locate_series(truth, "ncbv")
+    if progression_file is None or not progression_file.is_file():
+        return {}
+    progression = read_volume(progression_file, "progression truth")
+    nodes = {"progression_truth": mrml.segmentation_from_labelmap(
+        progression, PROGRESSION_SEGMENT, f"{name} progression truth", scene, PROGRESSION_TERMINOLOGY)}
+    if ncbv_file is not None and ncbv_file.is_file():
+        nodes["ncbv_truth"] = mrml.node_from_volume(read_volume(ncbv_file, "nCBV truth"), f"{name} nCBV (truth)", scene)
     return nodes

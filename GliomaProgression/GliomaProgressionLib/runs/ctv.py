@@ -34,24 +34,15 @@ METRIC_NOTE = ("Metrics within the brain: sensitivity |R n T|/|R|, specificity |
 # --- reading ---------------------------------------------------------------------------------------------
 
 
-def read_3d(path: Path, what: str) -> Volume:
-    from GliomaProgressionLib.case.files import read_image
-    from GliomaProgressionLib.case.geometry import volume_from_sitk
-
-    volume = volume_from_sitk(read_image(path, what))
-    if volume.array.ndim != 3:
-        raise ValueError(f"The {what} {path} must be a 3D image, it is {volume.array.ndim}D.")
-    return volume
-
-
 def on_grid(path: Path, reference: Volume, what: str, resample: bool, labels: bool = True) -> np.ndarray:
     """The image at ``path`` as an array on the reference grid (checked, or resampled when allowed)."""
     import numpy as np
     import SimpleITK as sitk
 
+    from GliomaProgressionLib.case.files import read_3d_volume
     from GliomaProgressionLib.case.geometry import Volume, same_grid, sitk_from_volume
 
-    volume = read_3d(path, what)
+    volume = read_3d_volume(path, what)
     if same_grid(volume.ijk_to_ras, reference.ijk_to_ras, volume.array.shape, reference.array.shape):
         return volume.array
     if not resample:
@@ -104,7 +95,9 @@ def read_inputs(lesion: Path, brain: Path, progression: Path | None, barriers: P
     from CTVPlannerLib.grid import check_grid
     from CTVPlannerLib.schemes import PlanningInputs, check_lesion_labels
 
-    labels = read_3d(lesion, "lesion")
+    from GliomaProgressionLib.case.files import read_3d_volume
+
+    labels = read_3d_volume(lesion, "lesion")
     check_grid(labels.ijk_to_ras, f"The lesion {lesion}")
     check_lesion_labels(labels.array, f"The lesion {lesion}")
     inputs = PlanningInputs(
@@ -205,7 +198,9 @@ def metrics_files(target: Path, recurrence: Path, brain: Path, resample: bool = 
     from CTVPlannerLib.grid import check_grid, spacing_kji, voxel_volume_ml
     from CTVPlannerLib.metrics import json_safe, target_metrics
 
-    reference = read_3d(target, "target")
+    from GliomaProgressionLib.case.files import read_3d_volume
+
+    reference = read_3d_volume(target, "target")
     check_grid(reference.ijk_to_ras, f"The target {target}")
     if not np.all(np.isfinite(reference.array)):
         raise ValueError(f"The target {target} holds non-finite values; a mask must be 0 outside, nonzero inside.")

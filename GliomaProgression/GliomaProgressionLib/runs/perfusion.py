@@ -20,8 +20,9 @@ import SimpleITK as sitk
 
 from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
 
-from GliomaProgressionLib.case.files import read_image, staged_output_folder, write_json, write_volume
-from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume, volume_from_sitk
+from GliomaProgressionLib.case.files import (read_3d_image, read_3d_volume, read_image, staged_output_folder,
+                                             write_json, write_volume)
+from GliomaProgressionLib.case.geometry import Volume, same_grid, sitk_from_volume, volume_from_sitk
 from GliomaProgressionLib.case.timing import AcquisitionTiming, read_timing
 
 Progress = Callable[[float, str], None]
@@ -39,10 +40,8 @@ def read_dsc(path: Path) -> Volume:
 
 def read_mask_on_grid(path: Path, grid: Volume, what: str) -> np.ndarray:
     """A mask that must be on the DSC grid itself (same shape and geometry)."""
-    mask = volume_from_sitk(read_image(path, what))
-    if mask.array.ndim != 3:
-        raise ValueError(f"The {what} {path} must be a 3D mask.")
-    if mask.array.shape != grid.array.shape[-3:] or not np.allclose(mask.ijk_to_ras, grid.ijk_to_ras, atol=1e-3):
+    mask = read_3d_volume(path, what)
+    if not same_grid(mask.ijk_to_ras, grid.ijk_to_ras, mask.array.shape, grid.array.shape[-3:]):
         raise ValueError(f"The {what} {path} is not on the DSC grid (shape {mask.array.shape} vs "
                          f"{grid.array.shape[-3:]}, or a different position/orientation).")
     if not mask.array.any():
@@ -52,9 +51,7 @@ def read_mask_on_grid(path: Path, grid: Volume, what: str) -> np.ndarray:
 
 def resample_labels_to_grid(path: Path, grid: Volume, what: str = "lesion") -> np.ndarray:
     """Integer labels resampled onto the DSC grid (nearest neighbour, scanner coordinates)."""
-    labels = read_image(path, what)
-    if labels.GetDimension() != 3:
-        raise ValueError(f"The {what} {path} must be a 3D label image.")
+    labels = read_3d_image(path, what)
     reference = sitk_from_volume(Volume(np.zeros(grid.array.shape[-3:], np.uint8), grid.ijk_to_ras))
     resampled = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     array = sitk.GetArrayFromImage(resampled)
