@@ -4,6 +4,7 @@ Layout::
 
     t1c.nii.gz  flair.nii.gz  dsc.nii.gz (4D)  dsc.json  lesion.nii.gz (BraTS 2024 labels on the CE-T1 grid)
     truth/  cbv, cbf, ncbv, k2, nawm, brain_dsc (DSC grid); brain, progression (CE-T1 grid); truth.json
+    (a case made without DSC has no dsc.nii.gz, dsc.json or DSC-grid truth)
     NOTICE.txt
 """
 
@@ -21,8 +22,9 @@ def write_case(case: SyntheticCase, out: str | os.PathLike) -> Path:
     with staged_output_folder(out) as staging:
         write_volume(case.t1c, staging / "t1c.nii.gz")
         write_volume(case.flair, staging / "flair.nii.gz")
-        write_volume(case.dsc, staging / "dsc.nii.gz", time_spacing=case.config.tr_s)
-        write_json(dsc_sidecar(case), staging / "dsc.json")
+        if case.dsc is not None:
+            write_volume(case.dsc, staging / "dsc.nii.gz", time_spacing=case.config.tr_s)
+            write_json(dsc_sidecar(case), staging / "dsc.json")
         write_volume(case.lesion, staging / "lesion.nii.gz")
         truth = staging / "truth"
         truth.mkdir()

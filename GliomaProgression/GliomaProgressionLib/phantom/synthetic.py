@@ -14,6 +14,11 @@ A case is built in three steps:
 
 How visible the future progression is in FLAIR and in CBV is set by ``PhantomConfig``, so that a cohort can be
 made in which nCBV carries information that FLAIR lacks (seed 000's finding).
+
+Variants look like the data users really have: ``preprocessed`` (BraTS style: CE-T1 and FLAIR already on one
+isotropic grid, every series in one head pose), ``head`` (scalp and skull kept, as acquired, instead of a
+skull-stripped brain), ``dsc=False`` (no perfusion series) and ``dsc_slices`` (a thin DSC slab through the
+tumour). With every variant off, a seed gives the case it always gave, bit for bit.
 """
 
 from __future__ import annotations
@@ -99,6 +104,11 @@ class PhantomConfig:
     cbv: TissueProperties = TissueProperties(4.0, 2.0, 0.0, 1.7, 7.0, 0.4, 0.0)
     cbf: TissueProperties = TissueProperties(60.0, 22.0, 0.0, 18.0, 85.0, 6.0, 0.0)
     dsc_s0: TissueProperties = TissueProperties(1050, 900, 1500, 1150, 1000, 1300, 1500)
+    # Variants (see the module's docstring).
+    preprocessed: bool = False
+    head: bool = False
+    dsc: bool = True
+    dsc_slices: int | None = None
 
     def validated(self) -> "PhantomConfig":
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -111,6 +121,11 @@ class PhantomConfig:
             raise ValueError(f"k2_enhancing must be zero or positive, got {self.k2_enhancing}.")
         if self.frames < 20 or self.tr_s <= 0 or self.te_s <= 0:
             raise ValueError("The DSC protocol needs at least 20 frames and positive TR and TE.")
+        if self.dsc_slices is not None:
+            if not isinstance(self.dsc_slices, (int, np.integer)) or self.dsc_slices < 1:
+                raise ValueError(f"dsc_slices must be a whole number of at least 1, got {self.dsc_slices!r}.")
+            if not self.dsc:
+                raise ValueError("dsc_slices sets the DSC slab, but the case is asked without DSC.")
         return self
 
 
@@ -121,10 +136,10 @@ class SyntheticCase:
     config: PhantomConfig
     t1c: Volume
     flair: Volume
-    dsc: Volume  # [t, k, j, i]
-    frame_times_s: np.ndarray
+    dsc: Volume | None  # [t, k, j, i]; None for a case without DSC
+    frame_times_s: np.ndarray | None
     lesion: Volume  # BraTS 2024 labels on the CE-T1 grid
-    truth: dict[str, Volume]  # cbv, cbf, ncbv, k2, nawm, brain_dsc (DSC grid); brain, progression (CE-T1 grid)
+    truth: dict[str, Volume]  # cbv, cbf, ncbv, k2, nawm, brain_dsc (DSC grid, with DSC); brain, progression (CE-T1)
     metadata: dict
 
 
@@ -295,6 +310,37 @@ def _infiltrated_wedge(rng, oedema, distance, dk, dj, di, radius_field, spacing)
     raise ValueError("Could not place an infiltrated region of at least 0.3 mL in the oedema.")
 
 
+# --- scalp and skull ----------------------------------------------------------------------------------------
+
+# Intensities of the layers around the brain, in each series' units (white matter: CE-T1 1000, FLAIR 620, DSC 900):
+# fat-rich scalp is bright on T1 and FLAIR and dim on fat-suppressed EPI; cortical bone gives no signal; the
+# diploe between the two tables has marrow signal.
+HEAD_LAYERS = {
+    "t1c": {"scalp": 1300.0, "bone": 60.0, "diploe": 700.0},
+    "flair": {"scalp": 900.0, "bone": 40.0, "diploe": 500.0},
+    "dsc_s0": {"scalp": 500.0, "bone": 40.0, "diploe": 250.0},
+}
+
+
+def _head_layers(anatomy: _Anatomy, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Skull (inner and outer table, diploe between) and scalp around the brain, a few mm each, with uneven
+    thickness, as masks on the template grid."""
+    outside = ndimage.distance_transform_edt(~anatomy.brain, sampling=anatomy.spacing)
+    uneven = _smooth_noise(rng, outside.shape, 15.0, anatomy.spacing)
+    skull_start, skull_mm, scalp_mm = 2.0 + 0.5 * uneven, 6.5 + 1.5 * uneven, 5.5 + 1.5 * uneven
+    depth = outside - skull_start
+    skull = (depth > 0) & (depth <= skull_mm)
+    diploe = skull & (depth > 0.3 * skull_mm) & (depth <= 0.7 * skull_mm)
+    scalp = (depth > skull_mm) & (depth <= skull_mm + scalp_mm)
+    return {"bone": skull & ~diploe, "diploe": diploe, "scalp": scalp}
+
+
+def _add_head(maps: dict[str, np.ndarray], head: dict[str, np.ndarray]) -> None:
+    for series, layers in HEAD_LAYERS.items():
+        for layer, value in layers.items():
+            maps[series][head[layer]] = value
+
+
 # --- tissue property maps ---------------------------------------------------------------------------------
 
 
@@ -337,7 +383,11 @@ def _tissue_maps(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig) -> d
 # --- acquisitions -----------------------------------------------------------------------------------------
 
 
-def _protocols(size: str) -> dict[str, SeriesProtocol]:
+def _protocols(size: str, preprocessed: bool = False) -> dict[str, SeriesProtocol]:
+    if preprocessed:  # resampled onto one isotropic, axis-aligned grid, as BraTS distributes its cases
+        spacing = 2.0 if size == "small" else 1.0
+        isotropic = {name: SeriesProtocol(name, (spacing,) * 3, (1, 1, 1), tilt_deg=0.0) for name in ("t1c", "flair")}
+        return {**isotropic, "dsc": _protocols(size)["dsc"]}
     if size == "small":
         return {
             "t1c": SeriesProtocol("t1c", (2.0, 2.0, 2.4), (1, 1, 1), tilt_deg=6.0),
@@ -382,12 +432,22 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
     label_image = _as_image(tumour.labels, anatomy.grid)
     progression_image = _as_image(tumour.progression.astype(np.uint8), anatomy.grid)
 
-    protocols = _protocols(config.size)
+    field_of_view = anatomy.brain
+    if config.head:
+        head = _head_layers(anatomy, rng)
+        _add_head(maps, head)
+        images.update({name: _as_image(maps[name], anatomy.grid) for name in HEAD_LAYERS})
+        field_of_view = anatomy.brain | head["scalp"] | head["bone"] | head["diploe"]
+
+    protocols = _protocols(config.size, config.preprocessed)
     brain_centre = anatomy.grid.TransformContinuousIndexToPhysicalPoint(
         [float(c) for c in np.argwhere(anatomy.brain).mean(axis=0)[::-1]])
-    poses = {"t1c": random_pose(rng, brain_centre, 1.5, 1.5), "flair": random_pose(rng, brain_centre, 2.0, 2.5),
-             "dsc": random_pose(rng, brain_centre, 2.0, 3.0)}
-    grids = {name: series_grid(protocols[name], poses[name], anatomy.grid, anatomy.brain) for name in protocols}
+    poses = _poses(rng, brain_centre, config.preprocessed)
+    grids = {name: series_grid(protocols[name], poses[name], anatomy.grid, field_of_view) for name in protocols}
+    if config.preprocessed:
+        grids["flair"] = grids["t1c"]
+    if config.dsc_slices is not None:
+        grids["dsc"] = _slab(grids["dsc"], poses["dsc"], tumour.centre_ras, config.dsc_slices)
 
     def acquired(name: str, series: str) -> np.ndarray:
         return acquire(images[name], grids[series], poses[series], protocols[series].oversample)
@@ -399,42 +459,68 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
     progression = acquire_labels(progression_image, grids["t1c"], poses["t1c"])
     brain = acquire(images["brain"], grids["t1c"], poses["t1c"], (1, 1, 1)) > 0.5
 
-    report(0.5, "Simulating the DSC series")
-    dsc_maps = {name: acquired(name, "dsc") for name in ("cbv", "cbf", "k2", "dsc_s0", "brain", "nawm")}
-    brain_dsc = dsc_maps["brain"] > 0.5
-    nawm_dsc = (dsc_maps["nawm"] > 0.5) & brain_dsc
-    times = np.arange(config.frames) * config.tr_s
-    simulation = simulate_dsc(times, dsc_maps["cbv"], dsc_maps["cbf"], dsc_maps["k2"], dsc_maps["dsc_s0"],
-                              config.te_s, brain_mask=brain_dsc)
-    report(0.8, "Adding noise")
-    signal = _noisy(rng, config, simulation.signal, config.dsc_s0.white, "dsc")
-    ncbv = dsc_maps["cbv"] / dsc_maps["cbv"][nawm_dsc].mean()
-
     def volume(array, series):
         return Volume(array, ijk_to_ras_from_sitk(grids[series]))
 
-    truth = {
-        "cbv": volume(dsc_maps["cbv"], "dsc"),
-        "cbf": volume(dsc_maps["cbf"], "dsc"),
-        "ncbv": volume(ncbv.astype(np.float32), "dsc"),
-        "k2": volume(dsc_maps["k2"], "dsc"),
-        "nawm": volume(nawm_dsc.astype(np.uint8), "dsc"),
-        "brain_dsc": volume(brain_dsc.astype(np.uint8), "dsc"),
-        "brain": volume(brain.astype(np.uint8), "t1c"),
-        "progression": volume(progression, "t1c"),
-    }
+    truth = {"brain": volume(brain.astype(np.uint8), "t1c"), "progression": volume(progression, "t1c")}
+    dsc = times = simulation = None
+    if config.dsc:
+        report(0.5, "Simulating the DSC series")
+        dsc, times, simulation, dsc_truth = _dsc_series(config, rng, acquired)
+        truth.update({name: volume(array, "dsc") for name, array in dsc_truth.items()})
+    else:
+        poses, grids = {k: v for k, v in poses.items() if k != "dsc"}, {k: v for k, v in grids.items() if k != "dsc"}
     metadata = _metadata(config, tumour, poses, grids, protocols, simulation, times)
     report(1.0, "Synthetic case ready")
     return SyntheticCase(
         config=config,
         t1c=volume(_to_int16(t1c), "t1c"),
         flair=volume(_to_int16(flair), "flair"),
-        dsc=volume(_to_int16(signal), "dsc"),
+        dsc=None if dsc is None else volume(_to_int16(dsc), "dsc"),
         frame_times_s=times,
         lesion=volume(lesion, "t1c"),
         truth=truth,
         metadata=metadata,
     )
+
+
+def _dsc_series(config: PhantomConfig, rng: np.random.Generator, acquired) -> tuple:
+    """The DSC signal on its grid, its frame times, the simulation and the truth maps on the DSC grid."""
+    dsc_maps = {name: acquired(name, "dsc") for name in ("cbv", "cbf", "k2", "dsc_s0", "brain", "nawm")}
+    brain_dsc = dsc_maps["brain"] > 0.5
+    nawm_dsc = (dsc_maps["nawm"] > 0.5) & brain_dsc
+    times = np.arange(config.frames) * config.tr_s
+    simulation = simulate_dsc(times, dsc_maps["cbv"], dsc_maps["cbf"], dsc_maps["k2"], dsc_maps["dsc_s0"],
+                              config.te_s, brain_mask=brain_dsc)
+    signal = _noisy(rng, config, simulation.signal, config.dsc_s0.white, "dsc")
+    # A thin slab may miss the contralateral white matter: then nCBV is relative to all white matter in it.
+    reference = nawm_dsc if nawm_dsc.any() else brain_dsc
+    ncbv = dsc_maps["cbv"] / dsc_maps["cbv"][reference].mean()
+    truth = {"cbv": dsc_maps["cbv"], "cbf": dsc_maps["cbf"], "ncbv": ncbv.astype(np.float32), "k2": dsc_maps["k2"],
+             "nawm": nawm_dsc.astype(np.uint8), "brain_dsc": brain_dsc.astype(np.uint8)}
+    return signal, times, simulation, truth
+
+
+def _poses(rng: np.random.Generator, brain_centre, preprocessed: bool) -> dict[str, HeadPose]:
+    if preprocessed:  # co-registered already: one pose for every series
+        still = HeadPose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in brain_centre))
+        return {"t1c": still, "flair": still, "dsc": still}
+    return {"t1c": random_pose(rng, brain_centre, 1.5, 1.5), "flair": random_pose(rng, brain_centre, 2.0, 2.5),
+            "dsc": random_pose(rng, brain_centre, 2.0, 3.0)}
+
+
+def _slab(grid: sitk.Image, pose: HeadPose, centre_ras: np.ndarray, slices: int) -> sitk.Image:
+    """The series grid cut down to ``slices`` slices centred on the tumour (a thin-slab DSC protocol)."""
+    centre_lps = (-float(centre_ras[0]), -float(centre_ras[1]), float(centre_ras[2]))
+    in_scanner = pose.transform().GetInverse().TransformPoint(centre_lps)
+    k_centre = grid.TransformPhysicalPointToContinuousIndex(in_scanner)[2]
+    size = list(grid.GetSize())
+    first = int(np.clip(round(k_centre - (slices - 1) / 2), 0, max(size[2] - slices, 0)))
+    slab = sitk.Image([size[0], size[1], min(slices, size[2])], sitk.sitkFloat32)
+    slab.SetSpacing(grid.GetSpacing())
+    slab.SetDirection(grid.GetDirection())
+    slab.SetOrigin(grid.TransformIndexToPhysicalPoint([0, 0, first]))
+    return slab
 
 
 def _metadata(config, tumour, poses: dict[str, HeadPose], grids, protocols, simulation, times) -> dict:
@@ -450,7 +536,7 @@ def _metadata(config, tumour, poses: dict[str, HeadPose], grids, protocols, simu
         }
     # What a registration of FLAIR or DSC onto CE-T1 should find: CE-T1 RAS = M @ series RAS.
     t1c_from_template = np.linalg.inv(poses["t1c"].matrix_ras())
-    for name in ("flair", "dsc"):
+    for name in ("flair", "dsc") if "dsc" in poses else ("flair",):
         series[name]["ras_t1c_from_ras_series"] = (t1c_from_template @ poses[name].matrix_ras()).round(6).tolist()
     settings = asdict(replace(config))
     return {
@@ -460,7 +546,7 @@ def _metadata(config, tumour, poses: dict[str, HeadPose], grids, protocols, simu
         "labels": {str(k): v for k, v in LABEL_DESCRIPTIONS.items()},
         "tumour": tumour.parameters,
         "series": series,
-        "dsc": {
+        "dsc": None if simulation is None else {
             "frame_times_s": times.tolist(),
             "echo_time_s": config.te_s,
             "repetition_time_s": config.tr_s,
