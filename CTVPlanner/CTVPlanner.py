@@ -16,6 +16,7 @@ from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 from CTVPlannerLib import terminology
+from CTVPlannerLib.lesion import LESION_SEGMENTS, brats_class
 from CTVPlannerLib.schemes import MARGIN_RANGE_MM, SCHEMES, TARGET_COLOURS, Margins
 from GliomaProgressionLib.mrml import PackageInstalling, ParameterNodeLifecycle
 
@@ -29,13 +30,6 @@ KIND_TAG = "CTVPlanner.Kind"
 # Python packages (PyPI names, versions in the extension's requirements.txt) each action needs beyond Slicer.
 PACKAGES_FOR_GEODESIC_MARGINS = ("scikit-fmm",)
 PACKAGES_FOR_DICOM_EXPORT = ("scikit-image", "highdicom")
-# BraTS 2024 classes by segment name (whole words, lower case); values 1-4 by "1" / "label_1".
-_NAME_CLASSES = (
-    (4, ("cavity", "resection", "rc")),
-    (1, ("necrosis", "necrotic", "ncr", "necr", "net", "core")),  # "non-enhancing tumour core" is BraTS 1
-    (2, ("snfh", "oedema", "edema", "nel", "flair", "t2", "ed", "non-enhancing", "nonenhancing")),
-    (3, ("enhancing", "enhancement", "cel", "et", "active")),
-)
 
 
 #
@@ -254,16 +248,8 @@ class CTVPlannerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def bratsClass(segmentName):
-        """BraTS label (1-4) of a lesion segment name, or None."""
-        name = segmentName.strip().lower()
-        match = re.fullmatch(r"(?:label[ _-]?)?([1-4])", name)
-        if match:
-            return int(match.group(1))
-        words = set(re.split(r"[^a-z0-9-]+", name)) | set(re.split(r"[^a-z0-9]+", name))
-        for label, keywords in _NAME_CLASSES:
-            if words & set(keywords):
-                return label
-        return None
+        """BraTS label (1-4) of a lesion segment name, or None (the rule shared with Glioma Progression)."""
+        return brats_class(segmentName)
 
     def lesionLabels(self, lesionNode, referenceVolumeNode, notes=None):
         """The lesion as BraTS labels on the reference grid (SNFH first, so tumour classes win where segments
@@ -605,8 +591,7 @@ class CTVPlannerTest(ScriptedLoadableModuleTest):
         labels[radius <= 9] = 2
         labels[radius <= 6] = 3
         labels[radius <= 3] = 1
-        segments = {1: ("Necrosis", (1, 1, 0)), 2: ("Non-enhancing lesion (SNFH)", (0, 1, 0)),
-                    3: ("Enhancing tumour", (1, 0, 0))}
+        segments = {value: LESION_SEGMENTS[value] for value in (1, 2, 3)}  # as the extension names them
         brain = np.zeros(shape, np.uint8)
         brain[1:-1, 2:-2, 2:-2] = 1
         nodes = {

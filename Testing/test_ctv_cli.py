@@ -167,3 +167,27 @@ def test_metrics_refuses_a_recurrence_on_another_grid(small):
     result = gliomaprog("metrics", "--target", small / "lesion.nii.gz", "--recurrence",
                         small / "recurrence_other_grid.nii.gz", "--brain", small / "brain.nii.gz")
     _assert_one_line_error(result, "recurrence", "--resample")
+
+
+@pytest.mark.parametrize("spelling", [
+    ["--schemes", "eortc", "estro"], ["--schemes", "eortc,estro"], ["--schemes", "eortc", "--schemes", "estro"],
+    ["--scheme", "eortc", "--scheme", "estro"], ["--scheme", "eortc,estro"],  # the older spelling still works
+])
+def test_ctv_and_run_take_the_schemes_the_same_way(spelling):
+    from GliomaProgressionLib.cli.main import _build_parser
+    from GliomaProgressionLib.cli.options import name_list
+
+    parser = _build_parser()
+    ctv = parser.parse_args(["ctv", "--lesion", "l", "--brain", "b", "--out", "o", *spelling])
+    assert name_list(ctv.schemes) == ("eortc", "estro")
+    if spelling[0] == "--schemes":
+        run = parser.parse_args(["run", "case", "--out", "o", *spelling])
+        assert name_list(run.schemes) == ("eortc", "estro")
+
+
+def test_the_schemes_help_lists_the_planners_schemes():
+    from CTVPlannerLib.schemes import SCHEMES
+
+    for command in ("ctv", "run"):
+        result = gliomaprog(command, "--help")
+        assert ", ".join(SCHEMES) in " ".join(result.stdout.split()), command

@@ -3,6 +3,8 @@ a segment's part from its name. Used by every module and the report."""
 
 from __future__ import annotations
 
+import re
+
 from CTVPlannerLib import terminology
 
 LESION_SEGMENTS = {
@@ -15,20 +17,42 @@ LESION_SEGMENTS = {
 LESION_TERMINOLOGY = {value: terminology.lesion_entry(value) for value in LESION_SEGMENTS}
 
 
-# Segment names (lower case, by substring) -> BraTS 2024 label value. The first match wins, so the more
-# specific phrases come first ("non-enhancing lesion" before "enhancing").
-_SEGMENT_NAME_RULES = (
-    (("necro", "netc", "ncr", "non-enhancing tumor core", "non-enhancing tumour core"), 1),
-    (("snfh", "non-enhancing lesion", "oedema", "edema", "flair", "t2"), 2),
-    (("cavity", "resection", "rc"), 4),
-    (("enhancing", "et"), 3),
+# The one rule that tells a segment's lesion part from its name, used by the CTV Planner module and by the Glioma
+# Progression module (mrml.brats_labels_from_segmentation). Names are compared word by word, lower case (any
+# non-alphanumeric character separates words; "non-enhancing", "non enhancing" and "nonenhancing" are one
+# word). Classes are tried in this order, so a name with words of two classes gets the first: "non-enhancing
+# tumour core" (BraTS label 1) has "core" before it could count as non-enhancing (2).
+SEGMENT_NAME_WORDS = (
+    (4, ("cavity", "resection", "rc")),
+    (1, ("necrosis", "necrotic", "necrose", "necro", "necr", "ncr", "netc", "net", "core")),
+    (2, ("snfh", "nonenhancing", "oedema", "edema", "ed", "nel", "flair", "t2")),
+    (3, ("enhancing", "enhancement", "enhanced", "cel", "et", "active")),
 )
+# "1" .. "4", or "label 1", "label_1", "label-1", "label1": a BraTS value given directly.
+_LABEL_NUMBER = re.compile(r"(?:label[ _-]?)?([1-4])")
+
+
+def _name_words(name: str) -> set[str]:
+    lowered = re.sub(r"\bnon[\s_-]*enhancing\b", "nonenhancing", name.strip().lower())
+    return set(re.split(r"[^a-z0-9]+", lowered)) - {""}
+
+
+def brats_class(name: str) -> int | None:
+    """The BraTS 2024 label (1 necrosis, 2 SNFH, 3 enhancing, 4 cavity) a segment name stands for, or None."""
+    number = _LABEL_NUMBER.fullmatch(name.strip().lower())
+    if number:
+        return int(number.group(1))
+    words = _name_words(name)
+    for value, keywords in SEGMENT_NAME_WORDS:
+        if words.intersection(keywords):
+            return value
+    return None
 
 
 def brats_value_for_segment(name: str) -> int:
-    lowered = name.strip().lower()
-    for keys, value in _SEGMENT_NAME_RULES:
-        if any(lowered == key or (len(key) > 3 and key in lowered) for key in keys):
-            return value
-    raise ValueError(f"The segment '{name}' is not a known lesion part; name segments Necrosis, "
-                     "Non-enhancing lesion (SNFH), Enhancing tumour or Resection cavity.")
+    """``brats_class`` for a segment that must be a lesion part: ValueError (one sentence) when it is none."""
+    value = brats_class(name)
+    if value is None:
+        raise ValueError(f"The segment '{name}' is not a known lesion part; name segments Necrosis, "
+                         "Non-enhancing lesion (SNFH), Enhancing tumour or Resection cavity (or 1-4).")
+    return value

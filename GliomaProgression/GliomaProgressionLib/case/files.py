@@ -116,7 +116,7 @@ def write_json(data: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def check_new_output_folder(out: str | os.PathLike, what: str = "--out") -> Path:
+def check_new_output_folder(out: str | os.PathLike, what: str = "The output folder") -> Path:
     """Check that a result folder can be created at ``out`` without overwriting anything.
 
     Raises ValueError when ``out`` exists and is not an empty folder, or when its parent cannot be written.
@@ -137,7 +137,7 @@ def check_new_output_folder(out: str | os.PathLike, what: str = "--out") -> Path
 
 
 @contextlib.contextmanager
-def staged_output_folder(out: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+def staged_output_folder(out: str | os.PathLike, what: str = "The output folder") -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out`` and rename it to ``out`` only if the block succeeds.
 
     On any error the staging folder is removed, so a failed or cancelled run leaves no partial result.

@@ -61,6 +61,17 @@ def _folds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected fold numbers such as 0 or 0,1,2,3,4, got {text!r}") from None
 
 
+def _refuse_flags(*checks: tuple[bool, str]) -> None:
+    """Refuse flag values in the command line's words (the libraries check them too, but speak of data)."""
+    for failed, message in checks:
+        if failed:
+            raise ValueError(message)
+
+
+def _training_length_checks(args: argparse.Namespace) -> tuple[bool, str]:
+    return args.epochs < 1 or args.iterations < 1, "--epochs and --iterations must be at least 1."
+
+
 def _add_export(actions) -> None:
     export = actions.add_parser(
         "export", help="cohort case folders -> nnU-Net v2 raw dataset with per-case QC",
@@ -145,6 +156,9 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.cohort.train import train_cohort
 
+    folds = args.folds
+    _refuse_flags((not folds or any(not 0 <= f <= 4 for f in folds) or len(set(folds)) != len(folds),
+                   f"--folds must be distinct numbers 0..4, got {folds}."), _training_length_checks(args))
     record = train_cohort(args.raw, args.out, args.configuration, args.folds, args.epochs, args.iterations,
                           args.device, args.threads, log=lambda message: print(message, file=sys.stderr, flush=True))
     print(f"Trained {record['dataset']} ({record['configuration']}, folds {record['folds']}) in "
@@ -164,6 +178,7 @@ def _run_replicate(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.cohort.replicate import replicate
 
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
+    _refuse_flags(_training_length_checks(args))
     result = replicate(args.out, args.train, args.test, args.epochs, args.iterations, args.seed, log=say)
     print(result["markdown"], end="")
     for model, groups in result["detected_by_flair_visibility"].items():
@@ -176,6 +191,8 @@ def _run_replicate(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.cohort.evaluate import EvaluationSettings, evaluate_cohort
 
+    _refuse_flags((not 0.0 < args.threshold <= 1.0, f"--threshold must be in (0, 1], got {args.threshold}."),
+                  (args.min_voxels < 1, f"--min-voxels must be at least 1, got {args.min_voxels}."))
     settings = EvaluationSettings(threshold=args.threshold, min_voxels=args.min_voxels)
     result = evaluate_cohort(args.predictions, args.truth, args.out, compare=args.compare, nel=args.nel,
                              settings=settings, progress=StderrProgress(args.quiet))

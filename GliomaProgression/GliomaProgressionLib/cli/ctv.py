@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from GliomaProgressionLib.cli.options import StderrProgress, margin_mm, positive_float
+from GliomaProgressionLib.cli.options import StderrProgress, add_schemes_option, margin_mm, name_list, positive_float
 from GliomaProgressionLib.runs.ctv import METRIC_NOTE
 
 
@@ -33,8 +34,7 @@ def _add_ctv_parser(subparsers) -> None:
     ctv.add_argument("--image", type=Path, help="T1-weighted or FLAIR image: ventricles for the automatic barriers")
     ctv.add_argument("--oar", type=Path, nargs="+", default=[], metavar="MASK",
                      help="organ-at-risk masks (brainstem, chiasm, optic nerves...), removed from the targets")
-    ctv.add_argument("--scheme", action="append", metavar="NAME",
-                     help="rtog, eortc, estro, ai, boost or all (default); repeat or separate with commas")
+    add_schemes_option(ctv, "--scheme")  # --scheme: the older, repeated spelling
     ctv.add_argument("--geodesic", action="store_true",
                      help="measure every margin through brain tissue around barriers (ESTRO-EANO always is "
                           "barrier-aware)")
@@ -77,12 +77,25 @@ def _margins_from(args: argparse.Namespace):
     return Margins(**{**asdict(margins), **changes})
 
 
+@contextlib.contextmanager
+def _resample_hint():
+    """Name the flag that allows resampling when a mask is refused for lying on another grid."""
+    from GliomaProgressionLib.runs.ctv import NotOnReferenceGrid
+
+    try:
+        yield
+    except NotOnReferenceGrid as error:
+        raise ValueError(f"{error} (--resample allows it.)") from None
+
+
 def _run_ctv(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.runs.ctv import run_ctv_files
 
-    report = run_ctv_files(args.lesion, args.brain, args.out, args.scheme, _margins_from(args), args.geodesic,
-                           args.progression, args.barriers, args.oar, args.image, args.recurrence, args.resample,
-                           StderrProgress(args.quiet))
+    schemes = name_list(args.schemes)
+    with _resample_hint():
+        report = run_ctv_files(args.lesion, args.brain, args.out, list(schemes) if schemes else None,
+                               _margins_from(args), args.geodesic, args.progression, args.barriers, args.oar,
+                               args.image, args.recurrence, args.resample, StderrProgress(args.quiet))
     for note in report["notes"]:
         print(f"note: {note}", file=sys.stderr)
     for target in report["targets"]:
@@ -96,5 +109,7 @@ def _run_metrics(args: argparse.Namespace) -> int:
 
     from GliomaProgressionLib.runs.ctv import metrics_files
 
-    print(json.dumps(metrics_files(args.target, args.recurrence, args.brain, args.resample), indent=2))
+    with _resample_hint():
+        metrics = metrics_files(args.target, args.recurrence, args.brain, args.resample)
+    print(json.dumps(metrics, indent=2))
     return 0

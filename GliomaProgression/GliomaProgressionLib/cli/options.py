@@ -58,6 +58,17 @@ def margin_mm(text: str) -> float:
     return value
 
 
+def add_schemes_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
+    """``--schemes NAME [NAME ...]`` (commas allowed, may repeat; read with ``name_list``): the CTV schemes.
+
+    The names come from CTVPlannerLib, which owns them; ``aliases`` keeps older spellings working.
+    """
+    from CTVPlannerLib.schemes import SCHEMES
+
+    parser.add_argument("--schemes", *aliases, dest="schemes", nargs="+", action="extend", metavar="NAME",
+                        help=f"CTV schemes: {', '.join(SCHEMES)} or all (default all); one or more, commas allowed")
+
+
 def name_list(values: list[str] | None) -> tuple[str, ...] | None:
     """Names given as repeated or space- or comma-separated values (``--schemes rtog,ai boost``)."""
     if not values:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from DSCPerfusionLib.leakage import LEAKAGE_METHODS
 
-from GliomaProgressionLib.cli.options import name_list, non_negative_int, positive_float
+from GliomaProgressionLib.cli.options import add_schemes_option, name_list, non_negative_int, positive_float
 from GliomaProgressionLib.runs.predict import DEVICES
 
 
@@ -25,8 +25,7 @@ def add_commands(subparsers) -> None:
     run.add_argument("--model", default="multiparametric",
                      help="model id (see 'gliomaprog models list') or package path (default multiparametric)")
     run.add_argument("--device", choices=DEVICES, default="auto")
-    run.add_argument("--schemes", nargs="+", metavar="NAME",
-                     help="CTV schemes: rtog, eortc, estro, ai, boost or all (default all)")
+    add_schemes_option(run)
     run.add_argument("--geodesic", action="store_true", help="measure every CTV margin through brain tissue")
     run.add_argument("--recurrence", type=Path, help="recurrence mask aligned with CE-T1 (default: CASE_DIR/"
                                                      "recurrence.*): metrics of each CTV against it")

@@ -144,9 +144,9 @@ class EvaluationSettings:
 
     def validated(self) -> "EvaluationSettings":
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"--threshold must be in (0, 1], got {self.threshold}.")
+            raise ValueError(f"The probability threshold must be in (0, 1], got {self.threshold}.")
         if self.min_voxels < 1:
-            raise ValueError(f"--min-voxels must be at least 1, got {self.min_voxels}.")
+            raise ValueError(f"The voxels needed for a progression verdict must be at least 1, got {self.min_voxels}.")
         return self
 
 
@@ -454,7 +454,7 @@ def evaluate_cohort(predictions: str | os.PathLike, truth: str | os.PathLike, ou
     summaries = [summarise(names[0], evaluate_folder(predictions, truth_files, nel_files, settings), settings)]
     if compare is not None:
         report(0.45, f"Reading {len(truth_files)} case(s) of {names[1]}")
-        outcomes = evaluate_folder(compare, truth_files, nel_files, settings, "--compare")
+        outcomes = evaluate_folder(compare, truth_files, nel_files, settings, "compared predictions")
         summaries.append(summarise(names[1], outcomes, settings))
     comparison = compare_models(*summaries) if compare is not None else None
     report(0.9, "Writing the tables and the ROC plot")

@@ -86,7 +86,7 @@ def split_cases(names: list[str], orders: dict[str, str | None], method: str, te
                 seed: int) -> dict[str, str]:
     """case -> "train" or "test": the latest cases (temporal, as seed 000) or a seeded random draw."""
     if not 0 <= test_fraction < 1:
-        raise ValueError(f"--test-fraction must be at least 0 and below 1, got {test_fraction}.")
+        raise ValueError(f"The test fraction must be at least 0 and below 1, got {test_fraction}.")
     test_count = int(round(len(names) * test_fraction))
     if method == "temporal":
         undated = [name for name in names if orders.get(name) is None]
@@ -103,7 +103,7 @@ def split_cases(names: list[str], orders: dict[str, str | None], method: str, te
     else:
         raise ValueError(f"Unknown split {method!r}: use temporal or random.")
     if test_count >= len(names):
-        raise ValueError(f"--test-fraction {test_fraction} leaves no training case among {len(names)} case(s).")
+        raise ValueError(f"A test fraction of {test_fraction} leaves no training case among {len(names)} case(s).")
     test = set(ordered[len(ordered) - test_count:]) if test_count else set()
     return {name: "test" if name in test else "train" for name in names}
 
@@ -218,7 +218,7 @@ def export_cohort(cohort: str | os.PathLike, out: str | os.PathLike, dataset_id:
     if channels not in CHANNEL_SETS:
         raise ValueError(f"Unknown channel set {channels!r}: use {' or '.join(CHANNEL_SETS)}.")
     if not 1 <= int(dataset_id) <= 999:
-        raise ValueError(f"--dataset-id must be 1..999 (nnU-Net's three digits), got {dataset_id}.")
+        raise ValueError(f"The dataset id must be 1..999 (nnU-Net's three digits), got {dataset_id}.")
     folders = case_folders(Path(cohort))
     names = [case_identifier(folder) for folder in folders]
     if len(set(names)) != len(names):

@@ -199,11 +199,12 @@ def _cell(value) -> str:
 
 def check_output_file(out: Path) -> Path:
     if out.exists():
-        raise ValueError(f"--out {out} already exists; choose a new file name.")
+        raise ValueError(f"The output file {out} already exists; choose a new file name.")
     if not out.name.endswith(".csv"):
-        raise ValueError(f"--out {out} must be a .csv file.")
+        raise ValueError(f"The output file {out} must be a .csv file.")
     if not out.absolute().parent.is_dir():
-        raise ValueError(f"--out {out}: the folder {out.absolute().parent} does not exist.")
+        raise ValueError(f"The output file {out} cannot be written: the folder {out.absolute().parent} does not "
+                         "exist.")
     return out
 
 

@@ -33,11 +33,11 @@ class ModelSettings:
 
     def validated(self) -> "ModelSettings":
         if self.folds < 2:
-            raise ValueError(f"--folds must be at least 2, got {self.folds}.")
+            raise ValueError(f"The number of cross-validation folds must be at least 2, got {self.folds}.")
         if self.features_kept < 1:
-            raise ValueError(f"--features-kept must be at least 1, got {self.features_kept}.")
+            raise ValueError(f"The number of features kept must be at least 1, got {self.features_kept}.")
         if self.seed < 0:
-            raise ValueError(f"--seed must be zero or positive, got {self.seed}.")
+            raise ValueError(f"The random seed must be zero or positive, got {self.seed}.")
         return self
 
 
@@ -109,11 +109,12 @@ def check_design(y: np.ndarray, n_features: int, settings: ModelSettings) -> Non
         raise ValueError(f"All {len(y)} cases have the same label; both local (0) and distant (1) are needed.")
     if counts.min() < settings.folds:
         raise ValueError(f"Only {counts.min()} case(s) of the smaller class for {settings.folds} folds: every "
-                         "validation fold needs both classes (use fewer --folds or more cases).")
+                         "validation fold needs both classes (use fewer folds or more cases).")
     if counts.min() - math.ceil(counts.min() / settings.folds) < 2:
         raise ValueError("Too few cases of the smaller class in a training fold for SMOTE (at least 2 needed).")
     if settings.features_kept > n_features:
-        raise ValueError(f"--features-kept {settings.features_kept} exceeds the {n_features} usable feature columns.")
+        raise ValueError(f"The number of features kept, {settings.features_kept}, exceeds the {n_features} usable "
+                         "feature columns.")
 
 
 def smote_class():

@@ -185,7 +185,7 @@ def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: i
     if train < 4 or test < 2:
         raise ValueError("The replication needs at least 4 training and 2 test cases.")
     if epochs < 1 or iterations < 1:
-        raise ValueError("--epochs and --iterations must be at least 1.")
+        raise ValueError("The number of epochs and of iterations per epoch must be at least 1.")
     torch.set_num_threads(2)
     started = time.monotonic()
     timings = {}

@@ -105,7 +105,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here.")
+        raise ValueError("The CUDA device was asked for, but no CUDA device is available here.")
     return device
 
 
@@ -130,9 +130,9 @@ def check_train_arguments(configuration: str, folds: list[int], epochs: int, ite
     if configuration not in CONFIGURATIONS:
         raise ValueError(f"Unknown configuration {configuration!r}: use small or 3d_fullres.")
     if not folds or any(not 0 <= fold <= 4 for fold in folds) or len(set(folds)) != len(folds):
-        raise ValueError(f"--folds must be distinct numbers 0..4, got {folds}.")
+        raise ValueError(f"The folds to train must be distinct numbers 0..4, got {folds}.")
     if epochs < 1 or iterations < 1:
-        raise ValueError("--epochs and --iterations must be at least 1.")
+        raise ValueError("The number of epochs and of iterations per epoch must be at least 1.")
 
 
 def train_cohort(raw: str | os.PathLike, out: str | os.PathLike, configuration: str = "small",
@@ -211,7 +211,7 @@ def package_model(results: str | os.PathLike, model_id: str, title: str, out: st
     from GliomaProgressionLib.models.training import sha256_of, slim_checkpoint
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id or ""):
-        raise ValueError(f"--id must be letters, digits, '.', '_' or '-', got {model_id!r}.")
+        raise ValueError(f"The model id must be letters, digits, '.', '_' or '-', got {model_id!r}.")
     out = Path(out)
     if out.exists():
         raise ValueError(f"{out} already exists; choose a new file name.")

@@ -269,14 +269,16 @@ def export_dicom_structures(folder: Path, results: CaseResults) -> dict:
     import SimpleITK as sitk
 
     from CTVPlannerLib.dicom_export import PatientStudy, Structure, export_dicom
-    from CTVPlannerLib.schemes import gtv_masks
+    from CTVPlannerLib.lesion import LESION_SEGMENTS
+    from CTVPlannerLib.schemes import ENHANCING, gtv_masks
 
     from GliomaProgressionLib.case.geometry import volume_from_sitk
     from GliomaProgressionLib.report.figure import TARGET_COLOURS
 
     reference = volume_from_sitk(results.prepared.reference)
     labels = sitk.GetArrayFromImage(results.prepared.lesion)
-    structures = [Structure("GTV", gtv_masks(labels)["core"], (0.9, 0.2, 0.2), "GTV",
+    gtv_colour = LESION_SEGMENTS[ENHANCING][1]  # the GTV core in the colour of its enhancing tumour
+    structures = [Structure("GTV", gtv_masks(labels)["core"], gtv_colour, "GTV",
                             "Enhancing tumour, necrosis and resection cavity")]
     skipped = []
     for target in results.targets:
@@ -377,7 +379,7 @@ def case_folders(cases: Path, out: Path) -> list[Path]:
     if not cases.is_dir():
         raise ValueError(f"The folder of cases {cases} does not exist.")
     if locate_series(cases, "t1c") is not None:
-        raise ValueError(f"{cases} is a case folder itself (it holds t1c); run it without --batch.")
+        raise ValueError(f"{cases} is a case folder itself (it holds t1c), not a folder of case folders.")
     found = [p for p in sorted(cases.iterdir()) if p.is_dir() and not p.name.startswith(".")
              and p.resolve() != out.resolve()]
     if not found:
@@ -434,7 +436,8 @@ def run_one_of_batch(case: Path, target: Path, settings: RunSettings, quiet: boo
 def run_batch(cases: Path, out: Path, settings: RunSettings, quiet: bool = False) -> list[dict]:
     """Every case folder of ``cases`` into ``out/<case>``; returns the rows of batch.csv."""
     if settings.recurrence is not None:
-        raise ValueError("--recurrence names one case's mask; in --batch put a recurrence file in each case folder.")
+        raise ValueError("One recurrence mask cannot serve a batch of cases; put a recurrence file in each case "
+                         "folder.")
     folders = case_folders(cases, out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

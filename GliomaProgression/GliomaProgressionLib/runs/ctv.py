@@ -34,6 +34,11 @@ METRIC_NOTE = ("Metrics within the brain: sensitivity |R n T|/|R|, specificity |
 # --- reading ---------------------------------------------------------------------------------------------
 
 
+class NotOnReferenceGrid(ValueError):
+    """A mask on another voxel grid than the reference's, and resampling was not allowed: a caller that can
+    allow it (the command line's --resample) may say how."""
+
+
 def on_grid(path: Path, reference: Volume, what: str, resample: bool, labels: bool = True) -> np.ndarray:
     """The image at ``path`` as an array on the reference grid (checked, or resampled when allowed)."""
     import numpy as np
@@ -46,9 +51,10 @@ def on_grid(path: Path, reference: Volume, what: str, resample: bool, labels: bo
     if same_grid(volume.ijk_to_ras, reference.ijk_to_ras, volume.array.shape, reference.array.shape):
         return volume.array
     if not resample:
-        raise ValueError(f"The {what} {path} is not on the lesion's voxel grid (shape {volume.array.shape} vs "
-                         f"{reference.array.shape}, or another position/orientation); resample it onto the lesion "
-                         "grid, or pass --resample to do so by nearest neighbour (only if the two are aligned).")
+        raise NotOnReferenceGrid(
+            f"The {what} {path} is not on the lesion's voxel grid (shape {volume.array.shape} vs "
+            f"{reference.array.shape}, or another position/orientation); resample it onto the lesion grid, or allow "
+            "resampling by nearest neighbour (only if the two are aligned).")
     grid = sitk_from_volume(Volume(np.zeros(reference.array.shape, np.uint8), reference.ijk_to_ras))
     interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
     image = sitk_from_volume(volume)
@@ -72,7 +78,7 @@ def mask_on_grid(path: Path, reference: Volume, what: str, resample: bool, allow
 
 
 def parse_schemes(values: list[str] | None, has_progression: bool) -> tuple[tuple[str, ...], list[str]]:
-    """Scheme names from repeated or comma-separated ``--scheme`` values; 'all' is every scheme whose inputs
+    """Scheme names, each value one name or several separated by commas; 'all' is every scheme whose inputs
     are given. Returns (schemes, notes)."""
     from CTVPlannerLib.schemes import NEEDS_PROGRESSION, SCHEMES
 
@@ -81,7 +87,7 @@ def parse_schemes(values: list[str] | None, has_progression: bool) -> tuple[tupl
     if "all" in names:
         names = [n for n in names if n != "all"] + [s for s in SCHEMES if has_progression or s not in NEEDS_PROGRESSION]
         if not has_progression:
-            notes.append("The ai and boost schemes were skipped: they need --progression.")
+            notes.append("The ai and boost schemes were skipped: they need a predicted-progression mask.")
     unknown = [n for n in names if n not in SCHEMES]
     if unknown:
         raise ValueError(f"Unknown scheme {unknown[0]!r}; choose from {', '.join(SCHEMES)} or all.")
@@ -111,7 +117,7 @@ def read_inputs(lesion: Path, brain: Path, progression: Path | None, barriers: P
         image=on_grid(image, labels, "image", resample, labels=False).astype(np.float32) if image else None,
     )
     if len(inputs.oars) != len(oars):
-        raise ValueError("Two --oar files have the same name; rename one.")
+        raise ValueError("Two organ-at-risk masks have the same file name; rename one.")
     return labels, inputs
 
 
