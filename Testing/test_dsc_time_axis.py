@@ -7,6 +7,8 @@ interval in the header. The sequences below are built the way MultiVolumeImporte
 node classes, index name, unit, values, attributes and calls), on real slicer-core nodes.
 """
 
+import json
+
 import nibabel
 import numpy as np
 import pytest
@@ -312,3 +314,56 @@ def test_k2_and_rcbv_from_a_multivolume_sequence_match_the_series_in_seconds(sce
           f"{np.median(before.rcbv[tumour]):.4f} (x{rcbv_ratio:.3f})")
     assert k2_ratio == pytest.approx(1.5, rel=0.05)  # K2 is per second: 1 s frames inflate it by TR / 1 s
     assert rcbv_ratio == pytest.approx(1 / 1.5, rel=0.05)  # the area under deltaR2* shrinks by 1 s / TR
+
+
+# --- the DSC sidecar: one reader (case.timing.read_timing) -------------------------------------------------
+
+
+def _sidecar(tmp_path, **fields):
+    path = tmp_path / "dsc.json"
+    path.write_text(json.dumps(fields), encoding="utf-8")
+    return path
+
+
+def test_sidecar_frame_times_win_unless_a_repetition_time_is_given(tmp_path):
+    from GliomaProgressionLib.case.timing import read_timing
+
+    sidecar = _sidecar(tmp_path, EchoTime=0.03, RepetitionTime=1.5, FrameTimes=[0.0, 1.4, 2.9])
+    np.testing.assert_allclose(read_timing(3, sidecar).times_s, [0.0, 1.4, 2.9])
+    np.testing.assert_allclose(read_timing(3, sidecar, tr_s=2.0).times_s, [0.0, 2.0, 4.0])
+    assert read_timing(3, sidecar, te_s=0.02).te_s == 0.02
+    assert read_timing(3, None, tr_s=1.5, te_s=0.03).tr_s == 1.5
+
+
+def test_frame_times_alone_need_no_echo_time(tmp_path):
+    from GliomaProgressionLib.case.timing import read_timing
+
+    sidecar = _sidecar(tmp_path, RepetitionTime=1.5)
+    timing = read_timing(4, sidecar, need_echo_time=False)
+    np.testing.assert_allclose(timing.times_s, [0.0, 1.5, 3.0, 4.5])
+    assert timing.te_s is None
+    with pytest.raises(ValueError, match="echo time is missing"):
+        read_timing(4, sidecar)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(RepetitionTime=1.5), "echo time is missing: it is neither in the DSC sidecar"),
+    (dict(EchoTime=0.03), "repetition time is missing: it is neither in the DSC sidecar"),
+    (dict(EchoTime=30, RepetitionTime=1.5), "looks like milliseconds"),
+    (dict(EchoTime=0.03, RepetitionTime=1500), "looks like milliseconds"),
+    (dict(EchoTime=0.03, FrameTimes=[0.0, 1.5]), "lists 2 frame times for a series of 3 frames"),
+])
+def test_sidecar_problems_are_one_sentence_about_the_data(tmp_path, fields, message):
+    from GliomaProgressionLib.case.timing import read_timing
+
+    with pytest.raises(ValueError, match=message) as error:
+        read_timing(3, _sidecar(tmp_path, **fields))
+    assert "--" not in str(error.value), "a library message names no command-line flag"
+
+
+def test_a_sidecar_that_is_not_json_is_refused(tmp_path):
+    from GliomaProgressionLib.case.timing import read_timing
+
+    (tmp_path / "dsc.json").write_text("EchoTime: 0.03", encoding="utf-8")
+    with pytest.raises(ValueError, match="could not be read as JSON"):
+        read_timing(3, tmp_path / "dsc.json")

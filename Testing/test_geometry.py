@@ -126,3 +126,40 @@ def test_transformed_volume_is_refused(scene):
     node.SetAndObserveTransformNodeID(transform.GetID())
     with pytest.raises(ValueError, match="under a transform"):
         mrml.volume_from_node(node)
+
+
+def test_one_same_grid_and_one_3d_rule():
+    volume = _volume_with_landmark()
+    moved = volume.ijk_to_ras.copy()
+    moved[0, 3] += 0.5
+    assert geometry.same_grid(volume.ijk_to_ras, volume.ijk_to_ras, volume.array.shape, volume.array.shape)
+    assert not geometry.same_grid(volume.ijk_to_ras, moved, volume.array.shape, volume.array.shape)
+    assert not geometry.same_grid(volume.ijk_to_ras, volume.ijk_to_ras, volume.array.shape, (11, 9, 9))
+    geometry.check_3d(volume, "The landmark")
+    geometry.check_3d(geometry.sitk_from_volume(volume), "The landmark")
+    series = Volume(np.stack([volume.array] * 2), volume.ijk_to_ras)
+    for image in (series, geometry.sitk_from_volume(series), series.array):
+        with pytest.raises(ValueError, match=r"^The series must be a 3D image, it is 4D\.$"):
+            geometry.check_3d(image, "The series")
+
+
+def test_a_nrrd_case_folder_loads_into_the_scene_as_gliomaprog_run_reads_it(scene, tmp_path):
+    """The scene loader finds the series as the case-folder reader does (any suffix), and needs only frame times."""
+    import json
+
+    from GliomaProgressionLib.report.scene import load_case_into_scene
+
+    volume = _volume_with_landmark()
+    write_volume(volume, tmp_path / "t1c.nrrd")
+    write_volume(volume, tmp_path / "flair.nii")
+    write_volume(Volume((volume.array > 0).astype(np.uint8) * 2, volume.ijk_to_ras), tmp_path / "lesion.nrrd")
+    write_volume(Volume(np.stack([volume.array] * 3), volume.ijk_to_ras), tmp_path / "dsc.nrrd")
+    (tmp_path / "dsc.json").write_text(json.dumps({"FrameTimes": [0.0, 1.2, 2.5]}), encoding="utf-8")
+    nodes = load_case_into_scene(tmp_path, scene, name="nrrd case")
+    assert {"t1c", "flair", "dsc", "lesion"} <= set(nodes) and "progression_truth" not in nodes
+    assert np.allclose(_landmark_ras(mrml.volume_from_node(nodes["t1c"])), EXPECTED_RAS)
+    _, times = mrml.volume_from_sequence(nodes["dsc"])
+    assert np.allclose(times, [0.0, 1.2, 2.5])
+    (tmp_path / "flair.nii").unlink()
+    with pytest.raises(ValueError, match="has no FLAIR"):
+        load_case_into_scene(tmp_path, scene)
