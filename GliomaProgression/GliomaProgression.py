@@ -361,51 +361,51 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
     def startPrediction(self, t1cNode, flairNode, lesionNode, model, dscNode=None, echoTimeMs=30.0, device="auto",
                         threshold=0.5, minVoxels=1, tta=None):
-        """Write the inputs to a job folder and start ``gliomaprog predict`` on them in a background process.
-        Returns (process, job folder)."""
-        from GliomaProgressionLib import mrml
-        from GliomaProgressionLib.mrml import brats_labels_from_segmentation
-        from GliomaProgressionLib.case.files import write_json, write_volume
-        from GliomaProgressionLib.runs.predict import PredictionSettings
+        """Write the inputs to a job folder and start one background process that prepares the case (registration,
+        nCBV) and runs the model (``runs.predict.PredictionJob``). Returns (process, job folder)."""
+        from GliomaProgressionLib.runs.predict import PredictionJob, PredictionSettings
 
         if t1cNode is None or flairNode is None or lesionNode is None:
             raise ValueError("Choose the CE-T1, the FLAIR and the lesion segmentation.")
-        PredictionSettings(threshold=threshold, min_voxels=minVoxels, device=device).validated()
+        settings = PredictionSettings(threshold=threshold, min_voxels=int(minVoxels), device=device,
+                                      tta=tta).validated()
         entry = self.modelEntry(model) if isinstance(model, str) else None
-        names = [channel["name"] for channel in entry["channels"]] if entry else []
-        if "ncbv" in names and dscNode is None:
+        needsNcbv = bool(entry) and "ncbv" in [channel["name"] for channel in entry["channels"]]
+        if needsNcbv and dscNode is None:
             raise ValueError(f"The model '{model}' needs the DSC series (it uses nCBV).")
         low, high = ECHO_TIME_MS_RANGE
         if not low <= echoTimeMs <= high:
             raise ValueError(f"The DSC echo time must be between {low:g} and {high:g} ms, got {echoTimeMs:g}.")
         self._resultsBeside = t1cNode
         folder = tempfile.mkdtemp(prefix="GliomaProgression-")
-        inputs = os.path.join(folder, "inputs")
-        os.mkdir(inputs)
         try:
-            t1c = mrml.volume_from_node(t1cNode)
-            write_volume(t1c, os.path.join(inputs, "t1c.nii.gz"))
-            write_volume(mrml.volume_from_node(flairNode), os.path.join(inputs, "flair.nii.gz"))
-            write_volume(brats_labels_from_segmentation(lesionNode, t1cNode), os.path.join(inputs, "lesion.nii.gz"))
-            arguments = ["predict", "--t1c", os.path.join(inputs, "t1c.nii.gz"),
-                         "--flair", os.path.join(inputs, "flair.nii.gz"),
-                         "--lesion", os.path.join(inputs, "lesion.nii.gz"), "--model", str(model),
-                         "--out", os.path.join(folder, "results"), "--device", device,
-                         "--threshold", str(threshold), "--min-voxels", str(int(minVoxels))]
-            if tta is not None:
-                arguments.append("--tta" if tta else "--no-tta")
-            if dscNode is not None and "ncbv" in names:
-                series, times = mrml.volume_from_sequence(dscNode)
-                write_volume(series, os.path.join(inputs, "dsc.nii.gz"),
-                             time_spacing=float(np.median(np.diff(times))) if len(times) > 1 else 1.0)
-                write_json({"EchoTime": echoTimeMs / 1000.0, "FrameTimes": [float(t) for t in times]},
-                           os.path.join(inputs, "dsc.json"))
-                arguments += ["--dsc", os.path.join(inputs, "dsc.nii.gz"),
-                              "--dsc-json", os.path.join(inputs, "dsc.json")]
+            files = self._writePredictionInputs(os.path.join(folder, "inputs"), t1cNode, flairNode, lesionNode,
+                                                dscNode if needsNcbv else None, echoTimeMs)
+            job = PredictionJob(model=str(model), out=os.path.join(folder, "results"), settings=settings, **files)
+            return job.start(), folder
         except Exception:
             self.discardJobFolder(folder)
             raise
-        return process.BackgroundProcess(process.gliomaprog_command(*arguments)).start(), folder
+
+    @staticmethod
+    def _writePredictionInputs(inputs, t1cNode, flairNode, lesionNode, dscNode, echoTimeMs):
+        """The series as files for the job process (the lesion as BraTS labels on the CE-T1 grid); -> the paths
+        by PredictionJob field."""
+        from GliomaProgressionLib.case.files import write_json, write_volume
+        from GliomaProgressionLib.mrml import brats_labels_from_segmentation
+
+        os.mkdir(inputs)
+        files = {name: os.path.join(inputs, f"{name}.nii.gz") for name in ("t1c", "flair", "lesion")}
+        write_volume(mrml.volume_from_node(t1cNode), files["t1c"])
+        write_volume(mrml.volume_from_node(flairNode), files["flair"])
+        write_volume(brats_labels_from_segmentation(lesionNode, t1cNode), files["lesion"])
+        if dscNode is not None:
+            series, times = mrml.volume_from_sequence(dscNode)
+            files["dsc"], files["dsc_json"] = os.path.join(inputs, "dsc.nii.gz"), os.path.join(inputs, "dsc.json")
+            write_volume(series, files["dsc"],
+                         time_spacing=float(np.median(np.diff(times))) if len(times) > 1 else 1.0)
+            write_json({"EchoTime": echoTimeMs / 1000.0, "FrameTimes": [float(t) for t in times]}, files["dsc_json"])
+        return files
 
     def finishPrediction(self, runner, folder, waitForCompletion=False, name=None):
         """Load a finished prediction: heat map (0-1), the PROGRESSION_NAME segment, verdict. Returns nodes."""

@@ -1,5 +1,7 @@
 """Background prediction with the shipped demo models: result, bad input, cancel, crash, timeout, device."""
 
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -222,3 +224,103 @@ def test_an_empty_nel_is_refused_before_the_model_runs(conventional):
     prepared = PreparedCase(image, {"t1c": image, "flair": image}, empty, empty, {}, None)
     with pytest.raises(ValueError, match="nothing to predict"):
         predict_prepared(prepared, conventional)
+
+
+# --- the Slicer module's prediction job: one process, channels written once ---------------------------------------
+
+
+def _job(folder, out, **settings):
+    from GliomaProgressionLib.runs.predict import PredictionJob, PredictionSettings
+
+    return PredictionJob(folder / "t1c.nii.gz", folder / "flair.nii.gz", folder / "lesion.nii.gz", "multiparametric",
+                         out, dsc=folder / "dsc.nii.gz", dsc_json=folder / "dsc.json",
+                         settings=PredictionSettings(**{"device": "cpu", **settings}))
+
+
+def test_the_job_command_round_trips_through_the_job_parser(tmp_path):
+    from GliomaProgressionLib.models.process import python_executable
+    from GliomaProgressionLib.runs.predict import PredictionJob
+
+    job = _job(tmp_path, tmp_path / "out", threshold=0.37, min_voxels=3, min_ml=0.25, tta=False)
+    command = job.command()
+    assert command[:3] == [python_executable(), "-m", "GliomaProgressionLib.runs.predict"]
+    assert PredictionJob.from_arg_list(command[3:]) == job
+    trusted = PredictionJob(str(job.t1c), str(job.flair), str(job.lesion), "/models/x.zip", str(job.out),
+                            trust_model=True)
+    assert PredictionJob.from_arg_list(trusted.as_arg_list()) == trusted
+    with pytest.raises(ValueError, match="arguments are wrong: .*--model"):
+        PredictionJob.from_arg_list(["--t1c", "a", "--flair", "b", "--lesion", "c", "--out", "d"])
+
+
+def test_the_job_process_fails_in_one_line(tmp_path, capsys):
+    from GliomaProgressionLib.runs import predict
+
+    assert predict.main(["--device", "gpu"]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("ERROR: The prediction job's arguments are wrong")
+    job = _job(tmp_path, tmp_path / "out")  # no such files
+    assert predict.main(job.as_arg_list()) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("ERROR: ") and "Traceback" not in out[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _children(pid: int) -> set[int]:
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.add(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return children
+
+
+@pytest.mark.slow
+def test_the_job_is_one_process_with_progress_and_the_results_the_module_reads(small_case_folder, multiparametric,
+                                                                              tmp_path):
+    running = _job(small_case_folder, tmp_path / "results").start()
+    children = set()
+    while running.poll() is None:
+        children |= _children(running.pid)
+        time.sleep(0.02)
+    assert running.poll() == 0, running.error_tail()
+    assert children == set(), "the job started a process of its own (a second hop)"
+    progress = [line for line in running.lines if line.startswith("[")]
+    assert any("Registering DSC" in line for line in progress) and any("Sliding window" in line for line in progress)
+    assert progress[-1].startswith("[100%] Prediction written")
+    results = tmp_path / "results"
+    assert sorted(p.name for p in (results / "inputs").iterdir()) == [
+        "case_0000.nii.gz", "case_0001.nii.gz", "case_0002.nii.gz", "nel.nii.gz"]
+    assert (results / "progression_prob.nii.gz").is_file() and (results / "progression.nii.gz").is_file()
+    prediction = json.loads((results / "prediction.json").read_text())
+    assert prediction["settings"]["device"] == "cpu" and "progression_predicted" in prediction["verdict"]
+
+
+@pytest.mark.slow
+def test_the_job_writes_each_channel_once_and_starts_no_process(small_case_folder, multiparametric, tmp_path,
+                                                                monkeypatch):
+    """The job's own work, run here: every image it writes is counted, and starting a process fails."""
+    import subprocess
+
+    for name in ("CUDA_VISIBLE_DEVICES", "nnUNet_def_n_proc", "nnUNet_n_proc_DA", "nnUNet_compile", "nnUNet_raw",
+                 "nnUNet_preprocessed", "nnUNet_results"):  # the job sets these for its process: as they were after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if os.environ[name] == "":
+            monkeypatch.delenv(name)
+    written = []
+    execute = sitk.ImageFileWriter.Execute
+
+    def counting(writer, *arguments):
+        written.append(Path(arguments[1] if len(arguments) > 1 else writer.GetFileName()).name)
+        return execute(writer, *arguments)
+
+    def no_process(*arguments, **options):
+        raise AssertionError("the prediction job started a process")
+
+    monkeypatch.setattr(sitk.ImageFileWriter, "Execute", counting)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    _job(small_case_folder, tmp_path / "results").run()
+    channels = [name for name in written if name.startswith((".case_", "case_"))]
+    assert len(channels) == 3 and len(set(channels)) == 3, written

@@ -1,8 +1,10 @@
-"""Background nnU-Net prediction: channels to a temporary folder, ``predict_worker`` in a separate process.
+"""nnU-Net prediction of one case's channels, checked first: in a worker process or in this one.
 
 ``run_prediction`` blocks (CLI, tests, scripts) and returns the foreground probability; ``start_prediction``
-returns the running ``BackgroundProcess`` for the Slicer widget to poll from a QTimer. Either way the temporary
-input folder is removed when the process ends, fails or is cancelled, and cancel ends the whole process tree.
+returns the running ``BackgroundProcess`` to poll. Both write the channels to a temporary folder for the worker
+(``models.worker``) and remove it when the process ends, fails or is cancelled; cancel ends the whole process tree.
+``predict_here`` runs the same prediction in the calling process, for a caller that is itself a background job
+(the Slicer module's prediction job): no second process, and no channel written to disk.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import SimpleITK as sitk
 
 from GliomaProgressionLib.models.packages import ModelPackage
 from GliomaProgressionLib.models.process import BackgroundProcess, python_executable
+from GliomaProgressionLib.models.worker import DEVICES
 
 Progress = Callable[[float, str], None]
 
@@ -98,8 +101,8 @@ def start_prediction(channels, model: ModelPackage, output_file: str | os.PathLi
     moves the probability map to ``output_file`` if it succeeded and removes the temporary folder in every case
     (success, failure, cancel, timeout). ``process.result`` then holds the worker's summary (device, timings).
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}.")
+    if device not in DEVICES:
+        raise ValueError(f"The device must be {', '.join(DEVICES)}, got {device!r}.")
     images = _check_channels(channels, model, channel_names)
     output_file = Path(output_file)
     if not output_file.parent.is_dir():
@@ -184,3 +187,23 @@ def run_prediction(channels, model: ModelPackage, device: str = "auto", tta: boo
 def process_reference(channels, model: ModelPackage) -> sitk.Image:
     return channels[model.channel_names[0]] if isinstance(channels, dict) else list(channels)[0]
 
+
+def predict_here(channels, model: ModelPackage, device: str = "auto", tta: bool | None = None,
+                 progress: Progress | None = None, channel_names: Sequence[str] | None = None,
+                 info: dict | None = None) -> sitk.Image:
+    """As ``run_prediction``, in this process: the foreground probability (float32, 0..1) on the channels' grid.
+
+    For a process that is itself a background job (cancel ends it); torch and nnU-Net stay loaded afterwards.
+    ``info`` (if given) receives the summary (device used, mirroring, seconds).
+    """
+    from GliomaProgressionLib.models.worker import predict_images
+
+    if device not in DEVICES:
+        raise ValueError(f"The device must be {', '.join(DEVICES)}, got {device!r}.")
+    images = _check_channels(channels, model, channel_names)
+    probability, summary = predict_images(images, model.folder, device, tta, model.folds, model.configuration,
+                                          model.trusted, progress or (lambda fraction, message: None))
+    probability.CopyInformation(images[0])
+    if info is not None:
+        info.update(summary)
+    return probability

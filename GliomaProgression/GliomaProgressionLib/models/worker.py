@@ -1,4 +1,5 @@
-"""nnU-Net prediction of one case, loaded safely; run as a separate process by ``inference.py``.
+"""nnU-Net prediction of one case, loaded safely: ``predict_images`` in the calling process, or this module run as
+a separate process by ``inference.py``:
 
     python -m GliomaProgressionLib.models.worker --input DIR --model FOLDER --output FILE [--device auto|cpu|cuda]
         [--tta | --no-tta] [--folds 0 1 ...] [--configuration 3d_fullres] [--trust]
@@ -6,6 +7,9 @@
 ``DIR`` holds ``case_0000.nii.gz``, ``case_0001.nii.gz``, … (channels in model order, one grid). ``FILE`` gets the
 foreground probability (float32, 0..1) on that grid. Progress lines ``[ NN%] message`` go to stdout; a failure
 ends with ``ERROR: <message>`` and exit code 1 (the parent shows the last lines).
+
+Whoever calls ``predict_images`` should be a process of its own (a background job that can be cancelled):
+torch and nnU-Net stay loaded, and CPU predictions hide the GPU by setting ``CUDA_VISIBLE_DEVICES``.
 
 Safe loading (DESIGN §7): nnU-Net's own loader unpickles checkpoints (``weights_only=False``) and imports whatever
 class names the plans and checkpoint name, so a model folder from an untrusted source can run code. Here the
@@ -24,12 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-# Before torch/nnU-Net are imported: nnU-Net's export pool size, and no GPU when the CPU is forced.
-os.environ.setdefault("nnUNet_def_n_proc", "1")
-os.environ.setdefault("nnUNet_compile", "false")
-for _name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):  # silence nnU-Net's missing-folder warnings
-    os.environ.setdefault(_name, os.devnull)
+from typing import Callable
 
+Progress = Callable[[float, str], None]
+
+DEVICES = ("auto", "cpu", "cuda")
 ALLOWED_NETWORKS = {
     "dynamic_network_architectures.architectures.unet.PlainConvUNet": ("unet", "PlainConvUNet"),
     "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet": ("unet", "ResidualEncoderUNet"),
@@ -56,6 +59,16 @@ class UnsafeModelError(ValueError):
 
 def report(fraction: float, message: str) -> None:
     print(f"[{int(round(100 * max(0.0, min(1.0, fraction)))):3d}%] {message}", flush=True)
+
+
+def use_nnunet_defaults() -> None:
+    """Call before torch and nnU-Net are imported: they read these once. A function, not import-time code, so
+    that importing this module (for DEVICES, or the checks the package installer runs) changes no environment."""
+    os.environ.setdefault("nnUNet_def_n_proc", "1")  # nnU-Net's export pool size
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")  # else importing nnU-Net starts `hostname` to choose it
+    os.environ.setdefault("nnUNet_compile", "false")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):  # silence its missing-folder warnings
+        os.environ.setdefault(name, os.devnull)
 
 
 # --- safe loading ---------------------------------------------------------------------------------------------
@@ -174,6 +187,7 @@ def choose_device(requested: str = "auto") -> str:
 def load_predictor(folder: Path, device: str = "cpu", tta: bool | None = None, folds=None,
                    configuration: str | None = None, trust: bool = False):
     """An ``nnUNetPredictor`` for a model folder, set up without unpickling code or looking classes up by name."""
+    use_nnunet_defaults()
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -224,34 +238,36 @@ def load_predictor(folder: Path, device: str = "cpu", tta: bool | None = None, f
 # --- prediction -----------------------------------------------------------------------------------------------
 
 
-class _ProgressBar:
-    """Stands in for tqdm inside nnU-Net's sliding window: prints ``[ NN%] Sliding window k/N`` lines."""
+def _progress_bar(progress: Progress):
+    """A stand-in for tqdm inside nnU-Net's sliding window that reports ``Sliding window k/N`` to ``progress``."""
 
-    span = (0.2, 0.85)
+    class ProgressBar:
+        span = (0.2, 0.85)
 
-    def __init__(self, *args, total=None, disable=False, **kwargs):
-        self.total = max(1, int(total or 1))
-        self.count = 0
-        self.started = time.monotonic()
-        self.fold_label = kwargs.get("desc") or ""
+        def __init__(self, *args, total=None, disable=False, **kwargs):
+            self.total = max(1, int(total or 1))
+            self.count = 0
+            self.started = time.monotonic()
 
-    def __enter__(self):
-        return self
+        def __enter__(self):
+            return self
 
-    def __exit__(self, *exc):
-        return False
+        def __exit__(self, *exc):
+            return False
 
-    def update(self, n: int = 1):
-        self.count += n
-        start, end = self.span
-        fraction = start + (end - start) * self.count / self.total
-        report(fraction, f"Sliding window {self.count}/{self.total} ({time.monotonic() - self.started:.1f} s)")
+        def update(self, n: int = 1):
+            self.count += n
+            start, end = self.span
+            progress(start + (end - start) * self.count / self.total,
+                     f"Sliding window {self.count}/{self.total} ({time.monotonic() - self.started:.1f} s)")
 
-    def close(self):
-        pass
+        def close(self):
+            pass
+
+    return ProgressBar
 
 
-def predict_probability(predictor, images: list, progress: bool = False):
+def predict_probability(predictor, images: list, progress: Progress | None = None):
     """Foreground probability (float32 SimpleITK image on the first image's grid) of one case's channels."""
     import numpy as np
     import SimpleITK as sitk
@@ -260,22 +276,21 @@ def predict_probability(predictor, images: list, progress: bool = False):
     from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
+    tell = progress or (lambda fraction, message: None)
     reference = images[0]
     data = np.stack([sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)) for image in images])
     spacing = list(reference.GetSpacing())[::-1]
     properties = {"spacing": spacing}
-    if progress:
-        predict_from_raw_data.tqdm = _ProgressBar
-        report(0.12, "Preprocessing (crop, normalise, resample to the model's spacing)")
+    if progress is not None:
+        predict_from_raw_data.tqdm = _progress_bar(progress)
+    tell(0.12, "Preprocessing (crop, normalise, resample to the model's spacing)")
     adapter = PreprocessAdapterFromNpy([data], [None], [properties], [None], predictor.plans_manager,
                                        predictor.dataset_json, predictor.configuration_manager,
                                        num_threads_in_multithreaded=1, verbose=False)
-    item = next(adapter)
-    if progress:
-        report(0.2, f"Sliding window on {tuple(item['data'].shape[1:])} voxels")
+    item = next(adapter)  # preprocessed here: no process pool, so no process beyond the caller's
+    tell(0.2, f"Sliding window on {tuple(item['data'].shape[1:])} voxels")
     logits = predictor.predict_logits_from_preprocessed_data(item["data"]).cpu()
-    if progress:
-        report(0.88, "Resampling the probabilities onto the input grid")
+    tell(0.88, "Resampling the probabilities onto the input grid")
     _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
         logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
         item["data_properties"], return_probabilities=True)
@@ -292,30 +307,30 @@ def _is_cuda_failure(error: BaseException) -> bool:
     return any(word in text for word in ("cuda", "out of memory", "cudnn", "cublas", "outofmemory"))
 
 
-def run(arguments) -> dict:
-    import SimpleITK as sitk
-
+def predict_images(images: list, model_folder: Path, device: str = "auto", tta: bool | None = None, folds=None,
+                   configuration: str | None = None, trust: bool = False,
+                   progress: Progress = report) -> tuple:
+    """(foreground probability, summary) of one case's channels (SimpleITK images in model order, one grid), in
+    this process. The summary says which device and mirroring were used; a CUDA failure falls back to the CPU."""
+    if device not in DEVICES:
+        raise ValueError(f"The device must be {', '.join(DEVICES)}, got {device!r}.")
     started = time.monotonic()
-    report(0.0, "Loading the model")
-    device = choose_device(arguments.device)
+    progress(0.0, "Loading the model")
+    use_nnunet_defaults()
+    device = choose_device(device)
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     import torch  # noqa: F401  (after CUDA_VISIBLE_DEVICES)
 
-    files = sorted(Path(arguments.input).glob("case_[0-9][0-9][0-9][0-9].nii.gz"))
-    if not files:
-        raise ValueError(f"No case_0000.nii.gz in {arguments.input}.")
-    predictor = load_predictor(Path(arguments.model), device, arguments.tta, arguments.folds,
-                               arguments.configuration, arguments.trust)
+    predictor = load_predictor(Path(model_folder), device, tta, folds, configuration, trust)
     expected = predictor.gliomaprog_info["input_channels"]
-    if len(files) != expected:
-        raise ValueError(f"The model needs {expected} channels, the input folder has {len(files)}.")
-    report(0.08, f"Device: {device}, test-time mirroring {'on' if predictor.gliomaprog_info['mirroring'] else 'off'}")
-    report(0.1, f"Reading {len(files)} channels")
-    images = [sitk.ReadImage(str(path)) for path in files]
+    if len(images) != expected:
+        raise ValueError(f"The model needs {expected} channels, got {len(images)}.")
+    progress(0.08, f"Device: {device}, test-time mirroring "
+                   f"{'on' if predictor.gliomaprog_info['mirroring'] else 'off'}")
     fell_back = None
     try:
-        probability = predict_probability(predictor, images, progress=True)
+        probability = predict_probability(predictor, images, progress)
     except Exception as error:
         if device != "cuda" or not _is_cuda_failure(error):
             raise
@@ -323,16 +338,28 @@ def run(arguments) -> dict:
         print(f"WARNING: CUDA failed ({fell_back}); predicting on the CPU instead.", flush=True)
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
         device = "cpu"
-        predictor = load_predictor(Path(arguments.model), "cpu", arguments.tta, arguments.folds,
-                                   arguments.configuration, arguments.trust)
-        probability = predict_probability(predictor, images, progress=True)
+        predictor = load_predictor(Path(model_folder), "cpu", tta, folds, configuration, trust)
+        probability = predict_probability(predictor, images, progress)
+    info = {**predictor.gliomaprog_info, "device": device, "cuda_fallback": fell_back,
+            "seconds": round(time.monotonic() - started, 2)}
+    return probability, info
+
+
+def run(arguments) -> dict:
+    """The worker process: channels from files, the probability map to a file, the summary as a RESULT line."""
+    import SimpleITK as sitk
+
+    files = sorted(Path(arguments.input).glob("case_[0-9][0-9][0-9][0-9].nii.gz"))
+    if not files:
+        raise ValueError(f"No case_0000.nii.gz in {arguments.input}.")
+    images = [sitk.ReadImage(str(path)) for path in files]
+    probability, info = predict_images(images, Path(arguments.model), arguments.device, arguments.tta,
+                                       arguments.folds, arguments.configuration, arguments.trust)
     report(0.95, "Writing the probability map")
     output = Path(arguments.output)
     temporary = output.with_name(f".{output.name}.partial.nii.gz")
     sitk.WriteImage(probability, str(temporary), True)
     os.replace(temporary, output)
-    info = {**predictor.gliomaprog_info, "device": device, "cuda_fallback": fell_back,
-            "seconds": round(time.monotonic() - started, 2)}
     print("RESULT " + json.dumps(info), flush=True)
     report(1.0, f"Prediction done ({info['seconds']} s)")
     return info
@@ -343,7 +370,7 @@ def main(argv=None) -> int:
     parser.add_argument("--input", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--tta", dest="tta", action="store_true", default=None)
     parser.add_argument("--no-tta", dest="tta", action="store_false")
     parser.add_argument("--folds", type=int, nargs="+", default=None)

@@ -3,13 +3,27 @@
 As in seed 000: the model's foreground probability, thresholded (default p >= 0.5) and restricted to the
 non-enhancing lesion (NEL); the patient is "progression predicted" when at least ``min_voxels`` voxels (and
 ``min_ml`` millilitres) are predicted (default: one voxel).
+
+``gliomaprog predict`` runs ``run_predict_files`` and the model in a worker process of its own (time limit). The
+Slicer module starts this module as its one background process instead, from a ``PredictionJob`` that writes
+its own command line:
+
+    python -m GliomaProgressionLib.runs.predict --t1c F --flair F --lesion F --model ID --out DIR
+        [--dsc F --dsc-json F] [--device auto|cpu|cuda] [--threshold P] [--min-voxels N] [--min-ml ML]
+        [--tta | --no-tta] [--trust-model]
+
+which prepares the case (registration, nCBV) and runs the model in that same process, writing the channels once
+(``DIR/inputs``). Progress lines ``[ NN%] message (s)`` and a last line ``ERROR: <message>`` on failure go to
+stdout, as ``models.process.BackgroundProcess`` reads them.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,13 +32,13 @@ import SimpleITK as sitk
 
 from GliomaProgressionLib.case.files import staged_output_folder, write_image, write_json
 from GliomaProgressionLib.case.preprocess import PreparedCase
+from GliomaProgressionLib.models.worker import DEVICES
 
 Progress = Callable[[float, str], None]
-
-
-DEVICES = ("auto", "cpu", "cuda")
+JOB_MODULE = "GliomaProgressionLib.runs.predict"  # this module, as the Slicer module's job process runs it
 THRESHOLD_RANGE = (0.01, 0.99)  # probability cut-off of the progression map
 MIN_VOXELS_RANGE = (1, 100000)  # smallest predicted region (voxels) that makes a patient "progression"
+
 
 @dataclass(frozen=True)
 class PredictionSettings:
@@ -79,17 +93,21 @@ def patient_verdict(progression: sitk.Image, probability: sitk.Image, nel: sitk.
 
 def predict_prepared(prepared: PreparedCase, model, settings: PredictionSettings = PredictionSettings(),
                      progress: Progress | None = None, cancel: threading.Event | None = None,
-                     timeout_s: float | None = None) -> PredictionResult:
-    """Run the model on a prepared case (blocking; the work happens in a child process)."""
-    from GliomaProgressionLib.models.inference import run_prediction
+                     timeout_s: float | None = None, in_process: bool = False) -> PredictionResult:
+    """Run the model on a prepared case (blocking): in a worker process (time limit, cancel), or with
+    ``in_process`` in this one (a caller that is itself a background job)."""
+    from GliomaProgressionLib.models.inference import predict_here, run_prediction
 
     settings = settings.validated()
     names = [channel["name"] for channel in model.channels]
     if int(sitk.GetArrayViewFromImage(prepared.nel).sum()) == 0:
         raise ValueError("The lesion has no non-enhancing part (label 2): there is nothing to predict.")
     channels = prepared.channel_list(names)
-    probability = run_prediction(channels, model, device=settings.device, tta=settings.tta, timeout_s=timeout_s,
-                                 progress=progress, cancel=cancel)
+    if in_process:
+        probability = predict_here(channels, model, device=settings.device, tta=settings.tta, progress=progress)
+    else:
+        probability = run_prediction(channels, model, device=settings.device, tta=settings.tta,
+                                     timeout_s=timeout_s, progress=progress, cancel=cancel)
     progression = predicted_progression(probability, prepared.nel, settings.threshold)
     return PredictionResult(probability, progression, patient_verdict(progression, probability, prepared.nel,
                                                                       settings))
@@ -123,8 +141,10 @@ def write_prediction(out: Path, prepared: PreparedCase, result: PredictionResult
 def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: Path, dsc: Path | None = None,
                       dsc_json: Path | None = None, ncbv: Path | None = None,
                       settings: PredictionSettings = PredictionSettings(), trust_model: bool = False,
-                      timeout_s: float | None = None, progress: Progress | None = None) -> PredictionResult:
-    """``gliomaprog predict``: read, register, predict and write; checks everything before the long work."""
+                      timeout_s: float | None = None, progress: Progress | None = None,
+                      in_process: bool = False) -> PredictionResult:
+    """``gliomaprog predict``: read, register, predict and write; checks everything before the long work. The
+    model runs in a worker process, or with ``in_process`` in this one (see ``predict_prepared``)."""
     from GliomaProgressionLib.case.files import check_new_output_folder, read_image
     from GliomaProgressionLib.models.packages import resolve_model
     from GliomaProgressionLib.case.timing import read_timing
@@ -137,7 +157,8 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
     model = resolve_model(model_id, trust=trust_model)
     names = [channel["name"] for channel in model.channels]
     if "ncbv" in names and dsc is None and ncbv is None:
-        raise ValueError(f"The model '{model.id}' needs nCBV: give --dsc with --dsc-json, or --ncbv.")
+        raise ValueError(f"The model '{model.id}' needs nCBV: give the DSC series with its sidecar, or an nCBV "
+                         "map.")
     timings = {}
     started = time.monotonic()
     images = {"t1c": read_image(t1c, "CE-T1"), "flair": read_image(flair, "FLAIR"),
@@ -153,10 +174,138 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
     timings["preprocessing"] = time.monotonic() - started
     moment = time.monotonic()
     result = predict_prepared(prepared, model, settings, progress=lambda f, m: report(0.4 + 0.55 * f, m),
-                              timeout_s=timeout_s)
+                              timeout_s=timeout_s, in_process=in_process)
     timings["inference"] = time.monotonic() - moment
     write_prediction(out, prepared, result, model, settings, timings, inputs={
         "t1c": str(t1c), "flair": str(flair), "lesion": str(lesion), "dsc": str(dsc) if dsc else None,
         "ncbv": str(ncbv) if ncbv else None})
     report(1.0, "Prediction written")
     return result
+
+
+# --- the Slicer module's prediction job: one process that prepares and predicts -----------------------------------
+
+
+@dataclass(frozen=True)
+class PredictionJob:
+    """One case's files, the model and the settings of a background prediction. It owns its command line
+    (``as_arg_list``, after SlicerNNUnet's ``Parameter.asArgList``) and the parser that reads it back
+    (``from_arg_list``), so no caller writes the command by hand."""
+
+    t1c: Path
+    flair: Path
+    lesion: Path
+    model: str  # a model id or a package path
+    out: Path  # a new folder: what ``write_prediction`` writes
+    dsc: Path | None = None
+    dsc_json: Path | None = None
+    settings: PredictionSettings = field(default_factory=PredictionSettings)
+    trust_model: bool = False
+
+    def __post_init__(self):  # paths given as text compare equal to the same paths read back from the arguments
+        for name in ("t1c", "flair", "lesion", "out", "dsc", "dsc_json"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+    def as_arg_list(self) -> list[str]:
+        """The arguments ``from_arg_list`` reads back into an equal job."""
+        settings = self.settings
+        arguments = ["--t1c", str(self.t1c), "--flair", str(self.flair), "--lesion", str(self.lesion),
+                     "--model", str(self.model), "--out", str(self.out), "--device", settings.device,
+                     "--threshold", repr(float(settings.threshold)), "--min-voxels", str(int(settings.min_voxels)),
+                     "--min-ml", repr(float(settings.min_ml))]
+        for flag, path in (("--dsc", self.dsc), ("--dsc-json", self.dsc_json)):
+            if path is not None:
+                arguments += [flag, str(path)]
+        if settings.tta is not None:
+            arguments.append("--tta" if settings.tta else "--no-tta")
+        if self.trust_model:
+            arguments.append("--trust-model")
+        return arguments
+
+    @classmethod
+    def from_arg_list(cls, arguments: list[str]) -> "PredictionJob":
+        """The job ``as_arg_list`` wrote; ValueError in one sentence for anything else."""
+        values = _job_parser().parse_args(arguments)
+        settings = PredictionSettings(threshold=values.threshold, min_voxels=values.min_voxels,
+                                      min_ml=values.min_ml, device=values.device, tta=values.tta)
+        return cls(values.t1c, values.flair, values.lesion, values.model, values.out, values.dsc, values.dsc_json,
+                   settings, values.trust_model)
+
+    def command(self) -> list[str]:
+        """This module run by the Python that can import the extension's libraries (PythonSlicer in Slicer)."""
+        from GliomaProgressionLib.models.process import python_executable
+
+        return [python_executable(), "-m", JOB_MODULE, *self.as_arg_list()]
+
+    def start(self):
+        """The job as a running ``BackgroundProcess`` (poll it; cancel ends it and everything it started)."""
+        from GliomaProgressionLib.models.process import BackgroundProcess
+
+        self.settings.validated()
+        return BackgroundProcess(self.command(), cpu_only=self.settings.device == "cpu").start()
+
+    def run(self, progress: Progress | None = None) -> PredictionResult:
+        """The job in this process: prepare, predict, write ``out`` (what the started process does)."""
+        return run_predict_files(self.t1c, self.flair, self.lesion, self.model, self.out, dsc=self.dsc,
+                                 dsc_json=self.dsc_json, settings=self.settings, trust_model=self.trust_model,
+                                 progress=progress, in_process=True)
+
+
+class _JobParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one sentence for the caller, not argparse's usage block
+        raise ValueError(f"The prediction job's arguments are wrong: {message}.")
+
+
+def _job_parser() -> argparse.ArgumentParser:
+    parser = _JobParser(prog=f"python -m {JOB_MODULE}", add_help=False)
+    for name in ("--t1c", "--flair", "--lesion", "--out"):
+        parser.add_argument(name, required=True, type=Path)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dsc", type=Path)
+    parser.add_argument("--dsc-json", type=Path)
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--threshold", type=float, default=PredictionSettings.threshold)
+    parser.add_argument("--min-voxels", type=int, default=PredictionSettings.min_voxels)
+    parser.add_argument("--min-ml", type=float, default=PredictionSettings.min_ml)
+    mirroring = parser.add_mutually_exclusive_group()
+    mirroring.add_argument("--tta", dest="tta", action="store_true", default=None)
+    mirroring.add_argument("--no-tta", dest="tta", action="store_false")
+    parser.add_argument("--trust-model", action="store_true")
+    return parser
+
+
+class _ProgressLines:
+    """Progress as ``gliomaprog`` prints it (``[ 40%] stage (3.2 s)``), on stdout for the parent to parse."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        print(f"[{100 * fraction:3.0f}%] {message} ({time.monotonic() - self.start:.1f} s)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The job process: 0 when the results are written; otherwise a last line ``ERROR: <message>`` (after the
+    traceback only for an unexpected failure) and exit code 2 for bad input, 1 for anything else."""
+    try:
+        PredictionJob.from_arg_list(sys.argv[1:] if argv is None else argv).run(_ProgressLines())
+    except ValueError as error:  # expected: bad input
+        print(f"ERROR: {' '.join(str(error).split())}", flush=True)
+        return 2
+    except OSError as error:  # expected: a file that cannot be read or written
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"ERROR: {error.strerror or error}{where}.", flush=True)
+        return 2
+    except Exception as error:
+        import traceback
+
+        traceback.print_exc(file=sys.stdout)
+        print(f"ERROR: {' '.join(str(error).split()) or type(error).__name__}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # nothing may run on import: the module also holds the job's parameter object
+    sys.exit(main())
