@@ -303,6 +303,33 @@ def test_predict_cancel_ends_every_process(scene, smallCase):
     assert slicer.mrmlScene.GetFirstNodeByName("Progression probability") is None
 
 
+def test_predict_starts_one_job_process_from_its_parameter_object(scene, smallCase):
+    """The panel's choices reach the job process through PredictionJob's own argument list, read back by the
+    parser of the process it starts (python -m GliomaProgressionLib.runs.predict): no command written by hand."""
+    from pathlib import Path
+
+    from GliomaProgressionLib.runs.predict import JOB_MODULE, PredictionJob
+
+    widget = widgetOf("GliomaProgression")
+    ui, parameters = widget.ui, widget._parameterNode
+    choosePredictionInputs(ui, loadCase(smallCase))
+    parameters.threshold, parameters.minVoxels = 0.4, 3
+    slicer.app.click(ui.predictButton)
+    job = _job(widget)
+    command = job.runner.command
+    try:
+        assert command[1:3] == ["-m", JOB_MODULE]
+        sent = PredictionJob.from_arg_list(command[3:])
+        assert sent.as_arg_list() == command[3:]
+        assert (sent.model, sent.settings.device, sent.settings.threshold, sent.settings.min_voxels) == (
+            "multiparametric", "cpu", 0.4, 3)
+        assert sent.out == Path(job.folder) / "results" and not sent.out.exists()
+        assert all(path.is_file() for path in (sent.t1c, sent.flair, sent.lesion, sent.dsc, sent.dsc_json))
+    finally:
+        slicer.app.click(ui.predictButton)  # cancel
+    assert _job(widget) is None and not os.path.exists(job.folder)
+
+
 @pytest.mark.slow
 def test_predict_panel_full_run(scene, smallCase, panelsDir):
     widget = widgetOf("GliomaProgression")
