@@ -35,7 +35,7 @@ def _run_phantom(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.case.files import check_new_output_folder
     from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
-    check_new_output_folder(args.out)
+    check_new_output_folder(args.out, "--out")  # the command line names its flag
     if args.scene is not None:
         _check_scene_path(args.scene)
     config = PhantomConfig(seed=args.seed, size=args.size, cavity=args.cavity, noise=not args.no_noise,
