@@ -245,8 +245,8 @@ def test_the_job_command_round_trips_through_the_job_parser(tmp_path):
     command = job.command()
     assert command[:3] == [python_executable(), "-m", "GliomaProgressionLib.runs.predict"]
     assert PredictionJob.from_arg_list(command[3:]) == job
-    trusted = PredictionJob(str(job.t1c), str(job.flair), str(job.lesion), "/models/x.zip", str(job.out),
-                            trust_model=True)
+    trusted = PredictionJob(str(job.t1c), str(job.flair), str(job.lesion), "-a package.zip", str(job.out),
+                            trust_model=True)  # a value that starts with "-" is not read as a flag
     assert PredictionJob.from_arg_list(trusted.as_arg_list()) == trusted
     with pytest.raises(ValueError, match="arguments are wrong: .*--model"):
         PredictionJob.from_arg_list(["--t1c", "a", "--flair", "b", "--lesion", "c", "--out", "d"])

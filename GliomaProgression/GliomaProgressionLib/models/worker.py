@@ -247,7 +247,6 @@ def _progress_bar(progress: Progress):
         def __init__(self, *args, total=None, disable=False, **kwargs):
             self.total = max(1, int(total or 1))
             self.count = 0
-            self.started = time.monotonic()
 
         def __enter__(self):
             return self
@@ -258,8 +257,8 @@ def _progress_bar(progress: Progress):
         def update(self, n: int = 1):
             self.count += n
             start, end = self.span
-            progress(start + (end - start) * self.count / self.total,
-                     f"Sliding window {self.count}/{self.total} ({time.monotonic() - self.started:.1f} s)")
+            # No time in the message: whoever prints progress lines adds the elapsed time once.
+            progress(start + (end - start) * self.count / self.total, f"Sliding window {self.count}/{self.total}")
 
         def close(self):
             pass

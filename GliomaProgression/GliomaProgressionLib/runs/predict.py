@@ -209,15 +209,14 @@ class PredictionJob:
                 object.__setattr__(self, name, Path(value))
 
     def as_arg_list(self) -> list[str]:
-        """The arguments ``from_arg_list`` reads back into an equal job."""
+        """The arguments ``from_arg_list`` reads back into an equal job. Each value is joined to its flag
+        (``--model=...``), so that a value starting with "-" cannot be read as a flag."""
         settings = self.settings
-        arguments = ["--t1c", str(self.t1c), "--flair", str(self.flair), "--lesion", str(self.lesion),
-                     "--model", str(self.model), "--out", str(self.out), "--device", settings.device,
-                     "--threshold", repr(float(settings.threshold)), "--min-voxels", str(int(settings.min_voxels)),
-                     "--min-ml", repr(float(settings.min_ml))]
-        for flag, path in (("--dsc", self.dsc), ("--dsc-json", self.dsc_json)):
-            if path is not None:
-                arguments += [flag, str(path)]
+        values = {"--t1c": self.t1c, "--flair": self.flair, "--lesion": self.lesion, "--model": self.model,
+                  "--out": self.out, "--dsc": self.dsc, "--dsc-json": self.dsc_json, "--device": settings.device,
+                  "--threshold": repr(float(settings.threshold)), "--min-voxels": int(settings.min_voxels),
+                  "--min-ml": repr(float(settings.min_ml))}
+        arguments = [f"{flag}={value}" for flag, value in values.items() if value is not None]
         if settings.tta is not None:
             arguments.append("--tta" if settings.tta else "--no-tta")
         if self.trust_model:
