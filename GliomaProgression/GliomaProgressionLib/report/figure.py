@@ -468,7 +468,7 @@ def _curves(ax, data: dict) -> None:
 def _qc_text(ax, data: dict) -> None:
     ax.axis("off")
     registration = data["registration"]
-    lines = [f"Registration to CE-T1 (Mattes MI, lower is better): "
+    lines = ["Registration to CE-T1 (Mattes MI, lower is better): "
              + ", ".join(f"{name.upper()} {qc['final_mattes_mi']:.2f}" for name, qc in registration.items())]
     perfusion = data["perfusion"]
     if perfusion.get("arrival_time_s") is not None:
