@@ -28,6 +28,15 @@ def _matrix(i_points_left: bool) -> np.ndarray:
     return matrix
 
 
+def _depth_mm(mask: np.ndarray, spacing: np.ndarray, continued_slices: int = 20) -> np.ndarray:
+    """Distance (mm) of every voxel to the outside of ``mask``: beyond the array in-plane is outside, beyond the
+    end slices the mask continues as in them (the rule of ``deeper_than``), by a direct distance transform."""
+    extended = np.pad(mask, ((continued_slices, continued_slices), (0, 0), (0, 0)), mode="edge")
+    extended = np.pad(extended, ((0, 0), (1, 1), (1, 1)))
+    depth = ndimage.distance_transform_edt(extended, sampling=spacing)
+    return depth[continued_slices : continued_slices + mask.shape[0], 1:-1, 1:-1]
+
+
 def _synthetic_brain(lesion_at_high_i: bool = True, seed: int = 0):
     """Baseline image, rCBV, brain, white matter, and a lesion in one hemisphere (array halves along i)."""
     rng = np.random.default_rng(seed)
@@ -65,8 +74,7 @@ def test_nawm_is_contralateral_white_matter_away_from_the_lesion(i_points_left, 
     assert (white[nawm]).mean() > 0.9
     distance = ndimage.distance_transform_edt(~lesion, sampling=SPACING)
     assert distance[nawm].min() > 12.0
-    depth = ndimage.distance_transform_edt(np.pad(brain, 1), sampling=SPACING)[1:-1, 1:-1, 1:-1]
-    assert depth[nawm].min() > 5.0
+    assert _depth_mm(brain, SPACING)[nawm].min() > 5.0
     assert rcbv[nawm].mean() == pytest.approx(100.0, rel=0.05)
     assert selection.warnings == []
 
@@ -145,7 +153,8 @@ def test_geometry_helpers():
     mask[2, 4, 4] = True
     near = near_mask(mask, np.array([5.0, 2.0, 2.0]), 4.0)
     assert near[2, 4, 6] and not near[2, 4, 7] and not near[3, 4, 4]
-    assert deeper_than(np.ones((5, 9, 9), bool), np.ones(3), 2.0).sum() == 1 * 5 * 5  # edge counts as outside
+    # In-plane the array's edge is outside; beyond the end slices the mask continues, so every slice keeps 5x5.
+    assert deeper_than(np.ones((5, 9, 9), bool), np.ones(3), 2.0).sum() == 5 * 5 * 5
 
 
 @pytest.mark.parametrize("spacing", [(5.0, 1.8, 1.8), (6.0, 3.6, 3.6), (1.0, 1.0, 1.0)])
@@ -156,8 +165,7 @@ def test_depth_and_proximity_equal_the_distance_transform(spacing):
     seed = np.zeros(region.shape, bool)
     seed[7, 20, 18] = True
     for millimetres in (3.6, 5.0, 12.0):
-        depth = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-        np.testing.assert_array_equal(deeper_than(region, spacing, millimetres), depth > millimetres)
+        np.testing.assert_array_equal(deeper_than(region, spacing, millimetres), _depth_mm(region, spacing) > millimetres)
         distance = ndimage.distance_transform_edt(~seed, sampling=spacing)
         np.testing.assert_array_equal(near_mask(seed, spacing, millimetres), distance <= millimetres)
 

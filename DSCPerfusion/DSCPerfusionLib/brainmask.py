@@ -5,6 +5,12 @@ opening detaches thin bridges (ghosts, noise specks); the largest 6-connected co
 are filled in 3D and then slice by slice (a ventricle touching the top slice is a hole open to the edge in
 3D, but a closed one within its slice). A user mask replaces all of this (``validate_mask``).
 
+Beyond the first and last slice the head is not known to end: a slab seldom covers the whole head, and
+a 1- or 2-slice series is all edge. So morphology extends the image past those slices by repeating them
+(``extend_slices``), not by background; in-plane, beyond the field of view is background. With one slice
+the opening is then exactly the 2-D opening of that slice. (Treating beyond-the-slab as background eroded
+every voxel of a 1- or 2-slice series away: "the automatic brain mask is empty".)
+
 Otsu is implemented here in numpy (scipy has none); ``Testing/test_dsc_baseline.py`` checks it against
 scikit-image's ``threshold_otsu``.
 """
@@ -52,11 +58,27 @@ def brain_mask_from_baseline(baseline_image: np.ndarray) -> np.ndarray:
     if image.max() <= image.min():
         raise ValueError("baseline_image is flat (one intensity everywhere), so no brain can be found in it.")
     foreground = image > otsu_threshold(image)
-    foreground = ndimage.binary_opening(foreground, structure=ndimage.generate_binary_structure(3, 1))
+    foreground = open_within_slab(foreground, ndimage.generate_binary_structure(3, 1))
     largest = largest_component(foreground)
     if not largest.any():
         raise ValueError("The automatic brain mask is empty: the baseline image has no bright connected region.")
     return fill_holes(largest)
+
+
+def extend_slices(mask: np.ndarray, count: int) -> np.ndarray:
+    """``mask`` with its first and last slices (array axis k) repeated ``count`` times beyond each end."""
+    return np.pad(mask, ((count, count), (0, 0), (0, 0)), mode="edge")
+
+
+def open_within_slab(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Binary opening with the image continued past its end slices as they are (module docstring).
+
+    An opening reaches twice the structuring element's half-height along k (erosion, then dilation), so
+    that many repeated slices make the result exact, as if the end slices continued for ever.
+    """
+    reach = 2 * (structure.shape[0] // 2)
+    opened = ndimage.binary_opening(extend_slices(mask, reach), structure=structure, border_value=0)
+    return opened[reach : reach + mask.shape[0]]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ Automatic NAWM (``automatic_nawm``), all on the DSC grid, arrays ``[k, j, i]``:
    of voxels whose K2 is a strong robust outlier, ``abnormal_from_k2``); if there is none, both hemispheres
    are used and a warning says so. NAWM is taken from the *other* hemisphere.
 3. **Away from lesion and edge.** Voxels closer than ``margin_mm`` (12 mm) to the lesion (or to the
-   abnormal voxels), or closer than ``edge_mm`` (5 mm) to the outside of the brain mask, are excluded;
+   abnormal voxels), or closer than ``edge_mm`` (5 mm) to the outside of the brain mask, are excluded
+   (beyond the first and last slice the brain is taken to continue as in them, ``deeper_than``);
    so are voxels flagged unusable (e.g. saturated) and voxels with rCBV <= 0.
 4. **White matter.** With a WM probability map: probability >= ``WM_PROBABILITY``. Otherwise a robust
    intensity rule on the DSC data itself, relying on two contrasts every GRE-EPI DSC series has: on the
@@ -37,6 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+
+from .brainmask import extend_slices
 
 DEFAULT_LESION_MARGIN_MM = 12.0
 DEFAULT_EDGE_MM = 5.0
@@ -134,7 +137,12 @@ def near_mask(mask: np.ndarray, spacing: np.ndarray, within_mm: float) -> np.nda
 
 
 def deeper_than(mask: np.ndarray, spacing: np.ndarray, depth_mm: float) -> np.ndarray:
-    """Voxels of ``mask`` more than ``depth_mm`` (mm) from any voxel outside it (beyond the array is outside).
+    """Voxels of ``mask`` more than ``depth_mm`` (mm) from any voxel outside it.
+
+    Beyond the array in-plane is outside; beyond the first and last slice (array axis k) the mask continues
+    as in those slices (``brainmask.extend_slices``): a slab seldom ends where the brain ends, and counting
+    beyond-the-slab as outside would leave no deep voxel in the end slices, none at all in a 1- or 2-slice
+    series of thin slices. In a slice that really is the brain's top, the brain's own in-plane edge is near.
 
     That is an erosion by the ellipsoid of all voxel offsets no longer than ``depth_mm``: exactly the
     distance-transform criterion, and several times faster for the few-voxel radii used here.
@@ -142,7 +150,8 @@ def deeper_than(mask: np.ndarray, spacing: np.ndarray, depth_mm: float) -> np.nd
     reach = np.floor(depth_mm / spacing).astype(int)
     k, j, i = np.ogrid[-reach[0] : reach[0] + 1, -reach[1] : reach[1] + 1, -reach[2] : reach[2] + 1]
     ball = (k * spacing[0]) ** 2 + (j * spacing[1]) ** 2 + (i * spacing[2]) ** 2 <= depth_mm**2
-    return ndimage.binary_erosion(mask, structure=ball, border_value=0)
+    extended = extend_slices(np.asarray(mask, dtype=bool), reach[0])
+    return ndimage.binary_erosion(extended, structure=ball, border_value=0)[reach[0] : reach[0] + np.shape(mask)[0]]
 
 
 def automatic_nawm(
