@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float
+from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float, positive_int
 from GliomaProgressionLib.phantom.synthetic import SIZES
 
 
@@ -25,6 +25,14 @@ def add_commands(commands) -> None:
                          help="CBV of the future-progression region relative to white matter (default 1.6)")
     phantom.add_argument("--progression-flair-ratio", type=positive_float, default=1.04,
                          help="FLAIR of the future-progression region relative to the oedema (default 1.04)")
+    variants = phantom.add_argument_group("variants that look like the data users have")
+    variants.add_argument("--preprocessed", action="store_true",
+                          help="BraTS style: 1 mm, every series already co-registered on one grid, skull-stripped")
+    variants.add_argument("--with-head", action="store_true",
+                          help="scalp and skull kept, as acquired (default: skull-stripped brain)")
+    variants.add_argument("--no-dsc", action="store_true", help="no perfusion (DSC) series")
+    variants.add_argument("--dsc-slices", type=positive_int, metavar="N",
+                          help="a thin DSC slab of N slices through the tumour (default: the whole head)")
     phantom.add_argument("--scene", type=Path, help="also write the case as a Slicer scene bundle (.mrb)")
     phantom.add_argument("--quiet", action="store_true", help="no progress lines")
     phantom.set_defaults(handler=_run_phantom)
@@ -36,11 +44,14 @@ def _run_phantom(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
     check_new_output_folder(args.out, "--out")  # the command line names its flag
+    if args.no_dsc and args.dsc_slices is not None:
+        raise ValueError("--dsc-slices sets the DSC slab, but --no-dsc leaves the DSC series out; give one of them.")
     if args.scene is not None:
         _check_scene_path(args.scene)
     config = PhantomConfig(seed=args.seed, size=args.size, cavity=args.cavity, noise=not args.no_noise,
                            progression_cbv_ratio=args.progression_cbv_ratio,
-                           progression_flair_ratio=args.progression_flair_ratio)
+                           progression_flair_ratio=args.progression_flair_ratio, preprocessed=args.preprocessed,
+                           head=args.with_head, dsc=not args.no_dsc, dsc_slices=args.dsc_slices)
     progress = StderrProgress(args.quiet)
     case = generate_case(config, progress)
     write_case(case, args.out)
