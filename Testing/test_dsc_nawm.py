@@ -201,3 +201,24 @@ def test_global_and_per_slice_normalisation():
 def test_normalisation_bad_input_raises(rcbv, nawm, message):
     with pytest.raises(ValueError, match=message):
         normalise_cbv(rcbv, nawm)
+
+
+# --- thin slabs: beyond the end slices the brain continues (issue 12) -----------------------------------------
+
+
+def test_depth_in_a_single_slice_is_the_in_plane_depth():
+    region = ndimage.gaussian_filter(np.random.default_rng(5).random((1, 40, 36)), 3) > 0.5
+    disk_depth = ndimage.distance_transform_edt(np.pad(region[0], 1), sampling=SPACING[1:])[1:-1, 1:-1]
+    np.testing.assert_array_equal(deeper_than(region, SPACING, 5.0)[0], disk_depth > 5.0)
+
+
+@pytest.mark.parametrize("slices", [slice(6, 7), slice(5, 7), slice(5, 8)], ids=["1 slice", "2 slices", "3 slices"])
+def test_a_thin_slab_finds_nawm_in_every_slice_including_the_end_slices(slices):
+    # 5 mm slices: the 5 mm depth reaches the neighbouring slices, which used to exclude both end slices.
+    s0, rcbv, brain, white, lesion = _synthetic_brain(lesion_at_high_i=True)
+    selection = automatic_nawm(rcbv[slices], s0[slices], brain[slices], ijk_to_ras=_matrix(False),
+                               lesion_labels=lesion[slices].astype(np.uint8))
+    per_slice = selection.mask.sum(axis=(1, 2))
+    assert per_slice.min() >= 10, per_slice
+    assert white[slices][selection.mask].mean() > 0.9
+    assert rcbv[slices][selection.mask].mean() == pytest.approx(100.0, rel=0.05)
