@@ -79,12 +79,14 @@ def _add_export(actions) -> None:
                     "folder of COHORT_DIR (t1c, flair, lesion and, for multiparametric, dsc + dsc.json, as "
                     "NIfTI/NRRD files or DICOM folders, as 'gliomaprog run' reads them; progression = label drawn "
                     "on the pre-op FLAIR; optional case.json with 'date' or 'index') and write a new nnU-Net v2 "
-                    "raw dataset with qc.csv and split.json. Failing cases are recorded in qc.csv and skipped.")
+                    "raw dataset with qc.csv and split.json. BraTS challenge folders are read too (labels mapped "
+                    "to BraTS 2024). Failing cases (a case without DSC for multiparametric) are recorded in "
+                    "qc.csv and skipped.")
     export.add_argument("cohort", type=Path, metavar="COHORT_DIR")
     export.add_argument("--out", required=True, type=Path, help="new raw dataset folder (DatasetNNN_Name)")
     export.add_argument("--dataset-id", required=True, type=int, help="nnU-Net dataset id, 1..999")
     export.add_argument("--channels", required=True, choices=["conventional", "multiparametric"],
-                        help="CE-T1 + FLAIR, or CE-T1 + FLAIR + nCBV")
+                        help="CE-T1 + FLAIR (DSC not needed), or CE-T1 + FLAIR + nCBV")
     export.add_argument("--split", choices=["temporal", "random"], default="random",
                         help="test cases: the latest by case.json date/index (seed 000) or a random draw")
     export.add_argument("--test-fraction", type=_fraction, default=0.0, help="share of test cases (default 0)")

@@ -17,8 +17,11 @@ def add_commands(subparsers) -> None:
         "run", help="one case end to end: nCBV, progression prediction, CTV proposals, report and Slicer scene",
         description="Run a case folder (t1c, flair, dsc + dsc.json, lesion; NIfTI, NRRD or DICOM folders; "
                     "optional brain and recurrence) through the three modules: OUT gets every intermediate, "
-                    "report.png, report.json, scene.mrb and rtstruct/. With --batch, CASE_DIR is a folder of case "
-                    "folders. Demo models are trained on synthetic data - not for clinical use.")
+                    "report.png, report.json, scene.mrb and rtstruct/. Without dsc, perfusion is skipped (the "
+                    "conventional model; multiparametric needs DSC). A BraTS folder (<ID>-t1c, -t2f, -seg or "
+                    "<ID>_t1ce, _flair, _seg .nii.gz) is a case folder too; its labels are mapped to BraTS 2024 and "
+                    "a note says so. With --batch, CASE_DIR is a folder of case folders. Demo models are trained "
+                    "on synthetic data - not for clinical use.")
     run.add_argument("case", type=Path, metavar="CASE_DIR", help="case folder (a folder of case folders with --batch)")
     run.add_argument("--out", required=True, type=Path,
                      help="new folder for the results (with --batch: the batch folder; complete cases are skipped)")

@@ -1,9 +1,9 @@
 """``gliomaprog cohort export``: a site's cohort folders -> an nnU-Net v2 raw dataset, with per-case QC.
 
-A cohort folder holds one sub-folder per case, read as ``gliomaprog run`` reads a case folder (``case_input``):
-``t1c``, ``flair``, ``lesion`` (BraTS labels on the CE-T1 grid) and, for the multiparametric channel set only,
-``dsc`` (+ ``dsc.json`` unless the DICOM headers give TR and TE), each a NIfTI/NRRD file or a folder of DICOM
-files; ``progression`` (the progression label drawn on the pre-op FLAIR, from follow-up scans, a NIfTI/NRRD file;
+A cohort folder holds one sub-folder per case, read as ``gliomaprog run`` reads a case folder (``case.folder``,
+BraTS challenge folders included): ``t1c``, ``flair``, ``lesion`` (BraTS labels on the CE-T1 grid) and, for the
+multiparametric channel set only, ``dsc`` (+ ``dsc.json`` unless the DICOM headers give TR and TE), each a
+NIfTI/NRRD file or a folder of DICOM files; ``progression`` (the progression label drawn on the pre-op FLAIR, from follow-up scans, a NIfTI/NRRD file;
 absent or empty = no progression) and optionally ``case.json`` with ``"date"`` (ISO) or ``"index"`` for a
 temporal split. Every case goes through the progression module's own preprocessing (``prepare_case``:
 registration, nCBV, resampling); the label is carried from FLAIR onto the reference grid by the FLAIR
@@ -14,7 +14,9 @@ Output (written to a staging folder, renamed into place only when complete)::
     dataset.json  imagesTr/<case>_0000.nii.gz ...  labelsTr/<case>.nii.gz  imagesTs/  labelsTs/
     nelTr/ nelTs/ (NEL masks, for ``cohort evaluate --nel``)  qc.csv  split.json
 
-A case that fails (unreadable file, failed registration, no DSC for nCBV) is recorded in qc.csv and skipped.
+A case that fails (unreadable file, failed registration, no DSC for nCBV) is recorded in qc.csv with its one-sentence
+reason and skipped; the conventional channel set never reads DSC, so cases without it export normally. What the
+reader did to a case's input (BraTS labels mapped) is in its qc.csv warnings.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ def case_folders(cohort: Path) -> list[Path]:
         raise ValueError(f"The cohort folder {cohort} does not exist.")
     folders = sorted(p for p in cohort.iterdir() if p.is_dir() and locate_series(p, "t1c"))
     if not folders:
-        raise ValueError(f"The cohort folder {cohort} has no case folders (sub-folders with t1c.nii.gz or a t1c/ "
-                         "DICOM folder).")
+        raise ValueError(f"The cohort folder {cohort} has no case folders (sub-folders with t1c.nii.gz, a t1c/ "
+                         "DICOM folder or a BraTS <ID>-t1c.nii.gz).")
     return folders
 
 
@@ -109,14 +111,20 @@ def split_cases(names: list[str], orders: dict[str, str | None], method: str, te
 
 
 def prepare_folder(folder: Path, spacing_mm: float, needs_ncbv: bool):
-    """One case folder read (DSC only when nCBV is exported) and prepared onto a reference grid of ``spacing_mm``."""
-    from GliomaProgressionLib.case.folder import read_case
+    """One case folder read (DSC only when nCBV is exported) and prepared onto a reference grid of ``spacing_mm``;
+    the reader's notes (BraTS labels mapped) join the preprocessing warnings."""
+    from GliomaProgressionLib.case.folder import has_series, read_case
     from GliomaProgressionLib.case.preprocess import prepare_case
 
+    if needs_ncbv and Path(folder).is_dir() and not has_series(folder, "dsc"):
+        raise ValueError(f"The case folder {folder} has no DSC series, which the nCBV channel of the "
+                         "multiparametric channel set needs.")
     inputs = read_case(folder, with_dsc=needs_ncbv)
     timing = inputs.timing
-    return prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc, timing.times_s if timing else None,
-                        timing.te_s if timing else None, spacing_mm=spacing_mm)
+    prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc, timing.times_s if timing else None,
+                            timing.te_s if timing else None, spacing_mm=spacing_mm)
+    prepared.qc["warnings"] = inputs.notes + prepared.qc["warnings"]
+    return prepared
 
 
 def progression_label(folder: Path, prepared):

@@ -3,6 +3,8 @@
 The page: axial and coronal montages (CE-T1 with the lesion outlines, the registered FLAIR, the nCBV overlay, the
 progression heat map with the predicted region, the CTV proposals), the verdict, nCBV statistics per lesion part,
 the mean deltaR2* curves and a table of target volumes and their metrics against the recurrence when one is given.
+A case without DSC has no nCBV row, table or curves: the page, like report.json, says "perfusion skipped: no DSC
+series" in their place.
 
 Display geometry: every image is resampled (linear; labels nearest neighbour) from the reference grid onto an
 axis-aligned 1 mm grid around the brain, so axial and coronal panels are true planes whatever the acquisition's
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 DEMO_NOTICE = "Demo model trained on synthetic data \u2014 not for clinical use"
 TARGET_NOTICE = "Target-volume proposals for review and editing by a radiation oncologist; not a treatment plan."
 PROGRESSION_NAME = "Predicted progression"
+PERFUSION_SKIPPED = "perfusion skipped: no DSC series"
 NCBV_RANGE = (0.0, 5.0)  # ratio to NAWM: white matter 1, grey matter ~2, enhancing tumour 3-6
 HEAT_MAP_LOWER = 0.05  # probabilities below this are transparent (report and scene)
 DISPLAY_SPACING_MM = 1.0
@@ -65,6 +68,8 @@ def ncbv_statistics(results: CaseResults) -> dict:
     """nCBV per lesion part and in the predicted progression (reference grid), and in the NAWM reference region
     the normalisation used (DSC grid: where it was measured; its mean is 1 by construction)."""
     prepared = results.prepared
+    if prepared.perfusion is None:
+        return {"skipped": PERFUSION_SKIPPED, "regions": {}}
     ncbv = sitk.GetArrayViewFromImage(prepared.channels["ncbv"])
     labels = sitk.GetArrayViewFromImage(prepared.lesion)
     progression = sitk.GetArrayViewFromImage(results.prediction.progression) > 0
@@ -91,6 +96,8 @@ def curve_name(key: str) -> str:
 
 def curves_data(results: CaseResults) -> dict:
     perfusion = results.prepared.perfusion
+    if perfusion is None:
+        return {"skipped": PERFUSION_SKIPPED, "time_s": [], "delta_r2s_per_s": {}}
     return {"time_s": [round(float(t), 3) for t in results.inputs.timing.times_s],
             "unit": "1/s", "definition": "mean leakage-corrected deltaR2*(t) per region on the DSC grid",
             "delta_r2s_per_s": {curve_name(key): [round(float(v), 4) for v in values]
@@ -106,12 +113,23 @@ def ctv_data(results: CaseResults) -> dict:
                       "volume_ml": round(float(sitk.GetArrayViewFromImage(results.recurrence).sum()) * voxel_ml, 3)}
     targets = [{key: entry.get(key) for key in ("key", "scheme", "name", "kind", "volume_ml", "description",
                                                   "metrics")} for entry in report["targets"]]
-    brain = ("the case's brain mask" if results.inputs.brain is not None else
-             "automatic: the perfusion module's brain mask carried from the DSC grid by the DSC registration")
-    return {"targets": targets, "recurrence": recurrence, "brain_mask": brain,
+    return {"targets": targets, "recurrence": recurrence, "brain_mask": BRAIN_SOURCES[brain_source(results.inputs)],
             "metric_definitions": report.get("metric_definitions"),
             "parameters": report.get("parameters"), "barriers": report.get("barriers"), "notes": report.get("notes"),
             "notice": TARGET_NOTICE}
+
+
+BRAIN_SOURCES = {
+    "given": "the case's brain mask",
+    "dsc": "automatic: the perfusion module's brain mask carried from the DSC grid by the DSC registration",
+    "t1c": "automatic: Otsu foreground of CE-T1 with holes filled (no DSC series; the head, if the skull was not "
+           "stripped)",
+}
+
+
+def brain_source(inputs) -> str:
+    """Where the brain mask of a case comes from (a key of BRAIN_SOURCES)."""
+    return "given" if inputs.brain is not None else "dsc" if inputs.dsc is not None else "t1c"
 
 
 def model_data(results: CaseResults) -> dict:
@@ -182,7 +200,8 @@ def display_images(results: CaseResults) -> Display:
     prepared = results.prepared
     reference = prepared.reference
     grid = _display_grid(reference, results.brain)
-    images = {name: _on_display(prepared.channels[name], grid, False) for name in ("t1c", "flair", "ncbv")}
+    images = {name: _on_display(prepared.channels[name], grid, False) for name in ("t1c", "flair", "ncbv")
+              if name in prepared.channels}
     images["probability"] = _on_display(results.prediction.probability, grid, False)
     for name, image in (("lesion", prepared.lesion), ("progression", results.prediction.progression),
                         ("brain", results.brain), ("nel", prepared.nel)):
@@ -220,9 +239,7 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "verdict": verdict,
         "ncbv": ncbv_statistics(results),
         "curves": curves_data(results),
-        "perfusion": {key: prepared.perfusion.report.get(key) for key in (
-            "arrival_frame", "arrival_time_s", "baseline_frames", "leakage_method", "nawm_source", "nawm_hemisphere",
-            "nawm_volume_ml", "nawm_mean_rcbv", "brain_mask_source", "warnings")},
+        "perfusion": perfusion_data(prepared.perfusion),
         "registration": {name: {"final_mattes_mi": qc["final_mattes_mi"], "warnings": qc["warnings"]}
                          for name, qc in prepared.qc.get("registration", {}).items()},
         "warnings": list(prepared.qc.get("warnings", [])),
@@ -230,8 +247,17 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "dicom": results.dicom_files,
         "display": slice_positions(display),
         "notices": [DEMO_NOTICE] if results.model.synthetic else [],
+        "notes": list(results.notes),
     }
     return data, display
+
+
+def perfusion_data(perfusion) -> dict:
+    if perfusion is None:
+        return {"skipped": PERFUSION_SKIPPED}
+    return {key: perfusion.report.get(key) for key in (
+        "arrival_frame", "arrival_time_s", "baseline_frames", "leakage_method", "nawm_source", "nawm_hemisphere",
+        "nawm_volume_ml", "nawm_mean_rcbv", "brain_mask_source", "warnings")}
 
 
 # --- the page ----------------------------------------------------------------------------------------------
@@ -363,12 +389,17 @@ def _row_key(fig, cell, row: str, mappable, display: Display, data: dict) -> Non
                  fontsize=9, fontweight="bold", transform=key.transAxes, va="bottom")
 
 
+def montage_rows(display: Display) -> tuple[str, ...]:
+    """The montage's rows: without nCBV (no DSC series) its row is left out."""
+    return tuple(row for row in ROWS if row != "ncbv" or "ncbv" in display.images)
+
+
 def _montage(fig, cells, display: Display, data: dict) -> None:
     brain = display.images["brain"] > 0
     windows = {name: _window(display.images[name], brain) for name in ("t1c", "flair")}
     panels = [("axial", z, s) for z, s in zip(display.axial, data["display"]["axial_s_mm"])] + \
              [("coronal", y, a) for y, a in zip(display.coronal, data["display"]["coronal_a_mm"])]
-    for r, row in enumerate(ROWS):
+    for r, row in enumerate(montage_rows(display)):
         mappable = None
         for c, (orientation, index, where) in enumerate(panels):
             ax = fig.add_subplot(cells[r, c])
@@ -438,7 +469,17 @@ def _verdict_panel(ax, data: dict) -> None:
     ax.text(0.0, top, _wrapped(lines, 66), fontsize=11, va="top", transform=ax.transAxes, linespacing=1.45)
 
 
+def _skipped(ax, title: str, text: str) -> None:
+    """In place of a table or plot that needs perfusion: its title and why it is not there."""
+    ax.axis("off")
+    ax.set_title(title, fontsize=12, fontweight="bold", loc="left")
+    ax.text(0.0, 0.8, text[0].upper() + text[1:] + ".", fontsize=11.5, va="top", transform=ax.transAxes)
+
+
 def _ncbv_table(ax, data: dict) -> None:
+    if data["ncbv"].get("skipped"):
+        _skipped(ax, "nCBV by region", data["ncbv"]["skipped"])
+        return
     rows, colours = [], []
     segment_colours = {name: colour for name, colour in LESION_SEGMENTS.values()}
     for name, stats in data["ncbv"]["regions"].items():
@@ -452,6 +493,9 @@ def _ncbv_table(ax, data: dict) -> None:
 
 def _curves(ax, data: dict) -> None:
     curves = data["curves"]
+    if curves.get("skipped"):
+        _skipped(ax, "Mean \u0394R2* curves", curves["skipped"])
+        return
     colours = {name: colour for name, colour in LESION_SEGMENTS.values()}
     colours.update({"Whole brain": (0.45, 0.45, 0.45), "NAWM reference": (0.1, 0.1, 0.1)})
     for name, values in curves["delta_r2s_per_s"].items():
@@ -471,12 +515,15 @@ def _qc_text(ax, data: dict) -> None:
     lines = ["Registration to CE-T1 (Mattes MI, lower is better): "
              + ", ".join(f"{name.upper()} {qc['final_mattes_mi']:.2f}" for name, qc in registration.items())]
     perfusion = data["perfusion"]
+    if perfusion.get("skipped"):
+        lines.append(perfusion["skipped"][0].upper() + perfusion["skipped"][1:])
     if perfusion.get("arrival_time_s") is not None:
         lines.append(f"Bolus arrival {perfusion['arrival_time_s']:.1f} s; leakage correction "
                      f"{perfusion.get('leakage_method')}; NAWM reference {_fmt(perfusion.get('nawm_volume_ml'), 1)} mL "
                      f"({perfusion.get('nawm_hemisphere') or perfusion.get('nawm_source')})")
     warnings = data["warnings"] or ["none"]
     lines.append("Warnings: " + "; ".join(warnings))
+    lines += [f"Note: {note}" for note in data.get("notes", []) if note != perfusion.get("skipped")]
     ax.text(0.0, 1.0, _wrapped(lines, 70), fontsize=10.5, va="top", transform=ax.transAxes, linespacing=1.45)
 
 
@@ -530,12 +577,16 @@ def render_report(data: dict, display: Display, path: Path) -> Path:
     fig = Figure(figsize=PAGE_INCHES, dpi=PAGE_DPI, facecolor="white")
     FigureCanvasAgg(fig)
     fig.text(0.015, 0.988, f"GliomaProgression report \u2014 {data['case']}", fontsize=20, fontweight="bold", va="top")
-    fig.text(0.015, 0.96, "Pre-operative CE-T1, FLAIR and DSC perfusion: nCBV, predicted progression inside the "
-                           "non-enhancing lesion, and target-volume proposals", fontsize=12, va="top")
+    subtitle = ("Pre-operative CE-T1, FLAIR and DSC perfusion: nCBV, predicted progression inside the non-enhancing "
+                "lesion, and target-volume proposals")
+    if data["perfusion"].get("skipped"):
+        subtitle = ("Pre-operative CE-T1 and FLAIR (perfusion skipped: no DSC series): predicted progression inside "
+                    "the non-enhancing lesion, and target-volume proposals")
+    fig.text(0.015, 0.96, subtitle, fontsize=12, va="top")
     outer = GridSpec(2, 2, figure=fig, left=0.045, right=0.985, top=0.93, bottom=0.075, width_ratios=[2.05, 1.0],
                      height_ratios=[5.0, 1.3], wspace=0.06, hspace=0.13)
     panels = len(display.axial) + len(display.coronal)
-    montage = outer[0, 0].subgridspec(len(ROWS), panels + 1, wspace=0.03, hspace=0.05,
+    montage = outer[0, 0].subgridspec(len(montage_rows(display)), panels + 1, wspace=0.03, hspace=0.05,
                                       width_ratios=[1.0] * panels + [1.75])
     _montage(fig, montage, display, data)
     side = outer[0, 1].subgridspec(4, 1, height_ratios=[1.35, 1.15, 1.5, 0.55], hspace=0.42)

@@ -12,6 +12,9 @@ Content, under one patient/study in the subject hierarchy:
   browser), nCBV, rCBV and K2 on the DSC grid and the NAWM reference region;
 - tables "Verdict", "nCBV by region", "CTV comparison"; the plot "Mean deltaR2* curves".
 
+A case without DSC has no nCBV, DSC, rCBV, K2, NAWM or curve nodes; the "Verdict" table says "perfusion
+skipped: no DSC series" (as every note of the run: labels mapped...) and Yellow shows FLAIR instead of nCBV.
+
 Views: the "Four-Up Plot Table" layout (axial + plot, coronal + sagittal, table below), which Slicer restores when
 it opens the scene from its layout node. Red and Green show CE-T1 with the heat map, Yellow CE-T1 with nCBV; all
 three are centred on the lesion.
@@ -32,7 +35,7 @@ from CTVPlannerLib.lesion import LESION_SEGMENTS, LESION_TERMINOLOGY
 
 from GliomaProgressionLib import mrml
 from GliomaProgressionLib.case.files import read_volume
-from GliomaProgressionLib.case.folder import locate_series, read_dsc_series, read_series
+from GliomaProgressionLib.case.folder import has_series, locate_series, read_dsc_series, read_series
 from GliomaProgressionLib.case.geometry import Volume, volume_from_sitk
 from GliomaProgressionLib.report.figure import HEAT_MAP_LOWER, PROGRESSION_NAME, TARGET_COLOURS, curve_name, heat_map_colours
 
@@ -143,13 +146,14 @@ def reference_nodes(results: CaseResults, scene) -> dict:
     nodes = {"t1c": _volume(prepared.reference, "CE-T1 (1 mm)", scene, _stored_type(results.inputs.t1c)),
              "flair": _volume(prepared.channels["flair"], "FLAIR (registered)", scene,
                               _stored_type(results.inputs.flair)),
-             "ncbv": _volume(prepared.channels["ncbv"], "nCBV (registered)", scene, decimals=3),
              "probability": _volume(results.prediction.probability, "Progression probability", scene, decimals=3)}
-    nodes["ncbv"].SetAttribute(mrml.ALIGNED_WITH_CE_T1, "true")
     nodes["heat_map_colours"] = colour_table(scene, "Progression heat map", heat_map_colours(), transparent_first=True)
-    nodes["ncbv_colours"] = colour_table(scene, "nCBV (ratio to NAWM)", "turbo", transparent_first=False)
     _show_with(nodes["probability"], nodes["heat_map_colours"], 0.0, 1.0, HEAT_MAP_LOWER)
-    _show_with(nodes["ncbv"], nodes["ncbv_colours"], 0.0, 5.0)
+    if "ncbv" in prepared.channels:
+        nodes["ncbv"] = _volume(prepared.channels["ncbv"], "nCBV (registered)", scene, decimals=3)
+        nodes["ncbv"].SetAttribute(mrml.ALIGNED_WITH_CE_T1, "true")
+        nodes["ncbv_colours"] = colour_table(scene, "nCBV (ratio to NAWM)", "turbo", transparent_first=False)
+        _show_with(nodes["ncbv"], nodes["ncbv_colours"], 0.0, 5.0)
     labels = Volume(sitk.GetArrayFromImage(prepared.lesion), reference.ijk_to_ras)
     nodes["lesion"] = mrml.segmentation_from_labelmap(labels, LESION_SEGMENTS, "Lesion", scene, LESION_TERMINOLOGY)
     nodes["lesion"].SetReferenceImageGeometryParameterFromVolumeNode(nodes["t1c"])
@@ -168,15 +172,24 @@ def reference_nodes(results: CaseResults, scene) -> dict:
 def acquired_nodes(results: CaseResults, scene) -> dict:
     """The series on their own grids, each under the transform the registration found."""
     inputs, prepared = results.inputs, results.prepared
-    perfusion = prepared.perfusion
     flair_to_t1c = mrml.linear_transform_node(prepared.registrations["flair"].matrix_ras_reference_from_moving(),
                                               "FLAIR to CE-T1", scene)
-    dsc_to_t1c = mrml.linear_transform_node(prepared.registrations["dsc"].matrix_ras_reference_from_moving(),
-                                            "DSC to CE-T1", scene)
-    nodes = {"flair_to_t1c": flair_to_t1c, "dsc_to_t1c": dsc_to_t1c,
+    nodes = {"flair_to_t1c": flair_to_t1c,
              "t1c_acquired": _volume(inputs.t1c, "CE-T1 (acquired)", scene),
              "flair_acquired": _volume(inputs.flair, "FLAIR (acquired)", scene)}
     nodes["flair_acquired"].SetAndObserveTransformNodeID(flair_to_t1c.GetID())
+    if prepared.perfusion is not None:
+        nodes.update(dsc_nodes(results, scene))
+    return nodes
+
+
+def dsc_nodes(results: CaseResults, scene) -> dict:
+    """The DSC series (a sequence) and the perfusion maps on its grid, under the DSC registration."""
+    inputs, prepared = results.inputs, results.prepared
+    perfusion = prepared.perfusion
+    dsc_to_t1c = mrml.linear_transform_node(prepared.registrations["dsc"].matrix_ras_reference_from_moving(),
+                                            "DSC to CE-T1", scene)
+    nodes = {"dsc_to_t1c": dsc_to_t1c}
     nodes["dsc"], nodes["dsc_browser"] = mrml.sequence_from_volume(inputs.dsc, inputs.timing.times_s, "DSC", scene)
     dsc_grid = inputs.dsc.ijk_to_ras
     maps = {"ncbv_dsc": (perfusion.ncbv, "nCBV (DSC grid)"), "rcbv_dsc": (perfusion.rcbv, "rCBV (DSC grid)"),
@@ -204,17 +217,27 @@ def table_nodes(data: dict, results: CaseResults, scene) -> dict:
                     "Model": f"{data['model']['title']} ({data['model']['id']})"}
     if data["model"]["notice"]:
         verdict_rows["Notice"] = data["model"]["notice"]
+    for index, note in enumerate(data.get("notes", [])):
+        verdict_rows[f"Note {index + 1}"] = note
     nodes = {"verdict": mrml.table_from_columns({"Item": list(verdict_rows), "Value": [str(v) for v in
                                                                                          verdict_rows.values()]},
                                                 "Verdict", scene)}
+    nodes["ctv_table"] = mrml.table_from_columns(_ctv_columns(data), "CTV comparison", scene,
+                                                 units={"Volume": "mL", "HD95": "mm"})
+    if results.prepared.perfusion is not None:
+        nodes.update(perfusion_tables(data, results, scene))
+    return nodes
+
+
+def perfusion_tables(data: dict, results: CaseResults, scene) -> dict:
+    """"nCBV by region" and the plot "Mean deltaR2* curves"."""
+    nodes = {}
     regions = data["ncbv"]["regions"]
     nodes["ncbv_table"] = mrml.table_from_columns(
         {"Region": list(regions), **{column: [float(r[column]) if r[column] is not None else float("nan")
                                                for r in regions.values()]
                                      for column in ("volume_ml", "mean", "median", "p90")}},
         "nCBV by region", scene, units={"volume_ml": "mL"})
-    nodes["ctv_table"] = mrml.table_from_columns(_ctv_columns(data), "CTV comparison", scene,
-                                                 units={"Volume": "mL", "HD95": "mm"})
     perfusion = results.prepared.perfusion
     curves = {curve_name(key): np.asarray(values, float) for key, values in perfusion.curves.items()}
     nodes["curves"] = mrml.plot_curves(results.inputs.timing.times_s, curves, "Mean deltaR2* curves", "time (s)",
@@ -265,10 +288,10 @@ def write_case_scene(path: Path, data: dict, results: CaseResults) -> Path:
     """A new headless scene with the case, its views set up, written as a Slicer data bundle."""
     scene = mrml.new_scene()
     nodes = build_case_scene(scene, data, results)
-    # Red and Green: CE-T1 under the heat map; Yellow: CE-T1 under nCBV.
+    # Red and Green: CE-T1 under the heat map; Yellow: CE-T1 under nCBV (FLAIR without DSC).
     mrml.set_up_views(scene, nodes["t1c"], {"Red": nodes["probability"], "Green": nodes["probability"],
-                                            "Yellow": nodes["ncbv"]}, _centre_ras(results), nodes["curves"],
-                      nodes["ctv_table"])
+                                            "Yellow": nodes.get("ncbv", nodes["flair"])}, _centre_ras(results),
+                      nodes.get("curves"), nodes["ctv_table"])
     return mrml.write_scene_bundle(path, scene)
 
 
@@ -294,8 +317,9 @@ def load_case_into_scene(folder: str | os.PathLike, scene=None, name: str | None
         "t1c": mrml.node_from_volume(volume_from_sitk(read_series(folder, "t1c")), f"{name} CE-T1", scene),
         "flair": mrml.node_from_volume(volume_from_sitk(read_series(folder, "flair")), f"{name} FLAIR", scene),
     }
-    dsc, timing = read_dsc_series(folder, need_echo_time=False)
-    nodes["dsc"], nodes["dsc_browser"] = mrml.sequence_from_volume(dsc, timing.times_s, f"{name} DSC", scene)
+    if has_series(folder, "dsc"):  # a case without DSC loads without it
+        dsc, timing = read_dsc_series(folder, need_echo_time=False)
+        nodes["dsc"], nodes["dsc_browser"] = mrml.sequence_from_volume(dsc, timing.times_s, f"{name} DSC", scene)
     lesion = volume_from_sitk(read_series(folder, "lesion"))
     nodes["lesion"] = mrml.segmentation_from_labelmap(lesion, LESION_SEGMENTS, f"{name} lesion", scene, LESION_TERMINOLOGY)
     nodes["lesion"].SetReferenceImageGeometryParameterFromVolumeNode(nodes["t1c"])

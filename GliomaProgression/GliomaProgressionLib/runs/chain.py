@@ -1,7 +1,8 @@
 """One case end to end (``gliomaprog run``): perfusion, progression prediction, CTV proposals, report and scene.
 
 Stages: read and check every series (DICOM folders converted) -> register FLAIR and DSC onto the 1 mm CE-T1 grid
-and compute nCBV (``preprocess.prepare_case``) -> progression model (``predict_run.predict_prepared``) -> write the
+and compute nCBV (``preprocess.prepare_case``; a case without DSC skips perfusion when the model needs no nCBV, and
+report, report.json and scene say so) -> progression model (``predict_run.predict_prepared``) -> write the
 intermediates of the three modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
 SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
 ``report.json``, written last, so a folder with a valid report.json is a complete result.
@@ -9,7 +10,7 @@ SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.m
 Output folder (written completely or not at all)::
 
     registered/   CE-T1 on the 1 mm reference grid, FLAIR, nCBV, lesion, NEL, brain, recurrence; transforms
-    perfusion/    what ``gliomaprog perfusion`` writes (DSC grid)
+    perfusion/    what ``gliomaprog perfusion`` writes (DSC grid; absent for a case without DSC)
     prediction/   what ``gliomaprog predict`` writes (reference grid)
     ctv/          what ``gliomaprog ctv`` writes (reference grid)
     rtstruct/     RTSTRUCT.dcm, SEG.dcm and the MR series they reference
@@ -127,6 +128,11 @@ class StageProgress:
             in_stage > 1.0 else ""
         self._print(f"{100 * min(max(fraction, 0.0), 1.0):3.0f}% {message} (stage {_clock(in_stage)}{eta})", kind)
 
+    def note(self, text: str) -> None:
+        """Something the user must know about the input (labels mapped, perfusion skipped): shown even when quiet,
+        since it changes what the results mean."""
+        print(f"[{self.case}] note: {text}", file=self.stream, flush=True)
+
     def finish(self) -> dict[str, float]:
         self._close()
         self.timings["total"] = round(self.clock() - self.started, 2)
@@ -171,6 +177,7 @@ class CaseResults:
     brain: sitk.Image
     recurrence: sitk.Image | None
     targets: list[TargetMask] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # label mapping, perfusion skipped: report.json, page, scene
     ctv_report: dict = field(default_factory=dict)
     dicom_files: dict = field(default_factory=dict)
 
@@ -178,22 +185,38 @@ class CaseResults:
 # --- stages ------------------------------------------------------------------------------------------------------
 
 
-def brain_on_reference(prepared: PreparedCase, given: sitk.Image | None, dsc_ijk_to_ras: np.ndarray) -> sitk.Image:
+def brain_on_reference(prepared: PreparedCase, given: sitk.Image | None,
+                       dsc_ijk_to_ras: np.ndarray | None) -> sitk.Image:
     """The brain mask on the reference grid: the case's own (aligned with CE-T1), else the perfusion module's
-    automatic mask carried from the DSC grid by the DSC registration. The lesion always counts as brain."""
+    automatic mask carried from the DSC grid by the DSC registration, else (no DSC) the same automatic rule on
+    CE-T1. The lesion always counts as brain."""
     import numpy as np
     import SimpleITK as sitk
+
+    from DSCPerfusionLib.brainmask import brain_mask_from_baseline
 
     from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume
     from GliomaProgressionLib.case.registration import resample_onto
 
     if given is not None:
         brain = resample_onto(prepared.reference, given, None, labels=True) > 0
-    else:
+    elif prepared.perfusion is not None:
         dsc_brain = sitk_from_volume(Volume(prepared.perfusion.brain_mask.astype(np.float32), dsc_ijk_to_ras))
         # Linear interpolation then 0.5: the 5 mm DSC slices would otherwise show as steps on the 1 mm grid.
         brain = resample_onto(prepared.reference, dsc_brain, prepared.registrations["dsc"]) > 0.5
+    else:
+        mask = brain_mask_from_baseline(sitk.GetArrayFromImage(prepared.reference)).astype(np.uint8)
+        brain = sitk.GetImageFromArray(mask)
+        brain.CopyInformation(prepared.reference)
+        brain = brain > 0
     return sitk.Cast(brain | (prepared.lesion > 0), sitk.sitkUInt8)
+
+
+def check_model_inputs(inputs: CaseInputs, model: ModelPackage) -> None:
+    """A model with an nCBV channel needs the DSC series; one sentence when the case has none."""
+    if "ncbv" in model.channel_names and inputs.dsc is None:
+        raise ValueError(f"The case {inputs.name} has no DSC series, which the model '{model.id}' needs for its nCBV "
+                         "channel; the conventional model (CE-T1 and FLAIR only) runs without it.")
 
 
 def write_registered(folder: Path, results: CaseResults) -> None:
@@ -232,10 +255,12 @@ def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> 
 
     inputs, prepared = results.inputs, results.prepared
     write_registered(staging / "registered", results)
-    grid = Volume(np.asarray(inputs.dsc.array[0]), inputs.dsc.ijk_to_ras)
-    write_perfusion_outputs(prepared.perfusion, grid, inputs.timing, staging / "perfusion", inputs=inputs.sources,
-                            options=PerfusionOptions(te_s=inputs.timing.te_s, leakage=results.settings.leakage),
-                            elapsed_s=prepared.qc["timings_s"].get("perfusion_s", 0.0))
+    if prepared.perfusion is not None:
+        grid = Volume(np.asarray(inputs.dsc.array[0]), inputs.dsc.ijk_to_ras)
+        write_perfusion_outputs(prepared.perfusion, grid, inputs.timing, staging / "perfusion",
+                                inputs=inputs.sources,
+                                options=PerfusionOptions(te_s=inputs.timing.te_s, leakage=results.settings.leakage),
+                                elapsed_s=prepared.qc["timings_s"].get("perfusion_s", 0.0))
     write_prediction(staging / "prediction", prepared, results.prediction, results.model,
                      results.settings.prediction_settings(), {"inference": timings.get("predict", 0.0)},
                      inputs=inputs.sources)
@@ -303,7 +328,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     """Run one case into the new folder ``out`` (all or nothing); returns what report.json holds."""
     from GliomaProgressionLib.report import scene as case_scene
     from GliomaProgressionLib.report import figure as report
-    from GliomaProgressionLib.case.folder import read_case
+    from GliomaProgressionLib.case.folder import has_series, read_case
     from GliomaProgressionLib.runs.ctv import parse_schemes
     from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder, write_json
     from GliomaProgressionLib.models.packages import resolve_model
@@ -316,17 +341,24 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     prediction_settings = settings.prediction_settings()
     parse_schemes(list(settings.schemes) if settings.schemes else None, True)  # a bad name fails before the work
     progress.start("read")
-    inputs = read_case(case_folder, settings.recurrence)
+    # DSC is optional: read when the folder has it (nCBV for the report even with the conventional model)
+    inputs = read_case(case_folder, settings.recurrence, with_dsc=has_series(case_folder, "dsc"))
     model = resolve_model(settings.model, trust=settings.trust_model)
+    check_model_inputs(inputs, model)
+    notes = inputs.notes + ([] if inputs.dsc is not None else [report.PERFUSION_SKIPPED])
+    for note in notes:
+        progress.note(note)
     progress.start("prepare")
-    prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc, inputs.timing.times_s,
-                            inputs.timing.te_s, leakage=settings.leakage, progress=progress.update)
+    timing = inputs.timing
+    prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc,
+                            timing.times_s if timing else None, timing.te_s if timing else None,
+                            leakage=settings.leakage, progress=progress.update)
     progress.start("predict")
     prediction = predict_prepared(prepared, model, prediction_settings, progress=progress.update)
     recurrence = (resample_onto(prepared.reference, inputs.recurrence, None, labels=True) > 0
                   if inputs.recurrence is not None else None)
-    brain = brain_on_reference(prepared, inputs.brain, inputs.dsc.ijk_to_ras)
-    results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence)
+    brain = brain_on_reference(prepared, inputs.brain, inputs.dsc.ijk_to_ras if inputs.dsc is not None else None)
+    results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence, notes=notes)
     with staged_output_folder(out) as staging:
         progress.start("save")
         write_module_outputs(staging, results, progress.timings)
@@ -355,6 +387,8 @@ def summary_line(data: dict, out: Path) -> str:
 
     nel = data["ncbv"]["regions"].get(LESION_SEGMENTS[NEL_LABEL][0], {})
     ncbv = f"; NEL nCBV mean {nel['mean']:.2f}" if nel.get("mean") is not None else ""
+    if data["ncbv"].get("skipped"):
+        ncbv = f"; {data['ncbv']['skipped']}"
     return (f"{data['case']}: {outcome}{ncbv}; {len(data['ctv']['targets'])} target volumes; "
             f"{data['timings_s']['total']:.0f} s. Report: {out / 'report.png'}  Scene: {out / 'scene.mrb'}")
 
