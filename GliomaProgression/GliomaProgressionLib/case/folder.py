@@ -1,10 +1,15 @@
 """One patient's case folder, read and checked before any long computation.
 
 A case folder holds ``t1c``, ``flair``, ``dsc`` (4D, with ``dsc.json`` unless the DICOM headers give TR and TE;
-not read for CE-T1 + FLAIR work, ``with_dsc=False``) and ``lesion`` (BraTS 2024 labels aligned with CE-T1), each
-as a NIfTI/NRRD file (``t1c.nii.gz``) or as a folder of DICOM files (``t1c/``); optionally
+optional: without it a case has no nCBV, ``with_dsc=False``) and ``lesion`` (BraTS 2024 labels aligned with
+CE-T1), each as a NIfTI/NRRD file (``t1c.nii.gz``) or as a folder of DICOM files (``t1c/``); optionally
 ``brain`` (a brain mask aligned with CE-T1) and ``recurrence`` (the recurrence at follow-up, aligned with CE-T1:
 it is resampled, not registered).
+
+A BraTS challenge folder is a case folder too: ``<ID>-t1c``, ``<ID>-t2f``, ``<ID>-seg`` (2023/2024) or
+``<ID>_t1ce``, ``<ID>_flair``, ``<ID>_seg`` (2021 and earlier) ``.nii.gz`` are read as t1c, flair and lesion (the
+other sequences are not used). Their labels are brought to the BraTS 2024 convention (``brats_labels``: the rule
+for the one ambiguous case is there) and the case's ``notes`` say what was done.
 
 DICOM folders are converted with SimpleITK's ``ImageSeriesReader`` (GDCM); the few tags needed to put the frames
 of a DSC series in order (temporal position, slice position) and its timing (TR, TE) are read with SimpleITK's
@@ -30,6 +35,12 @@ from GliomaProgressionLib.case.preprocess import NEL_LABEL, SERIES_SUFFIXES
 from GliomaProgressionLib.case.registration import check_overlap
 
 REQUIRED_SERIES = {"t1c": "CE-T1", "flair": "FLAIR", "dsc": "DSC series", "lesion": "lesion segmentation"}
+# BraTS file-name endings per series (``<ID><ending>.nii.gz``): 2023/2024 first, then 2021 (and 2018-2020).
+BRATS_ENDINGS = {"t1c": ("-t1c", "_t1ce"), "flair": ("-t2f", "_flair"), "lesion": ("-seg", "_seg")}
+BRATS_2021_ENDINGS = ("_t1ce", "_flair", "_seg")
+BRATS_SUFFIXES = (".nii.gz", ".nii")
+BRATS_2021_ENHANCING = 4  # BraTS 2021 "ET"; BraTS 2024 writes enhancing tumour as 3 and uses 4 for the cavity
+BRATS_2024_ENHANCING = 3
 OPTIONAL_SERIES = {"brain": "brain mask", "recurrence": "recurrence mask"}
 # DICOM tags, as SimpleITK names them
 TAG_TEMPORAL_POSITION = "0020|0100"
@@ -55,26 +66,44 @@ class CaseInputs:
     recurrence: sitk.Image | None = None
     sources: dict[str, str] = field(default_factory=dict)  # series -> file or "DICOM folder <path>"
     converted: dict[str, sitk.Image] = field(default_factory=dict)  # series read from DICOM (written to OUT)
+    notes: list[str] = field(default_factory=list)  # what was done to the input that the user must know (labels)
 
 
 # --- locating series ------------------------------------------------------------------------------------
 
 
 def locate_series(folder: Path, name: str) -> Path | None:
-    """``<folder>/<name>.<suffix>`` for any supported suffix, or ``<folder>/<name>/`` (DICOM), or None."""
+    """``<folder>/<name>.<suffix>`` for any supported suffix, or ``<folder>/<name>/`` (DICOM), or the series' BraTS
+    file (``<ID>-t1c.nii.gz``...), or None."""
     for suffix in SERIES_SUFFIXES:
         candidate = folder / f"{name}{suffix}"
         if candidate.is_file():
             return candidate
     candidate = folder / name
-    return candidate if candidate.is_dir() else None
+    return candidate if candidate.is_dir() else brats_file(folder, name)
+
+
+def brats_file(folder: Path, name: str) -> Path | None:
+    """The one file of ``folder`` named as BraTS names series ``name`` (t1c, flair, lesion), or None."""
+    found = sorted({path for ending in BRATS_ENDINGS.get(name, ()) for suffix in BRATS_SUFFIXES
+                    for path in Path(folder).glob(f"*{ending}{suffix}")
+                    if path.is_file() and not path.name.startswith(".")})  # "._x": macOS metadata in archives
+    if len(found) > 1:
+        raise ValueError(f"The case folder {folder} holds {len(found)} {REQUIRED_SERIES[name]} files with BraTS "
+                         f"names ({', '.join(p.name for p in found)}); keep one case per folder.")
+    return found[0] if found else None
+
+
+def has_series(folder: str | Path, name: str) -> bool:
+    return locate_series(Path(folder), name) is not None
 
 
 def _required(folder: Path, name: str) -> Path:
     path = locate_series(folder, name)
     if path is None:
-        raise ValueError(f"The case folder {folder} has no {REQUIRED_SERIES[name]} ({name}.nii.gz, {name}.nrrd or "
-                         f"a {name}/ folder of DICOM files).")
+        brats = "".join(f", <ID>{ending}.nii.gz" for ending in BRATS_ENDINGS.get(name, ()))
+        raise ValueError(f"The case folder {folder} has no {REQUIRED_SERIES[name]} ({name}.nii.gz, {name}.nrrd{brats} "
+                         f"or a {name}/ folder of DICOM files).")
     return path
 
 
@@ -219,6 +248,53 @@ def _read_dsc(path: Path, folder: Path, provenance: _Provenance,
     return series, timing
 
 
+# --- BraTS label conventions ---------------------------------------------------------------------------------
+
+
+def brats_labels(lesion: sitk.Image, path: Path) -> tuple[sitk.Image, list[str]]:
+    """The lesion in BraTS 2024 labels (1 NETC, 2 SNFH, 3 ET, 4 RC), and a note of what was read how.
+
+    The file name says which challenge wrote it and the labels confirm it:
+
+    - ``lesion.*`` (this project's name) is BraTS 2024 by definition: never changed;
+    - BraTS 2021 names (``_seg``): 1 NCR, 2 ED, 4 ET; 4 becomes 3. A label 3, which 2021 never writes, means the
+      file holds 2023/2024 labels after all: kept as they are;
+    - BraTS 2023/2024 names (``-seg``): 2023 GLI writes 1, 2, 3 and 2024 adds 4 for a resection cavity: kept as
+      they are, except label 4 without any 3, which is ambiguous (a 2021 segmentation under the new names, or a
+      2024 post-treatment case with a cavity and no enhancement). It is read as 2021 (4 becomes 3): this project
+      models pre-operative cases, which have no cavity; the CTVs do not change either way (enhancing tumour and
+      cavity both belong to the GTV core); the note says how to keep the labels (name the file lesion.nii.gz).
+    """
+    stem = path.name.split(".")[0]
+    if path.is_dir() or not any(stem.endswith(ending) for ending in BRATS_ENDINGS["lesion"]):
+        return lesion, []
+    values = set(np.unique(sitk.GetArrayViewFromImage(lesion)).tolist())
+    year_2021 = stem.endswith(BRATS_2021_ENDINGS)
+    if BRATS_2024_ENHANCING in values:
+        if year_2021:
+            return lesion, [f"{path.name} has BraTS 2021 file names but holds label 3, which BraTS 2021 never "
+                            "uses: its labels were read as BraTS 2023/2024 labels, unchanged."]
+        return lesion, [f"{path.name}: BraTS 2023/2024 labels (1 necrosis, 2 SNFH, 3 enhancing, 4 resection "
+                        "cavity), used unchanged."]
+    if BRATS_2021_ENHANCING not in values:
+        return lesion, [f"{path.name}: BraTS labels 1 (necrosis) and 2 (SNFH/oedema), the same in every BraTS "
+                        "convention; no enhancing tumour labelled."]
+    mapped = _relabelled(lesion, BRATS_2021_ENHANCING, BRATS_2024_ENHANCING)
+    why = ("BraTS 2021 file names" if year_2021 else
+           "label 4 and no label 3 under BraTS 2023/2024 file names, so read as BraTS 2021; if label 4 is a "
+           "resection cavity (BraTS 2024 post-treatment), name the file lesion.nii.gz to keep the labels as they are")
+    return mapped, [f"{path.name}: BraTS 2021 labels (1 necrotic core, 2 oedema, 4 enhancing tumour; {why}): label 4 "
+                    "was mapped to 3, the BraTS 2024 enhancing-tumour label."]
+
+
+def _relabelled(labels: sitk.Image, old: int, new: int) -> sitk.Image:
+    array = sitk.GetArrayFromImage(labels)
+    array[array == old] = new
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(labels)
+    return image
+
+
 def _check_lesion(lesion: sitk.Image, path_text: str) -> None:
     from CTVPlannerLib.schemes import check_lesion_labels
 
@@ -242,7 +318,9 @@ def read_series(folder: str | Path, name: str) -> sitk.Image:
     """One 3-D series of a case folder ("t1c", "flair", "lesion"), stored as ``read_case`` accepts it."""
     folder = Path(folder)
     what = REQUIRED_SERIES.get(name) or OPTIONAL_SERIES[name]
-    return _read_3d(_required(folder, name), name, what, _Provenance())
+    path = _required(folder, name)
+    image = _read_3d(path, name, what, _Provenance())
+    return brats_labels(image, path)[0] if name == "lesion" else image
 
 
 def read_dsc_series(folder: str | Path, need_echo_time: bool = True) -> tuple[Volume, AcquisitionTiming]:
@@ -257,7 +335,8 @@ def read_dsc_series(folder: str | Path, need_echo_time: bool = True) -> tuple[Vo
 def read_case(folder: str | Path, recurrence: str | Path | None = None, with_dsc: bool = True) -> CaseInputs:
     """Read and check every series of a case folder (``recurrence`` overrides ``<folder>/recurrence``).
 
-    With ``with_dsc=False`` the DSC series is neither needed nor read (CE-T1 + FLAIR work: no nCBV).
+    With ``with_dsc=False`` the DSC series is neither needed nor read (CE-T1 + FLAIR work: no nCBV). A BraTS
+    segmentation's labels are brought to BraTS 2024 (``brats_labels``), said so in ``notes``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -267,7 +346,7 @@ def read_case(folder: str | Path, recurrence: str | Path | None = None, with_dsc
     provenance = _Provenance()
     t1c = _read_3d(paths["t1c"], "t1c", "CE-T1", provenance)
     flair = _read_3d(paths["flair"], "flair", "FLAIR", provenance)
-    lesion = _read_3d(paths["lesion"], "lesion", "lesion", provenance)
+    lesion, notes = brats_labels(_read_3d(paths["lesion"], "lesion", "lesion", provenance), paths["lesion"])
     _check_lesion(lesion, provenance.sources["lesion"])
     dsc, timing = _read_dsc(paths["dsc"], folder, provenance) if "dsc" in paths else (None, None)
     optional = {name: locate_series(folder, name) for name in OPTIONAL_SERIES}
@@ -278,6 +357,6 @@ def read_case(folder: str | Path, recurrence: str | Path | None = None, with_dsc
     extra = {name: _read_3d(path, name, OPTIONAL_SERIES[name], provenance) if path else None
              for name, path in optional.items()}
     inputs = CaseInputs(folder.name, folder, t1c, flair, lesion, dsc, timing, extra["brain"], extra["recurrence"],
-                        provenance.sources, provenance.converted)
+                        provenance.sources, provenance.converted, notes)
     _check_space(inputs)
     return inputs
