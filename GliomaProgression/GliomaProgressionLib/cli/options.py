@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
+
+from GliomaProgressionLib.models.process import ProgressPrinter
 
 EXIT_BAD_INPUT = 2
 
@@ -76,14 +77,8 @@ def name_list(values: list[str] | None) -> tuple[str, ...] | None:
     return tuple(name for value in values for name in value.split(",") if name)
 
 
-class StderrProgress:
-    """Progress lines on stderr: percentage, stage and elapsed time."""
+class StderrProgress(ProgressPrinter):
+    """Progress lines on stderr (``--quiet`` silences them)."""
 
     def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.start = time.monotonic()
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if not self.quiet:
-            elapsed = time.monotonic() - self.start
-            print(f"[{100 * fraction:3.0f}%] {message} ({elapsed:.1f} s)", file=sys.stderr, flush=True)
+        super().__init__(sys.stderr, quiet)

@@ -38,6 +38,21 @@ class ProgressUpdate:
     message: str
 
 
+class ProgressPrinter:
+    """Progress lines (``[ 40%] stage (3.2 s)``: percentage, stage, elapsed time) as ``gliomaprog`` prints them on
+    stderr and a job process on stdout for its parent; ``parse_progress`` reads them back."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream
+        self.quiet = quiet
+        self.start = time.monotonic()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if not self.quiet:
+            elapsed = time.monotonic() - self.start
+            print(f"[{100 * fraction:3.0f}%] {message} ({elapsed:.1f} s)", file=self.stream or sys.stdout, flush=True)
+
+
 def parse_progress(line: str) -> ProgressUpdate | None:
     match = _PROGRESS_LINE.match(line.strip())
     if not match:

@@ -32,6 +32,7 @@ import SimpleITK as sitk
 
 from GliomaProgressionLib.case.files import staged_output_folder, write_image, write_json
 from GliomaProgressionLib.case.preprocess import PreparedCase
+from GliomaProgressionLib.models.process import ProgressPrinter
 from GliomaProgressionLib.models.worker import DEVICES
 
 Progress = Callable[[float, str], None]
@@ -275,21 +276,11 @@ def _job_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _ProgressLines:
-    """Progress as ``gliomaprog`` prints it (``[ 40%] stage (3.2 s)``), on stdout for the parent to parse."""
-
-    def __init__(self):
-        self.start = time.monotonic()
-
-    def __call__(self, fraction: float, message: str) -> None:
-        print(f"[{100 * fraction:3.0f}%] {message} ({time.monotonic() - self.start:.1f} s)", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The job process: 0 when the results are written; otherwise a last line ``ERROR: <message>`` (after the
     traceback only for an unexpected failure) and exit code 2 for bad input, 1 for anything else."""
     try:
-        PredictionJob.from_arg_list(sys.argv[1:] if argv is None else argv).run(_ProgressLines())
+        PredictionJob.from_arg_list(sys.argv[1:] if argv is None else argv).run(ProgressPrinter(sys.stdout))
     except ValueError as error:  # expected: bad input
         print(f"ERROR: {' '.join(str(error).split())}", flush=True)
         return 2
