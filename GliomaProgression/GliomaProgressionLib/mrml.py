@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from GliomaProgressionLib.case.geometry import Volume
+from GliomaProgressionLib.case.geometry import Volume, check_3d
 
 # MRML written by slicer-core 5.13 is stamped with the oldest Slicer release the extension supports: the
 # application reads the version to decide which compatibility fixes a scene needs, and warns when it is absent.
@@ -128,8 +128,7 @@ def node_from_volume(volume: Volume, name: str, scene=None, node_class: str = "v
     """A new volume node in ``scene`` with the voxels and geometry of ``volume`` (3D only)."""
     slicer = _slicer()
     scene = scene or current_scene()
-    if np.asarray(volume.array).ndim != 3:
-        raise ValueError(f"The volume '{name}' must be 3D to become a volume node; use a sequence for 4D.")
+    check_3d(volume, f"The volume '{name}'")  # a 4D series becomes a sequence (sequence_from_volume)
     node = scene.AddNewNodeByClass(node_class, name)
     update_node_from_volume(node, volume)
     node.CreateDefaultDisplayNodes()

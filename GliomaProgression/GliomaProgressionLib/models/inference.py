@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import SimpleITK as sitk
 
+from GliomaProgressionLib.case.geometry import ijk_to_ras_from_sitk, same_grid
 from GliomaProgressionLib.models.packages import ModelPackage
 from GliomaProgressionLib.models.process import BackgroundProcess, python_executable
 from GliomaProgressionLib.models.worker import DEVICES
@@ -57,10 +58,8 @@ def _check_channels(channels, model: ModelPackage, channel_names: Sequence[str] 
                              "component(s).")
     reference = images[0]
     for index, image in enumerate(images[1:], start=1):
-        same = (image.GetSize() == reference.GetSize()
-                and all(abs(a - b) < 1e-4 for a, b in zip(image.GetSpacing(), reference.GetSpacing()))
-                and all(abs(a - b) < 1e-3 for a, b in zip(image.GetOrigin(), reference.GetOrigin()))
-                and all(abs(a - b) < 1e-5 for a, b in zip(image.GetDirection(), reference.GetDirection())))
+        same = same_grid(ijk_to_ras_from_sitk(image), ijk_to_ras_from_sitk(reference), image.GetSize(),
+                         reference.GetSize())
         if not same:
             raise ValueError(f"Channel {index} ({expected[index]}) is not on the grid of channel 0 "
                              f"({expected[0]}); register and resample the channels onto the CE-T1 reference grid "
