@@ -1,4 +1,6 @@
-"""pytest set-up for the main suite: a fresh slicer-core MRML scene per test that asks, a throwaway model cache.
+"""pytest set-up for the main suite: a fresh slicer-core MRML scene per test that asks, a throwaway model cache, and
+the synthetic cases many test files share (generated once per pytest process: with ``-n 2 --dist loadfile`` once
+per worker). The command-line helpers are in ``helpers.py``.
 
 The tests that run the modules on Slicer's own Python layer live in ``slicer_app/`` and run in a pytest process
 of their own, once per Slicer version (``make test`` does it; see slicer_app/conftest.py): they replace ``qt``
@@ -47,3 +49,56 @@ def fresh_model_cache(tmp_path_factory):
         os.environ.pop("GLIOMAPROG_MODELS_DIR", None)
     else:
         os.environ["GLIOMAPROG_MODELS_DIR"] = previous
+
+
+# --- the shared synthetic cases ------------------------------------------------------------------------------
+
+SMALL_CASE = {"seed": 3, "size": "small"}  # the small case the command-line and end-to-end tests share
+FULL_CASE = {"seed": 0, "size": "full"}  # the case `make demo` runs on
+
+
+def _read_only(case):
+    """The case with every array read-only: a test that changes one must work on its own copy."""
+    for volume in (case.t1c, case.flair, case.dsc, case.lesion, *case.truth.values()):
+        volume.array.flags.writeable = False
+    case.frame_times_s.flags.writeable = False
+    return case
+
+
+@pytest.fixture(scope="session")
+def synthetic_case():
+    """``synthetic_case(seed=..., size=..., **other PhantomConfig fields)``: the generated case, made once per
+    process for each configuration and shared (arrays read-only)."""
+    from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
+
+    made = {}
+
+    def case(**config):
+        key = tuple(sorted(config.items()))
+        if key not in made:
+            made[key] = _read_only(generate_case(PhantomConfig(**config)))
+        return made[key]
+
+    return case
+
+
+@pytest.fixture(scope="session")
+def small_case(synthetic_case):
+    """The small synthetic case (seed 3; 2-2.4 mm CE-T1, 60 DSC frames), shared, arrays read-only."""
+    return synthetic_case(**SMALL_CASE)
+
+
+@pytest.fixture(scope="session")
+def small_case_folder(tmp_path_factory, small_case) -> Path:
+    """``small_case`` written as a case folder (the layout ``gliomaprog run`` reads), shared: a test that changes
+    it works on a copy (``shutil.copytree`` into its ``tmp_path``)."""
+    from GliomaProgressionLib.phantom.folder import write_case
+
+    return write_case(small_case, tmp_path_factory.mktemp("small-case") / "case")
+
+
+@pytest.fixture(scope="session")
+def full_case(synthetic_case):
+    """The full-size synthetic case (seed 0, clinical grids), as ``make demo`` generates it; ~15 s to make, so
+    only for tests marked slow."""
+    return synthetic_case(**FULL_CASE)

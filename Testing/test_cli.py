@@ -1,8 +1,6 @@
 """``gliomaprog phantom`` from the command line: output, one-line errors with exit code 2, nothing half-written."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +8,7 @@ import pytest
 
 from GliomaProgressionLib import mrml
 from GliomaProgressionLib.case.files import read_volume
-
-
-def gliomaprog(*arguments, timeout=300, cwd=None):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+from helpers import assert_one_line_error, gliomaprog
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +59,6 @@ def test_scene_reads_back_with_every_node(written_case, tmp_path):
     assert np.allclose(t1c.ijk_to_ras, on_disk.ijk_to_ras, atol=1e-4)
 
 
-def _assert_one_line_error(result, *fragments):
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-
-
 def _leftovers(folder: Path):
     return [p.name for p in folder.iterdir() if "partial" in p.name or p.name.startswith(".")]
 
@@ -81,13 +66,13 @@ def _leftovers(folder: Path):
 def test_unwritable_out_under_a_file(tmp_path):
     (tmp_path / "a-file").write_text("")
     result = gliomaprog("phantom", "--out", tmp_path / "a-file" / "case", "--size", "small")
-    _assert_one_line_error(result, "--out", "a-file")
+    assert_one_line_error(result, "--out", "a-file")
     assert _leftovers(tmp_path) == []
 
 
 def test_unwritable_out_on_a_read_only_file_system():
     result = gliomaprog("phantom", "--out", "/proc/gliomaprog-case", "--size", "small")
-    _assert_one_line_error(result, "--out", "/proc")
+    assert_one_line_error(result, "--out", "/proc")
     assert not Path("/proc/gliomaprog-case").exists()
 
 
@@ -95,7 +80,7 @@ def test_existing_non_empty_out_is_not_overwritten(tmp_path):
     (tmp_path / "case").mkdir()
     (tmp_path / "case" / "mine.txt").write_text("keep")
     result = gliomaprog("phantom", "--out", tmp_path / "case", "--size", "small")
-    _assert_one_line_error(result, "already exists")
+    assert_one_line_error(result, "already exists")
     assert (tmp_path / "case" / "mine.txt").read_text() == "keep"
 
 
@@ -105,5 +90,5 @@ def test_existing_non_empty_out_is_not_overwritten(tmp_path):
 ])
 def test_bad_arguments(tmp_path, arguments, fragment):
     result = gliomaprog("phantom", "--out", tmp_path / "case", "--size", "small", *arguments)
-    _assert_one_line_error(result, fragment)
+    assert_one_line_error(result, fragment)
     assert not (tmp_path / "case").exists() and _leftovers(tmp_path) == []

@@ -18,6 +18,7 @@ from GliomaProgressionLib.cli import main as cli
 from GliomaProgressionLib.models import packages as models
 from GliomaProgressionLib.cohort.export import export_cohort
 from GliomaProgressionLib.cohort.replicate import write_phantom_case
+from helpers import gliomaprog
 
 SEEDS = (3000, 3001, 3002, 3003, 3004, 3005)  # 3003: the cohort recipe's case without progression
 DATASET = "Dataset902_TrainTest"
@@ -61,9 +62,8 @@ def test_nnunet_plan_and_preprocess_verifies_the_export(cohort):
 def trained(cohort):
     """``cohort train`` for 2 epochs x 2 iterations in a fresh process (nnU-Net reads its folders on import)."""
     results = cohort / "results"
-    run = subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", "cohort", "train",
-                          str(cohort / "nnunet_raw" / DATASET), "--out", str(results), "--epochs", "2",
-                          "--iterations", "2", "--device", "cpu"], capture_output=True, text=True)
+    run = gliomaprog("cohort", "train", cohort / "nnunet_raw" / DATASET, "--out", results, "--epochs", 2,
+                     "--iterations", 2, "--device", "cpu", timeout=None)
     assert run.returncode == 0, run.stderr[-2000:]
     return cohort, results
 
@@ -158,8 +158,7 @@ def test_train_reports_nnunets_integrity_check_in_one_line(cohort, tmp_path):
     broken = tmp_path / DATASET
     shutil.copytree(cohort / "nnunet_raw" / DATASET, broken, copy_function=os.link)
     (broken / "labelsTr" / "case_3001.nii.gz").unlink()
-    run = subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", "cohort", "train", str(broken), "--out",
-                          str(tmp_path / "results"), "--device", "cpu"], capture_output=True, text=True)
+    run = gliomaprog("cohort", "train", broken, "--out", tmp_path / "results", "--device", "cpu", timeout=None)
     lines = run.stderr.strip().splitlines()  # progress lines, then the error
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert lines[-1].startswith("gliomaprog cohort: error: nnU-Net's integrity check rejected " + DATASET)

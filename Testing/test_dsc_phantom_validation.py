@@ -16,14 +16,13 @@ import pytest
 
 from DSCPerfusionLib.pipeline import PerfusionOptions, compute_perfusion
 from DSCPerfusionLib.simulation import simulate_dsc
-from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
 SEEDS = (0, 3)
 
 
 @pytest.fixture(scope="module", params=SEEDS, ids=[f"seed{seed}" for seed in SEEDS])
-def phantom(request):
-    case = generate_case(PhantomConfig(seed=request.param, size="small"))
+def phantom(request, synthetic_case):
+    case = synthetic_case(seed=request.param, size="small")
     k2_truth = case.truth["k2"].array
     options = PerfusionOptions(te_s=case.config.te_s)
     return {

@@ -10,13 +10,19 @@ from GliomaProgressionLib.phantom.synthetic import LABELS, PhantomConfig, genera
 
 
 @pytest.fixture(scope="module")
-def clean_case():
-    return generate_case(PhantomConfig(seed=5, size="small", noise=False))
+def clean_case(synthetic_case):
+    return synthetic_case(seed=5, size="small", noise=False)
 
 
 @pytest.fixture(scope="module")
-def noisy_case():
-    return generate_case(PhantomConfig(seed=5, size="small"))
+def noisy_case(synthetic_case):
+    return synthetic_case(seed=5, size="small")
+
+
+@pytest.fixture(scope="module")
+def leak_free_case(synthetic_case):
+    """Noise-free and leakage-free: the series carries the truth CBV alone."""
+    return synthetic_case(seed=5, size="small", noise=False, k2_enhancing=0.0)
 
 
 def _baseline(case):
@@ -44,6 +50,22 @@ def test_full_size_protocol_is_clinical():
     assert protocols["t1c"].spacing == (0.9375, 0.9375, 1.2)
     assert protocols["flair"].spacing[2] == 3.0
     assert protocols["dsc"].spacing == (1.8, 1.8, 5.0)
+
+
+@pytest.mark.slow
+def test_full_size_case_is_acquired_on_the_clinical_grids(full_case):
+    """The case ``make demo`` runs on: each series on its protocol's grid, the lesion and its truths on CE-T1's."""
+    from GliomaProgressionLib.phantom.synthetic import _protocols
+
+    protocols = _protocols("full")
+    for name in ("t1c", "flair"):
+        assert np.allclose(getattr(full_case, name).spacing, protocols[name].spacing, atol=1e-6), name
+    assert np.allclose(full_case.dsc.spacing, protocols["dsc"].spacing, atol=1e-6)
+    assert full_case.dsc.array.shape[0] == len(full_case.frame_times_s) == 60
+    assert full_case.lesion.array.shape == full_case.t1c.array.shape == full_case.truth["progression"].array.shape
+    assert set(np.unique(full_case.lesion.array)) == {0, 1, 2, 3}
+    progression = full_case.truth["progression"].array > 0
+    assert progression.any() and np.all(full_case.lesion.array[progression] == LABELS["oedema"])
 
 
 def test_deterministic_per_seed(noisy_case):
@@ -98,9 +120,9 @@ def test_truth_ncbv_is_one_in_nawm(noisy_case):
     assert np.all(np.sign(ras[:, 0]) != np.sign(centre[0]))
 
 
-def test_dsc_signal_encodes_the_truth_cbv():
+def test_dsc_signal_encodes_the_truth_cbv(leak_free_case):
     """rCBV from the noise-free, leakage-free simulated series, normalised in NAWM, equals the truth nCBV."""
-    case = generate_case(PhantomConfig(seed=5, size="small", noise=False, k2_enhancing=0.0))
+    case = leak_free_case
     delta = delta_r2s_from_signal(case.dsc.array.astype(np.float64), case.config.te_s, _baseline(case))
     rcbv = rcbv_trapezoid(delta, case.frame_times_s)
     nawm = case.truth["nawm"].array > 0
@@ -112,8 +134,8 @@ def test_dsc_signal_encodes_the_truth_cbv():
     assert np.corrcoef(measured[tissue], truth[tissue])[0, 1] > 0.995
 
 
-def test_k2_is_nonzero_only_where_the_series_leaks(clean_case):
-    no_leak = generate_case(PhantomConfig(seed=5, size="small", noise=False, k2_enhancing=0.0))
+def test_k2_is_nonzero_only_where_the_series_leaks(clean_case, leak_free_case):
+    no_leak = leak_free_case
     k2 = clean_case.truth["k2"].array
     assert k2.max() == pytest.approx(clean_case.config.k2_enhancing, rel=0.05)
     changed = np.any(clean_case.dsc.array != no_leak.dsc.array, axis=0)

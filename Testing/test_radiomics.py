@@ -3,8 +3,6 @@ shipped YAML, determinism, a tiny region, a constant map, the ``gliomaprog run``
 
 import csv
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ import yaml
 
 from GliomaProgressionLib.cohort.radiomics_features import (default_settings_file, expected_feature_names, extract_cohort,
                                                      make_extractor)
+from helpers import assert_one_line_error, gliomaprog
 
 SHAPE = (20, 24, 24)  # k, j, i: small so that the wavelet extraction takes about a second per region
 
@@ -131,17 +130,12 @@ def test_a_constant_map_is_handled(tmp_path):
     assert rows[0]["enhancing_warning"] == ""
 
 
-def _gliomaprog(*arguments):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_cli_reads_a_cohort_in_the_run_layout(tmp_path):
     """``gliomaprog run`` writes ncbv and lesion into OUT/registered/: a cohort of run outputs is accepted."""
     case = tmp_path / "cohort" / "patient7"
     _write_case(case / "registered", seed=3)
     out = tmp_path / "cohort.csv"
-    result = _gliomaprog("radiomics", "extract", "--cohort", tmp_path / "cohort", "--out", out, "--quiet")
+    result = gliomaprog("radiomics", "extract", "--cohort", tmp_path / "cohort", "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr
     rows = _read(out)
     assert [row["case"] for row in rows] == ["patient7"] and float(rows[0]["seconds"]) > 0
@@ -161,9 +155,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, problem, frag
         sitk.WriteImage(image, str(case / "ncbv.nii.gz"))
     else:
         out.write_text("keep me")
-    result = _gliomaprog("radiomics", "extract", "--case-dir", case, "--out", out, "--quiet")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    result = gliomaprog("radiomics", "extract", "--case-dir", case, "--out", out, "--quiet")
+    assert_one_line_error(result, fragment)
     assert (out.read_text() == "keep me") if problem == "exists" else not out.exists()
     assert not list(tmp_path.glob(".out.csv*"))

@@ -3,14 +3,13 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from GliomaProgressionLib.cohort import radiomics_model
 from GliomaProgressionLib.cohort.radiomics_model import ModelSettings, cross_validate, run_model
+from helpers import assert_one_line_error, gliomaprog
 
 INFORMATIVE = 4  # the first columns carry the class; the rest are noise
 
@@ -94,15 +93,10 @@ def test_feature_selection_keeps_the_informative_columns():
     assert (result["selected"].sum(axis=1) == SMALL.features_kept).all()
 
 
-def _gliomaprog(*arguments):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_cli_writes_every_output(tmp_path):
     features, labels = _write(tmp_path, *_table(3))
     out = tmp_path / "model"
-    result = _gliomaprog("radiomics", "model", "--features", features, "--labels", labels, "--out", out,
+    result = gliomaprog("radiomics", "model", "--features", features, "--labels", labels, "--out", out,
                          "--features-kept", "8", "--seed", "3")
     assert result.returncode == 0, result.stderr
     assert {p.name for p in out.iterdir()} == {"folds.csv", "predictions.csv", "selected_features.csv",
@@ -140,10 +134,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, problem, frag
     if problem == "exists":
         out.mkdir()
         (out / "keep.txt").write_text("keep me")
-    result = _gliomaprog("radiomics", "model", "--features", features, "--labels", labels, "--out", out,
+    result = gliomaprog("radiomics", "model", "--features", features, "--labels", labels, "--out", out,
                          "--features-kept", kept)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert_one_line_error(result, fragment)
     assert [p.name for p in out.iterdir()] == ["keep.txt"] if problem == "exists" else not out.exists()
     assert not list(tmp_path.glob(".model.partial-*"))

@@ -8,12 +8,11 @@ from GliomaProgressionLib.case import geometry
 
 from GliomaProgressionLib.case import registration
 from GliomaProgressionLib.case.geometry import Volume
-from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
 
 @pytest.fixture(scope="module", params=[5, 8])
-def case(request):
-    return generate_case(PhantomConfig(seed=request.param, size="small"))
+def case(request, synthetic_case):
+    return synthetic_case(seed=request.param, size="small")
 
 
 def _brain_points(case) -> np.ndarray:

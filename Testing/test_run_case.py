@@ -23,8 +23,6 @@ from GliomaProgressionLib import mrml
 from GliomaProgressionLib.runs import chain as run_case
 from GliomaProgressionLib.case.folder import check_nifti_complete, read_dicom_dsc, read_dicom_volume
 from CTVPlannerLib.lesion import LESION_SEGMENTS
-from GliomaProgressionLib.phantom.folder import write_case
-from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
 
 SCHEME_KEYS = ("rtog46", "rtog60", "eortc", "estro", "ai", "boost")
 BAD_CASES = {  # case folder -> what its one-line error must say
@@ -41,13 +39,6 @@ BAD_CASES = {  # case folder -> what its one-line error must say
 @pytest.fixture(scope="module")
 def model_cache(fresh_model_cache):
     return fresh_model_cache
-
-
-@pytest.fixture(scope="module")
-def phantom_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("phantom") / "case"
-    write_case(generate_case(PhantomConfig(seed=3, size="small")), folder)
-    return folder
 
 
 def _copy_case(source: Path, target: Path) -> Path:
@@ -78,12 +69,13 @@ def _bad_cases(source: Path, cases: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory, phantom_folder, model_cache):
-    """One batch run over the good case and the four bad ones (the only end-to-end run of this file)."""
+def batch(tmp_path_factory, small_case_folder, model_cache):
+    """One batch run over copies of the shared small case: the good case and the four bad ones (the only
+    end-to-end run of this file)."""
     root = tmp_path_factory.mktemp("batch")
     cases = root / "cases"
-    _good_case(phantom_folder, cases / "good")
-    _bad_cases(phantom_folder, cases)
+    _good_case(small_case_folder, cases / "good")
+    _bad_cases(small_case_folder, cases)
     out = root / "out"
     code = cli.main(["run", str(cases), "--out", str(out), "--batch", "--quiet"])
     return {"cases": cases, "out": out, "code": code, "rows": _rows(out)}

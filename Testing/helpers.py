@@ -1,0 +1,30 @@
+"""What many test files of the main suite share: the ``gliomaprog`` command line run in a child process, and the
+check of its one-line errors. The synthetic-case fixtures (``small_case``, ``small_case_folder``, ``full_case``)
+are in ``conftest.py``; ``conftest.py`` also puts this folder on ``sys.path``, so ``from helpers import ...`` works.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# The ``gliomaprog`` console script, run with this interpreter (the project's environment) as ``python -m``.
+GLIOMAPROG = (sys.executable, "-m", "GliomaProgressionLib.cli.main")
+
+
+def gliomaprog(*arguments, timeout: float | None = 300, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """``gliomaprog ARGUMENTS`` in a child process, stdout and stderr captured as text (paths may be Path objects).
+
+    ``timeout=None`` for the commands that train a model."""
+    return subprocess.run([*GLIOMAPROG, *map(str, arguments)], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A refusal as the command line must give it: exit code 2, exactly one line on stderr holding every fragment
+    (the input or option it names, what is wrong), and no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
