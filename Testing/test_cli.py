@@ -21,6 +21,7 @@ def written_case(tmp_path_factory):
     return folder, result
 
 
+@pytest.mark.slow
 def test_phantom_writes_the_case_layout(written_case):
     folder, result = written_case
     case = folder / "case"
@@ -39,6 +40,7 @@ def test_phantom_writes_the_case_layout(written_case):
     assert "%]" in result.stderr, "progress is reported on stderr"
 
 
+@pytest.mark.slow
 def test_scene_reads_back_with_every_node(written_case, tmp_path):
     folder, _ = written_case
     scene = mrml.read_scene_bundle(folder / "scene.mrb", tmp_path)

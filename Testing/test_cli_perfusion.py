@@ -133,6 +133,7 @@ def test_no_bolus(tmp_path, case_folder):
     _assert_refused(_run_on(tmp_path, _bad_series(tmp_path, flat, dsc.ijk_to_ras)), "bolus")
 
 
+@pytest.mark.slow
 def test_cbf_mtt_ttp_on_request(case_folder, tmp_path):
     result = gliomaprog("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--dsc-json", case_folder / "dsc.json",
                         "--cbf", "--out", tmp_path / "maps")

@@ -79,6 +79,7 @@ def test_failed_cases_are_in_qc_and_split_but_not_in_the_dataset(exported):
     assert written and not [name for name in written if name.startswith(("case_nodsc", "case_broken"))]
 
 
+@pytest.mark.slow
 def test_nnunet_verifies_the_dataset(exported, tmp_path):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
@@ -136,6 +137,7 @@ def test_case_order_refuses_what_it_cannot_sort_in_one_sentence(tmp_path, conten
     assert str(tmp_path / "case.json") in str(error.value) and len(str(error.value).splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_dicom_case_exports_the_same_dataset_as_its_nifti_twin(cohort, tmp_path):
     """CE-T1, FLAIR and DSC as DICOM folders (TR and TE from the headers, no dsc.json) give the same channels."""
     source = cohort / f"case_{POSITIVE:04d}"
@@ -166,6 +168,7 @@ def test_dicom_case_exports_the_same_dataset_as_its_nifti_twin(cohort, tmp_path)
     assert labels[0].sum() > 50 and np.array_equal(labels[0], labels[1])
 
 
+@pytest.mark.slow
 def test_conventional_export_neither_needs_nor_reads_the_dsc(cohort, tmp_path):
     out = tmp_path / "Dataset905_Conventional"
     summary = cohort_export.export_cohort(cohort, out, 905, "conventional", spacing_mm=2.0)

@@ -46,6 +46,7 @@ def ctv_run(phantom_case, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_ctv_writes_one_mask_per_target_and_the_report(phantom_case, ctv_run):
     out, result = ctv_run
     keys = ["rtog46", "rtog60", "eortc", "estro", "ai", "boost"]
@@ -69,6 +70,7 @@ def test_ctv_writes_one_mask_per_target_and_the_report(phantom_case, ctv_run):
     assert "%]" in result.stderr, "progress on stderr"
 
 
+@pytest.mark.slow
 def test_metrics_command_prints_the_same_metrics_as_json(phantom_case, ctv_run):
     out, _ = ctv_run
     truth = phantom_case / "truth"
@@ -129,6 +131,7 @@ def test_geodesic_option_and_scheme_list(small, tmp_path):
     assert report["parameters"]["margins"]["eortc_mm"] == 10.0
 
 
+@pytest.mark.slow
 def test_other_grids_are_refused_unless_resampling_is_asked_for(small, tmp_path):
     refused = _ctv(small, tmp_path / "a", brain="brain_other_grid")
     _assert_one_line_error(refused, "brain mask", "--resample")

@@ -74,6 +74,7 @@ def test_tissue_convolution_matches_brute_force(cbv, cbf):
     assert np.abs(fast - reference).max() < 0.01 * reference.max()
 
 
+@pytest.mark.slow
 def test_tissue_convolution_on_irregular_frame_times():
     rng = np.random.default_rng(3)
     times = np.cumsum(rng.uniform(0.8, 2.2, 50))

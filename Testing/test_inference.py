@@ -59,6 +59,7 @@ def _session_members(session_id: int) -> list[int]:
     return members
 
 
+@pytest.mark.slow
 def test_multiparametric_prediction_finds_the_progression(case, multiparametric, tmp_path):
     progress, info = [], {}
     probability = inference.run_prediction(_channels(case), multiparametric, device="auto",
@@ -105,6 +106,7 @@ def test_channels_off_grid_or_4d_are_refused(case, conventional, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cancel_mid_way_kills_the_tree_and_leaves_nothing(case, multiparametric, tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
@@ -127,6 +129,7 @@ def test_cancel_mid_way_kills_the_tree_and_leaves_nothing(case, multiparametric,
     assert running.poll() is not None
 
 
+@pytest.mark.slow
 def test_start_prediction_places_the_output_only_when_done(case, conventional, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -139,6 +142,7 @@ def test_start_prediction_places_the_output_only_when_done(case, conventional, t
     assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["prob.nii.gz", "work"]
 
 
+@pytest.mark.slow
 def test_crashing_worker_reports_its_error_within_seconds(case, multiparametric, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(multiparametric.folder, broken)

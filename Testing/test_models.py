@@ -179,6 +179,7 @@ def test_unknown_model_and_missing_files(cache, tmp_path):
         models.verify_model(str(folder))
 
 
+@pytest.mark.slow
 def test_network_is_built_without_timm_or_torchvision_and_matches_nnunet(cache):
     """Our allow-listed build + weights-only load gives the very network nnU-Net's own loader gives."""
     package = models.resolve_model("multiparametric")

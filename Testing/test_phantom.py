@@ -68,6 +68,7 @@ def test_full_size_case_is_acquired_on_the_clinical_grids(full_case):
     assert progression.any() and np.all(full_case.lesion.array[progression] == LABELS["oedema"])
 
 
+@pytest.mark.slow
 def test_deterministic_per_seed(noisy_case):
     again = generate_case(PhantomConfig(seed=5, size="small"))
     other = generate_case(PhantomConfig(seed=6, size="small"))
@@ -103,6 +104,7 @@ def test_oedema_prefers_white_matter():
     assert anatomy.white[oedema].mean() > anatomy.white[shell].mean() + 0.2
 
 
+@pytest.mark.slow
 def test_cavity_variant():
     case = generate_case(PhantomConfig(seed=5, size="small", cavity=True))
     labels = set(np.unique(case.lesion.array))
@@ -165,6 +167,7 @@ def test_k2_truth_sits_in_the_enhancing_tumour(clean_case):
     assert aligned[enhancing].mean() > unaligned[enhancing].mean(), "the recorded transform improves overlap"
 
 
+@pytest.mark.slow
 def test_progression_visibility_is_tunable():
     """The future-progression region can be made visible in nCBV but not in FLAIR (seed 000's finding)."""
     config = PhantomConfig(seed=5, size="small", noise=False, progression_cbv_ratio=1.8, progression_flair_ratio=1.0)

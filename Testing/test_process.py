@@ -18,6 +18,7 @@ def test_parse_progress():
     assert process.parse_progress("Synthetic case written to x") is None
 
 
+@pytest.mark.slow
 def test_runs_gliomaprog_and_reports_progress(tmp_path):
     runner = process.BackgroundProcess(process.gliomaprog_command(
         "phantom", "--out", str(tmp_path / "case"), "--size", "small")).start()

@@ -49,6 +49,7 @@ def test_separable_data_gives_an_auc_near_1(seed):
     assert min(fold["auc"] for fold in result["folds"]) >= 0.85
 
 
+@pytest.mark.slow
 def test_noise_gives_an_auc_near_one_half():
     means = [cross_validate(*_table(seed, shift=0.0), ModelSettings(folds=5, features_kept=8, seed=seed))["mean_auc"]
              for seed in (1, 2, 3, 4)]

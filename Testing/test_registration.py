@@ -10,7 +10,7 @@ from GliomaProgressionLib.case import registration
 from GliomaProgressionLib.case.geometry import Volume
 
 
-@pytest.fixture(scope="module", params=[5, 8])
+@pytest.fixture(scope="module", params=[5, pytest.param(8, marks=pytest.mark.slow)], ids=["seed5", "seed8"])
 def case(request, synthetic_case):
     return synthetic_case(seed=request.param, size="small")
 

@@ -69,14 +69,20 @@ def _bad_cases(source: Path, cases: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory, small_case_folder, model_cache):
-    """One batch run over copies of the shared small case: the good case and the four bad ones (the only
-    end-to-end run of this file)."""
-    root = tmp_path_factory.mktemp("batch")
-    cases = root / "cases"
+def cases(tmp_path_factory, small_case_folder) -> Path:
+    """Copies of the shared small case: the good case and the four bad ones, side by side (read by the tests,
+    never changed)."""
+    cases = tmp_path_factory.mktemp("batch") / "cases"
     _good_case(small_case_folder, cases / "good")
     _bad_cases(small_case_folder, cases)
-    out = root / "out"
+    return cases
+
+
+@pytest.fixture(scope="module")
+def batch(cases, model_cache):
+    """One batch run over the good case and the four bad ones (the only end-to-end run of this file: the tests
+    that read it are marked slow)."""
+    out = cases.parent / "out"
     code = cli.main(["run", str(cases), "--out", str(out), "--batch", "--quiet"])
     return {"cases": cases, "out": out, "code": code, "rows": _rows(out)}
 
@@ -94,6 +100,7 @@ def report(batch) -> dict:
 # --- batch, failures, resume ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batch_completes_the_good_case_and_records_why_the_others_failed(batch):
     rows = batch["rows"]
     assert batch["code"] == 2  # some cases failed
@@ -106,6 +113,7 @@ def test_batch_completes_the_good_case_and_records_why_the_others_failed(batch):
     assert run_case.is_complete(batch["out"] / "good")
 
 
+@pytest.mark.slow
 def test_resume_skips_complete_cases_and_retries_failed_ones(batch, capsys):
     report_json = batch["out"] / "good" / "report.json"
     before = report_json.stat().st_mtime_ns
@@ -119,6 +127,7 @@ def test_resume_skips_complete_cases_and_retries_failed_ones(batch, capsys):
     assert "1 skipped (already complete), 4 failed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_incomplete_output_is_not_taken_for_a_complete_one(batch, tmp_path):
     copy = tmp_path / "good"
     shutil.copytree(batch["out"] / "good", copy)
@@ -128,9 +137,9 @@ def test_an_incomplete_output_is_not_taken_for_a_complete_one(batch, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CASES))
-def test_a_bad_single_case_ends_with_one_clear_line(batch, name, tmp_path, capsys):
+def test_a_bad_single_case_ends_with_one_clear_line(cases, name, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli.main(["run", str(batch["cases"] / name), "--out", str(out), "--quiet"])
+    code = cli.main(["run", str(cases / name), "--out", str(out), "--quiet"])
     error = capsys.readouterr().err.strip()
     assert code == 2
     assert error.startswith("gliomaprog run: error:") and BAD_CASES[name] in error
@@ -138,8 +147,8 @@ def test_a_bad_single_case_ends_with_one_clear_line(batch, name, tmp_path, capsy
     assert not out.exists()
 
 
-def test_batch_on_a_single_case_folder_says_so(batch, tmp_path, capsys):
-    code = cli.main(["run", str(batch["cases"] / "good"), "--out", str(tmp_path / "out"), "--batch", "--quiet"])
+def test_batch_on_a_single_case_folder_says_so(cases, tmp_path, capsys):
+    code = cli.main(["run", str(cases / "good"), "--out", str(tmp_path / "out"), "--batch", "--quiet"])
     assert code == 2
     assert "is a case folder itself" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -148,6 +157,7 @@ def test_batch_on_a_single_case_folder_says_so(batch, tmp_path, capsys):
 # --- what the good case wrote ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_has_ncbv_per_lesion_label_the_verdict_and_metrics_per_scheme(report):
     regions = report["ncbv"]["regions"]
     for value in (1, 2, 3):  # the phantom has necrosis, SNFH and enhancing tumour (no cavity)
@@ -172,6 +182,7 @@ def test_report_has_ncbv_per_lesion_label_the_verdict_and_metrics_per_scheme(rep
     assert report["software"]["gliomaprogression"] and report["software"]["nnunetv2"]
 
 
+@pytest.mark.slow
 def test_every_module_wrote_its_intermediates(batch, report):
     folder = batch["out"] / "good"
     for name in ("perfusion/ncbv.nii.gz", "perfusion/perfusion.json", "prediction/progression_prob.nii.gz",
@@ -182,6 +193,7 @@ def test_every_module_wrote_its_intermediates(batch, report):
     assert "DICOM folder" in report["inputs"]["t1c"]
 
 
+@pytest.mark.slow
 def test_rtstruct_holds_the_gtv_and_every_nonempty_target(batch, report):
     folder = batch["out"] / "good" / "rtstruct"
     structure_set = pydicom.dcmread(folder / "RTSTRUCT.dcm")
@@ -193,6 +205,7 @@ def test_rtstruct_holds_the_gtv_and_every_nonempty_target(batch, report):
     assert len(list((folder / "MR").glob("*.dcm"))) == reference.GetDepth()
 
 
+@pytest.mark.slow
 def test_scene_reads_back_with_every_node(batch, report, tmp_path):
     scene = mrml.read_scene_bundle(batch["out"] / "good" / "scene.mrb", tmp_path / "cache")
 
@@ -228,6 +241,7 @@ def test_scene_reads_back_with_every_node(batch, report, tmp_path):
     assert scene.GetNodeByID(table_view.GetTableNodeID()).GetName() == "CTV comparison"
 
 
+@pytest.mark.slow
 def test_report_png_is_a_full_page(batch):
     page = sitk.GetArrayFromImage(sitk.ReadImage(str(batch["out"] / "good" / "report.png")))
     assert page.shape[:2] == (1450, 1800)

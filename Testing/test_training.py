@@ -26,6 +26,7 @@ def test_cohort_shows_progression_in_ncbv_more_than_in_flair():
     assert training.cohort_config(1001) == training.cohort_config(1001)  # reproducible
 
 
+@pytest.mark.slow
 def test_negative_case_has_an_empty_label_and_positive_case_a_label_inside_the_nel():
     import SimpleITK as sitk
 
