@@ -148,7 +148,6 @@ def test_multiparametric_export_refuses_a_case_without_dsc_in_its_qc(no_dsc_case
     assert not (tmp_path / "Dataset901_X").exists()
 
 
-@pytest.mark.slow
 def test_conventional_export_takes_a_brats_case_without_dsc(no_dsc_case, tmp_path):
     cohort = tmp_path / "cohort"
     brats_folder(no_dsc_case, cohort / "BraTS2021_00003", "BraTS2021_00003", BRATS_2021,

@@ -40,17 +40,27 @@ DEFAULT_SPACING_MM = 1.0  # the progression module's reference grid; the demo mo
 
 
 def case_folders(cohort: Path) -> list[Path]:
-    """The case sub-folders of a cohort (those with a t1c series: a file or a DICOM folder), sorted by name."""
-    from GliomaProgressionLib.case.folder import locate_series
-
+    """The case sub-folders of a cohort (those with a t1c series: a file, a DICOM folder or a BraTS file), sorted by
+    name."""
     cohort = Path(cohort)
     if not cohort.is_dir():
         raise ValueError(f"The cohort folder {cohort} does not exist.")
-    folders = sorted(p for p in cohort.iterdir() if p.is_dir() and locate_series(p, "t1c"))
+    folders = sorted(p for p in cohort.iterdir() if p.is_dir() and _holds_t1c(p))
     if not folders:
         raise ValueError(f"The cohort folder {cohort} has no case folders (sub-folders with t1c.nii.gz, a t1c/ "
                          "DICOM folder or a BraTS <ID>-t1c.nii.gz).")
     return folders
+
+
+def _holds_t1c(folder: Path) -> bool:
+    """A case folder: one with a CE-T1. One with several BraTS CE-T1 files is a case too, so that it fails in its
+    own qc.csv row (with the reader's sentence) instead of stopping the cohort."""
+    from GliomaProgressionLib.case.folder import locate_series
+
+    try:
+        return locate_series(folder, "t1c") is not None
+    except ValueError:
+        return True
 
 
 def case_identifier(folder: Path) -> str:
