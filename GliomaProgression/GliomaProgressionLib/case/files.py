@@ -105,15 +105,20 @@ def write_volume(volume: Volume, path: str | os.PathLike, time_spacing: float = 
     return write_image(sitk_from_volume(volume, time_spacing), path)
 
 
-def write_json(data: dict, path: str | os.PathLike) -> Path:
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file atomically (a temporary file beside ``path``, renamed over it): never half a table."""
     path = Path(path)
     temporary = _temporary_sibling(path)
     try:
-        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    return write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", path)
 
 
 def check_new_output_folder(out: str | os.PathLike, what: str = "The output folder") -> Path:

@@ -210,19 +210,13 @@ def check_output_file(out: Path) -> Path:
 
 def write_csv(out: Path, header: Sequence[str], rows: list[dict]) -> None:
     """Written to a temporary file beside ``out`` and renamed: no half-written table."""
-    import tempfile
+    from GliomaProgressionLib.case.files import write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows([_cell(row[column]) for column in header] for row in rows)
-    handle, name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.absolute().parent)
-    os.close(handle)
-    try:
-        Path(name).write_text(buffer.getvalue(), encoding="utf-8")
-        os.replace(name, out)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    write_text(buffer.getvalue(), out.absolute())
 
 
 def extract_cohort(case_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,

@@ -26,10 +26,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,17 +421,13 @@ def case_folders(cases: Path, out: Path) -> list[Path]:
 
 def _write_batch_csv(path: Path, rows: list[dict]) -> None:
     """Rewritten after every case (a temporary file renamed over it): an interrupted batch keeps its record."""
+    from GliomaProgressionLib.case.files import write_text
+
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=BATCH_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        Path(name).write_text(buffer.getvalue(), encoding="utf-8")
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    write_text(buffer.getvalue(), path)
 
 
 def _row(case: Path, status: str, message: str, output: Path, data: dict | None, elapsed: float) -> dict:
