@@ -2,8 +2,10 @@
 
 CE-T1 resampled to 1 mm isotropic voxels (linear) is the reference grid. FLAIR, and the DSC series through
 its baseline image, are registered to it rigidly with Mattes mutual information (multi-resolution,
-SimpleITK); maps computed on the DSC grid (nCBV) follow the DSC transform. Lesion labels are resampled with
-nearest neighbour.
+SimpleITK, within both brains, from more than one start), and the result is judged by an independent
+edge-alignment measure (``registration_quality``) that also keeps the series where it was when no optimised
+pose aligns better; maps computed on the DSC grid (nCBV) follow the DSC transform. Lesion labels are resampled
+with nearest neighbour.
 """
 
 from __future__ import annotations
@@ -13,10 +15,34 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from GliomaProgressionLib.case.brain_region import brain_region
 from GliomaProgressionLib.case.geometry import check_3d, lps_from_ras, ras_from_lps
+from GliomaProgressionLib.case.registration_quality import (CONTRAST_THRESHOLD, THRESHOLD_SOURCE, alignment_contrast,
+                                                            edge_alignment, edge_alignment_scene)
 
-# A final Mattes MI above this (less negative) usually means the series did not lock on to each other.
-POOR_METRIC_THRESHOLD = -0.25
+# Candidates whose starting poses are closer than this (mm) lie in one basin: optimising both buys nothing.
+SAME_START_MM = 2.0
+# The multi-resolution schedule: shrink factors and Gaussian smoothing (mm) per level.
+SHRINK_FACTORS = (4, 2, 1)
+SMOOTHING_MM = (2.0, 1.0, 0.0)
+# Metric samples in the fixed brain region at full resolution; random (seeded), so the cost does not grow with
+# the grid.
+METRIC_SAMPLES = 50_000
+# The reference is cut to its brain region plus this margin (mm): room for interpolation and smoothing.
+CROP_MARGIN_MM = 10.0
+# Poses whose edge alignment differ by less than this are equally good by it; MI decides between them.
+ALIGNMENT_TIE = 0.01
+
+
+@dataclass
+class Candidate:
+    """One pose the registration considered, scored by the optimised metric and the independent measure."""
+
+    name: str
+    transform: sitk.Euler3DTransform  # series (fixed) points to reference points, as optimised
+    mattes_mi: float
+    edge_alignment: float
+    iterations: int = 0
 
 
 @dataclass
@@ -27,6 +53,7 @@ class RigidRegistration:
     final_metric: float
     iterations: int
     warnings: list[str] = field(default_factory=list)
+    quality: dict = field(default_factory=dict)
 
     def matrix_ras_reference_from_moving(self) -> np.ndarray:
         """4x4 RAS matrix mapping a moving-series point onto the reference: reference RAS = M @ moving RAS."""
@@ -41,7 +68,7 @@ class RigidRegistration:
     def summary(self) -> dict:
         return {"final_mattes_mi": round(self.final_metric, 5), "iterations": self.iterations,
                 "ras_reference_from_moving": self.matrix_ras_reference_from_moving().round(5).tolist(),
-                "warnings": list(self.warnings)}
+                "quality": self.quality, "warnings": list(self.warnings)}
 
 
 def isotropic_reference(image: sitk.Image, spacing_mm: float = 1.0) -> sitk.Image:
@@ -75,7 +102,14 @@ def check_overlap(reference: sitk.Image, moving: sitk.Image, what: str) -> None:
 
 def register_rigid(reference: sitk.Image, moving: sitk.Image, what: str = "series",
                    seed: int = 1) -> RigidRegistration:
-    """Rigidly register ``moving`` onto ``reference`` (Mattes MI, 2 resolution levels). Deterministic.
+    """Rigidly register ``moving`` onto ``reference``, never ending worse than leaving it where it is.
+
+    Mattes MI is optimised within both images' brain regions (``brain_region``: scalp and background do not
+    drive it) from two starts, the scanner's own coordinates (identity) and the brains' centres of mass
+    aligned, each over three resolution levels. The optimised poses and identity itself are then ranked by an
+    independent measure, edge alignment (``registration_quality``), because MI can prefer a wrong pose; MI
+    breaks ties. The result warns only when the edge-alignment contrast says the registration is wrong.
+    Deterministic (seeded sampling).
 
     The optimisation runs with the series as the fixed image and the 1 mm reference as the moving one, and
     the result is inverted: sampling the coarse, thick-slice grid (DSC, FLAIR) and interpolating the fine
@@ -85,34 +119,147 @@ def register_rigid(reference: sitk.Image, moving: sitk.Image, what: str = "serie
     check_overlap(reference, moving, what)
     fixed = sitk.Cast(moving, sitk.sitkFloat32)
     floating = sitk.Cast(reference, sitk.sitkFloat32)
-    # Series of one session share scanner coordinates: start from identity (centring the fields of view would
-    # introduce the offset between them), rotating about the series' centre.
-    initial = sitk.Euler3DTransform()
-    initial.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
+    fixed_region, floating_region = brain_region(fixed), brain_region(floating)
+    floating, floating_mask = _cropped_to(floating, floating_region.mask, CROP_MARGIN_MM)
+    scene = edge_alignment_scene(floating, floating_mask, fixed)
+    candidates = [Candidate("identity", _identity(fixed), 0.0, 0.0)]
+    for name, start in _starts(fixed, floating, fixed_region.mask, floating_mask):
+        candidates.append(_optimise(name, fixed, floating, fixed_region.mask, floating_mask, start, seed))
+    for candidate in candidates:
+        # One evaluation for all, on one seeded sample set: the optimiser's own last value is not comparable.
+        candidate.mattes_mi = _mattes(fixed, floating, fixed_region.mask, floating_mask, candidate.transform, seed)
+        candidate.edge_alignment = edge_alignment(scene, candidate.transform.GetInverse())
+    chosen = _best(candidates)
+    reference_to_series = sitk.Euler3DTransform(chosen.transform.GetInverse())
+    score, contrast = alignment_contrast(scene, reference_to_series)
+    quality = _quality_summary(chosen, candidates, contrast, fixed_region.source, floating_region.source)
+    warnings = []
+    if not contrast >= CONTRAST_THRESHOLD:  # a NaN (nothing to compare) warns too
+        warnings.append(f"The {what} registration looks wrong (edge-alignment contrast {contrast:.3f} < "
+                        f"{CONTRAST_THRESHOLD}); check the overlay.")
+    return RigidRegistration(reference_to_series, chosen.mattes_mi, chosen.iterations, warnings, quality)
+
+
+def alignment_contrast_of(reference: sitk.Image, moving: sitk.Image, reference_to_series: sitk.Transform) -> float:
+    """The edge-alignment contrast ``register_rigid`` would report for this pose (for calibration and tests)."""
+    floating, floating_mask = _cropped_to(sitk.Cast(reference, sitk.sitkFloat32), brain_region(reference).mask,
+                                          CROP_MARGIN_MM)
+    scene = edge_alignment_scene(floating, floating_mask, sitk.Cast(moving, sitk.sitkFloat32))
+    return alignment_contrast(scene, reference_to_series)[1]
+
+
+def transform_from_ras_matrix(ras_reference_from_moving: np.ndarray) -> sitk.Euler3DTransform:
+    """The reference-to-series transform (LPS, as ``RigidRegistration.transform``) of a 4x4 RAS matrix that maps
+    series points onto the reference (the inverse of ``matrix_ras_reference_from_moving``)."""
+    flip = ras_from_lps(np.eye(4))  # both the points in and the points out change convention
+    reference_to_moving = lps_from_ras(np.linalg.inv(np.asarray(ras_reference_from_moving, float))) @ flip
+    transform = sitk.Euler3DTransform()
+    transform.SetMatrix(tuple(reference_to_moving[:3, :3].ravel()), 1e-4)
+    transform.SetTranslation(tuple(reference_to_moving[:3, 3]))
+    return transform
+
+
+def _identity(fixed: sitk.Image) -> sitk.Euler3DTransform:
+    """Identity rotating about the series' centre (the optimiser's rotations are then about the head)."""
+    identity = sitk.Euler3DTransform()
+    identity.SetCenter(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
+    return identity
+
+
+def _starts(fixed, floating, fixed_mask, floating_mask) -> list[tuple[str, sitk.Euler3DTransform]]:
+    """Identity (series of one session share scanner coordinates) and the brains' centres of mass aligned
+    (for series that were moved or re-centred), unless the two starts are the same within ``SAME_START_MM``."""
+    starts = [("from identity", _identity(fixed))]
+    moments = sitk.CenteredTransformInitializer(_masked(fixed, fixed_mask), _masked(floating, floating_mask),
+                                                sitk.Euler3DTransform(),
+                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    moments = sitk.Euler3DTransform(moments)
+    if np.linalg.norm(moments.GetTranslation()) >= SAME_START_MM:
+        starts.append(("from centres of mass", moments))
+    return starts
+
+
+def _masked(image: sitk.Image, mask: sitk.Image) -> sitk.Image:
+    return sitk.Mask(image, mask)
+
+
+def _configured_method(fixed, floating, fixed_mask, floating_mask, seed: int) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    voxels = int(np.prod(fixed.GetSize()))
-    if voxels > 1_500_000:
+    method.SetMetricFixedMask(fixed_mask)
+    method.SetMetricMovingMask(floating_mask)
+    inside = max(int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))), 1)
+    if inside > METRIC_SAMPLES:
         method.SetMetricSamplingStrategy(method.RANDOM)
-        method.SetMetricSamplingPercentage(1_000_000 / voxels, seed)
+        method.SetMetricSamplingPercentage(METRIC_SAMPLES / inside, seed)  # the sampler keeps points in the mask
     else:
         method.SetMetricSamplingStrategy(method.NONE)
-    method.SetMetricFixedMask(_foreground(fixed))
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=200,
+    # Gradients at the samples only: a gradient image of the whole 1 mm reference at every level cost more
+    # than the optimisation itself.
+    method.MetricUseMovingImageGradientFilterOff()
+    method.MetricUseFixedImageGradientFilterOff()
+    return method
+
+
+def _optimise(name: str, fixed, floating, fixed_mask, floating_mask, start: sitk.Euler3DTransform,
+              seed: int) -> Candidate:
+    method = _configured_method(fixed, floating, fixed_mask, floating_mask, seed)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=5e-3, numberOfIterations=200,
                                                     relaxationFactor=0.5)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([2, 1])
-    method.SetSmoothingSigmasPerLevel([0.0, 0.0])
-    method.SetInitialTransform(initial, inPlace=False)
-    series_to_reference = _euler(method.Execute(fixed, floating))
-    metric = float(method.GetMetricValue())
-    warnings = []
-    if metric > POOR_METRIC_THRESHOLD:
-        warnings.append(f"The {what} registration is poor (Mattes MI {metric:.3f} > {POOR_METRIC_THRESHOLD}); "
-                        "check the overlay.")
-    reference_to_series = sitk.Euler3DTransform(series_to_reference.GetInverse())
-    return RigidRegistration(reference_to_series, metric, int(method.GetOptimizerIteration()), warnings)
+    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
+    method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(sitk.Euler3DTransform(start), inPlace=False)
+    found = _euler(method.Execute(fixed, floating))
+    return Candidate(name, found, 0.0, 0.0, int(method.GetOptimizerIteration()))
+
+
+def _mattes(fixed, floating, fixed_mask, floating_mask, transform: sitk.Transform, seed: int) -> float:
+    """Mattes MI of one pose at full resolution."""
+    method = _configured_method(fixed, floating, fixed_mask, floating_mask, seed)
+    method.SetInitialTransform(sitk.Euler3DTransform(transform))
+    return float(method.MetricEvaluate(fixed, floating))
+
+
+def _cropped_to(image: sitk.Image, mask: sitk.Image, margin_mm: float) -> tuple[sitk.Image, sitk.Image]:
+    """``image`` and ``mask`` cut to the mask's bounding box plus a margin: outside the moving mask nothing
+    counts, and the metric's gradient image of a whole 1 mm head is most of its cost."""
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(mask)
+    if not statistics.HasLabel(1):
+        return image, mask
+    box = np.array(statistics.GetBoundingBox(1)).reshape(2, 3)  # start, size (index order x, y, z)
+    margin = np.ceil(margin_mm / np.array(image.GetSpacing())).astype(int)
+    start = np.maximum(box[0] - margin, 0)
+    stop = np.minimum(box[0] + box[1] + margin, np.array(image.GetSize()))
+    size = [int(n) for n in stop - start]
+    start = [int(n) for n in start]
+    return sitk.RegionOfInterest(image, size, start), sitk.RegionOfInterest(mask, size, start)
+
+
+def _best(candidates: list[Candidate]) -> Candidate:
+    """The best edge alignment; among poses within ``ALIGNMENT_TIE`` of it, the lowest (best) MI."""
+    finite = [c for c in candidates if np.isfinite(c.edge_alignment)] or candidates
+    top = max(c.edge_alignment for c in finite) if any(np.isfinite(c.edge_alignment) for c in finite) else None
+    close = [c for c in finite if top is None or c.edge_alignment >= top - ALIGNMENT_TIE]
+    return min(close, key=lambda c: c.mattes_mi)
+
+
+def _quality_summary(chosen: Candidate, candidates: list[Candidate], contrast: float, fixed_source: str,
+                     reference_source: str) -> dict:
+    return {
+        "measure": "edge-alignment contrast (normalised gradient fields, brain region, 2 mm)",
+        "edge_alignment_contrast": _rounded(contrast),
+        "threshold": CONTRAST_THRESHOLD,
+        "threshold_source": THRESHOLD_SOURCE,
+        "verdict": "right" if contrast >= CONTRAST_THRESHOLD else "wrong",
+        "chosen": chosen.name,
+        "candidates": {c.name: {"mattes_mi": _rounded(c.mattes_mi), "edge_alignment": _rounded(c.edge_alignment)}
+                       for c in candidates},
+        "brain_region": {"series": fixed_source, "reference": reference_source},
+    }
 
 
 def _euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
@@ -125,9 +272,8 @@ def _euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
     return sitk.Euler3DTransform(transform)
 
 
-def _foreground(image: sitk.Image) -> sitk.Image:
-    """Where the reference has signal: the metric ignores the empty air around the head."""
-    return sitk.Cast(sitk.OtsuThreshold(image, 0, 1), sitk.sitkUInt8)
+def _rounded(value: float) -> float | None:
+    return round(float(value), 5) if np.isfinite(value) else None
 
 
 def resample_onto(reference: sitk.Image, moving: sitk.Image, registration: RigidRegistration | None,
