@@ -20,7 +20,7 @@ from GliomaProgressionLib import dependencies
 from GliomaProgressionLib import mrml
 from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1, ParameterNodeLifecycle
 from GliomaProgressionLib.phantom.synthetic import SIZES
-from GliomaProgressionLib.report.figure import PROGRESSION_NAME
+from GliomaProgressionLib.report.figure import PERFUSION_SKIPPED, PROGRESSION_NAME
 from GliomaProgressionLib.runs.predict import DEVICES, MIN_VOXELS_RANGE, THRESHOLD_RANGE
 
 RADIOMICS_BUTTON_TEXT = "Compute nCBV features"
@@ -50,9 +50,10 @@ class GliomaProgression(ScriptedLoadableModule):
             "onto the 1 mm CE-T1 grid, nCBV is computed from the DSC series, and an nnU-Net model runs in a "
             "background process (Cancel stops it and everything it started). The result is a probability heat "
             f"map, a '{PROGRESSION_NAME}' segment (p >= threshold inside the non-enhancing lesion) and a "
-            "patient verdict. A synthetic glioma case with a known future-progression region can be generated "
-            "here or from Sample Data. The shipped demo models are trained on synthetic data - not for "
-            "clinical use."
+            "patient verdict. Without a DSC series, choose a model that uses no nCBV (the conventional demo model: "
+            "CE-T1 and FLAIR); perfusion is then skipped and the results say so. A synthetic glioma case with a "
+            "known future-progression region can be generated here or from Sample Data. The shipped demo models "
+            "are trained on synthetic data - not for clinical use."
         )
         self.parent.acknowledgementText = (
             "Built on 3D Slicer, nnU-Net, SimpleITK and pyradiomics. The synthetic anatomy is the MNI ICBM152 "
@@ -136,7 +137,8 @@ _sampleJobs = set()
 
 @parameterNodeWrapper
 class GliomaProgressionParameterNode:
-    """Prediction: t1c, flair, dsc (+ echoTimeMs), lesion, model (id), device, threshold, minVoxels.
+    """Prediction: t1c, flair, dsc (+ echoTimeMs), lesion, model (id), device, threshold, minVoxels. dsc may be
+    None (a node parameter's default): models without an nCBV channel do not need it.
     CBV radiomics: ncbv (an nCBV map) with the same lesion.
     Synthetic case: seed, size, cavity (see GliomaProgressionLib.phantom.synthetic)."""
 
@@ -178,6 +180,7 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         for modelId, entry in self._models.items():
             self.ui.modelComboBox.addItem(entry.get("title", modelId), modelId)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChosen)
+        self._predictToolTip = self.ui.predictButton.toolTip  # the .ui's; replaced by the reason while disabled
         self.ui.generateButton.clicked.connect(self.onGenerateButton)
         self.ui.predictButton.clicked.connect(self.onPredictButton)
         self.ui.radiomicsButton.clicked.connect(self.onRadiomicsButton)
@@ -198,8 +201,10 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         if parameters is None:
             return
         running = self._job.kind if self._job is not None else None  # one background job at a time
-        ready = bool(parameters.t1c and parameters.flair and parameters.lesion)
-        self.ui.predictButton.enabled = running == "predict" or (running is None and ready)
+        blocked = self._whyPredictionCannotStart(parameters)
+        self.ui.predictButton.enabled = running == "predict" or (running is None and blocked is None)
+        self.ui.predictButton.toolTip = blocked or self._predictToolTip
+        self.ui.echoTimeSpinBox.enabled = parameters.dsc is not None
         self.ui.radiomicsButton.enabled = running == "radiomics" or (
             running is None and bool(parameters.ncbv and parameters.lesion))
         self.ui.generateButton.enabled = running in (None, "phantom")
@@ -209,9 +214,30 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         index = self.ui.modelComboBox.findData(parameters.model)
         if index != self.ui.modelComboBox.currentIndex:
             self.ui.modelComboBox.setCurrentIndex(index)
+        self.ui.modelDescriptionLabel.text = self._modelDescription(parameters)
+
+    def _whyPredictionCannotStart(self, parameters):
+        """One sentence saying what Predict still needs, or None when it can start."""
+        if not (parameters.t1c and parameters.flair and parameters.lesion):
+            return "Choose the CE-T1, the FLAIR and the lesion segmentation."
+        return self._missingDscSentence(parameters)
+
+    def _missingDscSentence(self, parameters):
+        """Why the chosen model cannot run without the DSC series (it has an nCBV channel), or None."""
         entry = self._models.get(parameters.model)
-        self.ui.modelDescriptionLabel.text = entry.get("description", "") if entry else (
-            f"The model '{parameters.model}' is not installed.")
+        if parameters.dsc is not None or not self.logic.modelNeedsNcbv(entry):
+            return None
+        withoutNcbv = [e.get("title", e["id"]) for e in self._models.values() if not self.logic.modelNeedsNcbv(e)]
+        alternative = f", or the model '{withoutNcbv[0]}'" if withoutNcbv else ""
+        return (f"The model '{entry.get('title', parameters.model)}' needs nCBV, which is computed from a DSC "
+                f"series: choose the DSC series{alternative}.")
+
+    def _modelDescription(self, parameters):
+        # The missing DSC is said here too: a disabled button's tooltip is easy to miss.
+        entry = self._models.get(parameters.model)
+        if entry is None:
+            return f"The model '{parameters.model}' is not installed."
+        return " ".join(text for text in (entry.get("description", ""), self._missingDscSentence(parameters)) if text)
 
     def onPredictButton(self):
         parameters = self._parameterNode
@@ -312,7 +338,8 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
             parameters.ncbv = nodes["ncbv"]  # the map radiomics should use
         slicer.util.setSliceViewerLayers(background=parameters.t1c, foreground=nodes["probability"],
                                          foregroundOpacity=0.5)
-        self.ui.verdictLabel.text = self.logic.verdictText(nodes["verdict"], nodes["model"])
+        self.ui.verdictLabel.text = "\n".join([self.logic.verdictText(nodes["verdict"], nodes["model"]),
+                                               *(self.logic.noteLine(note) for note in nodes["notes"])])
         self.ui.statusLabel.text = f"Prediction finished; files in {job.folder}."
 
     def _cancel(self):
@@ -357,6 +384,11 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
     def modelEntry(self, modelId):
         return next((entry for entry in self.availableModels() if entry["id"] == modelId), None)
 
+    @staticmethod
+    def modelNeedsNcbv(entry):
+        """Whether a model (its Models.json entry; None: unknown) has an nCBV channel, which needs a DSC series."""
+        return bool(entry) and "ncbv" in [channel["name"] for channel in entry.get("channels", [])]
+
     # --- prediction
 
     def startPrediction(self, t1cNode, flairNode, lesionNode, model, dscNode=None, echoTimeMs=30.0, device="auto",
@@ -370,22 +402,39 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         settings = PredictionSettings(threshold=threshold, min_voxels=int(minVoxels), device=device,
                                       tta=tta).validated()
         entry = self.modelEntry(model) if isinstance(model, str) else None
-        needsNcbv = bool(entry) and "ncbv" in [channel["name"] for channel in entry["channels"]]
+        needsNcbv = self.modelNeedsNcbv(entry)
         if needsNcbv and dscNode is None:
             raise ValueError(f"The model '{model}' needs the DSC series (it uses nCBV).")
         low, high = ECHO_TIME_MS_RANGE
         if not low <= echoTimeMs <= high:
             raise ValueError(f"The DSC echo time must be between {low:g} and {high:g} ms, got {echoTimeMs:g}.")
         self._resultsBeside = t1cNode
+        self._predictionNotes = self._perfusionNotes(model, dscNode, entry)
+        # A model outside Models.json (a package path) may use nCBV: only the job can tell, so it gets the DSC.
+        useDsc = dscNode is not None and (needsNcbv or entry is None)
         folder = tempfile.mkdtemp(prefix="GliomaProgression-")
         try:
             files = self._writePredictionInputs(os.path.join(folder, "inputs"), t1cNode, flairNode, lesionNode,
-                                                dscNode if needsNcbv else None, echoTimeMs)
+                                                dscNode if useDsc else None, echoTimeMs)
             job = PredictionJob(model=str(model), out=os.path.join(folder, "results"), settings=settings, **files)
             return job.start(), folder
         except Exception:
             self.discardJobFolder(folder)
             raise
+
+    @staticmethod
+    def _perfusionNotes(model, dscNode, entry):
+        """What the results must say about perfusion (the same words as the report of ``gliomaprog run``)."""
+        if dscNode is None:
+            return [PERFUSION_SKIPPED]
+        if entry is not None and not GliomaProgressionLogic.modelNeedsNcbv(entry):
+            return [f"the DSC series was not used: the model '{model}' has no nCBV channel"]
+        return []
+
+    @staticmethod
+    def noteLine(note):
+        """A note as a sentence of its own line."""
+        return note[0].upper() + note[1:] + "."
 
     @staticmethod
     def _writePredictionInputs(inputs, t1cNode, flairNode, lesionNode, dscNode, echoTimeMs):
@@ -408,7 +457,8 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         return files
 
     def finishPrediction(self, runner, folder, waitForCompletion=False, name=None):
-        """Load a finished prediction: heat map (0-1), the PROGRESSION_NAME segment, verdict. Returns nodes."""
+        """Load a finished prediction: heat map (0-1), the PROGRESSION_NAME segment, verdict, and the notes
+        about perfusion (PERFUSION_SKIPPED without a DSC series). Returns nodes."""
         import json
 
         from GliomaProgressionLib import mrml
@@ -449,7 +499,8 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         if getattr(self, "_resultsBeside", None) is not None:
             mrml.place_beside(loaded, self._resultsBeside)
         self.loadedNodes = {"probability": probability, "segmentation": segmentation, "ncbv": ncbv,
-                            "verdict": prediction["verdict"], "model": prediction["model"], "folder": results}
+                            "verdict": prediction["verdict"], "model": prediction["model"], "folder": results,
+                            "notes": list(getattr(self, "_predictionNotes", []))}
         return self.loadedNodes
 
     @staticmethod
