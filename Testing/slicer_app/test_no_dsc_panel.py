@@ -7,6 +7,7 @@ an nCBV channel keeps Predict disabled and says why in one sentence, without a m
 
 import pytest
 import slicer
+from conftest import savePanel
 from test_panels import _job, widgetOf
 
 from GliomaProgressionLib.phantom.folder import write_case
@@ -72,7 +73,7 @@ def test_the_conventional_model_starts_without_dsc_and_sends_no_dsc(scene, noDsc
 
 
 @pytest.mark.slow
-def test_the_conventional_model_predicts_without_dsc_and_says_perfusion_was_skipped(scene, noDscFolder):
+def test_the_conventional_model_predicts_without_dsc_and_says_perfusion_was_skipped(scene, noDscFolder, panelsDir):
     widget = widgetOf("GliomaProgression")
     ui, parameters = widget.ui, widget._parameterNode
     chooseInputsWithoutDsc(ui, load_case_into_scene(noDscFolder, slicer.mrmlScene, name="No DSC"), "conventional")
@@ -86,3 +87,4 @@ def test_the_conventional_model_predicts_without_dsc_and_says_perfusion_was_skip
     assert segmentation.GetSegmentation().GetNthSegment(0).GetName() == PROGRESSION_NAME
     assert slicer.mrmlScene.GetFirstNodeByName("Progression probability") is not None
     assert parameters.ncbv is None, "no nCBV map comes from a case without DSC"
+    savePanel(widget, panelsDir, "GliomaProgression-without-DSC")
