@@ -1,6 +1,8 @@
 """Seed 000's preprocessing: every channel of the progression model on the 1 mm CE-T1 reference grid.
 
-CE-T1 resampled to 1 mm (linear) is the reference. FLAIR is registered to it rigidly (Mattes MI). The DSC
+CE-T1 resampled to 1 mm (linear) is the reference. FLAIR is registered to it rigidly (Mattes MI within the
+brains, judged by an independent edge-alignment measure; ``case/registration``), and each registration's
+summary, quality measure and threshold included, goes into ``qc["registration"]``. The DSC
 series is registered through its pre-bolus image; nCBV is computed on the DSC grid (with the lesion mapped
 there through the inverse of that registration, so the white-matter reference avoids it) and then carried
 onto the reference grid by the same registration. Lesion labels are resampled by nearest neighbour. Intensity

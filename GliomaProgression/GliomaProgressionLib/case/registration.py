@@ -17,8 +17,8 @@ import SimpleITK as sitk
 
 from GliomaProgressionLib.case.brain_region import brain_region
 from GliomaProgressionLib.case.geometry import check_3d, lps_from_ras, ras_from_lps
-from GliomaProgressionLib.case.registration_quality import (CONTRAST_THRESHOLD, THRESHOLD_SOURCE, alignment_contrast,
-                                                            edge_alignment, edge_alignment_scene)
+from GliomaProgressionLib.case.registration_quality import (CONTRAST_THRESHOLD, THRESHOLD_SOURCE, EdgeAlignmentScene,
+                                                            alignment_contrast, edge_alignment, edge_alignment_scene)
 
 # Candidates whose starting poses are closer than this (mm) lie in one basin: optimising both buys nothing.
 SAME_START_MM = 2.0
@@ -140,12 +140,25 @@ def register_rigid(reference: sitk.Image, moving: sitk.Image, what: str = "serie
     return RigidRegistration(reference_to_series, chosen.mattes_mi, chosen.iterations, warnings, quality)
 
 
-def alignment_contrast_of(reference: sitk.Image, moving: sitk.Image, reference_to_series: sitk.Transform) -> float:
-    """The edge-alignment contrast ``register_rigid`` would report for this pose (for calibration and tests)."""
+def alignment_scene(reference: sitk.Image, moving: sitk.Image) -> EdgeAlignmentScene:
+    """The scene ``register_rigid`` scores poses in, for calibration and tests: with ``alignment_contrast(scene,
+    reference_to_series)`` it gives the contrast a registration ending at that pose would report."""
     floating, floating_mask = _cropped_to(sitk.Cast(reference, sitk.sitkFloat32), brain_region(reference).mask,
                                           CROP_MARGIN_MM)
-    scene = edge_alignment_scene(floating, floating_mask, sitk.Cast(moving, sitk.sitkFloat32))
-    return alignment_contrast(scene, reference_to_series)[1]
+    return edge_alignment_scene(floating, floating_mask, sitk.Cast(moving, sitk.sitkFloat32))
+
+
+def moved_series(image: sitk.Image, ras_motion: np.ndarray) -> sitk.Image:
+    """``image`` with its header moved by the rigid 4x4 RAS ``ras_motion`` (each voxel's point p becomes
+    motion @ p): a deliberate misalignment for calibration and tests. A registration of the moved series should
+    find ``ras_reference_from_moving @ inv(ras_motion)``."""
+    flip = ras_from_lps(np.eye(4))
+    motion = flip @ np.asarray(ras_motion, float) @ flip
+    moved = sitk.Image(image)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    moved.SetDirection(tuple((motion[:3, :3] @ direction).ravel()))
+    moved.SetOrigin(tuple(motion[:3, :3] @ np.array(image.GetOrigin()) + motion[:3, 3]))
+    return moved
 
 
 def transform_from_ras_matrix(ras_reference_from_moving: np.ndarray) -> sitk.Euler3DTransform:
