@@ -87,8 +87,9 @@ def test_existing_non_empty_out_is_not_overwritten(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, fragment", [
-    (("--seed", "-1"), "--seed"), (("--seed", "x"), "--seed"), (("--size", "huge"), "--size"),
-    (("--scene", "scene.txt"), ".mrb"), (("--progression-cbv-ratio", "0"), "ratio"),
+    (("--seed", "-1"), "--seed"), pytest.param(("--seed", "x"), "--seed", marks=pytest.mark.slow),
+    pytest.param(("--size", "huge"), "--size", marks=pytest.mark.slow), (("--scene", "scene.txt"), ".mrb"),
+    pytest.param(("--progression-cbv-ratio", "0"), "ratio", marks=pytest.mark.slow),
 ])
 def test_bad_arguments(tmp_path, arguments, fragment):
     result = gliomaprog("phantom", "--out", tmp_path / "case", "--size", "small", *arguments)

@@ -147,6 +147,7 @@ def test_min_voxels_and_threshold_change_the_verdicts(cohort):
     assert higher["auc"] == pytest.approx(7.5 / 9)  # the AUC does not depend on the cut-off
 
 
+@pytest.mark.slow
 def test_cli_writes_the_tables_and_the_roc_plot(cohort):
     out = cohort / "evaluation"
     result = gliomaprog("cohort", "evaluate", "--predictions", cohort / "multiparametric", "--truth",

@@ -41,6 +41,7 @@ def exported(cohort, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_dataset_layout_and_json(exported):
     dataset = json.loads((exported / "dataset.json").read_text())
     assert dataset["channel_names"] == {"0": "CE-T1", "1": "FLAIR", "2": "nCBV"}
@@ -55,6 +56,7 @@ def test_dataset_layout_and_json(exported):
     assert image.GetSpacing() == pytest.approx((2.0, 2.0, 2.0))
 
 
+@pytest.mark.slow
 def test_labels_positive_inside_nel_and_negative_empty(exported):
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(exported / "labelsTr" / f"case_{POSITIVE:04d}.nii.gz")))
     nel = sitk.GetArrayFromImage(sitk.ReadImage(str(exported / "nelTr" / f"case_{POSITIVE:04d}.nii.gz")))
@@ -63,6 +65,7 @@ def test_labels_positive_inside_nel_and_negative_empty(exported):
     assert negative.sum() == 0
 
 
+@pytest.mark.slow
 def test_failed_cases_are_in_qc_and_split_but_not_in_the_dataset(exported):
     with open(exported / "qc.csv", newline="") as handle:
         rows = {row["case"]: row for row in csv.DictReader(handle)}

@@ -166,6 +166,7 @@ def test_an_existing_output_folder_is_never_overwritten(small, tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_metrics_refuses_a_recurrence_on_another_grid(small):
     result = gliomaprog("metrics", "--target", small / "lesion.nii.gz", "--recurrence",
                         small / "recurrence_other_grid.nii.gz", "--brain", small / "brain.nii.gz")
@@ -188,6 +189,7 @@ def test_ctv_and_run_take_the_schemes_the_same_way(spelling):
         assert name_list(run.schemes) == ("eortc", "estro")
 
 
+@pytest.mark.slow
 def test_the_schemes_help_lists_the_planners_schemes():
     from CTVPlannerLib.schemes import SCHEMES
 

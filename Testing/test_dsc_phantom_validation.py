@@ -20,7 +20,8 @@ from DSCPerfusionLib.simulation import simulate_dsc
 SEEDS = (0, 3)
 
 
-@pytest.fixture(scope="module", params=SEEDS, ids=[f"seed{seed}" for seed in SEEDS])
+@pytest.fixture(scope="module", params=[pytest.param(seed, marks=[pytest.mark.slow] if seed == 0 else [])
+                                        for seed in SEEDS], ids=[f"seed{seed}" for seed in SEEDS])
 def phantom(request, synthetic_case):
     case = synthetic_case(seed=request.param, size="small")
     k2_truth = case.truth["k2"].array

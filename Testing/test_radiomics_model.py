@@ -94,6 +94,7 @@ def test_feature_selection_keeps_the_informative_columns():
     assert (result["selected"].sum(axis=1) == SMALL.features_kept).all()
 
 
+@pytest.mark.slow
 def test_cli_writes_every_output(tmp_path):
     features, labels = _write(tmp_path, *_table(3))
     out = tmp_path / "model"
