@@ -20,6 +20,9 @@ from GliomaProgressionLib.case.geometry import check_3d, lps_from_ras, ras_from_
 from GliomaProgressionLib.case.registration_quality import (CONTRAST_THRESHOLD, THRESHOLD_SOURCE, EdgeAlignmentScene,
                                                             alignment_contrast, edge_alignment, edge_alignment_scene)
 
+# A series with fewer voxels than this along an axis (a thin DSC slab) cannot constrain a rigid pose, and the
+# smoothing of the multi-resolution levels needs four.
+MIN_SLICES = 4
 # Candidates whose starting poses are closer than this (mm) lie in one basin: optimising both buys nothing.
 SAME_START_MM = 2.0
 # The multi-resolution schedule: shrink factors and Gaussian smoothing (mm) per level.
@@ -120,6 +123,9 @@ def register_rigid(reference: sitk.Image, moving: sitk.Image, what: str = "serie
     fixed = sitk.Cast(moving, sitk.sitkFloat32)
     floating = sitk.Cast(reference, sitk.sitkFloat32)
     fixed_region, floating_region = brain_region(fixed), brain_region(floating)
+    if min(fixed.GetSize()) < MIN_SLICES:
+        identity_mi = _mattes(fixed, floating, fixed_region.mask, floating_region.mask, _identity(fixed), seed)
+        return _placed_by_scanner(fixed, what, identity_mi)
     floating, floating_mask = _cropped_to(floating, floating_region.mask, CROP_MARGIN_MM)
     scene = edge_alignment_scene(floating, floating_mask, fixed)
     candidates = [Candidate("identity", _identity(fixed), 0.0, 0.0)]
@@ -131,13 +137,31 @@ def register_rigid(reference: sitk.Image, moving: sitk.Image, what: str = "serie
         candidate.edge_alignment = edge_alignment(scene, candidate.transform.GetInverse())
     chosen = _best(candidates)
     reference_to_series = sitk.Euler3DTransform(chosen.transform.GetInverse())
-    score, contrast = alignment_contrast(scene, reference_to_series)
+    contrast = alignment_contrast(scene, reference_to_series)[1]
     quality = _quality_summary(chosen, candidates, contrast, fixed_region.source, floating_region.source)
-    warnings = []
-    if not contrast >= CONTRAST_THRESHOLD:  # a NaN (nothing to compare) warns too
-        warnings.append(f"The {what} registration looks wrong (edge-alignment contrast {contrast:.3f} < "
-                        f"{CONTRAST_THRESHOLD}); check the overlay.")
-    return RigidRegistration(reference_to_series, chosen.mattes_mi, chosen.iterations, warnings, quality)
+    return RigidRegistration(reference_to_series, chosen.mattes_mi, chosen.iterations, _warnings(what, contrast),
+                             quality)
+
+
+def _placed_by_scanner(fixed: sitk.Image, what: str, mattes_mi: float) -> RigidRegistration:
+    """A slab too thin to register: identity (series of one session share scanner coordinates), said so."""
+    slices = min(fixed.GetSize())
+    quality = {"measure": "none: the series is too thin to register or judge", "edge_alignment_contrast": None,
+               "threshold": CONTRAST_THRESHOLD, "threshold_source": THRESHOLD_SOURCE, "verdict": "unknown",
+               "chosen": "identity", "candidates": {}, "brain_region": {}}
+    warning = (f"The {what} series has {slices} slice{'s' if slices > 1 else ''}, too few to register: it is placed "
+               "by the scanner's coordinates; check the overlay.")
+    return RigidRegistration(sitk.Euler3DTransform(_identity(fixed).GetInverse()), mattes_mi, 0, [warning], quality)
+
+
+def _warnings(what: str, contrast: float) -> list[str]:
+    if not np.isfinite(contrast):
+        return [f"The {what} registration could not be judged (too little of the series overlaps the brain for "
+                "the edge-alignment measure); check the overlay."]
+    if contrast < CONTRAST_THRESHOLD:
+        return [f"The {what} registration looks wrong (edge-alignment contrast {contrast:.3f} < "
+                f"{CONTRAST_THRESHOLD}, calibrated on phantoms); check the overlay."]
+    return []
 
 
 def alignment_scene(reference: sitk.Image, moving: sitk.Image) -> EdgeAlignmentScene:
@@ -267,7 +291,7 @@ def _quality_summary(chosen: Candidate, candidates: list[Candidate], contrast: f
         "edge_alignment_contrast": _rounded(contrast),
         "threshold": CONTRAST_THRESHOLD,
         "threshold_source": THRESHOLD_SOURCE,
-        "verdict": "right" if contrast >= CONTRAST_THRESHOLD else "wrong",
+        "verdict": "right" if contrast >= CONTRAST_THRESHOLD else "wrong" if np.isfinite(contrast) else "unknown",
         "chosen": chosen.name,
         "candidates": {c.name: {"mattes_mi": _rounded(c.mattes_mi), "edge_alignment": _rounded(c.edge_alignment)}
                        for c in candidates},

@@ -29,7 +29,7 @@ GRID_MM = 2.0
 SMOOTHING_MM = 2.0
 PROBE_SHIFT_MM = 6.0
 # Calibrated by benchmarks/calibrate_registration_quality.py; see docs/registration-quality.md.
-CONTRAST_THRESHOLD = 0.10
+CONTRAST_THRESHOLD = 0.323
 THRESHOLD_SOURCE = ("benchmarks/calibrate_registration_quality.py on synthetic phantoms (skull-stripped, with head "
                     "and pre-registered; FLAIR and DSC): midway between the lowest contrast of a correct "
                     "registration and the highest of a pose moved >= 5 mm or 5 degrees; docs/registration-quality.md")
