@@ -151,6 +151,7 @@ def test_the_allowed_table_itself_has_no_cycle():
 
 
 @pytest.mark.parametrize("part", sorted(ALLOWED))
+@pytest.mark.slow
 def test_each_part_imports_only_what_it_may(part):
     stray = sorted(f"{module} imports {target}" for module, targets in import_graph().items()
                    if part_of(module) == part for target in targets

@@ -108,6 +108,7 @@ def test_te_in_milliseconds(tmp_path, case_folder):
     _assert_refused(_run_on(tmp_path, case_folder / "dsc.nii.gz", sidecar=sidecar), "milliseconds")
 
 
+@pytest.mark.slow
 def test_nan_and_all_zero_frames(tmp_path, case_folder):
     dsc = _dsc(case_folder)
     with_nan = dsc.array.astype(np.float32)
@@ -119,6 +120,7 @@ def test_nan_and_all_zero_frames(tmp_path, case_folder):
     _assert_refused(_run_on(tmp_path, _bad_series(tmp_path, zero_frame, dsc.ijk_to_ras, "zero.nii.gz")), "zero")
 
 
+@pytest.mark.slow
 def test_masks_on_another_grid_or_empty(tmp_path, case_folder):
     _assert_refused(_run_on(tmp_path, case_folder / "dsc.nii.gz", "--mask", case_folder / "truth" / "brain.nii.gz"),
                     "not on the DSC grid")
@@ -127,6 +129,7 @@ def test_masks_on_another_grid_or_empty(tmp_path, case_folder):
     _assert_refused(_run_on(tmp_path, case_folder / "dsc.nii.gz", "--nawm", path), "empty")
 
 
+@pytest.mark.slow
 def test_no_bolus(tmp_path, case_folder):
     dsc = _dsc(case_folder)
     flat = np.repeat(dsc.array[:5].mean(axis=0, keepdims=True), 60, axis=0).astype(np.int16)

@@ -170,6 +170,7 @@ def test_cli_writes_the_tables_and_the_roc_plot(cohort):
     assert "multiparametric" in result.stdout
 
 
+@pytest.mark.slow
 def test_degenerate_cohorts_give_documented_values_and_no_nan(cohort):
     """Only progression patients, every one predicted positive: specificity and AUC undefined (empty / null)."""
     only = cohort / "only"

@@ -151,6 +151,7 @@ def test_other_grids_are_refused_unless_resampling_is_asked_for(small, tmp_path)
     (dict(extra=("--scheme", "rtg")), ["Unknown scheme"]),
     (dict(extra=("--ptv-mm", "0")), ["--ptv-mm"]),
 ])
+@pytest.mark.slow
 def test_bad_input_gives_one_line_exit_2_and_writes_nothing(small, tmp_path, arguments, fragments):
     out = tmp_path / "out"
     result = _ctv(small, out, *arguments.get("extra", ()), lesion=arguments.get("lesion", "lesion"),

@@ -93,6 +93,7 @@ def test_enhancing_rim_is_3_to_5_mm_and_bright(noisy_case):
     assert t1c[lesion == 1].mean() < 0.7 * t1c[brain & (lesion == 0)].mean()
 
 
+@pytest.mark.slow
 def test_oedema_prefers_white_matter():
     from GliomaProgressionLib.phantom.synthetic import _anatomy, _grow_tumour, _load_template
 
@@ -122,6 +123,7 @@ def test_truth_ncbv_is_one_in_nawm(noisy_case):
     assert np.all(np.sign(ras[:, 0]) != np.sign(centre[0]))
 
 
+@pytest.mark.slow
 def test_dsc_signal_encodes_the_truth_cbv(leak_free_case):
     """rCBV from the noise-free, leakage-free simulated series, normalised in NAWM, equals the truth nCBV."""
     case = leak_free_case
@@ -136,6 +138,7 @@ def test_dsc_signal_encodes_the_truth_cbv(leak_free_case):
     assert np.corrcoef(measured[tissue], truth[tissue])[0, 1] > 0.995
 
 
+@pytest.mark.slow
 def test_k2_is_nonzero_only_where_the_series_leaks(clean_case, leak_free_case):
     no_leak = leak_free_case
     k2 = clean_case.truth["k2"].array

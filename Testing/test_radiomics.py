@@ -130,6 +130,7 @@ def test_a_constant_map_is_handled(tmp_path):
     assert rows[0]["enhancing_warning"] == ""
 
 
+@pytest.mark.slow
 def test_cli_reads_a_cohort_in_the_run_layout(tmp_path):
     """``gliomaprog run`` writes ncbv and lesion into OUT/registered/: a cohort of run outputs is accepted."""
     case = tmp_path / "cohort" / "patient7"
