@@ -240,7 +240,8 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "ncbv": ncbv_statistics(results),
         "curves": curves_data(results),
         "perfusion": perfusion_data(prepared.perfusion),
-        "registration": {name: {"final_mattes_mi": qc["final_mattes_mi"], "warnings": qc["warnings"]}
+        "registration": {name: {"final_mattes_mi": qc["final_mattes_mi"], "quality": qc.get("quality"),
+                                "warnings": qc["warnings"]}
                          for name, qc in prepared.qc.get("registration", {}).items()},
         "warnings": list(prepared.qc.get("warnings", [])),
         "ctv": ctv_data(results),
@@ -373,8 +374,9 @@ def _row_key(fig, cell, row: str, mappable, display: Display, data: dict) -> Non
                       fontsize=10.5)
         top = 0.56
     if row == "flair":
-        mi = data["registration"].get("flair", {}).get("final_mattes_mi")
-        key.text(0.02, 0.5, f"FLAIR registered to CE-T1\n(Mattes MI {_fmt(mi)});\nlesion outlines as above",
+        verdict = _registration_verdict("flair", data["registration"]["flair"]) if "flair" in data["registration"] \
+            else "FLAIR not registered"
+        key.text(0.02, 0.5, f"FLAIR registered to CE-T1\n({verdict});\nlesion outlines as above",
                  fontsize=10, va="center", transform=key.transAxes)
     lines = _lines_for(row, display)
     if lines:
@@ -509,11 +511,19 @@ def _curves(ax, data: dict) -> None:
     ax.legend(fontsize=9.5, frameon=False)
 
 
+def _registration_verdict(name: str, qc: dict) -> str:
+    quality = qc.get("quality") or {}
+    contrast = quality.get("edge_alignment_contrast")
+    if contrast is None:
+        return f"{name.upper()} not judged (Mattes MI {_fmt(qc['final_mattes_mi'])})"
+    return f"{name.upper()} {contrast:.2f} (threshold {quality['threshold']:.2f}): {quality['verdict']}"
+
+
 def _qc_text(ax, data: dict) -> None:
     ax.axis("off")
     registration = data["registration"]
-    lines = ["Registration to CE-T1 (Mattes MI, lower is better): "
-             + ", ".join(f"{name.upper()} {qc['final_mattes_mi']:.2f}" for name, qc in registration.items())]
+    lines = ["Registration to CE-T1 (edge-alignment contrast against its calibrated threshold): "
+             + ", ".join(_registration_verdict(name, qc) for name, qc in registration.items())]
     perfusion = data["perfusion"]
     if perfusion.get("skipped"):
         lines.append(perfusion["skipped"][0].upper() + perfusion["skipped"][1:])
