@@ -10,7 +10,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
 DEMO := demo_output
 
-.PHONY: all venv test test-main test-slicer test-fast panels demo clean
+.PHONY: all venv test test-main test-slicer test-fast test-fast-main test-fast-slicer panels demo clean
 
 all: test
 
@@ -46,9 +46,15 @@ test-slicer: $(STAMP)
 test-slicer-%: $(STAMP)
 	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=$*,Testing/slicer_app)
 
-# The fast loop for developers: everything but the slow end-to-end tests, one Slicer version.
+# The fast loop for developers: everything but the slow tests, one Slicer version, the two halves side by side
+# (two cores: the main suite on two workers fills them, the Slicer layer uses the gaps); stops at a first failure.
 test-fast: $(STAMP)
+	@$(MAKE) --no-print-directory -j2 -O test-fast-main test-fast-slicer
+
+test-fast-main: $(STAMP)
 	$(call run_pytest,,-n 2 --dist loadfile -m "not slow" -x -q)
+
+test-fast-slicer: $(STAMP)
 	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=5.12.3,Testing/slicer_app -m "not slow" -x -q)
 
 # Pictures of the three panels after a full Apply (stand-in widgets, offscreen), under build/panels.

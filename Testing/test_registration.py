@@ -94,6 +94,7 @@ def _error(found, truth, case):
     return registration.transform_error(found, truth, _brain_points(case))
 
 
+@pytest.mark.slow
 def test_preprocessed_skull_stripped_series_stay_put(synthetic_case):
     """The real-data failure: an already aligned, skull-stripped FLAIR (exact-zero background, one grid) must
     not be moved, and must not be called poor."""
@@ -107,6 +108,7 @@ def test_preprocessed_skull_stripped_series_stay_put(synthetic_case):
     assert found.quality["brain_region"] == {"series": "skull-stripped", "reference": "skull-stripped"}
 
 
+@pytest.mark.slow
 def test_known_motion_recovered_with_head(synthetic_case):
     case = synthetic_case(seed=6, size="small", head=True)
     reference = registration.isotropic_reference(geometry.sitk_from_volume(case.t1c))
