@@ -5,11 +5,13 @@ are in ``conftest.py``; ``conftest.py`` also puts this folder on ``sys.path``, s
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 # The ``gliomaprog`` console script, run with this interpreter (the project's environment) as ``python -m``.
 GLIOMAPROG = (sys.executable, "-m", "GliomaProgressionLib.cli.main")
+PROGRESS_LINE = re.compile(r"^\[\s*\d+%\] ")
 
 
 def gliomaprog(*arguments, timeout: float | None = 300, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -20,11 +22,19 @@ def gliomaprog(*arguments, timeout: float | None = 300, cwd=None, env=None) -> s
                           cwd=cwd, env=env)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, after_progress: bool = False,
+                          ignore_case: bool = False) -> None:
     """A refusal as the command line must give it: exit code 2, exactly one line on stderr holding every fragment
-    (the input or option it names, what is wrong), and no traceback."""
+    (the input or option it names, what is wrong), and no traceback. With ``after_progress`` the progress lines
+    of the work done before the input was found wrong may come first; the error is then the last line."""
     assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    if after_progress:
+        lines = [line for line in lines if not PROGRESS_LINE.match(line)]
+    assert len(lines) == 1, result.stderr
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        if ignore_case:
+            assert fragment.lower() in lines[0].lower(), lines[0]
+        else:
+            assert fragment in lines[0], lines[0]

@@ -2,28 +2,18 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, gliomaprog
 
-from GliomaProgressionLib.phantom.folder import write_case
 from GliomaProgressionLib.case.files import read_volume, write_json, write_volume
 from GliomaProgressionLib.case.geometry import Volume
-from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
-
-
-def gliomaprog(*arguments, cwd=None):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
-def case_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("perfusion") / "case"
-    write_case(generate_case(PhantomConfig(seed=7, size="small")), folder)
-    return folder
+def case_folder(small_case_folder):
+    return small_case_folder
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +52,7 @@ def test_ncbv_follows_the_truth(computed, case_folder):
 
 
 def _assert_refused(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    # Progress lines may come first; the error is one line, the last, and there is no traceback.
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if "error:" in line]
-    assert len(errors) == 1 and errors[0] == lines[-1] and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment.lower() in errors[0].lower(), errors[0]
+    assert_one_line_error(result, *fragments, after_progress=True, ignore_case=True)
 
 
 def _dsc(case_folder):

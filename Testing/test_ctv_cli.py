@@ -2,37 +2,18 @@
 half-written."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, gliomaprog
 
 from GliomaProgressionLib.case.files import read_volume, write_volume
 from GliomaProgressionLib.case.geometry import Volume
 
 
-def gliomaprog(*arguments, timeout=300, cwd=None):
-    return subprocess.run([sys.executable, "-m", "GliomaProgressionLib.cli.main", *map(str, arguments)],
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
-
-
-def _assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
-def phantom_case(tmp_path_factory):
-    from GliomaProgressionLib.phantom.folder import write_case
-    from GliomaProgressionLib.phantom.synthetic import PhantomConfig, generate_case
-
-    folder = tmp_path_factory.mktemp("ctv-phantom") / "case"
-    write_case(generate_case(PhantomConfig(seed=3, size="small")), folder)
-    return folder
+def phantom_case(small_case_folder):
+    return small_case_folder
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +115,12 @@ def test_geodesic_option_and_scheme_list(small, tmp_path):
 @pytest.mark.slow
 def test_other_grids_are_refused_unless_resampling_is_asked_for(small, tmp_path):
     refused = _ctv(small, tmp_path / "a", brain="brain_other_grid")
-    _assert_one_line_error(refused, "brain mask", "--resample")
+    assert_one_line_error(refused, "brain mask", "--resample")
     assert not (tmp_path / "a").exists()
     resampled = _ctv(small, tmp_path / "b", "--resample", "--scheme", "rtog", brain="brain_other_grid")
     assert resampled.returncode == 0, resampled.stderr
     recurrence = _ctv(small, tmp_path / "c", "--recurrence", small / "recurrence_other_grid.nii.gz")
-    _assert_one_line_error(recurrence, "recurrence", "--resample")
+    assert_one_line_error(recurrence, "recurrence", "--resample")
 
 
 @pytest.mark.parametrize("arguments, fragments", [
@@ -156,14 +137,14 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(small, tmp_path, arg
     out = tmp_path / "out"
     result = _ctv(small, out, *arguments.get("extra", ()), lesion=arguments.get("lesion", "lesion"),
                   brain=arguments.get("brain", "brain"))
-    _assert_one_line_error(result, *fragments)
+    assert_one_line_error(result, *fragments)
     assert list(tmp_path.iterdir()) == [], "nothing written, no partial folder"
 
 
 def test_an_existing_output_folder_is_never_overwritten(small, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    _assert_one_line_error(_ctv(small, tmp_path / "out"), "already exists")
+    assert_one_line_error(_ctv(small, tmp_path / "out"), "already exists")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
@@ -171,7 +152,7 @@ def test_an_existing_output_folder_is_never_overwritten(small, tmp_path):
 def test_metrics_refuses_a_recurrence_on_another_grid(small):
     result = gliomaprog("metrics", "--target", small / "lesion.nii.gz", "--recurrence",
                         small / "recurrence_other_grid.nii.gz", "--brain", small / "brain.nii.gz")
-    _assert_one_line_error(result, "recurrence", "--resample")
+    assert_one_line_error(result, "recurrence", "--resample")
 
 
 @pytest.mark.parametrize("spelling", [
