@@ -163,12 +163,18 @@ def test_dicom_case_exports_the_same_dataset_as_its_nifti_twin(cohort, tmp_path)
                               for case in ("nifti", "dicom"))
         assert dicom_image.GetOrigin() == pytest.approx(nifti.GetOrigin(), abs=1e-3)
         assert dicom_image.GetDirection() == pytest.approx(nifti.GetDirection(), abs=1e-5)
-        reference = sitk.GetArrayFromImage(nifti)
-        differing = np.abs(sitk.GetArrayFromImage(dicom_image) - reference) > 1e-3 * np.abs(reference).max()
-        # DICOM stores positions to 1e-6 mm: a few voxels at the edge of the FLAIR field of view fall in or out.
-        assert differing.sum() <= 1e-4 * differing.size
+        reference = sitk.GetArrayFromImage(nifti).astype(float)
+        difference = np.abs(sitk.GetArrayFromImage(dicom_image) - reference) / np.abs(reference).max()
+        if channel == 0:  # CE-T1 is only resampled: the same voxels
+            assert (difference > 1e-3).sum() <= 1e-4 * difference.size
+        else:
+            # DICOM stores positions to 1e-6 mm; FLAIR and the DSC are registered, and the optimiser's path ends
+            # within hundredths of a mm of the NIfTI twin's pose: the same image but for interpolation at edges.
+            assert difference.mean() < 2e-4 and np.percentile(difference, 99.9) < 5e-3
+            assert np.corrcoef(reference.ravel(), sitk.GetArrayFromImage(dicom_image).ravel())[0, 1] > 0.9999
     labels = [sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"{c}.nii.gz"))) for c in ("nifti", "dicom")]
-    assert labels[0].sum() > 50 and np.array_equal(labels[0], labels[1])
+    # The label is kept inside the brain carried from the DSC grid by its registration: a voxel or two at its edge.
+    assert labels[0].sum() > 50 and np.sum(labels[0] != labels[1]) <= 0.005 * labels[0].sum()
 
 
 @pytest.mark.slow

@@ -35,6 +35,11 @@ METRIC_SAMPLES = 50_000
 CROP_MARGIN_MM = 10.0
 # Poses whose edge alignment differ by less than this are equally good by it; MI decides between them.
 ALIGNMENT_TIE = 0.01
+# Poses whose MI differ by less than this are equally good by MI too: the first in the order identity, from
+# identity, from centres of mass wins, so that two starts converging to one pose (they differ by hundredths of a
+# mm) cannot flip the choice on a rounding of the input (a DICOM twin of a NIfTI series), and an aligned input
+# stays put.
+MI_TIE = 0.002
 
 
 @dataclass
@@ -277,11 +282,13 @@ def _cropped_to(image: sitk.Image, mask: sitk.Image, margin_mm: float) -> tuple[
 
 
 def _best(candidates: list[Candidate]) -> Candidate:
-    """The best edge alignment; among poses within ``ALIGNMENT_TIE`` of it, the lowest (best) MI."""
+    """The best edge alignment; among poses within ``ALIGNMENT_TIE`` of it, the lowest (best) MI, the earliest
+    candidate among those within ``MI_TIE`` of that."""
     finite = [c for c in candidates if np.isfinite(c.edge_alignment)] or candidates
     top = max(c.edge_alignment for c in finite) if any(np.isfinite(c.edge_alignment) for c in finite) else None
     close = [c for c in finite if top is None or c.edge_alignment >= top - ALIGNMENT_TIE]
-    return min(close, key=lambda c: c.mattes_mi)
+    lowest = min(c.mattes_mi for c in close)
+    return next(c for c in close if c.mattes_mi <= lowest + MI_TIE)
 
 
 def _quality_summary(chosen: Candidate, candidates: list[Candidate], contrast: float, fixed_source: str,
