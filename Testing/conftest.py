@@ -31,6 +31,18 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+# The test files that take over a minute of one worker (measured with --durations, heaviest first). Only the order
+# changes: pytest-xdist hands out whole files (--dist loadfile) in collection order, so these start at once and
+# the short files fill the gaps, instead of one worker ending with a long file alone.
+LONG_FILES = ("test_cohort_replicate.py", "test_training.py", "test_cohort_train.py", "test_no_dsc_and_brats.py",
+              "test_run_case.py", "test_registration.py", "test_inference.py", "test_cohort_export.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: a file's tests keep their order
+
+
 @pytest.fixture
 def scene():
     from GliomaProgressionLib import mrml
