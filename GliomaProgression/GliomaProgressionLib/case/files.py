@@ -158,3 +158,56 @@ def staged_output_folder(out: str | os.PathLike, what: str = "The output folder"
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- JSON files: every refusal names the file ------------------------------------------------------------
+
+
+def json_kind(value) -> str:
+    """What a JSON value is, in words for a message ("a list", "text", ...)."""
+    if isinstance(value, bool):  # before the numbers: JSON true/false arrive as Python bools, which are ints
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    kinds = {str: "text", list: "a list", dict: "an object", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def refuse_broken_link(path: str | os.PathLike, what: str) -> None:
+    """A symbolic link whose target is gone looks like a missing file; say what it is, so that the link is fixed."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"The {what} {path} is a broken link: it points to {os.readlink(path)}, which does not "
+                         "exist.")
+
+
+def _parsed_json(text: str, path: Path, what: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        reason = f"{error.msg} at line {error.lineno}, column {error.colno}"
+    except RecursionError:
+        reason = "nested too deeply"
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        reason = " ".join(str(error).split())
+    raise ValueError(f"The {what} {path} could not be read as JSON ({reason}).") from None
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object (named fields) in the file ``path``; otherwise a ValueError of one sentence naming ``what``,
+    the file and what is wrong: missing, a broken link, unreadable, not UTF-8, not JSON, not an object."""
+    path = Path(path)
+    refuse_broken_link(path, what)
+    if not path.is_file():
+        raise ValueError(f"The {what} {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}.")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: the byte-order mark some editors write is no error
+    except OSError as error:
+        raise ValueError(f"The {what} {path} could not be read ({error.strerror}).") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"The {what} {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at position "
+                         f"{error.start}); save it as UTF-8 JSON.") from None
+    data = _parsed_json(text, path, what)
+    if not isinstance(data, dict):
+        raise ValueError(f"The {what} {path} is not a JSON object of named fields (it holds {json_kind(data)}).")
+    return data
