@@ -268,43 +268,13 @@ def test_the_job_process_fails_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def _children(pid: int) -> set[int]:
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    children.add(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return children
-
-
 @pytest.mark.slow
-def test_the_job_is_one_process_with_progress_and_the_results_the_module_reads(small_case_folder, multiparametric,
-                                                                              tmp_path):
-    running = _job(small_case_folder, tmp_path / "results").start()
-    children = set()
-    while running.poll() is None:
-        children |= _children(running.pid)
-        time.sleep(0.02)
-    assert running.poll() == 0, running.error_tail()
-    assert children == set(), "the job started a process of its own (a second hop)"
-    progress = [line for line in running.lines if line.startswith("[")]
-    assert any("Registering DSC" in line for line in progress) and any("Sliding window" in line for line in progress)
-    assert progress[-1].startswith("[100%] Prediction written")
-    results = tmp_path / "results"
-    assert sorted(p.name for p in (results / "inputs").iterdir()) == [
-        "case_0000.nii.gz", "case_0001.nii.gz", "case_0002.nii.gz", "nel.nii.gz"]
-    assert (results / "progression_prob.nii.gz").is_file() and (results / "progression.nii.gz").is_file()
-    prediction = json.loads((results / "prediction.json").read_text())
-    assert prediction["settings"]["device"] == "cpu" and "progression_predicted" in prediction["verdict"]
+def test_the_job_writes_each_channel_once_starts_no_process_and_leaves_what_the_module_reads(
+        small_case_folder, multiparametric, tmp_path, monkeypatch, capsys):
+    """The job process's main, run here from the job's argument list: every image it writes is counted, starting
+    a process fails (no second hop), and its progress lines and results are what the panel reads."""
+    from GliomaProgressionLib.runs.predict import main as job_main
 
-
-@pytest.mark.slow
-def test_the_job_writes_each_channel_once_and_starts_no_process(small_case_folder, multiparametric, tmp_path,
-                                                                monkeypatch):
-    """The job's own work, run here: every image it writes is counted, and starting a process fails."""
     import subprocess
 
     for name in ("CUDA_VISIBLE_DEVICES", "nnUNet_def_n_proc", "nnUNet_n_proc_DA", "nnUNet_compile", "nnUNet_raw",
@@ -324,6 +294,15 @@ def test_the_job_writes_each_channel_once_and_starts_no_process(small_case_folde
 
     monkeypatch.setattr(sitk.ImageFileWriter, "Execute", counting)
     monkeypatch.setattr(subprocess, "Popen", no_process)
-    _job(small_case_folder, tmp_path / "results").run()
+    assert job_main(_job(small_case_folder, tmp_path / "results").as_arg_list()) == 0, capsys.readouterr().out
     channels = [name for name in written if name.startswith((".case_", "case_"))]
     assert len(channels) == 3 and len(set(channels)) == 3, written
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert any("Registering DSC" in line for line in progress) and any("Sliding window" in line for line in progress)
+    assert progress[-1].startswith("[100%] Prediction written")
+    results = tmp_path / "results"
+    assert sorted(p.name for p in (results / "inputs").iterdir()) == [
+        "case_0000.nii.gz", "case_0001.nii.gz", "case_0002.nii.gz", "nel.nii.gz"]
+    assert (results / "progression_prob.nii.gz").is_file() and (results / "progression.nii.gz").is_file()
+    prediction = json.loads((results / "prediction.json").read_text())
+    assert prediction["settings"]["device"] == "cpu" and "progression_predicted" in prediction["verdict"]
