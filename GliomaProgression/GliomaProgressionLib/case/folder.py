@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from GliomaProgressionLib.case.files import check_nifti_complete, read_image  # noqa: F401 (re-exported)
+from GliomaProgressionLib.case.files import refuse_broken_link
 from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume, volume_from_sitk
 from GliomaProgressionLib.case.timing import AcquisitionTiming, read_timing
 from GliomaProgressionLib.case.preprocess import NEL_LABEL, SERIES_SUFFIXES
@@ -77,17 +78,26 @@ def locate_series(folder: Path, name: str) -> Path | None:
     file (``<ID>-t1c.nii.gz``...), or None."""
     for suffix in SERIES_SUFFIXES:
         candidate = folder / f"{name}{suffix}"
+        refuse_broken_link(candidate, _series_words(name))
         if candidate.is_file():
             return candidate
     candidate = folder / name
+    refuse_broken_link(candidate, _series_words(name))
     return candidate if candidate.is_dir() else brats_file(folder, name)
+
+
+def _series_words(name: str) -> str:
+    return REQUIRED_SERIES.get(name) or OPTIONAL_SERIES.get(name) or name
 
 
 def brats_file(folder: Path, name: str) -> Path | None:
     """The one file of ``folder`` named as BraTS names series ``name`` (t1c, flair, lesion), or None."""
+    # "._x" files are macOS metadata in archives; a link whose target is gone is kept, to be refused as one.
     found = sorted({path for ending in BRATS_ENDINGS.get(name, ()) for suffix in BRATS_SUFFIXES
                     for path in Path(folder).glob(f"*{ending}{suffix}")
-                    if path.is_file() and not path.name.startswith(".")})  # "._x": macOS metadata in archives
+                    if (path.is_file() or not path.exists()) and not path.name.startswith(".")})
+    for path in found:
+        refuse_broken_link(path, _series_words(name))
     if len(found) > 1:
         raise ValueError(f"The case folder {folder} holds {len(found)} {REQUIRED_SERIES[name]} files with BraTS "
                          f"names ({', '.join(p.name for p in found)}); keep one case per folder.")
@@ -228,6 +238,7 @@ def _read_3d(path: Path, name: str, what: str, provenance: _Provenance) -> sitk.
 def _read_dsc(path: Path, folder: Path, provenance: _Provenance,
               need_echo_time: bool = True) -> tuple[Volume, AcquisitionTiming]:
     sidecar = folder / "dsc.json"
+    refuse_broken_link(sidecar, "DSC sidecar")  # else it would read as "no dsc.json"
     tr_s = te_s = None
     if path.is_dir():
         series, tr_s, te_s = read_dicom_dsc(path)
