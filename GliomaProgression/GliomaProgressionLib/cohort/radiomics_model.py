@@ -11,6 +11,7 @@ out-of-fold probabilities for a pooled ROC curve.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import warnings
@@ -41,33 +42,93 @@ class ModelSettings:
         return self
 
 
-def _read_rows(path: Path, what: str) -> list[dict]:
+def _read_records(path: Path, what: str) -> list[tuple[int, list[str]]]:
+    """The non-blank records of a CSV file with the line each ends on, or one sentence on why it cannot be read."""
+    from GliomaProgressionLib.case.files import refuse_broken_link
+
+    refuse_broken_link(path, f"{what} file")
     if not path.is_file():
         raise ValueError(f"The {what} file {path} does not exist.")
-    with path.open(newline="", encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows or "case" not in rows[0]:
-        raise ValueError(f"The {what} file {path} has no rows or no 'case' column.")
+    try:  # decoded whole, so that a bad byte's position is its position in the file; -sig: Excel's byte-order mark
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise ValueError(f"The {what} file {path} could not be read ({error.strerror}).") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"The {what} file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at "
+                         f"position {error.start}); save it as UTF-8 CSV.") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return [(reader.line_num, record) for record in reader if record]
+    except csv.Error as error:
+        raise ValueError(f"The {what} file {path} is not a readable CSV table (line {reader.line_num}: "
+                         f"{error}).") from None
+
+
+def _check_header(header: list[str], path: Path, what: str) -> None:
+    if "case" not in header:
+        raise ValueError(f"The {what} file {path} has no 'case' column (its header line reads "
+                         f"{','.join(header)[:60]!r}; columns are separated by commas).")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"The {what} file {path} repeats the column {repeated[0]!r}; every column needs its own "
+                         "name.")
+
+
+def _read_rows(path: Path, what: str) -> list[dict]:
+    """The rows of a CSV table with a 'case' column, each with as many cells as the header (a short or long row
+    would shift its values into the wrong columns)."""
+    records = _read_records(path, what)
+    if not records:
+        raise ValueError(f"The {what} file {path} is empty.")
+    header = records[0][1]
+    _check_header(header, path, what)
+    if len(records) == 1:
+        raise ValueError(f"The {what} file {path} has a header but no rows.")
+    for line, record in records[1:]:
+        if len(record) != len(header):
+            raise ValueError(f"The {what} file {path} has {len(record)} cells on line {line} where its header has "
+                             f"{len(header)}.")
+    rows = [dict(zip(header, record)) for _, record in records[1:]]
     cases = [row["case"] for row in rows]
     if len(set(cases)) != len(cases):
         raise ValueError(f"The {what} file {path} lists a case more than once.")
     return rows
 
 
-def _float(text: str) -> float:
+def _cell_value(text: str) -> float | str:
+    """A cell as a number (NaN when empty: a missing value), or its text when it is not a number."""
+    if not text.strip():
+        return math.nan
     try:
         return float(text)
-    except (TypeError, ValueError):
-        return math.nan
+    except ValueError:
+        return text
+
+
+def _feature_column(rows: list[dict], name: str, path) -> list[float] | None:
+    """One column as finite numbers or NaN (empty or 'nan': missing); None for a text column (no number at all).
+    A column mixing numbers and text, or holding an infinity, is refused: imputing it would change the answer."""
+    values = [_cell_value(row[name]) for row in rows]
+    numbers = [value for value in values if isinstance(value, float) and not math.isnan(value)]
+    if not numbers:
+        return None if any(isinstance(value, str) for value in values) else [math.nan] * len(values)
+    for row, value in zip(rows, values):
+        if isinstance(value, str) or math.isinf(value):
+            raise ValueError(f"The features file {path}: case {row['case']}, column {name} holds {row[name]!r}, "
+                             "which is not a finite number (leave the cell empty or write nan for a missing value).")
+    return values
 
 
 def read_features(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
     """Case ids, feature names and the case x feature matrix of a ``gliomaprog radiomics extract`` CSV (or any CSV
-    with a 'case' column). Text columns (the *_warning ones), the timing column, all-NaN and constant columns are
-    dropped: they carry no information, and a constant column would divide by zero in the z-score."""
+    with a 'case' column). Text columns (the *_warning ones, and any without a single number), the timing column,
+    all-NaN and constant columns are dropped: they carry no information, and a constant column would divide by
+    zero in the z-score."""
     rows = _read_rows(Path(path), "features")
-    names = [name for name in rows[0] if name not in NON_FEATURE_COLUMNS and not name.endswith("_warning")]
-    matrix = np.array([[_float(row[name]) for name in names] for row in rows], dtype=float)
+    candidates = [name for name in rows[0] if name not in NON_FEATURE_COLUMNS and not name.endswith("_warning")]
+    columns = {name: _feature_column(rows, name, path) for name in candidates}
+    names = [name for name, values in columns.items() if values is not None]
+    matrix = np.array([columns[name] for name in names], dtype=float).T.reshape(len(rows), len(names))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: nanmin warns, the test below drops them
         informative = np.nanmax(matrix, axis=0, initial=-np.inf) > np.nanmin(matrix, axis=0, initial=np.inf)
