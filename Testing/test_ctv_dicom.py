@@ -151,3 +151,17 @@ def test_bad_exports_leave_nothing_behind(exported, tmp_path):
     with pytest.raises(ValueError, match="shape"):
         export_dicom(tmp_path / "c", [Structure("x", np.ones((2, 2, 2), bool))], image, ijk_to_ras)
     assert list(tmp_path.iterdir()) == [], "no partial folder"
+
+
+def test_a_source_without_some_type_2_attributes_still_gives_both_objects(exported, tmp_path):
+    """Some anonymisers drop Type 2 attributes; the exports then hold them empty (highdicom would need them)."""
+    out, _, structures, ijk_to_ras, image = exported
+    source = read_series(out / "MR")
+    for ds in source:
+        del ds.AccessionNumber, ds.StudyID, ds.PatientSex
+    export_dicom(tmp_path / "x", structures, image, ijk_to_ras, source=source)
+    for name in ("RTSTRUCT.dcm", "SEG.dcm"):
+        ds = pydicom.dcmread(tmp_path / "x" / name)
+        assert ds.PatientID == source[0].PatientID and ds.StudyInstanceUID == source[0].StudyInstanceUID
+        assert ds.AccessionNumber == "" and ds.StudyID == "" and ds.PatientSex == "", name
+    assert "AccessionNumber" not in source[0], "the caller's datasets are left as they were"

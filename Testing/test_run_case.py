@@ -17,7 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from dicom_writing import write_dicom_dsc, write_dicom_series
+from dicom_writing import PATIENT_STUDY_TAGS, write_dicom_dsc, write_dicom_series
 from GliomaProgressionLib.cli import main as cli
 from GliomaProgressionLib import mrml
 from GliomaProgressionLib.runs import chain as run_case
@@ -47,9 +47,10 @@ def _copy_case(source: Path, target: Path) -> Path:
 
 
 def _good_case(source: Path, target: Path) -> Path:
-    """The phantom with its CE-T1 as a DICOM folder and its progression truth as the recurrence."""
+    """The phantom with its CE-T1 as a DICOM folder (a scanner's patient and study) and its progression truth as
+    the recurrence."""
     case = _copy_case(source, target)
-    write_dicom_series(sitk.ReadImage(str(case / "t1c.nii.gz")), case / "t1c")
+    write_dicom_series(sitk.ReadImage(str(case / "t1c.nii.gz")), case / "t1c", PATIENT_STUDY_TAGS)
     (case / "t1c.nii.gz").unlink()
     shutil.copy(source / "truth" / "progression.nii.gz", case / "recurrence.nii.gz")
     return case
@@ -190,7 +191,9 @@ def test_every_module_wrote_its_intermediates(batch, report):
                  "converted/t1c.nii.gz", "report.png"):
         assert (folder / name).is_file(), name
     assert set(report["outputs"]) == {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-    assert "DICOM folder" in report["inputs"]["t1c"]
+    assert report["inputs"]["t1c"] == "DICOM folder t1c" and report["inputs"]["recurrence"] == "recurrence.nii.gz"
+    for name in ("report.json", "perfusion/perfusion.json", "prediction/prediction.json"):
+        assert str(batch["cases"]) not in (folder / name).read_text(encoding="utf-8"), f"{name}: no absolute input path"
 
 
 @pytest.mark.slow
@@ -200,9 +203,16 @@ def test_rtstruct_holds_the_gtv_and_every_nonempty_target(batch, report):
     names = {roi.ROIName for roi in structure_set.StructureSetROISequence}
     expected = {t["name"] for t in report["ctv"]["targets"] if t["volume_ml"] > 0} | {"GTV"}
     assert names == expected
-    assert (folder / "SEG.dcm").is_file()
-    reference = sitk.ReadImage(str(batch["out"] / "good" / "registered" / "t1c.nii.gz"))
-    assert len(list((folder / "MR").glob("*.dcm"))) == reference.GetDepth()
+    assert sorted(p.name for p in folder.iterdir()) == ["RTSTRUCT.dcm", "SEG.dcm"], "no MR copy of a DICOM source"
+    source = pydicom.dcmread(next((batch["cases"] / "good" / "t1c").iterdir()))
+    for ds in (structure_set, pydicom.dcmread(folder / "SEG.dcm")):
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate",
+                        "AccessionNumber", "FrameOfReferenceUID"):
+            assert ds.get(keyword) == source.get(keyword), keyword
+    series = structure_set.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0] \
+        .RTReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == source.SeriesInstanceUID
+    assert len(series.ContourImageSequence) == len(list((batch["cases"] / "good" / "t1c").iterdir()))
 
 
 @pytest.mark.slow
