@@ -1,8 +1,15 @@
 """DICOM export of target volumes: RT Structure Set (RTSTRUCT) and Segmentation (SEG), with the referenced MR
 series written as DICOM when the image has no DICOM source.
 
-- The MR series and the RTSTRUCT are built with pydicom from the IOD modules of the standard (no maintained
-  RTSTRUCT writer fits: rt-utils 1.2.7 swaps the two PixelSpacing values, which misplaces contours on
+Who and which study: the RTSTRUCT and the SEG take the Patient and Study modules, the frame of reference and the
+instance references from the images they are drawn on. With a DICOM ``source`` those are the source's own
+instances, so a planning system files the structures with the study they were drawn on; nothing else is written.
+Without one, the image is written as an MR series under ``PatientStudy``: an anonymous patient with a generated
+ID and new study and frame-of-reference UIDs (the caller never passes file or folder names as identities).
+
+- The MR series and the RTSTRUCT are built with pydicom from the IOD modules of the standard (highdicom has no
+  RTSTRUCT; the RTSTRUCT starts from its ``SOPClass`` to copy the Patient and Study modules as the SEG does. No
+  maintained RTSTRUCT writer fits: rt-utils 1.2.7 swaps the two PixelSpacing values, which misplaces contours on
   non-square pixels, and pulls in the GUI build of OpenCV). Contours are marching-squares outlines
   (scikit-image) at the 0.5 level of each slice's mask, so each polygon passes half-way between inside and
   outside voxel centres and encloses exactly the mask's voxel centres; holes are separate contours on the same
@@ -16,10 +23,12 @@ voxel (0, 0, k), PixelSpacing = (spacing along j, spacing along i).
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,12 +67,19 @@ class Structure:
     description: str = ""
 
 
+def generated_patient_id() -> str:
+    """A new patient ID for an image without a DICOM source: unique, so that a planning system never files two
+    anonymous patients as one, and derived from nothing about the patient."""
+    return f"GP-{uuid.uuid4().hex[:16].upper()}"
+
+
 @dataclass
 class PatientStudy:
-    """Who and which study the exported objects belong to (new UIDs are made for what is not given)."""
+    """Who and which study an MR series written for an image without DICOM source belongs to: by default an
+    anonymous patient with a generated ID, a new study and a new frame of reference."""
 
-    patient_name: str = "Anonymous^"
-    patient_id: str = "CTVPLANNER"
+    patient_name: str = "Anonymous^"  # a family name alone, as the caret says
+    patient_id: str = field(default_factory=generated_patient_id)
     study_instance_uid: str = field(default_factory=generate_uid)
     frame_of_reference_uid: str = field(default_factory=generate_uid)
     study_description: str = "CTV proposals"
@@ -202,6 +218,25 @@ def build_mr_series(image: np.ndarray, ijk_to_ras: np.ndarray, study: PatientStu
     return datasets
 
 
+def _one_value(datasets: list[Dataset], keyword: str) -> str | None:
+    """The value every instance gives for ``keyword``, or None when one lacks it (or leaves it empty) or they
+    differ."""
+    values = {str(ds.get(keyword) or "") for ds in datasets}
+    return values.pop() if len(values) == 1 and "" not in values else None
+
+
+def check_source_series(datasets: list[Dataset]) -> None:
+    """The source must be one series of one study in one frame of reference, for RT objects to reference it."""
+    if not datasets:
+        raise ValueError("The DICOM source series holds no image.")
+    for keyword, what in (("SeriesInstanceUID", "series"), ("StudyInstanceUID", "study"),
+                          ("FrameOfReferenceUID", "frame of reference")):
+        if _one_value(datasets, keyword) is None:
+            raise ValueError(f"The DICOM source series does not give one {what} ({keyword}) for all its images.")
+    if len({ds.get("SOPInstanceUID") for ds in datasets}) != len(datasets):
+        raise ValueError("The DICOM source series has images without, or with repeated, SOP Instance UIDs.")
+
+
 def match_source_series(datasets: list[Dataset], shape: tuple[int, int, int], ijk_to_ras: np.ndarray,
                         tolerance_mm: float = 0.01) -> list[Dataset]:
     """The source series' instances in slice order k of the grid, after checking they are that grid."""
@@ -263,7 +298,7 @@ def _structure_contours(mask: np.ndarray, lps: np.ndarray, images: list[Dataset]
     return items
 
 
-def _referenced_frame(images: list[Dataset], study: PatientStudy) -> Dataset:
+def _referenced_frame(images: list[Dataset]) -> Dataset:
     contour_images = []
     for image in images:
         reference = Dataset()
@@ -285,35 +320,29 @@ def _referenced_frame(images: list[Dataset], study: PatientStudy) -> Dataset:
 
 def build_rtstruct(structures: list[Structure], images: list[Dataset], ijk_to_ras: np.ndarray,
                    label: str = "CTV proposals") -> Dataset:
-    """An RT Structure Set referencing ``images`` (the slices k of the grid, in order)."""
+    """An RT Structure Set referencing ``images`` (the slices k of the grid, in order), in their patient, study
+    and frame of reference."""
     lps = ijk_to_lps(ijk_to_ras)
     first = images[0]
-    study = PatientStudy(str(first.PatientName), str(first.PatientID), first.StudyInstanceUID,
-                         first.FrameOfReferenceUID, str(first.get("StudyDescription", "")),
-                         str(first.get("StudyID", "")))
     date, time = _now()
-    ds = _file_dataset(RT_STRUCTURE_SET_STORAGE, generate_uid())
-    _patient_study(ds, study, first.get("StudyDate", ""), first.get("StudyTime", ""))
-    ds.PatientBirthDate = first.get("PatientBirthDate", "")
-    ds.PatientSex = first.get("PatientSex", "")
-    ds.ReferringPhysicianName = first.get("ReferringPhysicianName", "")
-    ds.AccessionNumber = first.get("AccessionNumber", "")
-    ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = 100
-    ds.SeriesDescription = label
+    ds = hd.SOPClass(study_instance_uid=first.StudyInstanceUID, series_instance_uid=generate_uid(), series_number=100,
+                     sop_instance_uid=generate_uid(), sop_class_uid=RT_STRUCTURE_SET_STORAGE, instance_number=1,
+                     modality="RTSTRUCT", manufacturer=MANUFACTURER, transfer_syntax_uid=ExplicitVRLittleEndian,
+                     series_description=label[:64], software_versions=SOFTWARE, specific_character_set="ISO_IR 192")
+    # Patient, General Study and Patient Study modules as the images have them (what highdicom's SEG copies too):
+    # the structure set is part of the study it was drawn on.
+    ds.copy_patient_and_study_information(first)
     ds.OperatorsName = ""
-    ds.InstanceNumber = 1
     # The Frame of Reference module belongs to the RT Structure Set IOD since DICOM 2023.
-    ds.FrameOfReferenceUID = study.frame_of_reference_uid
-    ds.PositionReferenceIndicator = ""
+    ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "")
     ds.StructureSetLabel = label[:16]
     ds.StructureSetName = label[:64]
     ds.StructureSetDate, ds.StructureSetTime = date, time
-    ds.ReferencedFrameOfReferenceSequence = Sequence([_referenced_frame(images, study)])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([_referenced_frame(images)])
     rois, contours, observations = [], [], []
     for number, structure in enumerate(structures, start=1):
-        rois.append(_roi_item(number, structure, study))
+        rois.append(_roi_item(number, structure, first.FrameOfReferenceUID))
         contour = Dataset()
         contour.ReferencedROINumber = number
         contour.ROIDisplayColor = [int(round(255 * c)) for c in structure.colour]
@@ -328,10 +357,10 @@ def build_rtstruct(structures: list[Structure], images: list[Dataset], ijk_to_ra
     return ds
 
 
-def _roi_item(number: int, structure: Structure, study: PatientStudy) -> Dataset:
+def _roi_item(number: int, structure: Structure, frame_of_reference_uid: str) -> Dataset:
     item = Dataset()
     item.ROINumber = number
-    item.ReferencedFrameOfReferenceUID = study.frame_of_reference_uid
+    item.ReferencedFrameOfReferenceUID = frame_of_reference_uid
     item.ROIName = structure.name[:64]
     if structure.description:
         item.ROIDescription = structure.description[:1024]
@@ -357,6 +386,22 @@ _PROPERTY_TYPES = {"CTV": codes.SCT.ClinicalTargetVolume, "PTV": codes.SCT.Plann
                    "GTV": codes.SCT.GrossTumorVolume, "ORGAN": codes.SCT.Organ}
 
 
+# Type 2 attributes highdicom's SEG reads from the first source image (present, maybe empty, in a conformant MR;
+# some anonymisers drop them).
+_SEG_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+               "StudyDate", "StudyTime")
+
+
+def _with_type_2_present(images: list[Dataset]) -> list[Dataset]:
+    missing = [keyword for keyword in _SEG_TYPE_2 if keyword not in images[0]]
+    if not missing:
+        return images
+    first = copy.deepcopy(images[0])  # the caller's dataset stays as it was read
+    for keyword in missing:
+        setattr(first, keyword, "")
+    return [first, *images[1:]]
+
+
 def build_seg(structures: list[Structure], images: list[Dataset]) -> hd.seg.Segmentation:
     """A binary DICOM Segmentation of the non-empty structures on ``images`` (slices k in order)."""
     kept = [s for s in structures if np.asarray(s.mask).any()]
@@ -373,11 +418,13 @@ def build_seg(structures: list[Structure], images: list[Dataset]) -> hd.seg.Segm
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC, algorithm_identification=algorithm))
     pixels = np.stack([np.asarray(s.mask, bool) for s in kept], axis=-1).astype(np.uint8)
     return hd.seg.Segmentation(
-        source_images=images, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=_with_type_2_present(images), pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=101,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
         manufacturer_model_name="CTVPlanner", software_versions=SOFTWARE, device_serial_number="0",
-        series_description="CTV proposals (SEG)", omit_empty_frames=True)
+        series_description="CTV proposals (SEG)", omit_empty_frames=True,
+        specific_character_set="ISO_IR 192")  # the structure names need not fit the source's character set
 
 
 # --- export ----------------------------------------------------------------------------------------------
@@ -401,6 +448,10 @@ def export_dicom(out: str | os.PathLike, structures: list[Structure], image: np.
     """Write the structures as DICOM into the new folder ``out``: ``RTSTRUCT.dcm`` and/or ``SEG.dcm``, plus the
     referenced MR series in ``MR/`` when no ``source`` series (pydicom datasets of the image) is given.
 
+    With a ``source``, the structures must be on its grid (``image`` then only gives the shape): the objects take
+    its patient, study and frame of reference and reference its instances; ``study`` is not used. Without one,
+    ``image`` is written as the MR series, under ``study`` (default: a generated anonymous identity).
+
     Nothing appears at ``out`` unless every file was written. Returns the written paths by kind.
     """
     out = Path(out)
@@ -411,6 +462,7 @@ def export_dicom(out: str | os.PathLike, structures: list[Structure], image: np.
     check_grid(ijk_to_ras, "The reference image")
     _check_structures(structures, image.shape)
     if source is not None:
+        check_source_series(list(source))
         images, study_written = match_source_series(list(source), image.shape, ijk_to_ras), False
     else:
         images, study_written = build_mr_series(image, ijk_to_ras, study or PatientStudy()), True

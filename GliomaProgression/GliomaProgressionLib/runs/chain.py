@@ -13,7 +13,8 @@ Output folder (written completely or not at all)::
     perfusion/    what ``gliomaprog perfusion`` writes (DSC grid; absent for a case without DSC)
     prediction/   what ``gliomaprog predict`` writes (reference grid)
     ctv/          what ``gliomaprog ctv`` writes (reference grid)
-    rtstruct/     RTSTRUCT.dcm, SEG.dcm and the MR series they reference
+    rtstruct/     RTSTRUCT.dcm and SEG.dcm (on the DICOM CE-T1's own instances; else with MR/, the series they
+                  reference)
     converted/    series that were read from DICOM folders, as NIfTI
     report.png  report.json  scene.mrb
 
@@ -56,6 +57,7 @@ STAGES = {
     "scene": "Slicer scene",
 }
 REPORT_JSON = "report.json"
+DICOM_FOLDER = "DICOM folder "  # how case.folder names a series read from a DICOM folder
 BATCH_CSV = "batch.csv"
 BATCH_COLUMNS = ("case", "status", "message", "progression_predicted", "predicted_volume_ml", "elapsed_s",
                  "output")
@@ -286,39 +288,88 @@ def plan_ctvs(staging: Path, results: CaseResults, progress: StageProgress) -> N
         results.targets.append(TargetMask(entry["key"], entry["name"], entry["kind"], mask, entry))
 
 
+def recorded_inputs(sources: dict[str, str], case_folder: Path) -> dict[str, str]:
+    """Where each series came from, as the JSON files record it: relative to the case folder, or the file name alone
+    for a file elsewhere (a recurrence mask given apart); never an absolute path, which tells of the machine and
+    often of the patient."""
+    recorded = {}
+    for name, text in sources.items():
+        prefix = DICOM_FOLDER if text.startswith(DICOM_FOLDER) else ""
+        path = Path(text[len(prefix):])
+        try:
+            shown = path.resolve().relative_to(Path(case_folder).resolve()).as_posix()
+        except ValueError:
+            shown = path.name
+        recorded[name] = prefix + shown
+    return recorded
+
+
 def export_dicom_structures(folder: Path, results: CaseResults) -> dict:
-    """RTSTRUCT and SEG of the GTV and every non-empty target, with the 1 mm CE-T1 they are drawn on."""
+    """RTSTRUCT and SEG of the GTV and every non-empty target.
+
+    A CE-T1 read from DICOM is their reference: its patient, study and frame of reference, contours on its slices
+    (``case.dicom_source``), no MR copy. Otherwise the 1 mm CE-T1 is written as the MR series they reference,
+    under a generated anonymous identity: a folder name is no patient name.
+    """
     import numpy as np
     import SimpleITK as sitk
 
-    from CTVPlannerLib.dicom_export import PatientStudy, Structure, export_dicom
+    from CTVPlannerLib.dicom_export import PatientStudy, export_dicom
+
+    from GliomaProgressionLib.case.dicom_source import read_source_series
+    from GliomaProgressionLib.case.geometry import volume_from_sitk
+
+    source = read_source_series(results.inputs.folder, results.inputs.t1c)
+    structures, skipped = _structures(results, source)
+    if source is not None:
+        written = export_dicom(folder, structures, np.zeros(source.shape, bool), source.ijk_to_ras,
+                               source=source.datasets)
+        referenced = (f"the CE-T1 DICOM series ({source.folder.name}/): its patient, study, frame of reference "
+                      "and slices")
+    else:
+        reference = volume_from_sitk(results.prepared.reference)
+        image = reference.array
+        if "integer" in sitk.GetPixelIDValueAsString(results.inputs.t1c.GetPixelID()):
+            image = np.rint(image)  # whole numbers keep the scanner's intensities (else the exporter rescales)
+        written = export_dicom(folder, structures, image, reference.ijk_to_ras,
+                               PatientStudy(study_description="GliomaProgression CTV proposals"))
+        referenced = "MR/, the 1 mm CE-T1 written as DICOM (anonymous patient, generated ID: the input was not DICOM)"
+    return {"files": {kind: [str(p.relative_to(folder.parent)) for p in paths] for kind, paths in written.items()},
+            "structures": [s.name for s in structures], "empty_targets_not_exported": skipped,
+            "referenced_images": referenced}
+
+
+def _structures(results: CaseResults, source) -> tuple[list, list[str]]:
+    """The GTV and the non-empty targets on the grid of the images they will reference: the source's slices
+    (targets sampled there, GTV from the case's own lesion) or the 1 mm reference grid."""
+    import SimpleITK as sitk
+
+    from CTVPlannerLib.dicom_export import Structure
     from CTVPlannerLib.lesion import LESION_SEGMENTS
     from CTVPlannerLib.schemes import ENHANCING, gtv_masks
 
-    from GliomaProgressionLib.case.geometry import volume_from_sitk
+    from GliomaProgressionLib.case.dicom_source import labels_on_source, mask_on_source
     from GliomaProgressionLib.report.figure import TARGET_COLOURS
 
-    reference = volume_from_sitk(results.prepared.reference)
-    labels = sitk.GetArrayFromImage(results.prepared.lesion)
+    if source is None:
+        labels = sitk.GetArrayFromImage(results.prepared.lesion)
+    else:
+        labels = labels_on_source(results.inputs.lesion, source)
     gtv_colour = LESION_SEGMENTS[ENHANCING][1]  # the GTV core in the colour of its enhancing tumour
     structures = [Structure("GTV", gtv_masks(labels)["core"], gtv_colour, "GTV",
                             "Enhancing tumour, necrosis and resection cavity")]
     skipped = []
     for target in results.targets:
-        if not target.mask.any():
+        mask = target.mask
+        if source is not None and mask.any():
+            mask = mask_on_source(mask, results.prepared.reference, source)
+        if not mask.any():
             skipped.append(target.name)
             continue
         colour = TARGET_COLOURS.get(target.key.replace("ptv_", ""), (0.9, 0.9, 0.5))
-        structures.append(Structure(target.name, target.mask, colour, "CTV" if target.kind == "BOOST" else
+        structures.append(Structure(target.name, mask, colour, "CTV" if target.kind == "BOOST" else
                                     target.kind, target.entry.get("description", "")))
-    study = PatientStudy(patient_name=f"{results.inputs.name}^", patient_id=results.inputs.name[:64],
-                         study_description="GliomaProgression CTV proposals")
-    image = reference.array
-    if "integer" in sitk.GetPixelIDValueAsString(results.inputs.t1c.GetPixelID()):
-        image = np.rint(image)  # whole numbers keep the scanner's intensities (else the exporter rescales)
-    written = export_dicom(folder, structures, image, reference.ijk_to_ras, study)
-    return {"files": {kind: [str(p.relative_to(folder.parent)) for p in paths] for kind, paths in written.items()},
-            "structures": [s.name for s in structures], "empty_targets_not_exported": skipped}
+    return structures, skipped
 
 
 def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = RunSettings(),
@@ -326,6 +377,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     """Run one case into the new folder ``out`` (all or nothing); returns what report.json holds."""
     from GliomaProgressionLib.report import scene as case_scene
     from GliomaProgressionLib.report import figure as report
+    from GliomaProgressionLib.case.dicom_source import read_source_series
     from GliomaProgressionLib.case.folder import has_series, read_case
     from GliomaProgressionLib.runs.ctv import parse_schemes
     from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder, write_json
@@ -341,6 +393,8 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     progress.start("read")
     # DSC is optional: read when the folder has it (nCBV for the report even with the conventional model)
     inputs = read_case(case_folder, settings.recurrence, with_dsc=has_series(case_folder, "dsc"))
+    inputs.sources = recorded_inputs(inputs.sources, inputs.folder)
+    read_source_series(inputs.folder, inputs.t1c)  # a DICOM CE-T1 the RT objects cannot reference fails now
     model = resolve_model(settings.model, trust=settings.trust_model)
     check_model_inputs(inputs, model)
     notes = inputs.notes + ([] if inputs.dsc is not None else [report.PERFUSION_SKIPPED])
