@@ -537,6 +537,7 @@ def compute_perfusion(
         "first_pass_end_frame": first_pass_end,
         "integration_frames": [int(window[0]), int(stop)],
         "leakage_method": options.leakage,
+        "leakage_response_frames": int(leak.response_frames),  # J of "bsw-lagged", 0 for the other methods
         "dual_echo": inputs.second is not None,
         "timings_s": timings,
         "total_time_s": timings["total"],

@@ -376,3 +376,81 @@ def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) 
     real = values + noise_level * rng.standard_normal(values.shape, dtype=dtype)
     imaginary = noise_level * rng.standard_normal(values.shape, dtype=dtype)
     return np.hypot(real, imaginary)
+
+
+# --- a digital reference object for transit times and arrival delays ------------------------------------
+
+
+@dataclass(frozen=True)
+class DROTissue:
+    """One tissue of ``transit_time_dro``: CBV (ml/100 g), CBF (ml/100 g/min), arrival delay (s) after the
+    brain's, leakage K2 (1/s) and its share of the brain (weight in the whole-brain reference curve)."""
+
+    name: str
+    cbv: float
+    cbf: float
+    delay_s: float = 0.0
+    k2: float = 0.0
+    share: float = 0.1
+
+    @property
+    def mtt_s(self) -> float:
+        return 60.0 * self.cbv / self.cbf
+
+
+# MTTs of 3.5-7 s around a reference of ~4.6 s, and three tissues whose bolus arrives 3 s late (one of them
+# leaking, two not): the cases where BSW mistakes transit time and delay for leakage (issue 13 item 1).
+TRANSIT_DRO_TISSUES = (
+    DROTissue("grey matter", 4.0, 60.0, share=0.32),
+    DROTissue("white matter", 2.0, 22.0, share=0.38),
+    DROTissue("fast cortex", 3.5, 60.0, share=0.10),
+    DROTissue("slow white matter", 2.1, 18.0, share=0.10),
+    DROTissue("enhancing tumour", 7.0, 85.0, k2=0.015, share=0.02),
+    DROTissue("late grey matter", 4.0, 60.0, delay_s=3.0, share=0.04),
+    DROTissue("late white matter", 2.0, 22.0, delay_s=3.0, share=0.03),
+    DROTissue("late enhancing tumour", 7.0, 85.0, delay_s=3.0, k2=0.015, share=0.01),
+)
+
+
+@dataclass
+class TransitDRO:
+    """Result of ``transit_time_dro``; curves (T, tissues) in 1/s, one column per tissue.
+
+    truth_area: integral (trapezoid, s) of each tissue's own vascular curve over the series, 1/s x s: the
+    value a perfect leakage correction gives, free of discretisation and of the nominal-CBV convention.
+    reference: (T,) share-weighted mean vascular curve of the non-leaking tissues (the BSW regressor).
+    """
+
+    tissues: tuple[DROTissue, ...]
+    times_s: np.ndarray
+    vascular: np.ndarray
+    measured: np.ndarray
+    reference: np.ndarray
+    truth_area: np.ndarray
+
+    def index(self, name: str) -> int:
+        return [tissue.name for tissue in self.tissues].index(name)
+
+
+def transit_time_dro(times_s: np.ndarray, *, leakage: bool = True,
+                     tissues: tuple[DROTissue, ...] = TRANSIT_DRO_TISSUES, arrival_s: float = 15.0) -> TransitDRO:
+    """Noise-free deltaR2* of tissues with unequal MTTs and arrival delays (``TRANSIT_DRO_TISSUES``).
+
+    Each tissue sees the default gamma-variate AIF arriving at ``arrival_s + delay_s``. ``leakage=False``
+    sets every K2 to 0 (a brain without leakage). Curves are columns, so the DRO is cheap enough for tests;
+    tile them into an image to run the whole pipeline.
+    """
+    times = validate_times(times_s)
+    if not tissues:
+        raise ValueError("tissues must name at least one tissue.")
+    vascular = np.column_stack([
+        tissue_delta_r2s(times, lambda t, delay=tissue.delay_s: gamma_variate_aif(t, arrival_s + delay),
+                         tissue.cbv, tissue.cbf) for tissue in tissues])
+    k2 = np.array([tissue.k2 if leakage else 0.0 for tissue in tissues])
+    shares = np.array([tissue.share for tissue in tissues]) * (k2 == 0)
+    if not shares.any():
+        raise ValueError("every DRO tissue leaks, so there is no non-enhancing reference tissue.")
+    reference = vascular @ (shares / shares.sum())
+    measured = leaky_delta_r2s(vascular, times, k2, reference)
+    truth = np.trapezoid(vascular, times, axis=0)
+    return TransitDRO(tuple(tissues), times, vascular, measured, reference, truth)
