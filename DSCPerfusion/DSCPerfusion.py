@@ -12,7 +12,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-from DSCPerfusionLib.leakage import LEAKAGE_METHODS
+from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_METHODS
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE, MAX_FRAMES
 from GliomaProgressionLib.mrml import PackageInstalling, ParameterNodeLifecycle
 from GliomaProgressionLib.report.figure import NCBV_RANGE
@@ -35,8 +35,9 @@ class DSCPerfusion(ScriptedLoadableModule):
         self.parent.helpText = (
             "Computes normalised cerebral blood volume (nCBV) from a dynamic susceptibility contrast (DSC) MRI "
             "series loaded as a volume sequence: deltaR2*(t) = -ln(S(t)/S0)/TE with the baseline and bolus "
-            "arrival detected on the brain-mean curve, Boxerman-Schmainda-Weisskoff leakage correction against "
-            "the mean curve of non-enhancing brain (K2 map), rCBV as the integral of the corrected curve over "
+            "arrival detected on the brain-mean curve, leakage correction against the mean curve of non-enhancing "
+            "brain (K2 map; by default Boxerman-Schmainda-Weisskoff with a free vascular response, so that transit "
+            "time and arrival delay are not taken for leakage), rCBV as the integral of the corrected curve over "
             "time, and nCBV = rCBV / mean rCBV of normal-appearing white matter in the hemisphere opposite the "
             "lesion (or a reference region you draw). Shows the mean curves in a plot and nCBV per lesion "
             "segment in a table. The same computation runs headless as 'gliomaprog perfusion'."
@@ -64,7 +65,7 @@ class DSCPerfusionParameterNode:
     brainMask: slicer.vtkMRMLSegmentationNode
     nawm: slicer.vtkMRMLSegmentationNode
     lesion: slicer.vtkMRMLSegmentationNode
-    leakage: Annotated[str, Choice(LEAKAGE_METHODS)] = "bsw"
+    leakage: Annotated[str, Choice(LEAKAGE_METHODS)] = DEFAULT_LEAKAGE_METHOD
     autoBaseline: bool = True
     baselineStart: Annotated[int, WithinRange(0, MAX_FRAMES - 1)] = 2
     baselineEnd: Annotated[int, WithinRange(1, MAX_FRAMES)] = 10
@@ -180,8 +181,8 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         sequence, _ = mrml.sequence_from_file(path, repetition_time_s=repetitionTimeS or None)
         return sequence
 
-    def process(self, sequenceNode, echoTimeMs=30.0, leakage="bsw", baseline=None, firstPass=False, perSlice=False,
-                brainMaskNode=None, nawmNode=None, lesionNode=None, outputNodes=None, progress=None,
+    def process(self, sequenceNode, echoTimeMs=30.0, leakage=DEFAULT_LEAKAGE_METHOD, baseline=None, firstPass=False,
+                perSlice=False, brainMaskNode=None, nawmNode=None, lesionNode=None, outputNodes=None, progress=None,
                 repetitionTimeS=None):
         """Compute nCBV, leakage-corrected rCBV and K2 of a DSC sequence. Frame times come from the sequence
         (its time index, or the frame times Slicer's DICOM import keeps), else from ``repetitionTimeS``.

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import assert_one_line_error, gliomaprog
 
+from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
 from GliomaProgressionLib.case.files import read_volume, write_json, write_volume
 from GliomaProgressionLib.case.geometry import Volume
 
@@ -32,7 +33,7 @@ def test_writes_every_output(computed, case_folder):
         assert volume.array.shape == dsc.array.shape[1:], name
         assert np.allclose(volume.ijk_to_ras, dsc.ijk_to_ras, atol=1e-4), name
     report = json.loads((computed / "perfusion.json").read_text())
-    assert report["options"]["leakage"] == "bsw"
+    assert report["options"]["leakage"] == DEFAULT_LEAKAGE_METHOD
     assert report["report"]["nawm_voxels"] > 0
     assert 0 < report["baseline_frames"][1] <= report["arrival_frame"]
     with open(computed / "curves.csv") as handle:

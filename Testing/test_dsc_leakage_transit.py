@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from DSCPerfusionLib.leakage import (
+    DEFAULT_LEAKAGE_METHOD,
+    LEAKAGE_DESCRIPTIONS,
+    LEAKAGE_HELP,
     LEAKAGE_METHODS,
     fit_bsw,
     fit_bsw_lagged,
@@ -41,7 +44,8 @@ def test_the_method_is_a_leakage_choice():
 
 def test_no_lag_is_bsw():
     dro = transit_time_dro(TIMES)
-    lagged, bsw = fit_bsw_lagged(dro.measured, TIMES, dro.reference, frames=0), fit_bsw(dro.measured, TIMES, dro.reference)
+    lagged = fit_bsw_lagged(dro.measured, TIMES, dro.reference, frames=0)
+    bsw = fit_bsw(dro.measured, TIMES, dro.reference)
     np.testing.assert_allclose(lagged.k2, bsw.k2, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(lagged.k1, bsw.k1, rtol=1e-4)
     assert lagged.response_frames == 0
@@ -172,3 +176,9 @@ def test_dro_truth_is_the_integral_of_its_own_curves():
     # The 3 s delay moves the curve by two frames: its peak comes two frames after its on-time twin's.
     peaks = dro.vascular.argmax(axis=0)
     assert peaks[dro.index("late grey matter")] - peaks[dro.index("grey matter")] == 2
+
+
+def test_the_default_is_declared_once_and_explained_for_every_method():
+    assert DEFAULT_LEAKAGE_METHOD == "bsw-lagged" and PerfusionOptions(te_s=0.03).leakage == DEFAULT_LEAKAGE_METHOD
+    assert tuple(LEAKAGE_DESCRIPTIONS) == LEAKAGE_METHODS
+    assert all(f"{method}: " in LEAKAGE_HELP for method in LEAKAGE_METHODS)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from DSCPerfusionLib.leakage import correct_leakage
+from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, correct_leakage
 from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
 from DSCPerfusionLib.signal import delta_r2s_from_signal, rcbv_trapezoid
 from DSCPerfusionLib.simulation import add_rician_noise, simulate_dsc
@@ -87,7 +87,7 @@ def test_report_records_what_was_done(result):
     assert report["arrival_frame"] == result.arrival_frame == 11  # AIF at 15 s; first contrast at frame 11
     assert report["nawm_voxels"] == int(result.nawm_mask.sum())
     assert report["nawm_volume_ml"] == pytest.approx(result.nawm_mask.sum() * np.prod(SPACING) / 1000.0, rel=1e-3)
-    assert report["options"]["leakage"] == "bsw"
+    assert report["options"]["leakage"] == DEFAULT_LEAKAGE_METHOD
     assert report["saturated_voxels"] == 0 and report["negative_voxels"] == 0
     assert set(report["timings_s"]) >= {"validate", "brain_mask", "baseline", "delta_r2s", "leakage", "nawm", "total"}
 

@@ -171,7 +171,8 @@ def main() -> None:
          f"ratio {stage_lagged / stage_bsw:.2f} x bsw (target <= {TARGETS['lagged ratio']:.1f}); vascular response "
          f"{lagged.report['leakage_response_frames']} frames; includes the BSW fit the NAWM screening runs "
          "for any other method"),
-        ("compute_perfusion, bsw-lagged (median)", f"{lagged_wall:.3f} s", f"ratio {lagged_wall / fast_wall:.2f} x bsw"),
+        ("compute_perfusion, bsw-lagged (median)", f"{lagged_wall:.3f} s",
+         f"ratio {lagged_wall / fast_wall:.2f} x bsw"),
         ("mean K2 in enhancing rim, bsw-lagged", f"{lagged.k2[enhancing].mean():.4f} 1/s", "truth 0.0150 1/s"),
     ]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

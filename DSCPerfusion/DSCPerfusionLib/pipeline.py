@@ -1,7 +1,7 @@
 """DSC series -> leakage-corrected rCBV, nCBV and K2: the one entry point of the CLI and the Slicer Logic.
 
 Stages (DESIGN.md section 4): validate -> brain mask -> bolus arrival and baseline -> deltaR2* -> leakage
-fit (BSW, bidirectional or none) -> rCBV (trapezoid, seconds) -> NAWM -> nCBV.
+fit (``leakage.LEAKAGE_METHODS``) -> rCBV (trapezoid, seconds) -> NAWM -> nCBV.
 
 The automatic brain mask (``brainmask``) is made from a pre-bolus image before the arrival is known: the
 mean of the two frames after the steady-state frames, which lie inside every baseline the arrival
@@ -37,6 +37,7 @@ import numpy as np
 from . import baseline as baseline_rules
 from .brainmask import brain_mask_from_baseline, validate_mask
 from .leakage import (
+    DEFAULT_LEAKAGE_METHOD,
     LEAKAGE_METHODS,
     LeakageFit,
     correct_bsw,
@@ -67,7 +68,7 @@ class PerfusionOptions:
     te_s: float
     te2_s: float | None = None  # dual echo when signal_te2 is given
     baseline: tuple[int, int] | None = None  # [start, end) frames; None = automatic
-    leakage: str = "bsw"  # "bsw" | "bidirectional" | "none"
+    leakage: str = DEFAULT_LEAKAGE_METHOD  # one of leakage.LEAKAGE_METHODS
     first_pass: bool = False
     per_slice: bool = False  # nCBV per slice (along array axis k)
     deconvolution: bool = False  # CBF (relative), MTT, TTP by oSVD with an automatic AIF

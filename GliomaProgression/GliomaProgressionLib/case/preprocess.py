@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
 from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
 
 from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume
@@ -63,7 +64,8 @@ def lesion_on_dsc_grid(lesion: sitk.Image, dsc_grid: sitk.Image, dsc_registratio
 
 def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Volume | None = None,
                  times_s: np.ndarray | None = None, te_s: float | None = None, ncbv: sitk.Image | None = None,
-                 leakage: str = "bsw", spacing_mm: float = 1.0, progress: Progress | None = None) -> PreparedCase:
+                 leakage: str = DEFAULT_LEAKAGE_METHOD, spacing_mm: float = 1.0,
+                 progress: Progress | None = None) -> PreparedCase:
     """Register and resample one case's series onto the CE-T1 reference grid.
 
     nCBV comes from ``dsc`` (4D ``Volume`` with ``times_s`` and ``te_s``), or is given ready-made as ``ncbv``:

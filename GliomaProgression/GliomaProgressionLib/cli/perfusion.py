@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from DSCPerfusionLib.ftb import FTB_THRESHOLDS
-from DSCPerfusionLib.leakage import LEAKAGE_METHODS
+from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_HELP, LEAKAGE_METHODS
 
 from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float
 
@@ -16,7 +16,7 @@ def add_commands(commands) -> None:
     """``perfusion``."""
     perfusion = commands.add_parser(
         "perfusion", help="DSC series -> leakage-corrected rCBV, nCBV (white-matter normalised), K2",
-        description="Compute deltaR2*, Boxerman-Schmainda-Weisskoff leakage-corrected rCBV, K2 and nCBV "
+        description="Compute deltaR2*, leakage-corrected rCBV, K2 and nCBV "
                     "(normalised to contralateral normal-appearing white matter) from a 4D DSC series.")
     perfusion.add_argument("--dsc", required=True, type=Path, help="4D DSC series (NIfTI or NRRD)")
     timing = perfusion.add_argument_group("timing (seconds): a BIDS sidecar, or --tr and --te")
@@ -29,8 +29,7 @@ def add_commands(commands) -> None:
     perfusion.add_argument("--nawm", type=Path, help="white-matter reference mask on the DSC grid "
                                                      "(default: automatic, contralateral)")
     perfusion.add_argument("--lesion", type=Path, help="lesion labels (any grid; resampled to the DSC grid)")
-    perfusion.add_argument("--leakage", choices=LEAKAGE_METHODS, default="bsw",
-                           help="leakage correction (default bsw: Boxerman-Schmainda-Weisskoff)")
+    perfusion.add_argument("--leakage", choices=LEAKAGE_METHODS, default=DEFAULT_LEAKAGE_METHOD, help=LEAKAGE_HELP)
     perfusion.add_argument("--first-pass", action="store_true", help="integrate the first pass only")
     perfusion.add_argument("--per-slice", action="store_true", help="normalise each slice by its own NAWM")
     perfusion.add_argument("--cbf", action="store_true",

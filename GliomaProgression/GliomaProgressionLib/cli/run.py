@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from DSCPerfusionLib.leakage import LEAKAGE_METHODS
+from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_HELP, LEAKAGE_METHODS
 
 from GliomaProgressionLib.cli.options import add_schemes_option, name_list, non_negative_int, positive_float
 from GliomaProgressionLib.runs.predict import DEVICES
@@ -35,8 +35,8 @@ def add_commands(subparsers) -> None:
     run.add_argument("--threshold", type=positive_float, default=0.5, help="probability cut-off (default 0.5)")
     run.add_argument("--min-voxels", type=non_negative_int, default=1,
                      help="voxels needed for a 'progression' verdict (default 1)")
-    run.add_argument("--leakage", choices=LEAKAGE_METHODS, default="bsw",
-                     help="DSC leakage correction (default bsw)")
+    run.add_argument("--leakage", choices=LEAKAGE_METHODS, default=DEFAULT_LEAKAGE_METHOD,
+                     help=f"DSC {LEAKAGE_HELP}")
     run.add_argument("--trust-model", action="store_true",
                      help="load a package that cannot be loaded safely (runs code from it)")
     run.add_argument("--batch", action="store_true", help="CASE_DIR holds one sub-folder per case")

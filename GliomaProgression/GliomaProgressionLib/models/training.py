@@ -66,8 +66,8 @@ MODELS = {
 PREPROCESSING = {
     "t1c": "CE-T1 resampled to the 1 mm isotropic reference grid (linear); this grid is the model's input grid",
     "flair": "FLAIR rigidly registered to CE-T1 (Mattes mutual information) and resampled onto the reference grid",
-    "ncbv": "nCBV (BSW leakage-corrected rCBV / contralateral NAWM) from DSC, registered to CE-T1 through the "
-            "pre-bolus DSC image and resampled onto the reference grid",
+    "ncbv": "nCBV (rCBV with the perfusion pipeline's default leakage correction / contralateral NAWM) from DSC, "
+            "registered to CE-T1 through the pre-bolus DSC image and resampled onto the reference grid",
 }
 
 

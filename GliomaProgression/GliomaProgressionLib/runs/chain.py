@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
+from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
+
 
 # numpy, SimpleITK and the Lib modules are imported inside the functions that use them: cli.py imports this module
 # to build its parser on every gliomaprog call, which then stays as quick as the standard library.
@@ -74,7 +76,7 @@ class RunSettings:
     geodesic: bool = False
     threshold: float = 0.5
     min_voxels: int = 1
-    leakage: str = "bsw"
+    leakage: str = DEFAULT_LEAKAGE_METHOD
     trust_model: bool = False
     recurrence: Path | None = None  # overrides <case>/recurrence (single case only)
 
