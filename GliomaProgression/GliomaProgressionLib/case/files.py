@@ -3,6 +3,12 @@
 Images are read and written with SimpleITK (NIfTI, NRRD, and every other format ITK knows). A single file is
 written to a temporary name in its destination folder and renamed into place; a folder of results is built
 in a hidden staging folder beside its destination and renamed into place once complete.
+
+Every image file is read through ``read_image``, the one place that checks what the readers let through:
+NaN and infinity (refused, with their count: the NIfTI library reads them as 0, which changes the answer
+without a word), voxel sizes and axes (``geometry.check_voxel_grid``), truncated NIfTI files. What ITK, GDCM and
+the NIfTI library print on the process's stderr is kept from the user (``library_messages``): a refusal is one
+sentence.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import contextlib
 import gzip
 import json
 import os
+import re
+import sys
 import zlib
 import shutil
 import tempfile
@@ -20,50 +28,215 @@ from typing import Iterator
 import numpy as np
 import SimpleITK as sitk
 
-from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume, volume_from_sitk
+from GliomaProgressionLib.case.geometry import (Volume, check_3d, check_voxel_grid, check_voxel_size, sitk_from_volume,
+                                                volume_from_sitk)
+
+# NIfTI data are scanned in pieces of this many bytes (a .gz is decompressed once, never held whole in memory).
+SCAN_CHUNK_BYTES = 1 << 22
+NIFTI_1_HEADER_BYTES, NIFTI_2_HEADER_BYTES = 348, 540
 
 
-def _stored_bytes(path: Path) -> int:
-    """The uncompressed length of a file (streamed: a .gz is decompressed once, never held in memory)."""
-    if not path.name.endswith(".gz"):
-        return path.stat().st_size
-    total = 0
-    with gzip.open(path, "rb") as stream:
-        while chunk := stream.read(1 << 22):
-            total += len(chunk)
-    return total
+# --- what the C++ libraries print -----------------------------------------------------------------------------
 
 
-def check_nifti_complete(path: Path, what: str) -> None:
-    """ITK reads a truncated NIfTI file without an error and fills the missing voxels with zeros (measured with
-    SimpleITK 2.5 on .nii and .nii.gz); a transfer cut short must not become a case. NRRD and MetaImage readers
-    do report it."""
+@contextlib.contextmanager
+def library_messages() -> Iterator[list[str]]:
+    """Keep what ITK, GDCM and the NIfTI library print from the user; the list holds it once the block ends.
+
+    They print warnings and errors from C++ straight to the process's stderr (file descriptor 2), which no Python
+    setting reaches: 2-31 lines of them came before a one-line refusal. ITK's own warnings are switched off; the
+    rest is caught by pointing descriptor 2 at a temporary file for the duration of the block. A process without
+    a descriptor 2 (a GUI on Windows) has nothing to protect.
+    """
+    messages: list[str] = []
+    warnings_were_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    if sys.stderr is not None:
+        sys.stderr.flush()  # what Python wrote before the block goes out before the descriptor moves
+    try:
+        saved = os.dup(2)
+    except OSError:
+        saved = None
+    sink = tempfile.TemporaryFile()
+    try:
+        if saved is not None:
+            os.dup2(sink.fileno(), 2)
+        yield messages
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_were_shown)
+        sink.seek(0)
+        messages.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+        sink.close()
+
+
+def itk_reason(error: RuntimeError) -> str:
+    """The informative end of an ITK exception, without its source file, class name and address."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return "unknown reason"
+    reason = re.sub(r"^(ITK ERROR|sitk::ERROR):\s*", "", lines[-1])
+    return re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", reason)
+
+
+# --- NIfTI files as stored ------------------------------------------------------------------------------------
+
+
+def _open_stored(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _stored_nifti_header(path: Path, what: str):
+    """The NIfTI-1 or -2 header exactly as stored (nibabel.load would correct it, and log that it did)."""
     import nibabel
 
     try:
-        header = nibabel.load(str(path)).header
-        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \
-            header.get_data_dtype().itemsize
-        stored = _stored_bytes(path)
-    except (EOFError, OSError, zlib.error, nibabel.filebasedimages.ImageFileError) as error:
+        with _open_stored(path) as stream:
+            start = stream.read(4)
+            sizes = {int.from_bytes(start, order) for order in ("little", "big")} if len(start) == 4 else set()
+            kind = nibabel.Nifti2Header if NIFTI_2_HEADER_BYTES in sizes else nibabel.Nifti1Header
+            if not sizes & {NIFTI_1_HEADER_BYTES, NIFTI_2_HEADER_BYTES}:
+                raise ValueError(f"The {what} file {path} is not a NIfTI file (no NIfTI header).")
+            stream.seek(0)
+            header = kind.from_fileobj(stream, check=False)
+        header.get_data_dtype(), header.get_data_shape()  # an unknown data type or shape is a damaged header
+        return header
+    except (EOFError, OSError, zlib.error, nibabel.spatialimages.HeaderDataError) as error:
         raise ValueError(f"The {what} file {path} is damaged or incomplete ({error}).") from None
+
+
+def _scan_nifti_data(path: Path, header) -> tuple[int, int]:
+    """(bytes stored, voxels that are NaN or infinite) of a NIfTI file, in one streamed pass."""
+    dtype = header.get_data_dtype()
+    offset = int(header.get_data_offset())
+    voxels = int(np.prod(header.get_data_shape()))
+    stored = non_finite = counted = 0
+    rest = b""  # a voxel split between two pieces
+    with _open_stored(path) as stream:
+        while piece := stream.read(SCAN_CHUNK_BYTES):
+            data = rest + piece[max(offset - stored, 0):]
+            stored += len(piece)
+            if dtype.kind not in "fc":  # integers cannot hold NaN
+                continue
+            whole = min(len(data) // dtype.itemsize, voxels - counted)
+            values = np.frombuffer(data[:whole * dtype.itemsize], dtype)
+            non_finite += values.size - int(np.count_nonzero(np.isfinite(values)))
+            counted += whole
+            rest = data[whole * dtype.itemsize:] if counted < voxels else b""
+    return stored, non_finite
+
+
+def check_nifti_file(path: Path, what: str) -> None:
+    """Check a NIfTI file for what ITK's reader hides (measured with SimpleITK 2.5 on .nii and .nii.gz): it reads a
+    truncated file zero-filled, NaN and infinity as 0, and a zero, negative or undefined voxel size as 1 mm."""
+    header = _stored_nifti_header(path, what)
+    if int(header["sform_code"]) == 0:  # with an sform, ITK takes the voxel size from it: checked after reading
+        spatial = min(max(int(header["dim"][0]), 1), 3)
+        check_voxel_size(header["pixdim"][1:1 + spatial], f"The {what} file {path}")
+    try:
+        stored, non_finite = _scan_nifti_data(path, header)
+    except (EOFError, OSError, zlib.error) as error:
+        raise ValueError(f"The {what} file {path} is damaged or incomplete ({error}).") from None
+    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if stored < expected:
         raise ValueError(f"The {what} file {path} is incomplete: it holds {stored} of the {expected} bytes its "
                          "header announces.")
+    refuse_non_finite(non_finite, int(np.prod(header.get_data_shape())), f"The {what} file {path}")
+
+
+check_nifti_complete = check_nifti_file  # its earlier name, which the tests of truncated files use
+
+
+def _check_metaimage_spacing(path: Path, what: str) -> None:
+    """MetaImage's reader turns a negative ElementSpacing into a flipped axis: read the header's own value."""
+    with open(path, "rb") as stream:
+        header = stream.read(1 << 16).split(b"ElementDataFile", 1)[0].decode("latin-1")
+    found = re.search(r"^\s*Element(?:Spacing|Size)\s*=\s*(.+)$", header, re.MULTILINE)
+    if found:
+        try:
+            spacing = [float(value) for value in found.group(1).split()]
+        except ValueError:
+            return  # not numbers: ITK's reader says so
+        check_voxel_size(spacing[:3], f"The {what} file {path}")
+
+
+# --- reading --------------------------------------------------------------------------------------------------
+
+
+def refuse_non_finite(count: int, total: int, what: str) -> None:
+    """Refuse an image with NaN or infinite voxels (``what``: "The CE-T1 file t1c.nii.gz").
+
+    Refused rather than read: ITK's NIfTI reader would make them 0 and every later step would take them for
+    numbers (a NaN block in CE-T1 changed the predicted progression from 9.1 to 3.4 mL, with exit 0); no value
+    put in their place would be the image's own.
+    """
+    if count:
+        raise ValueError(f"{what} has {count} of {total} voxels that are NaN or infinite (not numbers); an image must "
+                         "hold finite numbers: replace them (e.g. by 0 outside the head) and save it again.")
+
+
+def _non_finite_voxels(image: sitk.Image) -> int:
+    array = sitk.GetArrayViewFromImage(image)
+    return array.size - int(np.count_nonzero(np.isfinite(array))) if array.dtype.kind in "fc" else 0
+
+
+def check_image(image: sitk.Image, what: str) -> sitk.Image:
+    """The checks every image read gets, from a file or a DICOM folder (``what``: "The CE-T1 file t1c.nii.gz"):
+    a voxel grid (positive voxel size, axes at right angles) and finite values."""
+    check_voxel_grid(image, what)
+    refuse_non_finite(_non_finite_voxels(image), int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel(),
+                      what)
+    return image
+
+
+def check_signal(image: sitk.Image | Volume | np.ndarray, what: str) -> None:
+    """Refuse an image in which every voxel holds one value (all zero, saturated): nothing in it can be registered
+    or measured, and ITK would fail on it deep in the registration ("Total Mass of the image was zero")."""
+    if isinstance(image, sitk.Image):
+        array = sitk.GetArrayViewFromImage(image)
+    else:
+        array = np.asarray(image.array if isinstance(image, Volume) else image)
+    if array.size and array.min() == array.max():
+        raise ValueError(f"{what} holds no signal (every voxel is {float(array.flat[0]):g}).")
+
+
+# ITK's exceptions that are about the geometry in the header, in words; the rest are passed on as ITK says them.
+ITK_GEOMETRY_REASONS = (
+    (re.compile(r"Refusing to change spacing from \[[^\]]*\] to \[([^\]]*)\]"),
+     lambda found: f"has a voxel size of {' x '.join(found.group(1).split(', '))} mm; every voxel size must be a "
+                   "positive number."),
+    (re.compile(r"orthonormal direction cosines"),
+     lambda found: "has a sheared voxel grid (its axes are not at right angles, e.g. gantry tilt); resample it onto "
+                   "an orthogonal grid first."),
+)
+
+
+def _read_error(error: RuntimeError, path: Path, what: str) -> ValueError:
+    for pattern, sentence in ITK_GEOMETRY_REASONS:
+        found = pattern.search(str(error))
+        if found:
+            return ValueError(f"The {what} file {path} {sentence(found)}")
+    return ValueError(f"The {what} file {path} could not be read as an image ({itk_reason(error)}).")
 
 
 def read_image(path: str | os.PathLike, what: str = "image") -> sitk.Image:
-    """Read an image file, or raise ValueError naming the input and the problem."""
+    """Read an image file, or raise ValueError naming the input and the problem: missing, unreadable, truncated,
+    NaN or infinite voxels, a voxel size that is not positive, axes not at right angles."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"The {what} file {path} does not exist.")
     if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
-        check_nifti_complete(path, what)
+        check_nifti_file(path, what)
+    if path.is_file() and path.name.endswith((".mha", ".mhd")):
+        _check_metaimage_spacing(path, what)
     try:
-        return sitk.ReadImage(str(path))
+        with library_messages():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise ValueError(f"The {what} file {path} could not be read as an image ({reason}).") from None
+        raise _read_error(error, path, what) from None
+    return check_image(image, f"The {what} file {path}")
 
 
 def read_volume(path: str | os.PathLike, what: str = "image") -> Volume:
@@ -90,11 +263,25 @@ def _temporary_sibling(path: Path) -> Path:
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write an image atomically: to a temporary file beside ``path``, then renamed over it."""
+    """Write an image atomically: to a temporary file beside ``path``, then renamed over it.
+
+    A write that fails (a full disk) is a ValueError of one sentence, and nothing is left at ``path``. The NIfTI
+    writer does not raise then: it prints "** ERROR: NWAD: wrote only 0 of 256000 bytes" and returns, so what it
+    prints is read too.
+    """
     path = Path(path)
     temporary = _temporary_sibling(path)
     try:
-        sitk.WriteImage(image, str(temporary), compress)
+        failure = None
+        with library_messages() as messages:
+            try:
+                sitk.WriteImage(image, str(temporary), compress)
+            except RuntimeError as error:
+                failure = itk_reason(error)
+        failure = failure or next((line.removeprefix("** ERROR:").strip() for line in messages
+                                   if line.startswith("** ERROR")), None)
+        if failure:
+            raise ValueError(f"The image {path} could not be written ({failure}); is the disk full?")
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

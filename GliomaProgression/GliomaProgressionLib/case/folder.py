@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from GliomaProgressionLib.case.files import check_nifti_complete, read_image  # noqa: F401 (re-exported)
-from GliomaProgressionLib.case.files import refuse_broken_link
+from GliomaProgressionLib.case.files import check_image, check_signal, itk_reason, library_messages, refuse_broken_link
 from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume, volume_from_sitk
 from GliomaProgressionLib.case.timing import AcquisitionTiming, read_timing
 from GliomaProgressionLib.case.preprocess import NEL_LABEL, SERIES_SUFFIXES
@@ -43,6 +43,8 @@ BRATS_SUFFIXES = (".nii.gz", ".nii")
 BRATS_2021_ENHANCING = 4  # BraTS 2021 "ET"; BraTS 2024 writes enhancing tumour as 3 and uses 4 for the cavity
 BRATS_2024_ENHANCING = 3
 OPTIONAL_SERIES = {"brain": "brain mask", "recurrence": "recurrence mask"}
+# The series whose intensities are used: one that holds a single value throughout has nothing to register.
+SIGNAL_SERIES = ("t1c", "flair")
 # DICOM tags, as SimpleITK names them
 TAG_TEMPORAL_POSITION = "0020|0100"
 TAG_ACQUISITION_NUMBER = "0020|0012"
@@ -120,31 +122,42 @@ def _required(folder: Path, name: str) -> Path:
 # --- DICOM ----------------------------------------------------------------------------------------------
 
 
+# GDCM and ITK print warnings of their own for folders without a series or with unreadable files: every call
+# into them below runs inside ``library_messages``, so that the user gets the one sentence.
+
+
 def _series_files(folder: Path, what: str) -> list[str]:
     """The files of the one DICOM series in ``folder`` (GDCM's order: by slice position)."""
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    with library_messages():
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise ValueError(f"The {what} folder {folder} holds no DICOM image series.")
     if len(series_ids) > 1:
         raise ValueError(f"The {what} folder {folder} holds {len(series_ids)} DICOM series; keep one series per "
                          "folder.")
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+    with library_messages():
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
 
 
 def _read_files(files: list[str], what: str, folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        with library_messages():
+            image = reader.Execute()
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise ValueError(f"The {what} DICOM folder {folder} could not be read ({reason}).") from None
+        raise ValueError(f"The {what} DICOM folder {folder} could not be read ({itk_reason(error)}).") from None
+    return check_image(image, f"The {what} DICOM folder {folder}")
 
 
 def _header(path: str) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
-    reader.ReadImageInformation()
+    try:
+        with library_messages():
+            reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ValueError(f"The DICOM file {path} could not be read ({itk_reason(error)}).") from None
     return reader
 
 
@@ -232,6 +245,8 @@ def _read_3d(path: Path, name: str, what: str, provenance: _Provenance) -> sitk.
         image = read_series_file(path, what)
         provenance.sources[name] = str(path)
     check_3d(image, f"The {what} {path}")
+    if name in SIGNAL_SERIES:
+        check_signal(image, f"The {what} {path}")
     return image
 
 
@@ -251,6 +266,7 @@ def _read_dsc(path: Path, folder: Path, provenance: _Provenance,
                              "time) is needed.")
         series = volume_from_sitk(image)
         provenance.sources["dsc"] = str(path)
+    check_signal(series, f"The DSC series {path}")
     if not sidecar.is_file() and (tr_s is None or (te_s is None and need_echo_time)):
         raise ValueError(f"The case folder {folder} has no dsc.json with the DSC timing (EchoTime and "
                          "RepetitionTime or FrameTimes, in seconds).")
@@ -315,6 +331,12 @@ def _check_lesion(lesion: sitk.Image, path_text: str) -> None:
                          "predict progression in.")
 
 
+def _check_brain(brain: sitk.Image | None, path_text: str | None) -> None:
+    """An empty brain mask would pass the space check and leave every later step without a brain."""
+    if brain is not None and not sitk.GetArrayViewFromImage(brain).any():
+        raise ValueError(f"The brain mask {path_text} is empty (every voxel is 0).")
+
+
 def _check_space(inputs: CaseInputs) -> None:
     """Every series must overlap CE-T1 in scanner space (same session); registration can fix small motion only."""
     dsc_frame = None if inputs.dsc is None else sitk_from_volume(Volume(inputs.dsc.array[0], inputs.dsc.ijk_to_ras))
@@ -367,6 +389,7 @@ def read_case(folder: str | Path, recurrence: str | Path | None = None, with_dsc
             raise ValueError(f"The recurrence mask {recurrence} does not exist.")
     extra = {name: _read_3d(path, name, OPTIONAL_SERIES[name], provenance) if path else None
              for name, path in optional.items()}
+    _check_brain(extra["brain"], provenance.sources.get("brain"))
     inputs = CaseInputs(folder.name, folder, t1c, flair, lesion, dsc, timing, extra["brain"], extra["recurrence"],
                         provenance.sources, provenance.converted, notes)
     _check_space(inputs)

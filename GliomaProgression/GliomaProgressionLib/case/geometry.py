@@ -8,7 +8,8 @@ Every conversion goes through exactly one helper per direction:
 - ``ras_from_ijk`` / ``ijk_from_ras`` for index <-> physical points,
 - ``volume_from_sitk`` / ``sitk_from_volume`` for images.
 
-``same_grid`` and ``check_3d`` are the extension's one "same grid?" and one "must be 3-D" check.
+``same_grid`` and ``check_3d`` are the extension's one "same grid?" and one "must be 3-D" check;
+``check_voxel_size`` and ``check_voxel_grid`` the one "is this a voxel grid?" check of every image read.
 """
 
 from __future__ import annotations
@@ -131,3 +132,34 @@ def check_3d(image: sitk.Image | Volume | np.ndarray, what: str) -> None:
     else:
         dimensions = np.ndim(image.array if isinstance(image, Volume) else image)
     _check_dimensions(dimensions, what)
+
+
+# Direction cosines are stored with a few decimals (DICOM) or in float32 (NIfTI): axes this close to right
+# angles are orthogonal. The planner's grid check (CTVPlannerLib.grid.check_grid) uses the same tolerance.
+ORTHOGONAL_TOLERANCE = 1e-4
+
+
+def check_voxel_size(spacing, what: str) -> None:
+    """Refuse a voxel size that is zero, negative or not a number (``what``: "The CE-T1 file t1c.nii.gz").
+
+    Readers do not refuse them: the NIfTI library takes such a size for 1 mm and MetaImage flips the axis, so the
+    image lands elsewhere and later checks blame the lesion or the overlap.
+    """
+    spacing = [float(value) for value in spacing]
+    if not all(np.isfinite(value) and value > 0 for value in spacing):
+        sizes = " x ".join(f"{value:g}" for value in spacing)
+        raise ValueError(f"{what} has a voxel size of {sizes} mm; every voxel size must be a positive number.")
+
+
+def check_voxel_grid(image: sitk.Image, what: str) -> None:
+    """Refuse an image whose spatial voxel size is not positive or whose axes are not at right angles.
+
+    Only the first three axes are spatial (a DSC series' fourth is time, whose spacing may be unknown).
+    """
+    spatial = min(image.GetDimension(), 3)
+    check_voxel_size(image.GetSpacing()[:spatial], what)
+    dimension = image.GetDimension()
+    direction = np.array(image.GetDirection()).reshape(dimension, dimension)[:spatial, :spatial]
+    if not np.allclose(direction.T @ direction, np.eye(spatial), atol=ORTHOGONAL_TOLERANCE):
+        raise ValueError(f"{what} has a sheared voxel grid (its axes are not at right angles, e.g. gantry tilt); "
+                         "resample it onto an orthogonal grid first.")

@@ -23,8 +23,8 @@ from DSCPerfusionLib.ftb import FTB_THRESHOLDS, checked_thresholds, lesion_ftb
 from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
 from DSCPerfusionLib.protocol import check_protocol, protocol_report
 
-from GliomaProgressionLib.case.files import (read_3d_image, read_3d_volume, read_image, read_json_object,
-                                             staged_output_folder, write_json, write_volume)
+from GliomaProgressionLib.case.files import (check_signal, read_3d_image, read_3d_volume, read_image,
+                                             read_json_object, staged_output_folder, write_json, write_volume)
 from GliomaProgressionLib.case.geometry import Volume, same_grid, sitk_from_volume, volume_from_sitk
 from GliomaProgressionLib.case.timing import AcquisitionTiming, read_timing
 
@@ -39,6 +39,7 @@ def read_dsc(path: Path) -> Volume:
     if series.array.ndim != 4:
         raise ValueError(f"The DSC file {path} is a {series.array.ndim}D image; a 4D series (x, y, z, time) is "
                          "needed.")
+    check_signal(series, f"The DSC file {path}")
     return series
 
 
