@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from GliomaProgressionLib.case.brain_region import brain_region
+from GliomaProgressionLib.case.files import check_signal, itk_reason
 from GliomaProgressionLib.case.geometry import check_3d, lps_from_ras, ras_from_lps
 from GliomaProgressionLib.case.registration_quality import (CONTRAST_THRESHOLD, THRESHOLD_SOURCE, EdgeAlignmentScene,
                                                             alignment_contrast, edge_alignment, edge_alignment_scene)
@@ -82,6 +83,7 @@ class RigidRegistration:
 def isotropic_reference(image: sitk.Image, spacing_mm: float = 1.0) -> sitk.Image:
     """The image resampled (linear) to isotropic voxels, same orientation and extent: the reference grid."""
     check_3d(image, "The reference image")
+    check_signal(image, "The CE-T1")  # a blank reference leaves nothing to register onto
     old_spacing = np.array(image.GetSpacing())
     size = np.maximum(np.round(np.array(image.GetSize()) * old_spacing / spacing_mm), 1).astype(int)
     # Keep the first voxel's corner where it was, so the new grid covers the same field of view.
@@ -125,6 +127,14 @@ def register_rigid(reference: sitk.Image, moving: sitk.Image, what: str = "serie
     optimiser wandered ~10 mm off on DSC).
     """
     check_overlap(reference, moving, what)
+    check_signal(moving, f"The {what}")  # ITK would fail deep inside ("Total Mass of the image was zero")
+    try:
+        return _registered(reference, moving, what, seed)
+    except RuntimeError as error:  # ITK's text is for its developers; the user gets the series and the reason
+        raise ValueError(f"The {what} could not be registered to the CE-T1 ({itk_reason(error)}).") from None
+
+
+def _registered(reference: sitk.Image, moving: sitk.Image, what: str, seed: int) -> RigidRegistration:
     fixed = sitk.Cast(moving, sitk.sitkFloat32)
     floating = sitk.Cast(reference, sitk.sitkFloat32)
     fixed_region, floating_region = brain_region(fixed), brain_region(floating)
