@@ -96,12 +96,11 @@ def test_osipi_cbv_is_unbiased_against_the_discrete_values_on_average():
     assert abs(np.mean(differences)) < 0.05
 
 
-# Errors (ml/100 ml/min) of oSVD with the defaults (linear discretisation, OI 0.095), anchor limit 15 + 0.1*CBF:
-#   CBV 4, CBF 10..70:  +1.4 +6.2 +8.3 +4.6 +8.4 +15.2 +5.2   (largest: 15.2 at CBF 60, limit 21)
-#   CBV 2, CBF 5..35:   +2.2 +1.6 +5.4 +8.0 +5.0 +3.4  +4.8
-# The positive bias is the generator's rectangle rule: Ct[n] = CBF*dt*sum_k Ca[k] R[n-k] gives the lag-0
-# residue a full sample of weight where a continuous convolution gives half, which the exact piecewise-linear
-# model reads as extra flow. Deconvolving with the generator's own (rectangular) rule gives -14.3..+1.6.
+# Errors (ml/100 ml/min) of oSVD with the defaults (exactly circulant linear discretisation, OI 0.095, peak
+# read between frames), anchor limit 15 + 0.1*CBF (per-case % before/after: docs/dsc-cbf-validation.md):
+#   CBV 4, CBF 10..70:  +0.5 +2.8 +1.6 -4.9 -3.2 +1.5  -9.3   (largest: 9.3 at CBF 70, limit 22)
+#   CBV 2, CBF 5..35:   +2.1 -0.1 +1.7 +4.3 +1.1 -3.1  -1.5
+# With the generator's own rectangle rule: -13.8 .. +1.9.
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 @pytest.mark.parametrize("discretisation", ["linear", "rectangular"])
 def test_osipi_osvd_cbf_within_anchor_tolerance(case, discretisation):
@@ -147,10 +146,14 @@ def test_simulated_osvd_recovers_cbf_cbv_and_mtt_at_high_snr():
     median_cbf = np.median(maps.cbf.reshape(2, n), axis=1)
     median_cbv = np.median(maps.cbv.reshape(2, n), axis=1)
     median_mtt = np.median(maps.mtt_s.reshape(2, n), axis=1)
-    np.testing.assert_allclose(median_cbf, [60.0, 20.0], rtol=0.10)  # observed 0.98, 1.02 of truth
+    # Observed 0.85 and 0.89 of truth: the exactly circulant linear model spreads the residue's jump at t = 0
+    # over one frame and the truncation rounds it (the price of not depending on sub-frame delays,
+    # test_dsc_cbf.py); the grey/white ratio, what a relative map shows, is 2.88 for 3.
+    np.testing.assert_allclose(median_cbf, [60.0 * 0.87, 20.0 * 0.87], rtol=0.06)
+    assert median_cbf[0] / median_cbf[1] == pytest.approx(3.0, rel=0.06)
     np.testing.assert_allclose(median_cbv, [4.0, 2.0], rtol=0.03)
     np.testing.assert_allclose(maps.mtt_s, 60.0 * maps.cbv / maps.cbf, rtol=1e-12)
-    np.testing.assert_allclose(median_mtt, [4.0, 6.0], rtol=0.12)
+    np.testing.assert_allclose(median_mtt, [4.0 / 0.87, 6.0 / 0.87], rtol=0.08)
 
 
 def test_simulated_ttp_is_the_peak_time_of_the_tissue_curve():
@@ -180,10 +183,10 @@ def test_osvd_is_insensitive_to_tissue_delay_unlike_ssvd():
             np.median(osvd.tmax_s.reshape(2, n), axis=1),
         )
     osvd_delayed, ssvd_delayed, _ = result[1.5]
-    assert np.all(np.abs(osvd_delayed - 1.0) < 0.15)  # observed 0.94, 0.92
+    assert np.all(np.abs(osvd_delayed - result[0.0][0]) < 0.05)  # observed 0.90, 0.93 against 0.90, 0.92 at no delay
     assert np.all(ssvd_delayed < 0.75)  # observed 0.53, 0.62
-    # Tmax is quantised to frames; the delay shows as the same shift in Tmax.
-    np.testing.assert_allclose(result[3.0][2] - result[0.0][2], 3.0)
+    # Tmax is read between frames; the delay shows as the same shift in Tmax.
+    np.testing.assert_allclose(result[3.0][2] - result[0.0][2], 3.0, atol=0.2)
 
 
 def test_residue_of_noise_free_exponential_tissue_decays_from_its_peak():
@@ -217,9 +220,11 @@ def test_linear_discretisation_matches_the_continuous_forward_model():
 
 
 def test_block_circulant_matrix_equals_linear_convolution_on_zero_padded_curves():
+    """Rectangular: exactly. Linear: the circulant residue is piecewise linear on the circle, so it equals the
+    causal (one-sided lag 0) model for a residue that starts from 0 at lag 0 (a delayed one)."""
     rng = np.random.default_rng(2)
     aif = np.concatenate([np.zeros(5), rng.random(TIMES.size - 5)])
-    residue = rng.random(TIMES.size)
+    residue = np.concatenate([[0.0], rng.random(TIMES.size - 1)])
     for discretisation in ("linear", "rectangular"):
         circulant = convolution_matrix(aif, 1.5, circulant=True, discretisation=discretisation)
         linear = convolution_matrix(aif, 1.5, circulant=False, discretisation=discretisation)
@@ -228,10 +233,12 @@ def test_block_circulant_matrix_equals_linear_convolution_on_zero_padded_curves(
         assert circulant.shape == (2 * TIMES.size, 2 * TIMES.size)
 
 
-def _reference_osvd_flow(tissue, aif, dt, oi_limit, thresholds):
-    """Per-voxel loop, as in Wu 2003: raise the threshold until OI < limit (a reference for the vectorised code)."""
+def _reference_osvd_residues(tissue, aif, dt, oi_limit, thresholds):
+    """Per-voxel loop, as in Wu 2003: raise the threshold until OI < limit (a reference for the vectorised code).
+
+    Returns the residues (2T, N) and thresholds (N,)."""
     u, s, vt = np.linalg.svd(convolution_matrix(aif, dt, circulant=True, discretisation="linear"))
-    flows, levels = [], []
+    residues, levels = [], []
     for curve in tissue.T:
         padded = np.concatenate([curve, np.zeros(curve.size)])
         for level in sorted(thresholds):
@@ -239,9 +246,9 @@ def _reference_osvd_flow(tissue, aif, dt, oi_limit, thresholds):
             residue = vt.T @ (inverse * (u.T @ padded))
             if oscillation_index(residue[:, None])[0] < oi_limit:
                 break
-        flows.append(residue.max())
+        residues.append(residue)
         levels.append(level)
-    return np.array(flows), np.array(levels)
+    return np.array(residues).T, np.array(levels)
 
 
 def test_vectorised_osvd_matches_a_per_voxel_reference_loop():
@@ -251,9 +258,12 @@ def test_vectorised_osvd_matches_a_per_voxel_reference_loop():
     tissue += rng.normal(0.0, 0.005 * tissue.max(), tissue.shape)
     aif = gamma_variate_aif(TIMES)
     result = osvd_residues(tissue, aif, 1.5)
-    flows, levels = _reference_osvd_flow(tissue, aif, 1.5, DEFAULT_OI_LIMIT, DEFAULT_OSVD_THRESHOLDS)
+    residues, levels = _reference_osvd_residues(tissue, aif, 1.5, DEFAULT_OI_LIMIT, DEFAULT_OSVD_THRESHOLDS)
     np.testing.assert_allclose(result.threshold, levels)
-    np.testing.assert_allclose(result.flow, flows, rtol=1e-9)
+    np.testing.assert_allclose(result.residue, residues, rtol=1e-9, atol=1e-12 * np.abs(residues).max())
+    # The flow is the peak between frames: never below the largest sample, and not far above it.
+    assert np.all(result.flow >= residues.max(axis=0) * (1 - 1e-12))
+    assert np.all(result.flow <= residues.max(axis=0) * 1.1)
     assert np.unique(result.threshold).size > 1  # the voxels did not all stop at the same threshold
     assert np.all(result.oscillation_index[result.threshold < max(DEFAULT_OSVD_THRESHOLDS)] < DEFAULT_OI_LIMIT)
 

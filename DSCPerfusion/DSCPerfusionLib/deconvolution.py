@@ -12,26 +12,47 @@ Two estimators, both truncated-SVD pseudo-inverses of a discretised convolution 
 * ``osvd_residues``: block-circulant SVD with an oscillation-index stopping rule (Wu et al. 2003, MRM 50:164).
   The curves are zero-padded to L = 2T so the circular convolution equals the linear one, which makes the
   estimate far less sensitive than sSVD to the tracer reaching tissue later (or earlier) than the AIF
-  (simulator, grey matter 1.5 s behind the AIF: oSVD CBF 0.94 of truth, sSVD 0.53; 0.75 s, i.e. half a
-  frame, behind: oSVD 0.80, as the truncation cannot follow a residue jump between frames). For each voxel the
-  truncation threshold is the SMALLEST one in ``thresholds`` (least regularisation) whose residue has an
-  oscillation index OI = (1/L) (1/max k) sum_{j=2}^{L-1} |k_j - 2 k_{j-1} + k_{j-2}| below ``oi_limit``,
-  exactly Wu's "raise the threshold until OI falls below the limit"; a voxel that never gets there keeps
-  the largest threshold. Vectorised: the singular components are added to all voxels at once, largest
-  threshold first, and the OI of every voxel is checked after each step.
+  (simulator, grey matter 1.5 s behind the AIF: oSVD CBF 0.90 of truth, as without delay; sSVD 0.53). For
+  each voxel the truncation threshold is the SMALLEST one in ``thresholds`` (least regularisation) whose
+  residue has an oscillation index OI = (1/L) (1/max k) sum_{j=2}^{L-1} |k_j - 2 k_{j-1} + k_{j-2}| below
+  ``oi_limit``, exactly Wu's "raise the threshold until OI falls below the limit"; a voxel that never gets
+  there keeps the largest threshold. Vectorised: the singular components are added to all voxels at once,
+  largest threshold first, and the OI of every voxel is checked after each step. The matrix is circulant,
+  so its SVD is read off the FFT of its first column (``_circulant_svd``) instead of a dense SVD.
+
+Sub-frame delays (oSVD). The circulant matrix's singular vectors are sines and cosines and its singular
+values |FFT(AIF)| do not depend on time shifts, so truncation keeps the same frequencies whatever the delay:
+the truncated residue is a trigonometric polynomial that shifts with the tissue curve, by whole frames or
+not. Its SAMPLES do not: a delay of half a frame puts the peak between two samples and the largest sample
+was up to 20 % low (grey matter 0.77 of truth at 0.75 s, 1.00 at 0 s, TR 1.5 s). CBF and Tmax are therefore
+read from the polynomial itself, at 1/8-frame steps around the largest sample (``residue_peak``): over
+delays from -1/2 to +2 frames CBF now varies by ~1 % of truth (noise-free; 2-4 % with noise), Tmax follows
+the delay to 1/8 frame. Upsampling the curves before the SVD was the alternative; it costs the square of the
+upsampling factor per voxel and adds nothing the polynomial does not already define. This needs the matrix
+to be EXACTLY circulant (both discretisations below are).
 
 Discretisation (``discretisation``):
 
 * ``"linear"`` (default): AIF and residue piecewise linear between frames, so the convolution integral is
-  exact for them (Sourbron et al. 2007 weights (a_{k-1} + 4 a_k + a_{k+1}) dt / 6, and
-  (a_{n-1} + 2 a_n) dt / 6 for the residue at lag 0, whose triangle lies on one side only). This is the
-  physically right choice for a continuous-time tissue curve (real data, ``DSCPerfusionLib.simulation``).
-  Only the lag-0 column gets its one-sided weight; the other one (on the first AIF sample, pre-bolus and
-  ~0) is left in Toeplitz form, so apart from that column the oSVD matrix stays block-circulant.
+  exact for them (Sourbron et al. 2007 weights (a_{k-1} + 4 a_k + a_{k+1}) dt / 6). This matches a
+  continuous-time tissue curve (real data, ``DSCPerfusionLib.simulation``). For sSVD the residue is causal
+  and starts at lag 0, so that sample's triangle lies on one side only: weight (a_{n-1} + 2 a_n) dt / 6. For
+  oSVD the residue lives on the 2T-frame circle and is piecewise linear all round it (the same weights in
+  every column, so the matrix stays circulant): its jump at the arrival is spread over one frame wherever
+  the arrival falls. That and the truncation put CBF at 0.87-0.95 of truth for any delay in the simulator
+  (grey matter 0.87, tumour 0.95, with noise), where the one-sided lag-0 column gave 1.00 without delay but
+  0.77 at half a frame: a uniform scale matters less to relative CBF than a delay-dependent one.
 * ``"rectangular"``: weights a_k dt (Ostergaard 1996 / Wu 2003). Exact for curves GENERATED with a
   rectangle-rule convolution (the OSIPI/Chakwizira test data); on continuous curves it misplaces the
   weight of the residue's first half-interval and under-estimates CBF (by ~25 % for grey matter at TR 1.5 s
-  in the simulator, against ~2 % with "linear").
+  in the simulator).
+
+Known limits (docs/dsc-cbf-validation.md, benchmarks/validate_cbf.py): on the 14 OSIPI concentration cases
+(no delay, no dispersion, SNR 200) CBF errors are -13..+42 % (linear; median |error| 8 %) and -20..+22 %
+(rectangular, their generator's rule; median 10 %); their noise alone scatters oSVD's estimate by 4-14 %
+(SD) per case, so no choice of rule gets all 14 within 10 %. Dispersion between the measured AIF and the
+tissue is folded into the residue and lowers CBF (simulator, exponential kernel exp(-t/beta)/beta: -19 to
+-27 % at beta 1 s, -31 to -43 % at 2 s, -49 to -60 % at 4 s); nothing here corrects it.
 
 What the numbers mean (``PerfusionMaps``): cbf = 6000 x max k, in ml/100 ml/min WHEN tissue and AIF are
 concentrations in the same units (or deltaR2* with the same relaxivity kappa for blood and tissue) and no
@@ -70,6 +91,9 @@ FLOW_SCALE = 6000.0
 # Voxels deconvolved together: the oSVD scan makes several passes over (2T x block) arrays per threshold;
 # 2048 voxels keep each at ~1-2 MB for T = 60, in cache, and bound the memory for any brain size.
 _VOXEL_BLOCK = 2048
+# Between-frame resolution of the oSVD residue peak: 1/8 frame; a smooth peak read 1/16 frame off its top
+# loses a negligible fraction of its height.
+PEAK_STEPS_PER_FRAME = 8
 # Relative tolerance on the frame interval for "uniformly sampled".
 _UNIFORM_RTOL = 1e-3
 
@@ -83,17 +107,17 @@ class Deconvolution:
     threshold: (N,) truncation used, fraction of the largest singular value.
     oscillation_index: (N,) OI of the chosen residue (inf where max k <= 0).
     dt_s: frame interval in seconds.
+    flow: (N,) peak of the residue, 1/s (x6000 for ml/100 ml/min): for oSVD the maximum of its exact
+      between-frame interpolant (``residue_peak``), for sSVD the largest sample.
+    peak_lag_s: (N,) lag of that peak (s), between frames for oSVD; negative for tissue ahead of the AIF.
     """
 
     residue: np.ndarray
     threshold: np.ndarray
     oscillation_index: np.ndarray
     dt_s: float
-
-    @property
-    def flow(self) -> np.ndarray:
-        """(N,) max of the residue, 1/s (x6000 for ml/100 ml/min)."""
-        return self.residue.max(axis=0)
+    flow: np.ndarray
+    peak_lag_s: np.ndarray
 
 
 @dataclass
@@ -143,7 +167,11 @@ def uniform_frame_interval(times_s: np.ndarray) -> float:
 
 
 def convolution_matrix(aif: np.ndarray, dt_s: float, circulant: bool, discretisation: Discretisation) -> np.ndarray:
-    """Matrix M with C = M @ k for a residue k sampled every ``dt_s`` s: T x T, or 2T x 2T when ``circulant``."""
+    """Matrix M with C = M @ k for a residue k sampled every ``dt_s`` s: T x T, or 2T x 2T when ``circulant``.
+
+    Circulant matrices are exactly circulant for both discretisations (the residue lives on a circle of 2T
+    frames), which is what makes their truncated SVD shift-covariant (module docstring, "Sub-frame delays").
+    """
     a = np.asarray(aif, dtype=np.float64)
     n_frames = a.size
     size = 2 * n_frames if circulant else n_frames
@@ -157,8 +185,9 @@ def convolution_matrix(aif: np.ndarray, dt_s: float, circulant: bool, discretisa
         raise ValueError(f"discretisation must be 'linear' or 'rectangular', got {discretisation!r}.")
     lags = np.arange(size)[:, None] - np.arange(size)[None, :]
     matrix = column[lags % size] if circulant else np.where(lags >= 0, column[np.maximum(lags, 0)], 0.0)
-    if discretisation == "linear":
-        # The lag-0 residue sample only has its interval on one side: weight (a_{n-1} + 2 a_n)/6, none at n = 0.
+    if discretisation == "linear" and not circulant:
+        # A causal residue starts at lag 0, so its first sample only has its interval on one side:
+        # weight (a_{n-1} + 2 a_n)/6, none at n = 0.
         matrix[:, 0] = (padded[:-2] + 2.0 * padded[1:-1]) / 6.0
         matrix[0, 0] = 0.0
     return matrix * dt_s
@@ -166,8 +195,37 @@ def convolution_matrix(aif: np.ndarray, dt_s: float, circulant: bool, discretisa
 
 def _kernel(aif: np.ndarray, dt_s: float, circulant: bool, discretisation: Discretisation) -> _Kernel:
     """SVD of the convolution matrix of ``aif``."""
-    u, s, vt = np.linalg.svd(convolution_matrix(aif, dt_s, circulant, discretisation))
+    matrix = convolution_matrix(aif, dt_s, circulant, discretisation)
+    if circulant:
+        return _circulant_svd(matrix[:, 0], np.asarray(aif).size)
+    u, s, vt = np.linalg.svd(matrix)
     return _Kernel(u, s, vt, np.asarray(aif).size)
+
+
+def _circulant_svd(column: np.ndarray, n_frames: int) -> _Kernel:
+    """Real SVD of the circulant matrix with first column ``column``, from its spectrum (no LAPACK SVD).
+
+    With A_m = |A_m| e^{i phi_m} = FFT(column)_m, the matrix maps cos(w n) to |A_m| cos(w n + phi_m) and
+    sin(w n) to |A_m| sin(w n + phi_m) (w = 2 pi m / L): each frequency gives one (0 and L/2) or two
+    singular triplets: O(L^2) work instead of a dense O(L^3) SVD, equal to it up to rounding.
+    """
+    length = column.size
+    spectrum = np.fft.fft(column)[: length // 2 + 1]
+    n = np.arange(length)
+    right, left, values = [], [], []
+    for m, coefficient in enumerate(spectrum):
+        angle = 2.0 * np.pi * m * n / length
+        if m == 0 or 2 * m == length:  # real frequencies: one triplet, the sign goes into the left vector
+            right.append(np.cos(angle) / np.sqrt(length))
+            left.append(np.sign(coefficient.real or 1.0) * right[-1])
+            values.append(abs(coefficient.real))
+            continue
+        phase, scale = np.angle(coefficient), np.sqrt(2.0 / length)
+        right += [scale * np.cos(angle), scale * np.sin(angle)]
+        left += [scale * np.cos(angle + phase), scale * np.sin(angle + phase)]
+        values += [abs(coefficient)] * 2
+    order = np.argsort(values, kind="stable")[::-1]
+    return _Kernel(np.array(left).T[:, order], np.array(values)[order], np.array(right)[order], n_frames)
 
 
 def _coefficients(kernel: _Kernel, curves: np.ndarray) -> np.ndarray:
@@ -183,6 +241,33 @@ def oscillation_index(residue: np.ndarray) -> np.ndarray:
     inf where the maximum is <= 0 (no usable residue). The same measure ranks noisy curves in ``aif``.
     """
     return roughness(residue)
+
+
+def residue_peak(residue: np.ndarray, steps_per_frame: int = PEAK_STEPS_PER_FRAME) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum (N,) and its lag in frames (N,) of circulant residues (L, N) between frames.
+
+    A truncated block-circulant solution is a trigonometric polynomial over the L-frame circle (its kept
+    singular vectors are sines and cosines), so its values between frames are exactly its Fourier
+    interpolant. It is evaluated every 1/``steps_per_frame`` frame within one frame of the largest sample.
+    Lags >= L/2 are returned negative (tissue ahead of the AIF).
+    """
+    length = residue.shape[0]
+    sampled_peak = np.argmax(residue, axis=0)
+    # Rotate each residue so that its largest sample is at lag 0: the offsets are then the same for all.
+    rotated = np.take_along_axis(residue, (np.arange(length)[:, None] + sampled_peak[None, :]) % length, axis=0)
+    spectrum = np.fft.rfft(rotated, axis=0)
+    omega = 2.0 * np.pi * np.arange(spectrum.shape[0]) / length  # radians per frame
+    weight = np.full(spectrum.shape[0], 2.0 / length)  # a positive frequency stands for itself and its conjugate
+    weight[0] = 1.0 / length
+    if length % 2 == 0:
+        weight[-1] = 1.0 / length  # the Nyquist term is its own conjugate
+    offsets = np.arange(-steps_per_frame, steps_per_frame + 1) / steps_per_frame
+    phase = np.outer(offsets, omega)
+    values = (np.cos(phase) * weight) @ spectrum.real - (np.sin(phase) * weight) @ spectrum.imag  # (offsets, N)
+    best = np.argmax(values, axis=0)
+    lag = sampled_peak + offsets[best]
+    lag = np.where(lag >= length / 2.0, lag - length, lag)
+    return values[best, np.arange(values.shape[1])], lag
 
 
 def _validated_thresholds(thresholds: tuple[float, ...] | np.ndarray) -> np.ndarray:
@@ -222,7 +307,9 @@ def _ssvd_block(kernel: _Kernel, curves: np.ndarray, level: float, dt_s: float) 
     """sSVD of validated curves (T, N) with a kernel already decomposed."""
     keep = kernel.s >= level * kernel.s[0]
     residue = kernel.vt[keep].T @ _coefficients(kernel, curves)[keep]
-    return Deconvolution(residue, np.full(curves.shape[1], level), oscillation_index(residue), dt_s)
+    lag = np.argmax(residue, axis=0)
+    return Deconvolution(residue, np.full(curves.shape[1], level), oscillation_index(residue), dt_s,
+                         residue.max(axis=0), lag * dt_s)
 
 
 def ssvd_residues(
@@ -275,7 +362,8 @@ def _osvd_block(kernel: _Kernel, curves: np.ndarray, levels: np.ndarray, oi_limi
     level_per_voxel = levels[_osvd_choice(kernel, coefficients, levels, oi_limit)]
     keep = kernel.s[:, None] >= level_per_voxel[None, :] * kernel.s[0]
     residue = kernel.vt.T @ (coefficients * keep)
-    return Deconvolution(residue, level_per_voxel, oscillation_index(residue), dt_s)
+    peak, lag = residue_peak(residue)
+    return Deconvolution(residue, level_per_voxel, oscillation_index(residue), dt_s, peak, lag * dt_s)
 
 
 def _validated_oi_limit(oi_limit: float) -> float:
@@ -330,7 +418,7 @@ def _validated_mask(brain_mask: np.ndarray, spatial_shape: tuple[int, ...]) -> n
 
 
 def _maps_from_residues(
-    result: Deconvolution, curves: np.ndarray, aif: np.ndarray, times: np.ndarray, circulant: bool
+    result: Deconvolution, curves: np.ndarray, aif: np.ndarray, times: np.ndarray
 ) -> tuple[np.ndarray, ...]:
     """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold (each (N,)) from the residues of tissue curves (T, N)."""
     flow = FLOW_SCALE * np.maximum(result.flow, 0.0)
@@ -338,11 +426,7 @@ def _maps_from_residues(
     with np.errstate(divide="ignore", invalid="ignore"):
         mtt = np.where(flow > 0, 60.0 * cbv / np.where(flow > 0, flow, 1.0), 0.0)
     ttp = times[np.argmax(curves, axis=0)]
-    lag = np.argmax(result.residue, axis=0)
-    length = result.residue.shape[0]
-    if circulant:
-        lag = np.where(lag >= length // 2, lag - length, lag)  # circular wrap = tissue ahead of the AIF
-    return flow, cbv, mtt, ttp, lag * result.dt_s, result.threshold
+    return flow, cbv, mtt, ttp, result.peak_lag_s, result.threshold
 
 
 def perfusion_maps(
@@ -387,7 +471,7 @@ def perfusion_maps(
     outputs = [np.zeros(brain.shape[1]) for _ in range(6)]
     for start in range(0, brain.shape[1], _VOXEL_BLOCK):
         curves = brain[:, start : start + _VOXEL_BLOCK]
-        for output, values in zip(outputs, _maps_from_residues(solve(curves), curves, arterial, times, circulant)):
+        for output, values in zip(outputs, _maps_from_residues(solve(curves), curves, arterial, times)):
             output[start : start + _VOXEL_BLOCK] = values
     maps = []
     for values in outputs:
