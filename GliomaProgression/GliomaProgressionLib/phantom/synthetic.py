@@ -18,7 +18,9 @@ made in which nCBV carries information that FLAIR lacks (seed 000's finding).
 Variants look like the data users really have: ``preprocessed`` (BraTS style: CE-T1 and FLAIR already on one
 isotropic grid, every series in one head pose), ``head`` (scalp and skull kept, as acquired, instead of a
 skull-stripped brain), ``dsc=False`` (no perfusion series) and ``dsc_slices`` (a thin DSC slab through the
-tumour). With every variant off, a seed gives the case it always gave, bit for bit.
+tumour). ``arrival_delay_s`` and ``mtt_spread`` (a late hemisphere, uneven transit times) test leakage
+correction; with them the truth nCBV is the integral of each voxel's own curve. With every variant off, a seed
+gives the case it always gave, bit for bit.
 """
 
 from __future__ import annotations
@@ -81,6 +83,14 @@ class TissueProperties:
     cavity: float
 
 
+# Bounds of the transit-time variants: a late territory in moyamoya or carotid stenosis arrives up to ~10 s
+# late; an MTT factor of exp(+-0.5) at 1 SD already spans 3-9 s around white matter's 5.5 s.
+MAX_ARRIVAL_DELAY_S = 10.0
+MAX_MTT_SPREAD = 0.5
+MTT_FIELD_SIGMA_MM = 15.0  # smoothness of the MTT field: territories, not voxels
+TRANSIT_STREAM = 13  # second seed word of the variants' own random generator
+
+
 @dataclass(frozen=True)
 class PhantomConfig:
     """Everything that decides a synthetic case. The same config gives the same case, bit for bit."""
@@ -109,6 +119,11 @@ class PhantomConfig:
     head: bool = False
     dsc: bool = True
     dsc_slices: int | None = None
+    # Transit-time variants, off by default (issue 13): the bolus reaches the tumour's hemisphere this much
+    # later (s), and each voxel's MTT is scaled by exp(mtt_spread * z), z a smooth unit-SD field (CBF scaled
+    # inversely, CBV kept). With either on, the nCBV truth is the integral of each voxel's own curve.
+    arrival_delay_s: float = 0.0
+    mtt_spread: float = 0.0
 
     def validated(self) -> "PhantomConfig":
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -121,6 +136,9 @@ class PhantomConfig:
             raise ValueError(f"k2_enhancing must be zero or positive, got {self.k2_enhancing}.")
         if self.frames < 20 or self.tr_s <= 0 or self.te_s <= 0:
             raise ValueError("The DSC protocol needs at least 20 frames and positive TR and TE.")
+        if not (0 <= self.arrival_delay_s <= MAX_ARRIVAL_DELAY_S) or not (0 <= self.mtt_spread <= MAX_MTT_SPREAD):
+            raise ValueError(f"arrival_delay_s must be 0-{MAX_ARRIVAL_DELAY_S:g} s and mtt_spread "
+                             f"0-{MAX_MTT_SPREAD:g}, got {self.arrival_delay_s} and {self.mtt_spread}.")
         if self.dsc_slices is not None:
             if not isinstance(self.dsc_slices, (int, np.integer)) or self.dsc_slices < 1:
                 raise ValueError(f"dsc_slices must be a whole number of at least 1, got {self.dsc_slices!r}.")
@@ -366,7 +384,7 @@ def _tissue_maps(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig) -> d
     mtt_white = 60.0 * config.cbv.white / config.cbf.white
     k2 = np.zeros(anatomy.brain.shape, np.float32)
     k2[tumour.labels == LABELS["enhancing"]] = config.k2_enhancing
-    return {
+    maps = {
         "t1c": _property_map(anatomy, tumour, config.t1c, base=anatomy.t1 * 1000),
         "flair": _property_map(anatomy, tumour, config.flair,
                                progression_value=config.flair.oedema * config.progression_flair_ratio),
@@ -378,6 +396,25 @@ def _tissue_maps(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig) -> d
         "brain": anatomy.brain.astype(np.float32),
         "nawm": tumour.nawm.astype(np.float32),
     }
+    _add_transit_variants(maps, anatomy, tumour, config)
+    return maps
+
+
+def _add_transit_variants(maps: dict[str, np.ndarray], anatomy: _Anatomy, tumour: _Tumour,
+                          config: PhantomConfig) -> None:
+    """Scale CBF for ``mtt_spread`` and add the "arrival_delay" map (s) for ``arrival_delay_s``; nothing when off.
+
+    Their own generator (seeded from the case's) draws the MTT field, so the rest of the case is unchanged.
+    """
+    if config.mtt_spread > 0:
+        rng = np.random.default_rng([config.seed, TRANSIT_STREAM])
+        field_ = _smooth_noise(rng, anatomy.brain.shape, MTT_FIELD_SIGMA_MM, anatomy.spacing)
+        maps["cbf"] = (maps["cbf"] * np.exp(-config.mtt_spread * field_)).astype(np.float32)
+    if config.arrival_delay_s > 0:
+        tumour_side = np.sign(tumour.centre_ras[0])
+        late = anatomy.ras[0] * tumour_side > 0
+        maps["arrival_delay"] = np.broadcast_to(late * np.float32(config.arrival_delay_s),
+                                                anatomy.brain.shape).astype(np.float32)
 
 
 # --- acquisitions -----------------------------------------------------------------------------------------
@@ -486,18 +523,28 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
 
 def _dsc_series(config: PhantomConfig, rng: np.random.Generator, acquired) -> tuple:
     """The DSC signal on its grid, its frame times, the simulation and the truth maps on the DSC grid."""
-    dsc_maps = {name: acquired(name, "dsc") for name in ("cbv", "cbf", "k2", "dsc_s0", "brain", "nawm")}
+    delayed = config.arrival_delay_s > 0
+    names = ("cbv", "cbf", "k2", "dsc_s0", "brain", "nawm") + (("arrival_delay",) if delayed else ())
+    dsc_maps = {name: acquired(name, "dsc") for name in names}
     brain_dsc = dsc_maps["brain"] > 0.5
     nawm_dsc = (dsc_maps["nawm"] > 0.5) & brain_dsc
     times = np.arange(config.frames) * config.tr_s
+    delay = np.clip(dsc_maps["arrival_delay"], 0, None) if delayed else None
     simulation = simulate_dsc(times, dsc_maps["cbv"], dsc_maps["cbf"], dsc_maps["k2"], dsc_maps["dsc_s0"],
-                              config.te_s, brain_mask=brain_dsc)
+                              config.te_s, brain_mask=brain_dsc, arrival_delay_s=delay)
     signal = _noisy(rng, config, simulation.signal, config.dsc_s0.white, "dsc")
     # A thin slab may miss the contralateral white matter: then nCBV is relative to all white matter in it.
     reference = nawm_dsc if nawm_dsc.any() else brain_dsc
-    ncbv = dsc_maps["cbv"] / dsc_maps["cbv"][reference].mean()
+    if delayed or config.mtt_spread > 0:
+        # Unequal transit times: the truth is what each voxel's own curve holds, free of discretisation.
+        own_area = np.trapezoid(simulation.vascular_delta_r2s, times, axis=0)
+        ncbv = own_area / own_area[reference].mean()
+    else:
+        ncbv = dsc_maps["cbv"] / dsc_maps["cbv"][reference].mean()
     truth = {"cbv": dsc_maps["cbv"], "cbf": dsc_maps["cbf"], "ncbv": ncbv.astype(np.float32), "k2": dsc_maps["k2"],
              "nawm": nawm_dsc.astype(np.uint8), "brain_dsc": brain_dsc.astype(np.uint8)}
+    if delayed:
+        truth["arrival_delay"] = delay.astype(np.float32)
     return signal, times, simulation, truth
 
 
