@@ -119,3 +119,43 @@ def test_inverted_ftb_thresholds_are_refused_before_the_work(small_case_folder, 
                         small_case_folder / "dsc.json", "--ftb-thresholds", "2", "1", "--out", out)
     assert_one_line_error(result, "FTB threshold")
     assert not out.exists()
+
+
+# --- the case report --------------------------------------------------------------------------------------------
+
+
+def _report_case(tmp_path, sidecar: dict | None):
+    """The few parts of a run's results the report's FTB and protocol entries read (1 x 2 x 4 voxel images)."""
+    from types import SimpleNamespace
+
+    import SimpleITK as sitk
+
+    def image(array):
+        return sitk.GetImageFromArray(np.asarray(array)[None])
+
+    ncbv = image(np.array([[4.0, 2.0, 1.5, 0.5], [0.8, 1.1, 9.0, 5.0]], np.float32))
+    lesion = image(np.array([[3, 3, 3, 3], [2, 2, 2, 0]], np.uint8))
+    brain = image(np.array([[1, 1, 1, 1], [1, 1, 0, 1]], np.uint8))
+    if sidecar is not None:
+        (tmp_path / "dsc.json").write_text(json.dumps(sidecar))
+    timing = SimpleNamespace(te_s=0.045, times_s=np.arange(90) * 1.25)
+    prepared = SimpleNamespace(perfusion=SimpleNamespace(arrival_frame=35), channels={"ncbv": ncbv}, lesion=lesion)
+    return SimpleNamespace(prepared=prepared, brain=brain, inputs=SimpleNamespace(folder=tmp_path, timing=timing))
+
+
+def test_report_entries(tmp_path):
+    from GliomaProgressionLib.report.figure import ftb_data, protocol_data
+
+    results = _report_case(tmp_path, {"MagneticFieldStrength": 1.5, "FlipAngle": 30, "PreloadDose": 0})
+    ftb = ftb_data(results)
+    assert ftb["regions"]["Enhancing tumour"]["high"] == 0.5  # nCBV 4.0, 2.0 high; 1.5 intermediate; 0.5 low
+    assert ftb["regions"]["Non-enhancing lesion (SNFH)"] == {"voxels": 2, "unclassed_voxels": 1, "low": 0.5,
+                                                             "intermediate": 0.5, "high": 0.0}
+    protocol = {item["key"]: item["status"] for item in protocol_data(results)["items"]}
+    # 1.5 T, TE 45 ms, no preload with 30 deg, TR 1.25 s, 35 baseline frames; the bolus dose is not stated.
+    assert protocol == {"field_strength": "met", "echo_time": "met", "preload": "met", "flip_angle": "met",
+                        "bolus_dose": "unknown", "temporal_resolution": "met", "baseline": "met"}
+    (tmp_path / "dsc.json").unlink()  # a DICOM case without a sidecar: TE, TR and baseline are still checked
+    protocol = {item["key"]: item["status"] for item in protocol_data(results)["items"]}
+    assert protocol["field_strength"] == "unknown" and protocol["echo_time"] == "unknown"
+    assert protocol["temporal_resolution"] == "met" and protocol["baseline"] == "met"

@@ -96,4 +96,5 @@ def test_report_counts_and_line():
     flip = next(item for item in report["items"] if item["key"] == "flip_angle")
     assert flip["found"].startswith("90 deg") and "60 deg" in flip["expected"] and "30 deg" in flip["expected"]
     line = summary_line(report)
-    assert "3 met" in line and "2 not met" in line and "11 frames" in line and "2 unknown" in line
+    assert line == ("DSC protocol vs 2020 consensus (Boxerman et al.): 3 of 7 met; not met: Flip angle 90 deg "
+                    "(preload not stated); Baseline before the bolus 11 frames; unknown: Preload, Bolus dose")

@@ -198,10 +198,10 @@ def protocol_report(items: list[ProtocolItem]) -> dict:
 
 
 def summary_line(report: dict) -> str:
-    """One line for a page: the counts, the items not met with what was found, the items unknown."""
-    counts = report["summary"]
-    failing = [f"{item['name'].lower()} {item['found']}" for item in report["items"] if item["status"] == NOT_MET]
-    unknown = [item["name"].lower() for item in report["items"] if item["status"] == UNKNOWN]
-    line = f"DSC protocol vs 2020 consensus (Boxerman et al.): {counts[MET]} met"
-    line += f", {counts[NOT_MET]} not met ({'; '.join(failing)})" if failing else ", 0 not met"
-    return line + (f", {counts[UNKNOWN]} unknown ({', '.join(unknown)})" if unknown else "")
+    """One line for a page: how many items are met, the ones not met with what was found, the ones unknown."""
+    items = report["items"]
+    failing = [f"{item['name']} {item['found']}" for item in items if item["status"] == NOT_MET]
+    unknown = [item["name"] for item in items if item["status"] == UNKNOWN]
+    line = f"DSC protocol vs 2020 consensus (Boxerman et al.): {report['summary'][MET]} of {len(items)} met"
+    line += f"; not met: {'; '.join(failing)}" if failing else ""
+    return line + (f"; unknown: {', '.join(unknown)}" if unknown else "")

@@ -27,6 +27,8 @@ import SimpleITK as sitk
 from CTVPlannerLib.schemes import TARGET_COLOURS
 
 from CTVPlannerLib.lesion import LESION_SEGMENTS
+from DSCPerfusionLib.ftb import FTB_KEYS, FTB_THRESHOLDS, lesion_ftb
+from DSCPerfusionLib.protocol import check_protocol, protocol_report, summary_line
 
 if TYPE_CHECKING:
     from GliomaProgressionLib.runs.chain import CaseResults
@@ -86,6 +88,32 @@ def ncbv_statistics(results: CaseResults) -> dict:
     return {"definition": "nCBV = leakage-corrected rCBV / mean rCBV of contralateral normal-appearing white "
                           "matter (unitless ratio); statistics over voxels of the 1 mm CE-T1 grid",
             "regions": regions}
+
+
+def ftb_data(results: CaseResults) -> dict:
+    """Fractional tumour burden per lesion part, on the grid of the nCBV table (``gliomaprog run`` uses the
+    default thresholds)."""
+    prepared = results.prepared
+    if prepared.perfusion is None:
+        return {"skipped": PERFUSION_SKIPPED}
+    ncbv = sitk.GetArrayViewFromImage(prepared.channels["ncbv"])
+    labels = sitk.GetArrayViewFromImage(prepared.lesion)
+    brain = sitk.GetArrayViewFromImage(results.brain) > 0
+    names = {value: name for value, (name, _) in LESION_SEGMENTS.items()}
+    return lesion_ftb(ncbv, labels, brain, names, FTB_THRESHOLDS, "1 mm CE-T1 grid")[1]
+
+
+def protocol_data(results: CaseResults) -> dict:
+    """The DSC acquisition against the 2020 consensus: the case's dsc.json (when it has one), TE, frame times and
+    the frames before the bolus arrival."""
+    perfusion, timing = results.prepared.perfusion, results.inputs.timing
+    if perfusion is None:
+        return {"skipped": PERFUSION_SKIPPED}
+    from GliomaProgressionLib.case.files import read_json_object
+
+    sidecar = Path(results.inputs.folder) / "dsc.json"
+    header = read_json_object(sidecar, "DSC sidecar") if sidecar.is_file() else None
+    return protocol_report(check_protocol(header, timing.te_s, timing.times_s, int(perfusion.arrival_frame)))
 
 
 def curve_name(key: str) -> str:
@@ -240,6 +268,8 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "ncbv": ncbv_statistics(results),
         "curves": curves_data(results),
         "perfusion": perfusion_data(prepared.perfusion),
+        "ftb": ftb_data(results),
+        "protocol": protocol_data(results),
         "registration": {name: {"final_mattes_mi": qc["final_mattes_mi"], "quality": qc.get("quality"),
                                 "warnings": qc["warnings"]}
                          for name, qc in prepared.qc.get("registration", {}).items()},
@@ -484,13 +514,26 @@ def _ncbv_table(ax, data: dict) -> None:
         return
     rows, colours = [], []
     segment_colours = {name: colour for name, colour in LESION_SEGMENTS.values()}
+    ftb = data["ftb"].get("regions", {})
     for name, stats in data["ncbv"]["regions"].items():
         rows.append([name, _fmt(stats["volume_ml"], 1), _fmt(stats["mean"]), _fmt(stats["median"]),
-                     _fmt(stats["p90"])])
+                     _fmt(stats["p90"]), _ftb_cell(ftb.get(name))])
         colours.append(segment_colours.get(name, (0.0, 1.0, 1.0) if name == PROGRESSION_NAME else None))
-    _table(ax, ["nCBV (ratio to NAWM)", "mL", "mean", "median", "90th pct"], rows, [0.44, 0.11, 0.15, 0.15, 0.15],
-           colours=colours)
-    ax.set_title("nCBV by region", fontsize=12, fontweight="bold", loc="left")
+    _table(ax, ["nCBV (ratio to NAWM)", "mL", "mean", "median", "90th", "FTB %"], rows,
+           [0.45, 0.08, 0.1, 0.11, 0.09, 0.17], font=10, colours=colours)
+    ax.set_title("nCBV and fractional tumour burden (FTB) by region", fontsize=12, fontweight="bold", loc="left")
+    if data["ftb"].get("thresholds_ncbv"):
+        low, high = data["ftb"]["thresholds_ncbv"]
+        ax.text(0.0, -0.03, _wrapped([f"FTB %: voxels with nCBV < {low:g} / {low:g}\u2013{high:g} / > {high:g} "
+                                      "(low / intermediate / high; Iv et al. 2019 thresholds, approximate on nCBV)"],
+                                     82), fontsize=9.5, va="top", transform=ax.transAxes)
+
+
+def _ftb_cell(fractions: dict | None) -> str:
+    """low/intermediate/high percentages of a region's classed voxels, or a dash."""
+    if not fractions or fractions.get("voxels", 0) == 0:
+        return "\u2013"
+    return "/".join(f"{100 * fractions[key]:.0f}" for key in FTB_KEYS.values())
 
 
 def _curves(ax, data: dict) -> None:
@@ -531,6 +574,8 @@ def _qc_text(ax, data: dict) -> None:
         lines.append(f"Bolus arrival {perfusion['arrival_time_s']:.1f} s; leakage correction "
                      f"{perfusion.get('leakage_method')}; NAWM reference {_fmt(perfusion.get('nawm_volume_ml'), 1)} mL "
                      f"({perfusion.get('nawm_hemisphere') or perfusion.get('nawm_source')})")
+    if data["protocol"].get("items"):
+        lines.append(summary_line(data["protocol"]))
     warnings = data["warnings"] or ["none"]
     lines.append("Warnings: " + "; ".join(warnings))
     lines += [f"Note: {note}" for note in data.get("notes", []) if note != perfusion.get("skipped")]
@@ -599,7 +644,8 @@ def render_report(data: dict, display: Display, path: Path) -> Path:
     montage = outer[0, 0].subgridspec(len(montage_rows(display)), panels + 1, wspace=0.03, hspace=0.05,
                                       width_ratios=[1.0] * panels + [1.75])
     _montage(fig, montage, display, data)
-    side = outer[0, 1].subgridspec(4, 1, height_ratios=[1.35, 1.15, 1.5, 0.55], hspace=0.42)
+    # The text panel holds registration, perfusion, protocol-check and warning lines: room for about eight.
+    side = outer[0, 1].subgridspec(4, 1, height_ratios=[1.35, 1.15, 1.25, 0.8], hspace=0.42)
     _verdict_panel(fig.add_subplot(side[0]), data)
     _ncbv_table(fig.add_subplot(side[1]), data)
     _curves(fig.add_subplot(side[2]), data)
