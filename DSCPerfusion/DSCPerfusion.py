@@ -13,7 +13,10 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.util import VTKObservationMixin
 
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_METHODS
+from DSCPerfusionLib.ftb import (FTB_CLASSES, FTB_KEYS, FTB_THRESHOLD_RANGE, FTB_THRESHOLDS, checked_thresholds,
+                                 classify, fractions)
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE, MAX_FRAMES
+from DSCPerfusionLib.protocol import check_protocol, protocol_report, summary_line
 from GliomaProgressionLib.mrml import PackageInstalling, ParameterNodeLifecycle
 from GliomaProgressionLib.report.figure import NCBV_RANGE
 
@@ -40,7 +43,10 @@ class DSCPerfusion(ScriptedLoadableModule):
             "time and arrival delay are not taken for leakage), rCBV as the integral of the corrected curve over "
             "time, and nCBV = rCBV / mean rCBV of normal-appearing white matter in the hemisphere opposite the "
             "lesion (or a reference region you draw). Shows the mean curves in a plot and nCBV per lesion "
-            "segment in a table. The same computation runs headless as 'gliomaprog perfusion'."
+            "segment in a table. With a lesion, a fractional tumour burden (FTB) segmentation classes each lesion "
+            "voxel as low, intermediate or high nCBV (thresholds in Advanced) and the table gives the fraction of "
+            "each per segment. The acquisition is checked against the 2020 consensus DSC protocol (Boxerman et "
+            "al.), item by item, in a second table. The same computation runs headless as 'gliomaprog perfusion'."
         )
         self.parent.acknowledgementText = (
             "Follows the consensus DSC processing of dsc-mri-toolbox and the published Boxerman-Schmainda-"
@@ -57,7 +63,8 @@ class DSCPerfusion(ScriptedLoadableModule):
 class DSCPerfusionParameterNode:
     """inputSequence: DSC series (volume sequence; frame times from the sequence, else repetitionTimeS); echoTimeMs:
     TE in ms; brainMask, nawm, lesion: optional segmentations; leakage: one of LEAKAGE_METHODS; autoBaseline or
-    baselineStart/End (frames [start, end)); firstPass; perSlice; outputNCBV/outputRCBV/outputK2: result volumes."""
+    baselineStart/End (frames [start, end)); firstPass; perSlice; ftbLowThreshold/ftbHighThreshold: nCBV limits of
+    the FTB classes; outputNCBV/outputRCBV/outputK2: result volumes; outputFTB: the FTB segmentation."""
 
     inputSequence: slicer.vtkMRMLSequenceNode
     echoTimeMs: Annotated[float, WithinRange(*ECHO_TIME_MS_RANGE)] = 30.0
@@ -71,9 +78,12 @@ class DSCPerfusionParameterNode:
     baselineEnd: Annotated[int, WithinRange(1, MAX_FRAMES)] = 10
     firstPass: bool = False
     perSlice: bool = False
+    ftbLowThreshold: Annotated[float, WithinRange(*FTB_THRESHOLD_RANGE)] = FTB_THRESHOLDS[0]
+    ftbHighThreshold: Annotated[float, WithinRange(*FTB_THRESHOLD_RANGE)] = FTB_THRESHOLDS[1]
     outputNCBV: slicer.vtkMRMLScalarVolumeNode
     outputRCBV: slicer.vtkMRMLScalarVolumeNode
     outputK2: slicer.vtkMRMLScalarVolumeNode
+    outputFTB: slicer.vtkMRMLSegmentationNode
 
 
 #
@@ -132,17 +142,23 @@ class DSCPerfusionWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoad
                 leakage=parameters.leakage, baseline=baseline,
                 firstPass=parameters.firstPass, perSlice=parameters.perSlice, brainMaskNode=parameters.brainMask,
                 nawmNode=parameters.nawm, lesionNode=parameters.lesion,
-                outputNodes={"ncbv": parameters.outputNCBV, "rcbv": parameters.outputRCBV, "k2": parameters.outputK2},
-                progress=lambda fraction, message: slicer.util.showStatusMessage(message))
+                outputNodes={"ncbv": parameters.outputNCBV, "rcbv": parameters.outputRCBV, "k2": parameters.outputK2,
+                             "ftb": parameters.outputFTB},
+                progress=lambda fraction, message: slicer.util.showStatusMessage(message),
+                ftbThresholds=(parameters.ftbLowThreshold, parameters.ftbHighThreshold))
             parameters.outputNCBV, parameters.outputRCBV, parameters.outputK2 = (
                 results["ncbv"], results["rcbv"], results["k2"])
+            if results["ftb"] is not None:
+                parameters.outputFTB = results["ftb"]
             slicer.util.setSliceViewerLayers(foreground=results["ncbv"], foregroundOpacity=0.5)
             self._showResults(results)
             warnings = results["report"].get("warnings", [])
             made = ", ".join(f"'{results[key].GetName()}'" for key in ("ncbv", "rcbv", "k2"))
-            table = f"; nCBV per lesion segment in '{results['table'].GetName()}'" if results.get("table") else ""
-            self.ui.statusLabel.text = (f"Done in {results['report'].get('total_time_s', 0):.1f} s: {made}{table}."
-                                        + ("".join(f"\nWarning: {w}" for w in warnings)))
+            table = (f"; nCBV and FTB per lesion segment in '{results['table'].GetName()}'"
+                     if results.get("table") else "")
+            protocol = f"{summary_line(results['protocol'])} (table '{results['protocolTable'].GetName()}')"
+            self.ui.statusLabel.text = (f"Done in {results['report'].get('total_time_s', 0):.1f} s: {made}{table}.\n"
+                                        + protocol + "".join(f"\nWarning: {w}" for w in warnings))
 
     @staticmethod
     def _showResults(results):
@@ -183,12 +199,17 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
 
     def process(self, sequenceNode, echoTimeMs=30.0, leakage=DEFAULT_LEAKAGE_METHOD, baseline=None, firstPass=False,
                 perSlice=False, brainMaskNode=None, nawmNode=None, lesionNode=None, outputNodes=None, progress=None,
-                repetitionTimeS=None):
+                repetitionTimeS=None, ftbThresholds=FTB_THRESHOLDS):
         """Compute nCBV, leakage-corrected rCBV and K2 of a DSC sequence. Frame times come from the sequence
         (its time index, or the frame times Slicer's DICOM import keeps), else from ``repetitionTimeS``.
 
-        Returns a dict: 'ncbv', 'rcbv', 'k2' (volume nodes), 'chart' (mean curves), 'table' (per lesion
-        segment, or None), 'curves' (table node), 'report' (dict), 'result' (the pipeline's result).
+        With a lesion, each lesion voxel is classed by nCBV into the FTB classes (``ftbThresholds``: low, high)
+        and the acquisition is checked against the 2020 consensus protocol (flip angle and field strength from
+        the DICOM headers when the series came through Slicer's DICOM import).
+
+        Returns a dict: 'ncbv', 'rcbv', 'k2' (volume nodes), 'ftb' (segmentation, or None without a lesion),
+        'chart' (mean curves), 'table' (per lesion segment, or None), 'protocolTable' (table node), 'protocol'
+        (dict), 'report' (dict), 'result' (the pipeline's result).
         """
         import time
 
@@ -203,6 +224,7 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"The echo time must be between {low:g} and {high:g} ms, got {echoTimeMs:g}.")
         if leakage not in LEAKAGE_METHODS:
             raise ValueError(f"Unknown leakage correction {leakage!r}: use {', '.join(LEAKAGE_METHODS)}.")
+        checked_thresholds(ftbThresholds)
         series, times = mrml.volume_from_sequence(sequenceNode, repetitionTimeS)
         grid = type(series)(series.array[0], series.ijk_to_ras)
         masks = {name: self._maskOnGrid(node, grid, name)
@@ -225,7 +247,15 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         curveNames.update({f"label {value}": segment for value, segment in segmentNames.items()})
         nodes["chart"] = mrml.plot_curves(times, {curveNames.get(k, k): v for k, v in result.curves.items()},
                                           f"{name} mean deltaR2*", "Time (s)", "deltaR2* (1/s)")
-        nodes["table"] = self._regionTable(result, lesionLabels, segmentNames, grid, f"{name} regional perfusion")
+        ftbClasses = None
+        if lesionLabels is not None:
+            ftbClasses = classify(result.ncbv, (lesionLabels > 0) & result.brain_mask, ftbThresholds)
+        nodes["ftb"] = self._storeFtb(ftbClasses, grid, outputNodes.get("ftb"), f"{name} FTB")
+        nodes["table"] = self._regionTable(result, lesionLabels, segmentNames, grid, f"{name} regional perfusion",
+                                           ftbClasses)
+        nodes["protocol"] = protocol_report(check_protocol(self.acquisitionHeader(sequenceNode), echoTimeMs / 1000.0,
+                                                           times, int(result.arrival_frame)))
+        nodes["protocolTable"] = self._protocolTable(nodes["protocol"], f"{name} protocol QA")
         report = dict(result.report)
         report["total_time_s"] = time.monotonic() - started
         nodes["report"] = report
@@ -277,7 +307,51 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         return node
 
     @staticmethod
-    def _regionTable(result, labels, segmentNames, grid, name):
+    def acquisitionHeader(sequenceNode):
+        """What the protocol check reads, in the sidecar's names and units, from what Slicer's DICOM import
+        keeps: the flip angle (MultiVolumeImporter's attribute) and the field strength (DICOM 0018,0087 of the
+        series' first instance, when the DICOM database holds it). Empty for a series loaded from a file."""
+        def number(text):
+            try:
+                value = float(text)
+            except (TypeError, ValueError):
+                return None
+            return value if np.isfinite(value) else None
+
+        header = {"FlipAngle": number(sequenceNode.GetAttribute("MultiVolume.DICOM.FlipAngle"))}
+        instances = (sequenceNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if instances and database is not None:
+            header["MagneticFieldStrength"] = number(database.instanceValue(instances[0], "0018,0087"))
+        return header
+
+    @staticmethod
+    def _storeFtb(classes, grid, node, name):
+        """The FTB classes as a segmentation (one segment per class present), into ``node`` when given."""
+        from GliomaProgressionLib import mrml
+
+        if classes is None:
+            return None
+        made = mrml.segmentation_from_labelmap(type(grid)(classes, grid.ijk_to_ras), FTB_CLASSES, name)
+        if node is None:
+            return made
+        node.GetSegmentation().RemoveAllSegments()
+        for index in range(made.GetSegmentation().GetNumberOfSegments()):
+            segmentId = made.GetSegmentation().GetNthSegmentID(index)
+            node.GetSegmentation().CopySegmentFromSegmentation(made.GetSegmentation(), segmentId)
+        slicer.mrmlScene.RemoveNode(made)
+        return node
+
+    @staticmethod
+    def _protocolTable(report, name):
+        from GliomaProgressionLib import mrml
+
+        columns = {"Item": "name", "Expected (2020 consensus)": "expected", "Found": "found", "Status": "status"}
+        return mrml.table_from_columns({title: [item[key] for item in report["items"]]
+                                        for title, key in columns.items()}, name)
+
+    @staticmethod
+    def _regionTable(result, labels, segmentNames, grid, name, ftbClasses=None):
         from GliomaProgressionLib import mrml
 
         if labels is None:
@@ -285,6 +359,8 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         voxelMl = float(np.prod(grid.spacing)) / 1000.0
         rows = {"Segment": [], "Volume (mL)": [], "nCBV mean": [], "nCBV median": [], "nCBV 90th percentile": [],
                 "K2 mean (1/s)": []}
+        ftbColumns = {key: f"FTB {key} (%)" for key in FTB_KEYS.values()}
+        rows.update({column: [] for column in ftbColumns.values()})
         for value, segment in segmentNames.items():
             inside = labels == value
             if not inside.any():
@@ -296,6 +372,9 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
             rows["nCBV median"].append(round(float(np.median(ncbv)), 3))
             rows["nCBV 90th percentile"].append(round(float(np.percentile(ncbv, 90)), 3))
             rows["K2 mean (1/s)"].append(round(float(result.k2[inside].mean()), 5))
+            shares = fractions(ftbClasses, inside)
+            for key, column in ftbColumns.items():
+                rows[column].append(round(100 * shares[key], 1) if shares[key] is not None else float("nan"))
         return mrml.table_from_columns(rows, name)
 
 
@@ -340,6 +419,12 @@ class DSCPerfusionTest(ScriptedLoadableModuleTest):
         enhancing = segments.index("Enhancing tumour")
         self.assertGreater(float(table.GetCellText(enhancing, 2)), 1.5, "enhancing tumour has raised nCBV")
         self.assertEqual(results["chart"].GetNumberOfPlotSeriesNodes(), 2 + len(segments))
+        high = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())].index("FTB high (%)")
+        self.assertGreater(float(table.GetCellText(enhancing, high)), 50.0, "the enhancing rim is mostly high nCBV")
+        ftb = results["ftb"].GetSegmentation()
+        self.assertEqual({ftb.GetNthSegment(i).GetName() for i in range(ftb.GetNumberOfSegments())},
+                         {name for name, _ in FTB_CLASSES.values()})
+        self.assertEqual(results["protocolTable"].GetNumberOfRows(), len(results["protocol"]["items"]))
         self.delayDisplay("nCBV, table and curves computed")
 
     def test_BadInputIsRefused(self):
