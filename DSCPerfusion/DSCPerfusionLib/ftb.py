@@ -7,9 +7,9 @@ stand for tumour, voxels of low rCBV for treatment effect, and the fraction of e
 Rule (Iv et al. 2019): low nCBV < low threshold; intermediate low <= nCBV <= high; high nCBV > high threshold.
 Defaults 1.0 and 1.75, the published values. How they map onto this project's nCBV, honestly:
 
-- Iv et al.'s abstract calls them "normalized relative CBV thresholds"; the FTB software of that literature
-  (IB Neuro) works on *standardised* rCBV (sRCBV, Bedekar et al. 2010, MRM 64:907): the whole-brain rCBV
-  histogram mapped onto a standard scale by landmarks. A 2020 AJNR study compared sRCBV with rCBV normalised
+- Iv et al.'s abstract calls them "normalized relative CBV thresholds"; much of the FTB literature (and the
+  IB Neuro software it used) works on *standardised* rCBV (sRCBV, Bedekar et al. 2010, MRM 64:907): the
+  whole-brain rCBV histogram mapped onto a standard scale by landmarks. A 2020 AJNR study compared sRCBV with rCBV normalised
   to reference tissue against image-localised biopsies ("Performance of standardized relative CBV for
   quantifying regional histologic tumor burden..."): the two are different scales. We could not read the full
   texts here, so which scale the 1.0 / 1.75 were calibrated on is not certain.

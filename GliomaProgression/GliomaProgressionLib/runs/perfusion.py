@@ -151,7 +151,7 @@ def write_perfusion_outputs(result: PerfusionResult, grid: Volume, timing: Acqui
             "arrival_frame": int(result.arrival_frame),
             "first_pass_end_frame": result.first_pass_end,
             "report": result.report,
-            "ftb": ftb if ftb is not None else {"skipped": "no lesion given"},
+            "ftb": ftb if ftb is not None else {"skipped": "no lesion labels were given with the DSC series"},
             "protocol_qa": protocol_qa(result, timing, header),
             "outputs": sorted([f"{name}.nii.gz" for name in maps] + ([FTB_FILE] if ftb is not None else []))
             + ["curves.csv"],
