@@ -133,6 +133,11 @@ def test_an_incomplete_output_is_not_taken_for_a_complete_one(batch, tmp_path):
     copy = tmp_path / "good"
     shutil.copytree(batch["out"] / "good", copy)
     assert run_case.is_complete(copy)
+    ncbv = copy / "registered" / "ncbv.nii.gz"
+    ncbv.write_bytes(ncbv.read_bytes()[:-1000])  # a copy cut short: the file is there, its content is not
+    assert not run_case.is_complete(copy)
+    shutil.copy(batch["out"] / "good" / "registered" / "ncbv.nii.gz", ncbv)
+    assert run_case.is_complete(copy)
     (copy / "scene.mrb").unlink()
     assert not run_case.is_complete(copy)
 
