@@ -140,6 +140,20 @@ def check_lesion_labels(labels: np.ndarray, what: str = "The lesion") -> np.ndar
     return labels.astype(np.uint8)
 
 
+def check_lesion_inside_brain(lesion: np.ndarray, brain: np.ndarray, lesion_name: str = "the lesion",
+                              brain_name: str = "the brain mask") -> None:
+    """At least MIN_LESION_FRACTION_IN_BRAIN of a (non-empty) lesion inside the brain, else one sentence. A glioma
+    lies in the brain; a lesion mostly outside it belongs to other images (another patient or session, a flipped
+    axis), and every answer built on it (nCBV in the lesion, progression in the NEL, CTVs clipped to the brain)
+    would be meaningless. Half, not all: a contour may reach past the brain's outline, a cavity open to the
+    surface, an automatic brain mask be a little tight."""
+    inside = float((lesion & brain).sum()) / float(lesion.sum())
+    if inside < MIN_LESION_FRACTION_IN_BRAIN:
+        shown = int(100 * inside + 1e-9)  # rounded down: 49.6% is refused, so it must not read "50%"
+        raise ValueError(f"Only {shown}% of {lesion_name} lies inside {brain_name}; the lesion is outside the brain "
+                         "or the two are not aligned.")
+
+
 def _check_inputs(inputs: PlanningInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels = check_lesion_labels(inputs.lesion_labels)
     spacing = check_grid(inputs.ijk_to_ras, "The lesion")
@@ -149,11 +163,7 @@ def _check_inputs(inputs: PlanningInputs) -> tuple[np.ndarray, np.ndarray, np.nd
                          "the other's grid first.")
     if not brain.any():
         raise ValueError("The brain mask is empty.")
-    lesion = labels > 0
-    inside = float((lesion & brain).sum()) / float(lesion.sum())
-    if inside < MIN_LESION_FRACTION_IN_BRAIN:
-        raise ValueError(f"Only {100 * inside:.0f}% of the lesion lies inside the brain mask; the lesion is "
-                         "outside the brain or the two are not aligned.")
+    check_lesion_inside_brain(labels > 0, brain)
     for name, other in (("predicted-progression mask", inputs.progression), ("barrier mask", inputs.barriers),
                         ("image", inputs.image), *((f"organ-at-risk mask '{n}'", m) for n, m in inputs.oars.items())):
         if other is not None and np.shape(other) != labels.shape:

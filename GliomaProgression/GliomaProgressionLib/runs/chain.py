@@ -384,7 +384,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     from GliomaProgressionLib.runs.ctv import parse_schemes
     from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder, write_json
     from GliomaProgressionLib.models.packages import resolve_model
-    from GliomaProgressionLib.runs.predict import predict_prepared
+    from GliomaProgressionLib.runs.predict import check_lesion_in_brain, predict_prepared
     from GliomaProgressionLib.case.preprocess import prepare_case
     from GliomaProgressionLib.case.registration import resample_onto
 
@@ -407,6 +407,8 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc,
                             timing.times_s if timing else None, timing.te_s if timing else None,
                             leakage=settings.leakage, progress=progress.update)
+    check_lesion_in_brain(inputs.t1c, inputs.lesion, inputs.sources["lesion"], inputs.brain,
+                          inputs.sources.get("brain"))
     progress.start("predict")
     prediction = predict_prepared(prepared, model, prediction_settings, progress=progress.update)
     recurrence = (resample_onto(prepared.reference, inputs.recurrence, None, labels=True) > 0

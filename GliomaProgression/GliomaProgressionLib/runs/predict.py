@@ -92,6 +92,25 @@ def patient_verdict(progression: sitk.Image, probability: sitk.Image, nel: sitk.
     }
 
 
+def check_lesion_in_brain(t1c: sitk.Image, lesion: sitk.Image, lesion_text: str, brain: sitk.Image | None = None,
+                          brain_text: str | None = None) -> None:
+    """At least half the lesion inside the brain (``CTVPlannerLib.schemes.check_lesion_inside_brain``, which says
+    why half), before any registration: on the lesion's grid, in scanner coordinates, against the case's brain
+    mask when there is one, else against the brain found on the CE-T1 (``case.brain_region``, as registration
+    finds it). Never against the brain mask the CTVs use, which has the lesion merged into it."""
+    from CTVPlannerLib.schemes import check_lesion_inside_brain
+
+    from GliomaProgressionLib.case.brain_region import brain_region
+
+    if brain is None:
+        brain, brain_name = brain_region(t1c).mask, "the brain found on the CE-T1"
+    else:
+        brain, brain_name = sitk.Cast(brain > 0, sitk.sitkUInt8), f"the brain mask {brain_text}"
+    on_lesion = sitk.Resample(brain, lesion, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    check_lesion_inside_brain(sitk.GetArrayViewFromImage(lesion) > 0, sitk.GetArrayViewFromImage(on_lesion) > 0,
+                              f"the lesion {lesion_text}", brain_name)
+
+
 def predict_prepared(prepared: PreparedCase, model, settings: PredictionSettings = PredictionSettings(),
                      progress: Progress | None = None, cancel: threading.Event | None = None,
                      timeout_s: float | None = None, in_process: bool = False) -> PredictionResult:
@@ -149,6 +168,7 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
     from GliomaProgressionLib.case.files import check_new_output_folder, read_image
     from GliomaProgressionLib.models.packages import resolve_model
     from GliomaProgressionLib.case.timing import read_timing
+    from GliomaProgressionLib.case.folder import _check_lesion as check_labels  # the lesion check run makes
     from GliomaProgressionLib.runs.perfusion import read_dsc
     from GliomaProgressionLib.case.preprocess import prepare_case
 
@@ -166,6 +186,8 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
               "lesion": read_image(lesion, "lesion")}
     series = timing = None
     ncbv_image = read_image(ncbv, "nCBV") if ncbv else None
+    check_labels(images["lesion"], str(lesion))  # BraTS labels with a non-enhancing part, as run checks them
+    check_lesion_in_brain(images["t1c"], images["lesion"], str(lesion))
     if dsc is not None and "ncbv" in names:
         series = read_dsc(dsc)
         timing = read_timing(series.array.shape[0], dsc_json, None, None)
