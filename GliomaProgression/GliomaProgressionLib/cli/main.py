@@ -1,6 +1,8 @@
 """``gliomaprog``: the extension's command line.
 
 Expected errors (bad input, unwritable output) end with one line on stderr and exit code 2, never a traceback.
+Ctrl+C and SIGTERM cancel: the worker's processes end, temporary and staging folders go, one line says so, and the
+exit code is the shell's for the signal (130, 143).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 
 from GliomaProgressionLib.cli import cohort, ctv, models, perfusion, phantom, predict, radiomics, run
 from GliomaProgressionLib.cli.options import EXIT_BAD_INPUT, Parser
+from GliomaProgressionLib.models.process import termination_as_interrupt
 
 COMMAND_GROUPS = (phantom, perfusion, predict, models, ctv, run, cohort, radiomics)
 
@@ -24,6 +27,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    with termination_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except ValueError as error:
@@ -43,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({error.filename})" if error.filename else ""
         print(f"gliomaprog {args.command}: error: {error.strerror or error}{where}.", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:  # Ctrl+C, or SIGTERM (TerminationRequested): cleaned up on the way
         print(f"gliomaprog {args.command}: cancelled; nothing was written.", file=sys.stderr)
-        return 130
+        return getattr(interruption, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,17 @@ variable ``GLIOMAPROG_JOB`` even after its parent has exited; on Windows the par
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import queue
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -83,6 +88,112 @@ def python_executable() -> str:
 
 def gliomaprog_command(*arguments: str) -> list[str]:
     return [python_executable(), "-m", "GliomaProgressionLib.cli.main", *arguments]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SIGTERM, what a scheduler, a GUI or ``kill`` sends, handled as Ctrl+C is.
+
+
+class TerminationRequested(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl+C raises KeyboardInterrupt, so that the same cleanups run (a
+    worker's process tree ended by ``BackgroundProcess.cancel``, temporary and staging folders removed) and the
+    same handlers catch it. ``exit_code`` is the shell's code for the signal (128 + its number)."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(f"signal {signal_number}")
+        self.exit_code = 128 + signal_number
+
+
+@contextlib.contextmanager
+def termination_as_interrupt():
+    """While the block runs, SIGTERM raises ``TerminationRequested`` in the main thread; the previous handler
+    comes back afterwards.
+
+    Only the first signal raises: a second one during the cleanup is ignored, so the cleanup ends (a scheduler
+    that will not wait sends SIGKILL, which nothing can handle). Nothing changes outside the main thread, nor
+    when SIGTERM was ignored by the parent's wish. A forked child that inherited the handler dies of the signal as
+    it would have without it.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+        yield
+        return
+    owner, raised = os.getpid(), False
+
+    def handler(number, frame):
+        nonlocal raised
+        if os.getpid() != owner:
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+            return
+        if not raised:
+            raised = True
+            raise TerminationRequested(number)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folders a killed run leaves behind. A run that is killed (SIGKILL, power cut) cannot remove its temporary or
+# staging folders; it names them after itself (host, process id and start time: ``owner_token``) so that a later
+# run can prove that their owner has ended and remove them. Nothing whose owner cannot be proved gone is touched.
+
+JOB_FOLDER_PREFIX = "gliomaprog-job-"  # + owner token + "-" + random: a run's own temporary folder
+_OWNER_TOKEN = re.compile(r"([0-9a-f]{8})-(\d+)-(\d+|x)")
+
+
+def _host_tag() -> str:
+    """This machine, briefly: process ids mean nothing on another host sharing the folder."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def owner_token() -> str:
+    """This process as ``<host>-<pid>-<start time>`` (``x`` where the start time is unknown)."""
+    start = _start_time(os.getpid())
+    return f"{_host_tag()}-{os.getpid()}-{'x' if start is None else start}"
+
+
+def owner_has_ended(token: str) -> bool:
+    """True only when provably so: the token names this host and its process no longer runs, or its id now
+    belongs to a process started at another time. A token of another host, or one that does not read, counts as
+    running."""
+    match = _OWNER_TOKEN.fullmatch(token.strip())
+    if match is None or match.group(1) != _host_tag():
+        return False
+    start = None if match.group(3) == "x" else int(match.group(3))
+    return not _is_alive(int(match.group(2)), start)
+
+
+@contextlib.contextmanager
+def owned_temporary_folder():
+    """A new temporary folder named after this process, removed on every way out (error, Ctrl+C, SIGTERM);
+    those of ended runs are swept first."""
+    sweep_stale_temporary_folders()
+    folder = Path(tempfile.mkdtemp(prefix=f"{JOB_FOLDER_PREFIX}{owner_token()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_stale_temporary_folders(parent: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the temporary folders (in ``parent``, default the system's) of runs that have provably ended."""
+    parent = Path(parent or tempfile.gettempdir())
+    swept = []
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(JOB_FOLDER_PREFIX)]
+    except OSError:
+        return swept
+    for folder in candidates:
+        token = folder.name[len(JOB_FOLDER_PREFIX):].rsplit("-", 1)[0]
+        if folder.is_dir() and not folder.is_symlink() and owner_has_ended(token):
+            shutil.rmtree(folder, ignore_errors=True)
+            swept.append(folder)
+    return swept
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -117,6 +117,7 @@ def predict_prepared(prepared: PreparedCase, model, settings: PredictionSettings
     """Run the model on a prepared case (blocking): in a worker process (time limit, cancel), or with
     ``in_process`` in this one (a caller that is itself a background job)."""
     from GliomaProgressionLib.models.inference import predict_here, run_prediction
+    from GliomaProgressionLib.models.process import owned_temporary_folder
 
     settings = settings.validated()
     names = [channel["name"] for channel in model.channels]
@@ -125,9 +126,10 @@ def predict_prepared(prepared: PreparedCase, model, settings: PredictionSettings
     channels = prepared.channel_list(names)
     if in_process:
         probability = predict_here(channels, model, device=settings.device, tta=settings.tta, progress=progress)
-    else:
-        probability = run_prediction(channels, model, device=settings.device, tta=settings.tta,
-                                     timeout_s=timeout_s, progress=progress, cancel=cancel)
+    else:  # the channels go to a folder named after this process: if it is killed, a later run removes them
+        with owned_temporary_folder() as work_dir:
+            probability = run_prediction(channels, model, device=settings.device, tta=settings.tta,
+                                         timeout_s=timeout_s, progress=progress, cancel=cancel, work_dir=work_dir)
     progression = predicted_progression(probability, prepared.nel, settings.threshold)
     return PredictionResult(probability, progression, patient_verdict(progression, probability, prepared.nel,
                                                                       settings))
@@ -166,9 +168,9 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
     """``gliomaprog predict``: read, register, predict and write; checks everything before the long work. The
     model runs in a worker process, or with ``in_process`` in this one (see ``predict_prepared``)."""
     from GliomaProgressionLib.case.files import check_new_output_folder, read_image
+    from GliomaProgressionLib.case.folder import _check_lesion as check_labels  # the lesion check run makes
     from GliomaProgressionLib.models.packages import resolve_model
     from GliomaProgressionLib.case.timing import read_timing
-    from GliomaProgressionLib.case.folder import _check_lesion as check_labels  # the lesion check run makes
     from GliomaProgressionLib.runs.perfusion import read_dsc
     from GliomaProgressionLib.case.preprocess import prepare_case
 
@@ -184,10 +186,10 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
     started = time.monotonic()
     images = {"t1c": read_image(t1c, "CE-T1"), "flair": read_image(flair, "FLAIR"),
               "lesion": read_image(lesion, "lesion")}
-    series = timing = None
-    ncbv_image = read_image(ncbv, "nCBV") if ncbv else None
     check_labels(images["lesion"], str(lesion))  # BraTS labels with a non-enhancing part, as run checks them
     check_lesion_in_brain(images["t1c"], images["lesion"], str(lesion))
+    series = timing = None
+    ncbv_image = read_image(ncbv, "nCBV") if ncbv else None
     if dsc is not None and "ncbv" in names:
         series = read_dsc(dsc)
         timing = read_timing(series.array.shape[0], dsc_json, None, None)
