@@ -5,7 +5,8 @@ and compute nCBV (``preprocess.prepare_case``; a case without DSC skips perfusio
 report, report.json and scene say so) -> progression model (``predict_run.predict_prepared``) -> write the
 intermediates of the three modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
 SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
-``report.json``, written last, so a folder with a valid report.json is a complete result.
+``report.json``, written last with every other file's size and SHA-256, so a folder whose files match its
+report.json is a complete result.
 
 Output folder (written completely or not at all)::
 
@@ -19,15 +20,22 @@ Output folder (written completely or not at all)::
     report.png  report.json  scene.mrb
 
 ``--batch`` runs every sub-folder of a folder of cases into ``OUT/<case>``, continues past a failing case, records
-each case's outcome in ``OUT/batch.csv`` and skips cases whose output is already complete (resume).
+each case's outcome in ``OUT/batch.csv`` and skips cases whose output is already complete (resume, by content); an
+incomplete output is set aside while its case runs again. Staging folders and set-aside outputs of runs that were
+killed are removed once their owner has provably ended (same host, process gone).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import glob
+import hashlib
 import io
 import json
+import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,6 +67,9 @@ STAGES = {
     "scene": "Slicer scene",
 }
 REPORT_JSON = "report.json"
+OWNER_MARKER = ".gliomaprog-owner"  # in a staging folder: the run that writes it (models.process.owner_token)
+STAGING = ".partial-"  # in the names of case.files.staged_output_folder's staging folders
+SET_ASIDE = ".replaced-"  # + owner token: an incomplete output set aside while its case runs again
 DICOM_FOLDER = "DICOM folder "  # how case.folder names a series read from a DICOM folder
 BATCH_CSV = "batch.csv"
 BATCH_COLUMNS = ("case", "status", "message", "progression_predicted", "predicted_volume_ml", "elapsed_s",
@@ -382,19 +393,22 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     from GliomaProgressionLib.case.dicom_source import read_source_series
     from GliomaProgressionLib.case.folder import has_series, read_case
     from GliomaProgressionLib.runs.ctv import parse_schemes
-    from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder, write_json
+    from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder
     from GliomaProgressionLib.models.packages import resolve_model
     from GliomaProgressionLib.runs.predict import check_lesion_in_brain, predict_prepared
     from GliomaProgressionLib.case.preprocess import prepare_case
     from GliomaProgressionLib.case.registration import resample_onto
 
     out = check_new_output_folder(Path(out))
+    sweep_stale_leftovers(out.absolute().parent, out.name)
     progress = progress or StageProgress(Path(case_folder).name)
     prediction_settings = settings.prediction_settings()
     parse_schemes(list(settings.schemes) if settings.schemes else None, True)  # a bad name fails before the work
     progress.start("read")
     # DSC is optional: read when the folder has it (nCBV for the report even with the conventional model)
     inputs = read_case(case_folder, settings.recurrence, with_dsc=has_series(case_folder, "dsc"))
+    check_lesion_in_brain(inputs.t1c, inputs.lesion, inputs.sources["lesion"], inputs.brain,
+                          inputs.sources.get("brain"))
     inputs.sources = recorded_inputs(inputs.sources, inputs.folder)
     read_source_series(inputs.folder, inputs.t1c)  # a DICOM CE-T1 the RT objects cannot reference fails now
     model = resolve_model(settings.model, trust=settings.trust_model)
@@ -407,8 +421,6 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc,
                             timing.times_s if timing else None, timing.te_s if timing else None,
                             leakage=settings.leakage, progress=progress.update)
-    check_lesion_in_brain(inputs.t1c, inputs.lesion, inputs.sources["lesion"], inputs.brain,
-                          inputs.sources.get("brain"))
     progress.start("predict")
     prediction = predict_prepared(prepared, model, prediction_settings, progress=progress.update)
     recurrence = (resample_onto(prepared.reference, inputs.recurrence, None, labels=True) > 0
@@ -416,6 +428,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     brain = brain_on_reference(prepared, inputs.brain, inputs.dsc.ijk_to_ras if inputs.dsc is not None else None)
     results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence, notes=notes)
     with staged_output_folder(out) as staging:
+        mark_owner(staging)
         progress.start("save")
         write_module_outputs(staging, results, progress.timings)
         progress.start("ctv")
@@ -428,9 +441,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
         progress.start("scene")
         case_scene.write_case_scene(staging / "scene.mrb", data, results)
         data["timings_s"] = progress.finish()
-        data["outputs"] = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()) \
-            + [REPORT_JSON]
-        write_json(data, staging / REPORT_JSON)
+        finish_output_folder(staging, data)
     return data
 
 
@@ -452,14 +463,113 @@ def summary_line(data: dict, out: Path) -> str:
 # --- batch ---------------------------------------------------------------------------------------------------
 
 
+def _file_record(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def finish_output_folder(staging: Path, data: dict) -> None:
+    """Write report.json, last: ``outputs`` names every file and ``output_files`` records each other file's size
+    and SHA-256, so that a resume checks content, not names (``is_complete``). The owner marker goes after it."""
+    from GliomaProgressionLib.case.files import write_json
+
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and p != staging / OWNER_MARKER)
+    names = [p.relative_to(staging).as_posix() for p in files]
+    data["outputs"] = names + [REPORT_JSON]
+    data["output_files"] = {name: _file_record(path) for name, path in zip(names, files)}
+    write_json(data, staging / REPORT_JSON)
+    (staging / OWNER_MARKER).unlink(missing_ok=True)
+
+
 def is_complete(folder: Path) -> bool:
-    """A case output is complete when its report.json reads and lists only files that exist."""
+    """A case output is complete when its report.json reads and every file it records has the size and SHA-256
+    it had when written: a truncated, changed or missing file makes it incomplete (so does a report.json of an
+    older version, which recorded names only)."""
     try:
-        data = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        recorded = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8")).get("output_files")
+    except (OSError, ValueError, AttributeError):
         return False
-    outputs = data.get("outputs") or []
-    return bool(outputs) and all((folder / name).is_file() for name in outputs)
+    if not isinstance(recorded, dict) or not recorded:
+        return False
+    return all(_matches(folder, name, entry) for name, entry in recorded.items())
+
+
+def _matches(folder: Path, name: str, entry) -> bool:
+    path = folder / name
+    if not isinstance(entry, dict) or Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
+        return False
+    try:
+        return path.stat().st_size == entry.get("bytes") and _file_record(path)["sha256"] == entry.get("sha256")
+    except OSError:
+        return False
+
+
+# --- what killed runs leave beside an output folder -----------------------------------------------------------
+
+
+def mark_owner(staging: Path) -> None:
+    """Name this process in a staging folder (``models.process.owner_token``): if the run is killed, a later run
+    can prove the folder stale and remove it. ``finish_output_folder`` removes the marker."""
+    from GliomaProgressionLib.case.files import write_text
+    from GliomaProgressionLib.models.process import owner_token
+
+    write_text(owner_token(), staging / OWNER_MARKER)
+
+
+def _leftover_owner(folder: Path) -> str | None:
+    """The owner of a staging folder (``.<name>.partial-*``, its marker) or of a set-aside output
+    (``.<name>.replaced-<owner>``); None when it has none to show."""
+    if not folder.is_dir() or folder.is_symlink():
+        return None
+    if SET_ASIDE in folder.name:
+        return folder.name.rsplit(SET_ASIDE, 1)[1]
+    try:
+        return (folder / OWNER_MARKER).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def sweep_stale_leftovers(parent: Path, name: str = "*") -> list[Path]:
+    """Remove the staging folders and set-aside outputs of ``name`` (any name: "*") in ``parent`` whose run has
+    provably ended (``models.process.owner_has_ended``); anything without a readable owner stays."""
+    from GliomaProgressionLib.models.process import owner_has_ended
+
+    swept = []
+    pattern = "*" if name == "*" else glob.escape(name)
+    for folder in [*parent.glob(f".{pattern}{STAGING}*"), *parent.glob(f".{pattern}{SET_ASIDE}*")]:
+        owner = _leftover_owner(folder)
+        if owner is not None and owner_has_ended(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            swept.append(folder)
+    return swept
+
+
+@contextlib.contextmanager
+def replacing_incomplete_output(target: Path):
+    """Run the block with an incomplete earlier output of this case set aside (renamed, at once): removed once the
+    new output is in place, put back if the block fails, swept by a later run if this one is killed. Old and new
+    files never mix. A folder without report.json was never a result (a result appears with its report.json, in
+    one rename) and is left alone."""
+    if not target.is_dir() or not any(target.iterdir()):
+        yield
+        return
+    if not (target / REPORT_JSON).is_file():
+        raise ValueError(f"The output folder {target} already exists and holds no {REPORT_JSON}, so it is no earlier "
+                         "result of this case; move it away to run the case.")
+    from GliomaProgressionLib.models.process import owner_token
+
+    aside = target.with_name(f".{target.name}{SET_ASIDE}{owner_token()}")
+    os.replace(target, aside)
+    try:
+        yield
+    except BaseException:
+        if not target.exists():
+            os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def case_folders(cases: Path, out: Path) -> list[Path]:
@@ -507,7 +617,8 @@ def run_one_of_batch(case: Path, target: Path, settings: RunSettings, quiet: boo
         data = json.loads((target / REPORT_JSON).read_text(encoding="utf-8"))
         return _row(case, "skipped", "output already complete", target, data, 0.0)
     try:
-        data = run_case(case, target, settings, StageProgress(case.name, quiet=quiet))
+        with replacing_incomplete_output(target):
+            data = run_case(case, target, settings, StageProgress(case.name, quiet=quiet))
     except KeyboardInterrupt:
         raise
     except Exception as error:  # a failing case must not stop the batch; the reason goes to batch.csv
@@ -526,6 +637,7 @@ def run_batch(cases: Path, out: Path, settings: RunSettings, quiet: bool = False
                          "folder.")
     folders = case_folders(cases, out)
     out.mkdir(parents=True, exist_ok=True)
+    sweep_stale_leftovers(out)
     rows: list[dict] = []
     for index, case in enumerate(folders):
         if not quiet:
