@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -50,7 +51,16 @@ ALLOWED_LAYERS = {
 }
 ALLOWED_PREPROCESSORS = {"DefaultPreprocessor"}
 ALLOWED_READERS = {"SimpleITKIO", "NibabelIO", "NibabelIOWithReorient", "SimpleITKIOWithReorient"}
+ALLOWED_NORMALIZATIONS = {"ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization",
+                          "RGBTo01Normalization"}
+ALLOWED_RESAMPLINGS = {"resample_data_or_seg_to_shape", "resample_torch_fornnunet", "resample_torch_simple",
+                       "no_resampling_hack"}
+ALLOWED_LABEL_MANAGERS = {"LabelManager"}
+RESAMPLINGS = ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities")
+MAX_STAGES = 12  # nnU-Net plans 5-8; more only makes building the network hang
+MAX_BLOCKS_PER_STAGE = 32
 MIN_FREE_CUDA_BYTES = 2 * 1024 ** 3
+PLANS = "The model's plans.json"  # how a message names the plans when the caller does not say whose
 
 
 class UnsafeModelError(ValueError):
@@ -89,10 +99,12 @@ def _numpy_safe_globals() -> list:
     return types
 
 
-def load_checkpoint(path: Path, trust: bool = False) -> dict:
-    """Load an nnU-Net checkpoint weights-only (raises UnsafeModelError if that is impossible), or trusted."""
+def load_checkpoint(path: Path, trust: bool = False, name: str | None = None) -> dict:
+    """Load an nnU-Net checkpoint weights-only (raises UnsafeModelError if that is impossible), or trusted.
+    ``name``: how messages name the checkpoint (default its path)."""
     import torch
 
+    name = name or str(path)
     if trust:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
@@ -102,55 +114,265 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict:
         text = str(error)
         refused = next((line.strip() for line in text.splitlines() if "allowed global" in line), None)
         if refused is None and "GLOBAL" not in text:
-            raise ValueError(f"The checkpoint {path} is damaged or not a PyTorch checkpoint "
+            raise ValueError(f"The checkpoint {name} is damaged or not a PyTorch checkpoint "
                              f"({type(error).__name__}: {text.strip().splitlines()[-1][:200] if text.strip() else ''})."
                              ) from None
         reason = refused.split(". Please use")[0] if refused else "it refers to code"
         raise UnsafeModelError(
-            f"The checkpoint {path} cannot be loaded safely (weights only): {reason}. Loading it would run code "
+            f"The checkpoint {name} cannot be loaded safely (weights only): {reason}. Loading it would run code "
             "stored in the file; install or use the package with trust only if you trust its source.") from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise UnsafeModelError(f"The checkpoint {path} is not an nnU-Net checkpoint (no network_weights).")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
+        raise UnsafeModelError(f"The checkpoint {name} is not an nnU-Net checkpoint (no network_weights).")
     return checkpoint
 
 
-def _layer(name: str | None):
+def _layer(name, where: str = PLANS):
     import torch
 
     if name is None:
         return None
-    if name not in ALLOWED_LAYERS:
-        raise UnsafeModelError(f"The plans name a layer class that is not allowed: {name!r}.")
+    if not _allowed(name, ALLOWED_LAYERS):
+        raise UnsafeModelError(f"{where} names a layer class that is not allowed: {_shown(name)}.")
     return getattr(torch.nn, ALLOWED_LAYERS[name])
 
 
-def check_plans(plans: dict, configuration: str) -> dict:
-    """The configuration's entry of the plans, after checking every class name it makes nnU-Net look up."""
-    configurations = plans.get("configurations", {})
+# --- the plans, checked as a whole ------------------------------------------------------------------------------
+#
+# A package's plans.json decides what nnU-Net looks up by name and how it cuts, resamples and normalises the images;
+# hostile or broken plans must end in one sentence, never in a traceback, a hang or a name lookup. ``where`` is how a
+# message names the plans ("The plans.json of the model package x.zip").
+
+
+def _allowed(name, names) -> bool:
+    """``name`` is one of ``names`` (a list or an object in hostile plans is no name, and not hashable either)."""
+    return isinstance(name, str) and name in names
+
+
+def _shown(value) -> str:
+    """A JSON value as a message shows it, cut short."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _names(configurations: dict) -> str:
+    names = [repr(name) for name in list(configurations)[:5]]
+    return ", ".join(names) + (", ..." if len(configurations) > 5 else "")
+
+
+def _kind(value) -> str:
+    from GliomaProgressionLib.case.files import json_kind
+
+    return json_kind(value)
+
+
+def _configurations(plans, where: str) -> dict:
+    if not isinstance(plans, dict):
+        raise ValueError(f"{where} is not a JSON object of named fields (it holds {_kind(plans)}).")
+    configurations = plans.get("configurations")
+    if not isinstance(configurations, dict) or not configurations:
+        raise ValueError(f"{where} has no configurations (its 'configurations' is {_shown(configurations)}).")
+    return configurations
+
+
+def default_configuration(plans, folder_name: str = "", where: str = PLANS) -> str:
+    """The configuration a results folder is for: the one its name ends with (Trainer__Plans__configuration), else
+    3d_fullres, else the first."""
+    configurations = _configurations(plans, where)
+    from_name = folder_name.split("__")[-1] if folder_name.count("__") == 2 else None
+    return next((name for name in (from_name, "3d_fullres") if name in configurations), next(iter(configurations)))
+
+
+def _inheritance_chain(configurations: dict, configuration: str, where: str) -> list[str]:
+    """``configuration`` and the configurations it inherits from, nearest first; a cycle or a missing or malformed
+    parent is refused (nnU-Net's ``inherits_from``)."""
+    chain = [configuration]
+    while True:
+        settings = configurations[chain[-1]]
+        if not isinstance(settings, dict):
+            raise ValueError(f"{where} gives the configuration {chain[-1]!r} as {_kind(settings)}, not an object of "
+                             "settings.")
+        parent = settings.get("inherits_from")
+        if parent is None:
+            return chain
+        if not isinstance(parent, str):
+            raise ValueError(f"{where} gives 'inherits_from' of the configuration {chain[-1]!r} as {_shown(parent)}, "
+                             "not a configuration name.")
+        if parent in chain:
+            cycle = " -> ".join(repr(name) for name in chain[chain.index(parent):] + [parent])
+            raise ValueError(f"{where} has configurations that inherit from one another in a cycle ({cycle}).")
+        if parent not in configurations:
+            raise ValueError(f"{where} has the configuration {chain[-1]!r} inherit from {parent!r}, which it does not "
+                             f"define (it has {_names(configurations)}).")
+        chain.append(parent)
+
+
+def resolve_configuration(plans, configuration: str, where: str = PLANS) -> dict:
+    """The configuration's settings with those it inherits filled in (as nnU-Net's PlansManager merges them)."""
+    configurations = _configurations(plans, where)
     if configuration not in configurations:
-        raise ValueError(f"The model's plans have no configuration {configuration!r} "
-                         f"(available: {', '.join(configurations) or 'none'}).")
-    entry = dict(configurations[configuration])
-    parent = entry.get("inherits_from")
-    while parent is not None:  # nnU-Net configurations can inherit from one another
-        base = dict(configurations[parent])
-        parent = base.get("inherits_from")
-        base.update(entry)
-        entry = base
-    architecture = entry.get("architecture", {})
-    if architecture.get("network_class_name") not in ALLOWED_NETWORKS:
-        raise UnsafeModelError(f"The network class {architecture.get('network_class_name')!r} in the plans is not "
-                               f"one of the allowed architectures ({', '.join(sorted(ALLOWED_NETWORKS))}).")
-    for key in architecture.get("_kw_requires_import", []):
-        _layer(architecture["arch_kwargs"].get(key))
-    if entry.get("preprocessor_name", "DefaultPreprocessor") not in ALLOWED_PREPROCESSORS:
-        raise UnsafeModelError(f"The preprocessor {entry.get('preprocessor_name')!r} is not allowed.")
-    if plans.get("image_reader_writer", "SimpleITKIO") not in ALLOWED_READERS:
-        raise UnsafeModelError(f"The image reader {plans.get('image_reader_writer')!r} is not allowed.")
+        raise ValueError(f"{where} has no configuration {configuration!r} "
+                         f"(available: {_names(configurations)}).")
+    entry: dict = {}
+    for name in reversed(_inheritance_chain(configurations, configuration, where)):
+        entry.update(configurations[name])
     return entry
 
 
-def build_network(entry: dict, input_channels: int, output_channels: int):
+def _architecture(entry: dict, where: str) -> dict:
+    """The configuration's ``architecture``, its fields of the right kinds (the class names are checked apart)."""
+    architecture = entry.get("architecture")
+    if not isinstance(architecture, dict):
+        raise ValueError(f"{where} gives the network 'architecture' as {_shown(architecture)}, not an object.")
+    if not isinstance(architecture.get("network_class_name"), str):
+        raise ValueError(f"{where} names the network class as {_shown(architecture.get('network_class_name'))}, "
+                         "not a class name.")
+    if not isinstance(architecture.get("arch_kwargs"), dict):
+        raise ValueError(f"{where} gives the network's 'arch_kwargs' as {_shown(architecture.get('arch_kwargs'))}, "
+                         "not an object of arguments.")
+    imports = architecture.get("_kw_requires_import", [])
+    if not isinstance(imports, list) or not all(isinstance(key, str) for key in imports):
+        raise ValueError(f"{where} gives '_kw_requires_import' as {_shown(imports)}, not a list of argument names.")
+    return architecture
+
+
+def check_plans(plans, configuration: str, where: str = PLANS) -> dict:
+    """The configuration's entry of the plans (inheritance resolved), after checking every class name it makes
+    nnU-Net look up. ValueError (UnsafeModelError for a name not allowed) naming ``where`` and the problem."""
+    entry = resolve_configuration(plans, configuration, where)
+    architecture = _architecture(entry, where)
+    if not _allowed(architecture["network_class_name"], ALLOWED_NETWORKS):
+        raise UnsafeModelError(f"{where} names the network class {architecture['network_class_name']!r}, which is "
+                               f"not one of the allowed architectures ({', '.join(sorted(ALLOWED_NETWORKS))}).")
+    for key in architecture.get("_kw_requires_import", []):
+        _layer(architecture["arch_kwargs"].get(key), where)
+    if not _allowed(entry.get("preprocessor_name", "DefaultPreprocessor"), ALLOWED_PREPROCESSORS):
+        raise UnsafeModelError(f"{where} names the preprocessor {_shown(entry.get('preprocessor_name'))}, which is "
+                               "not allowed.")
+    if not _allowed(plans.get("image_reader_writer", "SimpleITKIO"), ALLOWED_READERS):
+        raise UnsafeModelError(f"{where} names the image reader {_shown(plans.get('image_reader_writer'))}, which is "
+                               "not allowed.")
+    return entry
+
+
+# The settings nnU-Net reads while predicting, each with its test and what it must be.
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value, low: int = 1, high: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, list) and len(value) in (2, 3) and all(_is_count(size) for size in value)
+
+
+def _is_spacing(value, dimensions: int) -> bool:
+    return (isinstance(value, list) and len(value) == dimensions
+            and all(_is_number(step) and step > 0 for step in value))
+
+
+def _check_setting(value, valid: bool, name: str, expected: str, where: str) -> None:
+    if not valid:
+        raise ValueError(f"{where} gives {name!r} as {_shown(value)}, not {expected}.")
+
+
+def _check_channel_settings(entry: dict, plans: dict, channels: int, where: str) -> None:
+    """Normalisation per input channel: one known scheme, mask flag and intensity statistics for each."""
+    schemes = entry.get("normalization_schemes")
+    _check_setting(schemes, isinstance(schemes, list) and len(schemes) == channels, "normalization_schemes",
+                   f"a list of {channels} normalisation names (one per input channel)", where)
+    unknown = next((scheme for scheme in schemes if not _allowed(scheme, ALLOWED_NORMALIZATIONS)), None)
+    if unknown is not None:
+        raise UnsafeModelError(f"{where} names the normalisation {_shown(unknown)}, which is not one of the known "
+                               f"schemes ({', '.join(sorted(ALLOWED_NORMALIZATIONS))}).")
+    masks = entry.get("use_mask_for_norm")
+    _check_setting(masks, isinstance(masks, list) and len(masks) == channels
+                   and all(isinstance(mask, bool) for mask in masks), "use_mask_for_norm",
+                   f"a list of {channels} true/false values", where)
+    intensities = plans.get("foreground_intensity_properties_per_channel")
+    _check_setting(intensities, isinstance(intensities, dict) and all(
+        isinstance(intensities.get(str(channel)), dict)
+        and all(_is_number(number) for number in intensities[str(channel)].values()) for channel in range(channels)),
+        "foreground_intensity_properties_per_channel",
+        f"an object of intensity statistics (numbers) for each channel 0 to {channels - 1}", where)
+
+
+def _check_resampling(entry: dict, where: str) -> None:
+    for name in RESAMPLINGS:
+        function = entry.get(name)
+        if not _allowed(function, ALLOWED_RESAMPLINGS):
+            raise UnsafeModelError(f"{where} gives {name!r} as {_shown(function)}, not one of nnU-Net's resampling "
+                                   f"functions ({', '.join(sorted(ALLOWED_RESAMPLINGS))}).")
+        _check_setting(entry.get(f"{name}_kwargs"), isinstance(entry.get(f"{name}_kwargs"), dict), f"{name}_kwargs",
+                       "an object of arguments", where)
+
+
+def _check_stage_counts(kwargs: dict, where: str) -> None:
+    """Building a network of a million stages would hang: the counts that size it must be plausible."""
+    _check_setting(kwargs.get("n_stages"), _is_count(kwargs.get("n_stages"), 1, MAX_STAGES), "n_stages",
+                   f"a whole number from 1 to {MAX_STAGES}", where)
+    for name in ("n_conv_per_stage", "n_blocks_per_stage", "n_conv_per_stage_decoder"):
+        value = kwargs.get(name)
+        counts = value if isinstance(value, list) else [value]
+        if name in kwargs and (len(counts) > MAX_STAGES
+                               or not all(_is_count(count, 1, MAX_BLOCKS_PER_STAGE) for count in counts)):
+            raise ValueError(f"{where} gives {name!r} as {_shown(value)}, not whole numbers from 1 to "
+                             f"{MAX_BLOCKS_PER_STAGE} (one per stage).")
+
+
+def check_plans_settings(plans, configuration: str, channels: int, where: str = PLANS) -> dict:
+    """``check_plans`` and every other setting nnU-Net reads while predicting, for a model of ``channels`` input
+    channels: the configuration's entry, or ValueError naming ``where`` and the setting."""
+    entry = check_plans(plans, configuration, where)
+    _check_setting(entry.get("patch_size"), _is_size(entry.get("patch_size")), "patch_size",
+                   "a list of 2 or 3 positive whole numbers", where)
+    dimensions = len(entry["patch_size"])
+    _check_setting(entry.get("spacing"), _is_spacing(entry.get("spacing"), dimensions), "spacing",
+                   f"a list of {dimensions} positive numbers", where)
+    for name in ("transpose_forward", "transpose_backward"):
+        order = plans.get(name, list(range(dimensions)))
+        _check_setting(order, isinstance(order, list) and sorted(order) == list(range(dimensions)), name,
+                       f"an order of the axes 0 to {dimensions - 1}", where)
+    _check_channel_settings(entry, plans, channels, where)
+    _check_resampling(entry, where)
+    if not _allowed(plans.get("label_manager", "LabelManager"), ALLOWED_LABEL_MANAGERS):
+        raise UnsafeModelError(f"{where} names the label_manager {_shown(plans.get('label_manager'))}, which is not "
+                               f"allowed ({', '.join(sorted(ALLOWED_LABEL_MANAGERS))}).")
+    _check_stage_counts(entry["architecture"]["arch_kwargs"], where)
+    return entry
+
+
+def check_network_fits(entry: dict, input_channels: int, output_channels: int, weights: dict, checkpoint: str,
+                       where: str = PLANS) -> None:
+    """The network the plans describe can be built and the checkpoint's weights fit it. Built on the "meta" device:
+    no memory for weights, so hostile sizes cost nothing."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            network = build_network(entry, input_channels, output_channels, where)
+    except UnsafeModelError:
+        raise
+    except Exception as error:  # whatever the architecture's constructor makes of arguments it does not expect
+        raise ValueError(f"{where} has architecture arguments that do not make a network "
+                         f"({type(error).__name__}: {_first_line(error)}).") from None
+    expected = {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
+    found = {name: tuple(getattr(tensor, "shape", ())) for name, tensor in weights.items()}
+    if expected != found:
+        differing = sorted(set(expected) ^ set(found)) or [name for name in expected if expected[name] != found[name]]
+        raise ValueError(f"The checkpoint {checkpoint} does not fit the network in the plans ({len(differing)} "
+                         f"weights missing, extra or of another shape, e.g. {differing[0]!r}).")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def build_network(entry: dict, input_channels: int, output_channels: int, where: str = PLANS):
     """The network from the plans, built from allow-listed classes only (no name lookup, no trainer class)."""
     import importlib
 
@@ -160,7 +382,7 @@ def build_network(entry: dict, input_channels: int, output_channels: int):
                             class_name)
     kwargs = dict(architecture["arch_kwargs"])
     for key in architecture.get("_kw_requires_import", []):
-        kwargs[key] = _layer(kwargs.get(key))
+        kwargs[key] = _layer(kwargs.get(key), where)
     kwargs["deep_supervision"] = False
     return network_class(input_channels=input_channels, num_classes=output_channels, **kwargs)
 
@@ -199,9 +421,7 @@ def load_predictor(folder: Path, device: str = "cpu", tta: bool | None = None, f
     dataset_json = json.loads((folder / "dataset.json").read_text())
     plans = json.loads((folder / "plans.json").read_text())
     if configuration is None:
-        configuration = folder.name.split("__")[-1] if folder.name.count("__") == 2 else None
-        if configuration not in plans.get("configurations", {}):
-            configuration = next(iter(plans.get("configurations", {})), "3d_fullres")
+        configuration = default_configuration(plans, folder.name)
     entry = check_plans(plans, configuration)
     if folds is None:
         folds = sorted(int(p.name[5:]) for p in folder.glob("fold_*") if p.name[5:].isdigit()
