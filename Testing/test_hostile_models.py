@@ -313,10 +313,11 @@ def test_archive_with_a_member_twice_is_refused(cache, tmp_path):
 def test_archive_with_an_encrypted_member_is_refused(cache, tmp_path):
     package = _package(tmp_path, "locked")
     data = bytearray(package.read_bytes())
-    entry = data.index(b"PK\x01\x02")  # the central directory's first entry; its flag bits at offset 8
+    # MODEL_CARD.txt's entry in the central directory (at the end: the checkpoint is itself a zip), flag bits at 8
+    entry = data.rfind(b"PK\x01\x02", 0, data.rfind(b"MODEL_CARD.txt"))
     data[entry + 8] |= 0x1  # "encrypted": zipfile writes no encrypted archives, so the bit is set by hand
     package.write_bytes(bytes(data))
-    _refused(package, "encrypted")
+    _refused(package, "encrypted", "'MODEL_CARD.txt'")
     assert _nothing_installed(cache)
 
 

@@ -293,11 +293,13 @@ def _check_channel_settings(entry: dict, plans: dict, channels: int, where: str)
                    and all(isinstance(mask, bool) for mask in masks), "use_mask_for_norm",
                    f"a list of {channels} true/false values", where)
     intensities = plans.get("foreground_intensity_properties_per_channel")
-    _check_setting(intensities, isinstance(intensities, dict) and all(
-        isinstance(intensities.get(str(channel)), dict)
-        and all(_is_number(number) for number in intensities[str(channel)].values()) for channel in range(channels)),
-        "foreground_intensity_properties_per_channel",
-        f"an object of intensity statistics (numbers) for each channel 0 to {channels - 1}", where)
+    _check_setting(intensities, isinstance(intensities, dict), "foreground_intensity_properties_per_channel",
+                   "an object of intensity statistics per channel", where)
+    for channel in map(str, range(channels)):
+        statistics = intensities.get(channel)
+        if not isinstance(statistics, dict) or not all(_is_number(number) for number in statistics.values()):
+            raise ValueError(f"{where} gives 'foreground_intensity_properties_per_channel' of channel {channel} as "
+                             f"{_shown(statistics)}, not an object of intensity statistics (numbers).")
 
 
 def _check_resampling(entry: dict, where: str) -> None:
