@@ -14,7 +14,6 @@ chain would take a minute per case.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
