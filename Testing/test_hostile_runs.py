@@ -236,6 +236,31 @@ def test_sigterm_early_in_a_run_cancels_it(small_case_folder, tmp_path):
     _assert_cancelled(outcome, "run", out)
 
 
+def test_sigterm_cancels_the_panels_job_process(small_case_folder, tmp_path):
+    """The Glioma Progression panel's Cancel sends SIGTERM to its job process (``python -m runs.predict``): the job
+    ends with its one ERROR line and exit 143, and leaves neither its output nor a staging folder."""
+    from GliomaProgressionLib.runs.predict import PredictionJob, PredictionSettings
+
+    case, out = _central_half(small_case_folder, tmp_path / "case"), tmp_path / "out"
+    job = PredictionJob(case / "t1c.nii.gz", case / "flair.nii.gz", case / "lesion.nii.gz", "conventional", out,
+                        settings=PredictionSettings(device="cpu"))
+    child = subprocess.Popen(job.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(240, child.kill)
+    watchdog.start()
+    try:
+        first = child.stdout.readline()
+        assert first.startswith("["), first  # a progress line: the job is at work
+        child.send_signal(signal.SIGTERM)
+        rest = child.stdout.read()
+        code = child.wait()
+    finally:
+        watchdog.cancel()
+    assert code == 128 + signal.SIGTERM, first + rest
+    assert (first + rest).strip().splitlines()[-1] == "ERROR: cancelled; nothing was written."
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
+
+
 def test_sigterm_raises_a_cancel_only_while_asked_and_only_once():
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers belong to the main thread")

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from GliomaProgressionLib.case.files import staged_output_folder, write_image, write_json
 from GliomaProgressionLib.case.preprocess import PreparedCase
-from GliomaProgressionLib.models.process import ProgressPrinter
+from GliomaProgressionLib.models.process import ProgressPrinter, termination_as_interrupt
 from GliomaProgressionLib.models.worker import DEVICES
 
 Progress = Callable[[float, str], None]
@@ -302,9 +302,14 @@ def _job_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The job process: 0 when the results are written; otherwise a last line ``ERROR: <message>`` (after the
-    traceback only for an unexpected failure) and exit code 2 for bad input, 1 for anything else."""
+    traceback only for an unexpected failure) and exit code 2 for bad input, 143 when cancelled (SIGTERM, what
+    the panel's Cancel sends; 130 for Ctrl+C), 1 for anything else."""
     try:
-        PredictionJob.from_arg_list(sys.argv[1:] if argv is None else argv).run(ProgressPrinter(sys.stdout))
+        with termination_as_interrupt():  # the panel's Cancel sends SIGTERM: clean up as for Ctrl+C
+            PredictionJob.from_arg_list(sys.argv[1:] if argv is None else argv).run(ProgressPrinter(sys.stdout))
+    except KeyboardInterrupt as interruption:
+        print("ERROR: cancelled; nothing was written.", flush=True)
+        return getattr(interruption, "exit_code", 130)
     except ValueError as error:  # expected: bad input
         print(f"ERROR: {' '.join(str(error).split())}", flush=True)
         return 2
