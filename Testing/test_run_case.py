@@ -197,8 +197,12 @@ def test_every_module_wrote_its_intermediates(batch, report):
         assert (folder / name).is_file(), name
     assert set(report["outputs"]) == {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
     assert report["inputs"]["t1c"] == "DICOM folder t1c" and report["inputs"]["recurrence"] == "recurrence.nii.gz"
-    for name in ("report.json", "perfusion/perfusion.json", "prediction/prediction.json"):
-        assert str(batch["cases"]) not in (folder / name).read_text(encoding="utf-8"), f"{name}: no absolute input path"
+    for name in ("report.json", "perfusion/perfusion.json", "prediction/prediction.json", "ctv/ctv.json"):
+        text = (folder / name).read_text(encoding="utf-8")
+        assert str(batch["cases"]) not in text, f"{name}: no absolute input path"
+        assert str(batch["out"]) not in text, f"{name}: no path of the run's own (staging) folder"
+    ctv_inputs = json.loads((folder / "ctv" / "ctv.json").read_text())["inputs"]
+    assert ctv_inputs["lesion"] == "registered/lesion.nii.gz"  # relative to the run folder, where it now is
 
 
 @pytest.mark.slow

@@ -294,7 +294,8 @@ def plan_ctvs(staging: Path, results: CaseResults, progress: StageProgress) -> N
     report = run_ctv_files(registered / "lesion.nii.gz", registered / "brain.nii.gz", staging / "ctv",
                            list(schemes), geodesic=results.settings.geodesic,
                            progression=staging / "prediction" / "progression.nii.gz",
-                           image=registered / "t1c.nii.gz", recurrence=recurrence, progress=progress.update)
+                           image=registered / "t1c.nii.gz", recurrence=recurrence, progress=progress.update,
+                           inputs_under=staging)
     results.ctv_report = report
     for entry in report["targets"]:
         mask = read_volume(staging / "ctv" / entry["file"], entry["name"]).array > 0

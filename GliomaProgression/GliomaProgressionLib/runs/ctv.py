@@ -125,9 +125,12 @@ def run_ctv_files(lesion: Path, brain: Path, out: Path, schemes: list[str] | Non
                   margins: Margins | None = None, geodesic: bool = False, progression: Path | None = None,
                   barriers: Path | None = None, oars: list[Path] | None = None, image: Path | None = None,
                   recurrence: Path | None = None, resample: bool = False,
-                  progress: Progress | None = None) -> dict:
+                  progress: Progress | None = None, inputs_under: Path | None = None) -> dict:
     """Compute the targets and write ``ctv_<key>.nii.gz`` (``ptv_<key>.nii.gz``), ``barriers.nii.gz`` when
-    barriers were used, and ``ctv.json`` to the new folder ``out``. Returns the report written to ctv.json."""
+    barriers were used, and ``ctv.json`` to the new folder ``out``. Returns the report written to ctv.json.
+
+    ``inputs_under``: the folder the inputs are recorded relative to (a run's output folder, whose staging path
+    is gone once the run is in place); otherwise they are recorded as given."""
     import numpy as np
 
     from CTVPlannerLib.schemes import Margins, plan_targets
@@ -142,9 +145,12 @@ def run_ctv_files(lesion: Path, brain: Path, out: Path, schemes: list[str] | Non
     labels, inputs = read_inputs(lesion, brain, progression, barriers, oars or [], image, resample)
     recurrence_mask = mask_on_grid(recurrence, labels, "recurrence", resample, allow_empty=True) if recurrence else None
     plan = plan_targets(inputs, chosen, margins, geodesic, progress)
+    def text(path: Path | None) -> str | None:
+        return _text(path, inputs_under)
+
     report = _report(plan, labels, inputs, recurrence_mask, {
-        "lesion": str(lesion), "brain": str(brain), "progression": _text(progression), "barriers": _text(barriers),
-        "oars": [str(p) for p in oars or []], "image": _text(image), "recurrence": _text(recurrence),
+        "lesion": text(lesion), "brain": text(brain), "progression": text(progression), "barriers": text(barriers),
+        "oars": [text(p) for p in oars or []], "image": text(image), "recurrence": text(recurrence),
     }, chosen, margins, geodesic, resample, notes + plan.notes)
     with staged_output_folder(out) as staging:
         for target in plan.targets:
@@ -156,8 +162,10 @@ def run_ctv_files(lesion: Path, brain: Path, out: Path, schemes: list[str] | Non
     return report
 
 
-def _text(path: Path | None) -> str | None:
-    return None if path is None else str(path)
+def _text(path: Path | None, under: Path | None = None) -> str | None:
+    if path is None:
+        return None
+    return Path(path).relative_to(under).as_posix() if under is not None else str(path)
 
 
 def _file_name(key: str) -> str:
