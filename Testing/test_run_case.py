@@ -201,6 +201,9 @@ def test_every_module_wrote_its_intermediates(batch, report):
         text = (folder / name).read_text(encoding="utf-8")
         assert str(batch["cases"]) not in text, f"{name}: no absolute input path"
         assert str(batch["out"]) not in text, f"{name}: no path of the run's own (staging) folder"
+    perfusion = json.loads((folder / "perfusion" / "perfusion.json").read_text())
+    assert "skipped" not in perfusion["ftb"] and (folder / "perfusion" / "ftb.nii.gz").is_file()  # as `perfusion` does
+    assert perfusion["protocol_qa"] == report["protocol"]  # the sidecar read once, the same check in both
     ctv_inputs = json.loads((folder / "ctv" / "ctv.json").read_text())["inputs"]
     assert ctv_inputs["lesion"] == "registered/lesion.nii.gz"  # relative to the run folder, where it now is
 

@@ -275,6 +275,15 @@ def _read_dsc(path: Path, folder: Path, provenance: _Provenance,
     return series, timing
 
 
+def dsc_sidecar_header(folder: Path) -> dict | None:
+    """The case's whole DSC sidecar (``dsc.json``: flip angle, field strength, doses for the protocol check), or
+    None when the case has none (a DICOM series brings its timing in its headers)."""
+    from GliomaProgressionLib.case.files import read_json_object
+
+    sidecar = Path(folder) / "dsc.json"
+    return read_json_object(sidecar, "DSC sidecar") if sidecar.is_file() else None
+
+
 # --- BraTS label conventions ---------------------------------------------------------------------------------
 
 

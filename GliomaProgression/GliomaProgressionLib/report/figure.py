@@ -109,10 +109,9 @@ def protocol_data(results: CaseResults) -> dict:
     perfusion, timing = results.prepared.perfusion, results.inputs.timing
     if perfusion is None:
         return {"skipped": PERFUSION_SKIPPED}
-    from GliomaProgressionLib.case.files import read_json_object
+    from GliomaProgressionLib.case.folder import dsc_sidecar_header
 
-    sidecar = Path(results.inputs.folder) / "dsc.json"
-    header = read_json_object(sidecar, "DSC sidecar") if sidecar.is_file() else None
+    header = dsc_sidecar_header(results.inputs.folder)
     return protocol_report(check_protocol(header, timing.te_s, timing.times_s, int(perfusion.arrival_frame)))
 
 

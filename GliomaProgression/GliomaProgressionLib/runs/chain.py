@@ -262,7 +262,9 @@ def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> 
     from DSCPerfusionLib.pipeline import PerfusionOptions
 
     from GliomaProgressionLib.case.files import write_image
-    from GliomaProgressionLib.case.geometry import Volume
+    from GliomaProgressionLib.case.folder import dsc_sidecar_header
+    from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume
+    from GliomaProgressionLib.case.preprocess import lesion_on_dsc_grid
     from GliomaProgressionLib.runs.perfusion import write_perfusion_outputs
     from GliomaProgressionLib.runs.predict import write_prediction
 
@@ -270,10 +272,13 @@ def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> 
     write_registered(staging / "registered", results)
     if prepared.perfusion is not None:
         grid = Volume(np.asarray(inputs.dsc.array[0]), inputs.dsc.ijk_to_ras)
+        labels = lesion_on_dsc_grid(prepared.lesion, sitk_from_volume(grid), prepared.registrations["dsc"])
         write_perfusion_outputs(prepared.perfusion, grid, inputs.timing, staging / "perfusion",
                                 inputs=inputs.sources,
                                 options=PerfusionOptions(te_s=inputs.timing.te_s, leakage=results.settings.leakage),
-                                elapsed_s=prepared.qc["timings_s"].get("perfusion_s", 0.0))
+                                elapsed_s=prepared.qc["timings_s"].get("perfusion_s", 0.0),
+                                lesion_labels=labels if labels.any() else None,
+                                header=dsc_sidecar_header(inputs.folder))
     write_prediction(staging / "prediction", prepared, results.prediction, results.model,
                      results.settings.prediction_settings(), {"inference": timings.get("predict", 0.0)},
                      inputs=inputs.sources)
