@@ -104,6 +104,18 @@ class TerminationRequested(KeyboardInterrupt):
         self.exit_code = 128 + signal_number
 
 
+def _sigterm_default_in_forked_child() -> None:
+    """A forked worker (multiprocessing's pools, nnU-Net's fingerprinting and data loaders) must die of SIGTERM at
+    once, as without the handler: a Python handler runs only between bytecodes, so a worker blocked in C code
+    would never end, and its pool's terminate() would wait for it forever."""
+    if getattr(signal.getsignal(signal.SIGTERM), "ends_in_forked_children", False):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_sigterm_default_in_forked_child)
+
+
 @contextlib.contextmanager
 def termination_as_interrupt():
     """While the block runs, SIGTERM raises ``TerminationRequested`` in the main thread; the previous handler
@@ -130,6 +142,7 @@ def termination_as_interrupt():
             raised = True
             raise TerminationRequested(number)
 
+    handler.ends_in_forked_children = True
     signal.signal(signal.SIGTERM, handler)
     try:
         yield
