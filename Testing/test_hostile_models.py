@@ -321,7 +321,7 @@ def test_archive_with_an_encrypted_member_is_refused(cache, tmp_path):
     assert _nothing_installed(cache)
 
 
-@pytest.mark.parametrize("member", ["../evil.txt", "fold_0/../../evil.txt", "/tmp/evil.txt"])
+@pytest.mark.parametrize("member", ["../evil.txt", "fold_0/../../evil.txt", "/evil.txt"])
 def test_command_line_refuses_an_archive_that_writes_elsewhere(cache, tmp_path, capsys, member):
     package = _package(tmp_path, "escape", extra={member: b"pwned"})
     assert_one_line_error(_cli(capsys, "models", "install", package), package.name, repr(member))

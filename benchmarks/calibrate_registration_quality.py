@@ -1,7 +1,7 @@
 """Calibrate the registration quality measure (edge-alignment contrast) on right and wrong registrations.
 
     .venv/bin/python benchmarks/calibrate_registration_quality.py            # small phantoms, ~8 min on 2 shared cores
-    .venv/bin/python benchmarks/calibrate_registration_quality.py --seeds 0 1 --out /tmp/calibration
+    .venv/bin/python benchmarks/calibrate_registration_quality.py --seeds 0 1 --out build/calibration
 
 Inputs, for each seed, of four kinds (FLAIR and the DSC baseline image each registered to the 1 mm CE-T1):
   skull-stripped  the phantom as it comes (brain only, noisy background, every series in its own pose)
