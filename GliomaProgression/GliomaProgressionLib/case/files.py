@@ -369,6 +369,11 @@ def refuse_broken_link(path: str | os.PathLike, what: str) -> None:
 
 
 def _parsed_json(text: str, path: Path, what: str):
+    return parse_json(text, f"The {what} {path}")
+
+
+def parse_json(text: str, subject: str):
+    """``text`` as JSON, or ValueError "<subject> could not be read as JSON (<why>)." in one sentence."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -377,7 +382,7 @@ def _parsed_json(text: str, path: Path, what: str):
         reason = "nested too deeply"
     except ValueError as error:  # e.g. an integer of more than 4300 digits
         reason = " ".join(str(error).split())
-    raise ValueError(f"The {what} {path} could not be read as JSON ({reason}).") from None
+    raise ValueError(f"{subject} could not be read as JSON ({reason}).") from None
 
 
 def read_json_object(path: str | os.PathLike, what: str) -> dict:

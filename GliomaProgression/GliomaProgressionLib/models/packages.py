@@ -268,15 +268,9 @@ def _json_document(data: bytes, name: str, label: str):
     except UnicodeDecodeError as error:
         raise ValueError(f"{what} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at position "
                          f"{error.start}).") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        reason = f"{error.msg} at line {error.lineno}, column {error.colno}"
-    except RecursionError:
-        reason = "nested too deeply"
-    except ValueError as error:  # e.g. an integer of more than 4300 digits
-        reason = " ".join(str(error).split())
-    raise ValueError(f"{what} could not be read as JSON ({reason}).")
+    from GliomaProgressionLib.case.files import parse_json
+
+    return parse_json(text, what)
 
 
 def _results_prefix(files: list[PurePosixPath], label: str) -> PurePosixPath:
