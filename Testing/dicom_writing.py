@@ -58,10 +58,11 @@ def _write_slices(image: sitk.Image, folder: Path, extra_tags: dict, start: int,
         writer.Execute(plane)
 
 
-def write_dicom_dsc(series: sitk.Image, folder: Path, tr_ms: float, te_ms: float) -> None:
+def write_dicom_dsc(series: sitk.Image, folder: Path, tr_ms: float, te_ms: float,
+                    extra_tags: dict | None = None) -> None:
     """A 4D image as one DICOM series: each time point's slices tagged with its Temporal Position Identifier."""
     frames = series.GetSize()[3]
     for t in range(frames):
         frame = series[:, :, :, t]
-        write_dicom_series(frame, folder, {"0020|0100": str(t + 1), "0018|0080": f"{tr_ms:g}",
-                                           "0018|0081": f"{te_ms:g}"}, start=1 + t * frame.GetDepth())
+        tags = {"0020|0100": str(t + 1), "0018|0080": f"{tr_ms:g}", "0018|0081": f"{te_ms:g}", **(extra_tags or {})}
+        write_dicom_series(frame, folder, tags, start=1 + t * frame.GetDepth())

@@ -295,6 +295,20 @@ def test_dicom_dsc_folder_becomes_the_4d_series_with_its_timing(tmp_path):
         read_dicom_volume(tmp_path / "dsc", "CE-T1")
 
 
+def test_dicom_dsc_headers_give_the_protocol_check_flip_angle_and_field_strength(tmp_path):
+    from GliomaProgressionLib.case.folder import dsc_sidecar_header
+
+    series = sitk.JoinSeries([sitk.Image(4, 4, 2, sitk.sitkInt16) + 100 for _ in range(3)])
+    plain, tagged = tmp_path / "plain", tmp_path / "tagged"
+    write_dicom_dsc(series, plain / "dsc", tr_ms=1500, te_ms=30)
+    write_dicom_dsc(series, tagged / "dsc", tr_ms=1500, te_ms=30,
+                    extra_tags={"0018|1314": "60", "0018|0087": "2.89"})
+    assert dsc_sidecar_header(plain) is None  # nothing known: the check says "unknown"
+    assert dsc_sidecar_header(tagged) == {"FlipAngle": 60.0, "MagneticFieldStrength": 2.89}
+    (tagged / "dsc.json").write_text(json.dumps({"FlipAngle": 35, "PreloadDose": 0.1}))
+    assert dsc_sidecar_header(tagged) == {"FlipAngle": 35, "MagneticFieldStrength": 2.89, "PreloadDose": 0.1}
+
+
 def test_dicom_volume_keeps_an_oblique_geometry(tmp_path):
     image = _oblique(sitk.GetImageFromArray(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)))
     image.SetSpacing((0.9, 1.1, 2.5))

@@ -52,6 +52,8 @@ TAG_POSITION = "0020|0032"
 TAG_ORIENTATION = "0020|0037"
 TAG_REPETITION_TIME = "0018|0080"  # ms
 TAG_ECHO_TIME = "0018|0081"  # ms
+# What the consensus-protocol check reads from a DICOM DSC series, under the sidecar's (BIDS) names.
+PROTOCOL_TAGS = {"FlipAngle": "0018|1314", "MagneticFieldStrength": "0018|0087"}  # degrees, T
 
 
 @dataclass
@@ -276,12 +278,29 @@ def _read_dsc(path: Path, folder: Path, provenance: _Provenance,
 
 
 def dsc_sidecar_header(folder: Path) -> dict | None:
-    """The case's whole DSC sidecar (``dsc.json``: flip angle, field strength, doses for the protocol check), or
-    None when the case has none (a DICOM series brings its timing in its headers)."""
+    """What the protocol check reads of the case's DSC acquisition (flip angle, field strength, doses): the whole
+    sidecar ``dsc.json``, over the flip angle and field strength of a DICOM series' headers; None when neither
+    has anything."""
     from GliomaProgressionLib.case.files import read_json_object
 
-    sidecar = Path(folder) / "dsc.json"
-    return read_json_object(sidecar, "DSC sidecar") if sidecar.is_file() else None
+    folder = Path(folder)
+    sidecar = folder / "dsc.json"
+    written = read_json_object(sidecar, "DSC sidecar") if sidecar.is_file() else None
+    series = locate_series(folder, "dsc")
+    from_dicom = dicom_protocol_fields(series) if series is not None and series.is_dir() else {}
+    return {**from_dicom, **written} if written is not None else (from_dicom or None)
+
+
+def dicom_protocol_fields(folder: Path) -> dict[str, float]:
+    """Flip angle (degrees) and field strength (T) from the first file of a DICOM DSC series, where present."""
+    header = _header(_series_files(folder, "DSC")[0])
+    fields = {}
+    for name, tag in PROTOCOL_TAGS.items():
+        try:
+            fields[name] = float(_tag(header, tag))
+        except (TypeError, ValueError):  # absent or not a number: the check says "unknown"
+            continue
+    return fields
 
 
 # --- BraTS label conventions ---------------------------------------------------------------------------------
