@@ -8,6 +8,8 @@ logic classes are created once per scene and attached to it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -245,6 +247,91 @@ def labelmap_from_segmentation(segmentation, reference, segment_values: dict[str
 def segment_names(segmentation) -> list[str]:
     segments = segmentation.GetSegmentation()
     return [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
+
+
+
+def lesion_part_masks(segmentation, reference, parts=(2, 3)) -> dict[int, np.ndarray]:
+    """The lesion parts ``parts`` (BraTS values: 1 necrosis, 2 SNFH / non-enhancing, 3 enhancing, 4 cavity) of a
+    lesion segmentation as boolean masks on a reference grid (a volume node or a ``Volume``).
+
+    Each segment's part comes from its name by the one segment-name rule (``CTVPlannerLib.lesion.brats_class``);
+    segments that name no lesion part (a progression prediction, a note) are left out. Where parts overlap the
+    higher value wins (enhancing over non-enhancing), as in the BraTS label maps. A part with no segment gives an
+    all-False mask.
+    """
+    from CTVPlannerLib.lesion import brats_class
+
+    by_part: dict[int, list[str]] = {}
+    for name in segment_names(segmentation):
+        by_part.setdefault(brats_class(name), []).append(name)
+    masks, taken = {}, None
+    for part in sorted(parts, reverse=True):
+        names = by_part.get(part, [])
+        if taken is None:
+            shape = (reference.array.shape[-3:] if isinstance(reference, Volume)
+                     else volume_from_node(reference).array.shape)
+            taken = np.zeros(shape, bool)
+        if not names:  # an empty mapping would mean "every segment by its label value"
+            masks[part] = np.zeros(taken.shape, bool)
+            continue
+        mask = labelmap_from_segmentation(segmentation, reference, {name: 1 for name in names}).array > 0
+        masks[part] = mask & ~taken
+        taken |= mask
+    return masks
+
+
+# --- results the user may edit ----------------------------------------------------------------------------------
+
+# Attribute of a segmentation a module made: a digest of its segments as made and the voxel grid it was made on.
+# A later Apply replaces an untouched result silently; one the user edited (painted, renamed, added or removed a
+# segment) or one not made by a module is replaced only after asking.
+RESULT_FINGERPRINT = "GliomaProgression.resultFingerprint"
+
+
+def _segments_digest(segmentation, grid: Volume) -> str:
+    names = segment_names(segmentation)
+    labels = labelmap_from_segmentation(segmentation, grid, {name: index + 1 for index, name in enumerate(names)})
+    digest = hashlib.sha256("\n".join(names).encode("utf-8"))
+    digest.update(np.ascontiguousarray(labels.array, np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def stamp_result(segmentation, grid: Volume) -> None:
+    """Record ``segmentation`` as made now on ``grid`` (what ``result_was_edited`` compares with)."""
+    record = {"sha256": _segments_digest(segmentation, grid), "shape": [int(n) for n in grid.array.shape[-3:]],
+              "ijk_to_ras": np.asarray(grid.ijk_to_ras, float).tolist()}
+    segmentation.SetAttribute(RESULT_FINGERPRINT, json.dumps(record))
+
+
+def result_was_edited(segmentation) -> bool:
+    """Whether replacing ``segmentation``'s segments would lose work: True when it changed since
+    ``stamp_result`` or holds segments no module stamped; False for an untouched result or an empty node."""
+    text = segmentation.GetAttribute(RESULT_FINGERPRINT)
+    if not text:
+        return segmentation.GetSegmentation().GetNumberOfSegments() > 0
+    try:
+        record = json.loads(text)
+        grid = Volume(np.zeros(record["shape"], np.uint8), np.array(record["ijk_to_ras"], float))
+        return _segments_digest(segmentation, grid) != record["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return True  # an attribute nobody here wrote
+
+
+def replace_segments(node, made):
+    """Move the segments of the segmentation ``made`` into ``node`` (its own segments removed) and remove
+    ``made`` from the scene; returns ``node``. Keeps the node the user chose as an output."""
+    node.GetSegmentation().RemoveAllSegments()
+    for index in range(made.GetSegmentation().GetNumberOfSegments()):
+        segment_id = made.GetSegmentation().GetNthSegmentID(index)
+        node.GetSegmentation().CopySegmentFromSegmentation(made.GetSegmentation(), segment_id)
+    display = made.GetDisplayNode()
+    scene = made.GetScene()
+    scene.RemoveNode(made)
+    if display is not None and display.GetScene() is not None:
+        scene.RemoveNode(display)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
 
 
 # --- sequences --------------------------------------------------------------------------------------------
@@ -583,6 +670,17 @@ def plot_curves(x: np.ndarray, curves: dict[str, np.ndarray], name: str, x_title
             series.SetColor(*colours[key])
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return chart
+
+
+
+def dash_plot_series(chart, names) -> None:
+    """Draw the series of ``chart`` named in ``names`` as dashed lines (reference curves beside measured ones)."""
+    slicer = _slicer()
+    names = set(names)
+    for index in range(chart.GetNumberOfPlotSeriesNodes()):
+        series = chart.GetNthPlotSeriesNode(index)
+        if series is not None and series.GetName() in names:
+            series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
 
 
 # --- scene bundles ----------------------------------------------------------------------------------------
