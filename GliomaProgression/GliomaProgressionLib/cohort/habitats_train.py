@@ -1,0 +1,141 @@
+"""``gliomaprog cohort habitats-train``: a site's own perfusion-habitat model (seed 002, Yun et al. 2023).
+
+Every case folder of a cohort (``cohort.export.case_folders``: t1c, lesion, dsc + dsc.json) is read as
+``gliomaprog habitats`` reads one (``runs.habitats.read_habitat_inputs``: CEL and NEL carried onto the DSC grid);
+``DSCPerfusionLib.habitats.pipeline.train_habitat_model`` trains the curve autoencoder and the k-means patterns of
+each region (k by silhouette) and names them against the reference tissues; the model is packaged
+(``models.habitat_packages``) with its training record.
+
+Output folder (written completely or not at all)::
+
+    <id>.zip              the habitat model package (gliomaprog habitats --model <zip>)
+    models_entry.json     its entry for Models.json's "habitat_models" (file: models/<id>.zip)
+    training.json         the training record: cases used and failed (with the reason), settings, wall time
+
+A case that cannot be read is skipped and recorded with its one-sentence reason; Ctrl+C or SIGTERM leave nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+Log = Callable[[str], None]
+ENTRY_FILE = "models_entry.json"
+TRAINING_FILE = "training.json"
+SYNTHETIC_DESCRIPTION = ("Trained on synthetic data — not for clinical use. Perfusion habitats (Yun et al. 2023): a "
+                         "1-D convolutional autoencoder of white-matter-normalised DSC curves and k-means patterns of "
+                         "the contrast-enhancing and non-enhancing lesion, named against reference tissues, trained "
+                         "on a simulated cohort from the GliomaProgression phantom. It demonstrates the workflow; its "
+                         "outputs mean nothing for patients.")
+SITE_DESCRIPTION = ("Perfusion habitats (Yun et al. 2023): a 1-D convolutional autoencoder of white-matter-normalised "
+                    "DSC curves and k-means patterns of the contrast-enhancing and non-enhancing lesion, named against "
+                    "reference tissues.")
+
+
+def training_cases(folders: list[Path], alignment: str, log: Log) -> tuple[list, list[str], list[dict]]:
+    """(HabitatTrainingCase per readable case, their names, the failed cases with their reason)."""
+    import numpy as np
+
+    from DSCPerfusionLib.habitats.pipeline import HabitatTrainingCase
+
+    from GliomaProgressionLib.runs.habitats import read_habitat_inputs
+
+    cases, names, failed = [], [], []
+    for index, folder in enumerate(folders):
+        started = time.monotonic()
+        try:
+            inputs = read_habitat_inputs(folder, alignment)
+        except ValueError as error:
+            reason = " ".join(str(error).split())
+            failed.append({"case": folder.name, "reason": reason})
+            log(f"[{index + 1}/{len(folders)}] {folder.name}: skipped: {reason}")
+            continue
+        cases.append(HabitatTrainingCase(np.asarray(inputs.dsc.array, np.float32), inputs.timing.times_s,
+                                         inputs.cel, inputs.nel))
+        names.append(folder.name)
+        log(f"[{index + 1}/{len(folders)}] {folder.name}: CEL {int(inputs.cel.sum())}, NEL {int(inputs.nel.sum())} "
+            f"DSC voxels ({time.monotonic() - started:.1f} s)")
+    return cases, names, failed
+
+
+def train_habitat_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, epochs: int | None = None,
+                         k_range: tuple[int, int] = (2, 6), seed: int = 0, model_id: str = "habitats-site",
+                         title: str = "Perfusion habitats (site model)", synthetic: bool = False,
+                         alignment: str = "registration", log: Log | None = None,
+                         extra_training: dict | None = None) -> dict:
+    """Train a habitat model on the case folders of ``cohort`` into the new folder ``out``; returns
+    {"package": zip path, "entry": Models.json entry, "entry_file": its path, "failed": [...]}.
+
+    ``extra_training``: more facts for the entry's training record (the phantom seeds of a synthetic cohort)."""
+    from DSCPerfusionLib.habitats.pipeline import train_habitat_model
+
+    from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder, write_json
+    from GliomaProgressionLib.cohort.export import case_folders
+    from GliomaProgressionLib.models.habitat_packages import MODEL_ID, package_habitat_model, registry_entry
+
+    say = log or (lambda message: None)
+    if not MODEL_ID.fullmatch(model_id or ""):
+        raise ValueError(f"The habitat model id must be letters, digits, '.', '_' or '-', got {model_id!r}.")
+    low, high = k_range
+    if low < 2 or high < low:
+        raise ValueError(f"The range of patterns per region must be 2 or more, fewest first; got {low} to {high}.")
+    out = check_new_output_folder(Path(out))
+    started = time.monotonic()
+    folders = case_folders(Path(cohort))
+    say(f"Reading {len(folders)} case(s) of {cohort}")
+    cases, names, failed = training_cases(folders, alignment, say)
+    if not cases:
+        raise ValueError(f"No case of the cohort {cohort} could be used for habitat training "
+                         f"({len(failed)} failed; the first: {failed[0]['reason'] if failed else 'none'}).")
+    say(f"Training the habitat model on {len(cases)} case(s)")
+    options = {"k_range": (low, high), "seed": seed}
+    if epochs is not None:
+        options["epochs"] = epochs
+    model = train_habitat_model(cases, progress=_progress_lines(say), **options)
+    wall_time = round(time.monotonic() - started, 1)
+    training = {"cases": len(cases), "failed_cases": len(failed), "seed": seed, "epochs": epochs,
+                "k_range": [low, high], "k_per_region": _k_per_region(model), "alignment": alignment,
+                "device": f"cpu ({os.cpu_count()} cores, {platform.machine()})", "wall_time_s": wall_time,
+                **(extra_training or {})}
+    meta = {"id": model_id, "title": title,
+            "description": SYNTHETIC_DESCRIPTION if synthetic else SITE_DESCRIPTION, "synthetic": synthetic,
+            "intended_use": "Demonstration, testing and teaching of the perfusion-habitat workflow. Not for clinical "
+                            "use, diagnosis or treatment planning." if synthetic else "Research use.",
+            "method": "Yun et al. 2023, AJNR: DSC time-signal curve autoencoder + k-means, labelled against "
+                      "reference tissues",
+            "training": training}
+    with staged_output_folder(out) as staging:
+        package, sha256 = package_habitat_model(model, staging / f"{model_id}.zip", meta)
+        entry = registry_entry(meta, package, sha256)
+        write_json(entry, staging / ENTRY_FILE)
+        write_json({**training, "case_names": names, "failed": failed}, staging / TRAINING_FILE)
+    return {"package": out / package.name, "entry": entry, "entry_file": out / ENTRY_FILE, "failed": failed}
+
+
+def _progress_lines(say: Log):
+    """The library's progress (fraction, message) as log lines, at most one per 10 % step and message kind."""
+    shown: set = set()
+
+    def progress(fraction: float, message: str) -> None:
+        step = (int(10 * max(0.0, min(fraction, 1.0))), message.split(" ")[0])
+        if step not in shown:
+            shown.add(step)
+            say(f"{100 * fraction:3.0f}% {message}")
+
+    return progress
+
+
+def _k_per_region(model) -> dict:
+    """How many patterns the model found in each region (read from the model as saved, whatever its shape)."""
+    for name in ("k_per_region", "k"):
+        value = getattr(model, name, None)
+        if isinstance(value, dict):
+            return {str(k): int(v) for k, v in value.items()}
+    centres = getattr(model, "centres", None) or getattr(model, "centers", None)
+    if isinstance(centres, dict):
+        return {str(region): int(len(c)) for region, c in centres.items()}
+    return {}
