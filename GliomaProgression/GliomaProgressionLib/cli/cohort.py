@@ -1,4 +1,6 @@
-"""``gliomaprog cohort evaluate|export|train|package|replicate``: the cohort-study commands.
+"""``gliomaprog cohort evaluate|export|train|package|replicate|habitats-train|survival``: the cohort-study commands.
+
+``habitats-train`` and ``survival`` are declared with the habitat commands (``cli/habitats.py``, ``cli/survival.py``).
 
 The science modules are imported by the handlers, so building the parser stays quick.
 """
@@ -9,11 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from GliomaProgressionLib.cli import habitats, survival
 from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float, positive_int
 
 
 def add_commands(subparsers) -> None:
-    """``cohort evaluate|export|train|package|replicate``."""
+    """``cohort evaluate|export|train|package|replicate|habitats-train|survival``."""
     cohort = subparsers.add_parser(
         "cohort", help="cohort studies: export, train, package and evaluate a site's own progression model")
     actions = cohort.add_subparsers(dest="action", required=True, parser_class=type(cohort))
@@ -22,6 +25,8 @@ def add_commands(subparsers) -> None:
     _add_train(actions)
     _add_package(actions)
     _add_replicate(actions)
+    habitats.add_cohort_actions(actions)
+    survival.add_cohort_actions(actions)
 
 
 def _add_evaluate(actions) -> None:
