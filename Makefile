@@ -10,7 +10,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
 DEMO := demo_output
 
-.PHONY: all venv test test-main test-slicer test-fast test-fast-main test-fast-slicer panels demo clean
+.PHONY: all venv test test-main test-slicer test-fast test-fast-main test-fast-slicer panels demo demo-habitat-model clean
 
 all: test
 
@@ -97,6 +97,24 @@ replicate: $(STAMP)
 	rm -rf build/replicate
 	$(PY) -m GliomaProgressionLib.cli.main cohort replicate --out build/replicate --train 60 --test 30 \
 		--epochs $(REPLICATE_EPOCHS) --iterations 20
+
+# The shipped perfusion-habitat demo model (seed 002), trained on synthetic data - not for clinical use: 60 small
+# phantom cases with habitat truth (seeds 4000-4059), gliomaprog cohort habitats-train, then the package copied to
+# GliomaProgression/Resources/models/habitats_demo.zip and its entry (sha256, training record, wall time) put in
+# Models.json. Any other seed can be used to check it (benchmarks/bench_habitats.py uses full-size 4100-4102).
+HABITAT_DEMO := build/habitats_demo
+HABITAT_SEEDS := $(shell seq 4000 4059)
+demo-habitat-model: $(STAMP)
+	@rm -rf $(HABITAT_DEMO)
+	@mkdir -p $(HABITAT_DEMO)/cohort
+	@echo "Generating $(words $(HABITAT_SEEDS)) small phantom cases with habitat truth"
+	@printf '%s\n' $(HABITAT_SEEDS) | xargs -P 2 -I{} $(VENV)/bin/gliomaprog phantom --habitats --size small \
+		--seed {} --out $(HABITAT_DEMO)/cohort/case_{} --quiet
+	$(VENV)/bin/gliomaprog cohort habitats-train $(HABITAT_DEMO)/cohort --out $(HABITAT_DEMO)/model \
+		--id habitats-demo --title "Demo: perfusion habitats (synthetic)" --synthetic --seed 0
+	$(PY) -m GliomaProgressionLib.models.habitat_packages register $(HABITAT_DEMO)/model/models_entry.json \
+		$(HABITAT_DEMO)/model/habitats_demo.zip
+	@cat $(HABITAT_DEMO)/model/models_entry.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache *.egg-info

@@ -8,7 +8,7 @@ each region (k by silhouette) and names them against the reference tissues; the 
 
 Output folder (written completely or not at all)::
 
-    <id>.zip              the habitat model package (gliomaprog habitats --model <zip>)
+    <id>.zip              the habitat model package ('-' in the id written '_') (gliomaprog habitats --model <zip>)
     models_entry.json     its entry for Models.json's "habitat_models" (file: models/<id>.zip)
     training.json         the training record: cases used and failed (with the reason), settings, wall time
 
@@ -36,30 +36,46 @@ SITE_DESCRIPTION = ("Perfusion habitats (Yun et al. 2023): a 1-D convolutional a
                     "reference tissues.")
 
 
-def training_cases(folders: list[Path], alignment: str, log: Log) -> tuple[list, list[str], list[dict]]:
-    """(HabitatTrainingCase per readable case, their names, the failed cases with their reason)."""
-    import numpy as np
+class TrainingCases:
+    """The cohort's cases as ``HabitatTrainingCase``, read one at a time while the library iterates (one DSC series
+    in memory at a time); a case that cannot be used is skipped and recorded in ``failed`` with its reason."""
 
-    from DSCPerfusionLib.habitats.pipeline import HabitatTrainingCase
+    def __init__(self, folders: list[Path], alignment: str, log: Log):
+        self.folders, self.alignment, self.log = folders, alignment, log
+        self.names: list[str] = []
+        self.failed: list[dict] = []
 
-    from GliomaProgressionLib.runs.habitats import read_habitat_inputs
+    def __iter__(self):
+        for index, folder in enumerate(self.folders):
+            case = self._read(index, folder)
+            if case is not None:
+                yield case
 
-    cases, names, failed = [], [], []
-    for index, folder in enumerate(folders):
+    def _read(self, index: int, folder: Path):
+        import numpy as np
+
+        from DSCPerfusionLib.habitats.pipeline import MIN_REGION_VOXELS, HabitatTrainingCase
+
+        from GliomaProgressionLib.runs.habitats import read_habitat_inputs
+
         started = time.monotonic()
+        where = f"[{index + 1}/{len(self.folders)}] {folder.name}"
         try:
-            inputs = read_habitat_inputs(folder, alignment)
+            inputs = read_habitat_inputs(folder, self.alignment)
+            for region, mask in (("CEL", inputs.cel), ("NEL", inputs.nel & ~inputs.cel)):
+                if mask.sum() < MIN_REGION_VOXELS:
+                    raise ValueError(f"The {region} of the case {folder.name} has {int(mask.sum())} voxels on the "
+                                     f"DSC grid; habitats need at least {MIN_REGION_VOXELS}.")
         except ValueError as error:
             reason = " ".join(str(error).split())
-            failed.append({"case": folder.name, "reason": reason})
-            log(f"[{index + 1}/{len(folders)}] {folder.name}: skipped: {reason}")
-            continue
-        cases.append(HabitatTrainingCase(np.asarray(inputs.dsc.array, np.float32), inputs.timing.times_s,
-                                         inputs.cel, inputs.nel))
-        names.append(folder.name)
-        log(f"[{index + 1}/{len(folders)}] {folder.name}: CEL {int(inputs.cel.sum())}, NEL {int(inputs.nel.sum())} "
-            f"DSC voxels ({time.monotonic() - started:.1f} s)")
-    return cases, names, failed
+            self.failed.append({"case": folder.name, "reason": reason})
+            self.log(f"{where}: skipped: {reason}")
+            return None
+        self.names.append(folder.name)
+        self.log(f"{where}: CEL {int(inputs.cel.sum())}, NEL {int(inputs.nel.sum())} DSC voxels "
+                 f"({time.monotonic() - started:.1f} s)")
+        return HabitatTrainingCase(np.asarray(inputs.dsc.array, np.float32), inputs.timing.times_s, inputs.cel,
+                                   inputs.nel, spacing_mm=tuple(float(v) for v in inputs.dsc.spacing[::-1]))
 
 
 def train_habitat_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, epochs: int | None = None,
@@ -75,7 +91,8 @@ def train_habitat_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, e
 
     from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder, write_json
     from GliomaProgressionLib.cohort.export import case_folders
-    from GliomaProgressionLib.models.habitat_packages import MODEL_ID, package_habitat_model, registry_entry
+    from GliomaProgressionLib.models.habitat_packages import (MODEL_ID, package_file_name, package_habitat_model,
+                                                              registry_entry)
 
     say = log or (lambda message: None)
     if not MODEL_ID.fullmatch(model_id or ""):
@@ -87,20 +104,26 @@ def train_habitat_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, e
     started = time.monotonic()
     folders = case_folders(Path(cohort))
     say(f"Reading {len(folders)} case(s) of {cohort}")
-    cases, names, failed = training_cases(folders, alignment, say)
-    if not cases:
-        raise ValueError(f"No case of the cohort {cohort} could be used for habitat training "
-                         f"({len(failed)} failed; the first: {failed[0]['reason'] if failed else 'none'}).")
-    say(f"Training the habitat model on {len(cases)} case(s)")
-    options = {"k_range": (low, high), "seed": seed}
+    cases = TrainingCases(folders, alignment, say)
+    options = {"k_range": (low, high), "seed": seed, "synthetic": synthetic}
     if epochs is not None:
         options["epochs"] = epochs
-    model = train_habitat_model(cases, progress=_progress_lines(say), **options)
+    try:
+        model = train_habitat_model(cases, progress=_progress_lines(say), **options)
+    except ValueError:
+        if cases.names:
+            raise
+        failed = cases.failed
+        raise ValueError(f"No case of the cohort {cohort} could be used for habitat training ({len(failed)} "
+                         f"failed; the first: {failed[0]['reason'] if failed else 'none'}).") from None
+    names, failed = cases.names, cases.failed
     wall_time = round(time.monotonic() - started, 1)
-    training = {"cases": len(cases), "failed_cases": len(failed), "seed": seed, "epochs": epochs,
-                "k_range": [low, high], "k_per_region": _k_per_region(model), "alignment": alignment,
+    training = {"cases": len(names), "failed_cases": len(failed), "seed": seed,
+                "epochs": int(model.training.get("epochs", epochs or 0)),
+                "k_range": [low, high], "k_per_region": _k_per_region(model),
+                "reconstruction_mse": model.training.get("reconstruction_mse"), "alignment": alignment,
                 "device": f"cpu ({os.cpu_count()} cores, {platform.machine()})", "wall_time_s": wall_time,
-                **(extra_training or {})}
+                **phantom_record([Path(cohort) / name for name in names]), **(extra_training or {})}
     meta = {"id": model_id, "title": title,
             "description": SYNTHETIC_DESCRIPTION if synthetic else SITE_DESCRIPTION, "synthetic": synthetic,
             "intended_use": "Demonstration, testing and teaching of the perfusion-habitat workflow. Not for clinical "
@@ -108,12 +131,29 @@ def train_habitat_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, e
             "method": "Yun et al. 2023, AJNR: DSC time-signal curve autoencoder + k-means, labelled against "
                       "reference tissues",
             "training": training}
+    model.training = {**dict(getattr(model, "training", {}) or {}), **training}
     with staged_output_folder(out) as staging:
-        package, sha256 = package_habitat_model(model, staging / f"{model_id}.zip", meta)
+        package, sha256 = package_habitat_model(model, staging / package_file_name(model_id), meta)
         entry = registry_entry(meta, package, sha256)
         write_json(entry, staging / ENTRY_FILE)
         write_json({**training, "case_names": names, "failed": failed}, staging / TRAINING_FILE)
     return {"package": out / package.name, "entry": entry, "entry_file": out / ENTRY_FILE, "failed": failed}
+
+
+def phantom_record(folders: list[Path]) -> dict:
+    """For a cohort of phantom cases (each with truth/truth.json): their seeds and size, so that the training set
+    can be made again; empty for any other cohort."""
+    import json
+
+    seeds, sizes = [], set()
+    for folder in folders:
+        try:
+            config = json.loads((folder / "truth" / "truth.json").read_text(encoding="utf-8"))["config"]
+            seeds.append(int(config["seed"]))
+            sizes.add(str(config["size"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+    return {"phantom_seeds": sorted(seeds), "phantom_size": ", ".join(sorted(sizes))} if seeds else {}
 
 
 def _progress_lines(say: Log):

@@ -159,7 +159,8 @@ def _package_from_folder(folder: Path, label: str, sha256: str | None) -> Habita
         raise ValueError(f"The habitat model package {label} cannot be loaded ({reason}).") from None
     known = ("id", "title", "description", "synthetic")
     return HabitatModelPackage(id=str(meta.get("id") or folder.name), title=str(meta.get("title") or folder.name),
-                               model=model, sha256=sha256, synthetic=bool(meta.get("synthetic", False)),
+                               model=model, sha256=sha256,
+                               synthetic=bool(meta.get("synthetic", getattr(model, "synthetic", False))),
                                description=str(meta.get("description", "")), source=Path(label).name,
                                extra={k: v for k, v in meta.items() if k not in known})
 
@@ -191,6 +192,11 @@ def package_habitat_model(model, out: str | os.PathLike, meta: dict) -> tuple[Pa
         (staging / PACKAGE_JSON).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         zip_folder(staging, out)
     return out, sha256_file(out)
+
+
+def package_file_name(model_id: str) -> str:
+    """A package's file name: its id, with '_' for '-' ("habitats-demo" -> habitats_demo.zip)."""
+    return f"{model_id.replace('-', '_')}.zip"
 
 
 def registry_entry(meta: dict, zip_path: Path, sha256: str) -> dict:

@@ -164,6 +164,7 @@ def run_habitats_files(case_folder: str | Path, out: str | Path, *, model_id: st
     report(0.3, "Computing the perfusion habitats")
     result = compute_habitats(inputs.dsc.array, inputs.timing.times_s, inputs.cel, inputs.nel, package.model,
                               spacing_mm=tuple(float(s) for s in inputs.dsc.spacing[::-1]),
+                              ijk_to_ras=inputs.dsc.ijk_to_ras,
                               progress=_sub_progress(progress, 0.3, 0.9))
     report(0.9, "Writing the habitat maps")
     return write_habitat_outputs(result, inputs.dsc_grid, inputs.reference, out, package.info(),
