@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float, positive_int
-from GliomaProgressionLib.phantom.synthetic import SIZES
+from GliomaProgressionLib.phantom.synthetic import HABITAT_SHARE_BOUNDS, SIZES
+
+SHARE_FLAGS = {"high_angiogenic_share": "--high-angiogenic-share", "perinecrotic_share": "--perinecrotic-share",
+               "nel_low_angiogenic_share": "--nel-low-angiogenic-share", "infiltrated_share": "--infiltrated-share"}
 
 
 def add_commands(commands) -> None:
@@ -33,6 +36,12 @@ def add_commands(commands) -> None:
     variants.add_argument("--no-dsc", action="store_true", help="no perfusion (DSC) series")
     variants.add_argument("--dsc-slices", type=positive_int, metavar="N",
                           help="a thin DSC slab of N slices through the tumour (default: the whole head)")
+    habitats = phantom.add_argument_group("perfusion-habitat truth (Yun et al. 2023)")
+    habitats.add_argument("--habitats", action="store_true",
+                          help="divide the enhancing lesion and the NEL into perfusion habitats with curves of their "
+                               "own, and write their truth (truth/habitats*.nii.gz, truth/habitats.json)")
+    for name, flag in SHARE_FLAGS.items():
+        habitats.add_argument(flag, type=_fraction, metavar="F", help=_share_help(name))
     phantom.add_argument("--scene", type=Path, help="also write the case as a Slicer scene bundle (.mrb)")
     phantom.add_argument("--quiet", action="store_true", help="no progress lines")
     phantom.set_defaults(handler=_run_phantom)
@@ -46,12 +55,17 @@ def _run_phantom(args: argparse.Namespace) -> int:
     check_new_output_folder(args.out, "--out")  # the command line names its flag
     if args.no_dsc and args.dsc_slices is not None:
         raise ValueError("--dsc-slices sets the DSC slab, but --no-dsc leaves the DSC series out; give one of them.")
+    given = [flag for name, flag in SHARE_FLAGS.items() if getattr(args, name) is not None]
+    if given and not args.habitats:
+        raise ValueError(f"{', '.join(given)} set habitat shares; add --habitats to make the habitats.")
     if args.scene is not None:
         _check_scene_path(args.scene)
+    shares = {name: getattr(args, name) for name in SHARE_FLAGS}
     config = PhantomConfig(seed=args.seed, size=args.size, cavity=args.cavity, noise=not args.no_noise,
                            progression_cbv_ratio=args.progression_cbv_ratio,
                            progression_flair_ratio=args.progression_flair_ratio, preprocessed=args.preprocessed,
-                           head=args.with_head, dsc=not args.no_dsc, dsc_slices=args.dsc_slices)
+                           head=args.with_head, dsc=not args.no_dsc, dsc_slices=args.dsc_slices,
+                           habitats=args.habitats, **shares)
     progress = StderrProgress(args.quiet)
     case = generate_case(config, progress)
     write_case(case, args.out)
@@ -61,6 +75,26 @@ def _run_phantom(args: argparse.Namespace) -> int:
         _write_case_scene(args.out, args.scene)
         print(f"Slicer scene written to {args.scene}")
     return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {text}")
+    return value
+
+
+def _share_help(name: str) -> str:
+    if name == "infiltrated_share":
+        return "fraction of the NEL that is infiltrated oedema, grown from the future-progression region " \
+               "(default: that region alone)"
+    low, high = HABITAT_SHARE_BOUNDS[name]
+    region = "NEL" if name.startswith("nel_") else "CEL"
+    habitat = name.removeprefix("nel_").removesuffix("_share").replace("_", "-")
+    return f"fraction of the {region} that is {habitat} (default: drawn from the seed, {low:g}-{high:g})"
 
 
 def _check_scene_path(path: Path) -> None:

@@ -4,6 +4,8 @@ Layout::
 
     t1c.nii.gz  flair.nii.gz  dsc.nii.gz (4D)  dsc.json  lesion.nii.gz (BraTS 2024 labels on the CE-T1 grid)
     truth/  cbv, cbf, ncbv, k2, nawm, brain_dsc (DSC grid); brain, progression (CE-T1 grid); truth.json
+            with habitats: habitats (CE-T1 grid), habitats_dsc and lesion_dsc (DSC grid), habitats.json
+            (fractions per region, voxel counts, shares, family parameters; ``synthetic.generate_case``)
     (a case made without DSC has no dsc.nii.gz, dsc.json or DSC-grid truth)
     NOTICE.txt
 """
@@ -31,6 +33,8 @@ def write_case(case: SyntheticCase, out: str | os.PathLike) -> Path:
         for name, volume in case.truth.items():
             write_volume(volume, truth / f"{name}.nii.gz")
         write_json(case.metadata, truth / "truth.json")
+        if case.habitats is not None:
+            write_json(case.habitats, truth / "habitats.json")
         (staging / "NOTICE.txt").write_text(f"{SYNTHETIC_NOTICE}\n\n{MNI_NOTICE}\n", encoding="utf-8")
     return Path(out)
 

@@ -21,6 +21,49 @@ skull-stripped brain), ``dsc=False`` (no perfusion series) and ``dsc_slices`` (a
 tumour). ``arrival_delay_s`` and ``mtt_spread`` (a late hemisphere, uneven transit times) test leakage
 correction; with them the truth nCBV is the integral of each voxel's own curve. With every variant off, a seed
 gives the case it always gave, bit for bit.
+
+Perfusion habitats (``habitats=True``, issue 14; seed 002, Yun et al. 2023, AJNR): the enhancing lesion (CEL) and
+the NEL are divided into the tissue patterns of ``DSCPerfusionLib.habitats.labels.HABITATS``, each a compact patch
+(the voxels of its region nearest a point on the tumour's edge, directions drawn from the case's own habitat
+stream), with DSC parameters of its own (``HABITAT_FAMILIES``). Only CBV, CBF, K2 and the DSC baseline change: the
+CE-T1, FLAIR, lesion and progression truth stay those of the case without habitats.
+
+* CEL: perinecrotic tissue at one pole of the rim, low-angiogenic (cellular) tumour at the opposite pole,
+  high-angiogenic tumour between them. The whole 3-5 mm rim borders the necrosis, and a thinner inner shell would
+  be below the DSC voxel (1.8 x 1.8 x 5 mm), so the perinecrotic patch spans the rim's thickness.
+* NEL: infiltrated oedema is the future-progression region (grown through the NEL to ``infiltrated_share`` if
+  given), a patch of non-enhancing cellular tumour (low-angiogenic) lies on the side away from it, and the rest
+  is vasogenic oedema. The resection-cavity case has no necrosis and is refused.
+
+The family values (CBV ml/100 g, CBF ml/100 g/min, K2 1/s, baseline S0; normal white matter 2, 22, 0, 900; grey
+matter 4, 60, 0, 1050; CSF 0, 0, 0, 1500) and what they give Yun's curve parameters (baseline, drop, drop speed,
+percentage recovery; ``DSCPerfusionLib.features``), so that the rules naming a pattern against grey matter,
+white matter and CSF (``habitats.labels``) find each family:
+
+=================== ===== ===== ====== ==== ==========================================================
+family               CBV   CBF   K2     S0   why
+=================== ===== ===== ====== ==== ==========================================================
+high_angiogenic      9.0   130   +0.015 1000 angiogenesis and a leaky barrier: a drop deeper and faster than
+                                             grey matter's; T1 leakage lifts the recovery above 100 %
+low_angiogenic       1.4    16    0      650 dense cells, few vessels: the lowest baseline (short T2) and a drop
+                                             below white matter's
+perinecrotic         3.0    32   -0.012 1250 T2-bright tissue next to necrosis: a baseline above grey matter's
+                                             and, from T2* leakage (K2 < 0), a recovery well below white matter's
+infiltrated_oedema   3.2   35.2   0     1150 tumour cells in oedema: the progression region's CBV (1.6 x white
+                                             matter, its transit time), a baseline between grey matter's and the
+                                             grey-CSF midpoint, a drop between white and grey matter's
+vasogenic_oedema     0.8     9    0     1400 water, compressed vessels: the highest baseline of the lesion and a
+                                             drop below white matter's even at that baseline
+=================== ===== ===== ====== ==== ==========================================================
+
+Every family's parameters are uniform inside it; the DSC voxels see them through partial volume with the
+neighbours (necrosis, other families, normal tissue), which the habitat method has to live with as in patients.
+Truth: ``habitats`` (CE-T1 grid) and ``habitats_dsc`` (DSC grid) hold the habitat values at each voxel's centre,
+``lesion_dsc`` the lesion labels there (which region a DSC voxel's habitat is in), and ``SyntheticCase.habitats``
+(``truth/habitats.json``) the fraction of each region in each habitat, voxel counts and the family parameters.
+The burden varies per case: the shares of the high-angiogenic and perinecrotic CEL and of the low-angiogenic
+NEL are drawn within ``HABITAT_SHARE_BOUNDS`` unless given; the infiltrated share is the progression region's
+(about 0.07-0.17 of the NEL) unless ``infiltrated_share`` grows it.
 """
 
 from __future__ import annotations
@@ -34,6 +77,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from DSCPerfusionLib.habitats.labels import HABITAT_BY_KEY, HABITATS, REGIONS
 from DSCPerfusionLib.simulation import add_rician_noise, simulate_dsc
 
 from GliomaProgressionLib.phantom.acquisition import HeadPose, SeriesProtocol, acquire, acquire_labels, random_pose, series_grid
@@ -89,6 +133,36 @@ MAX_ARRIVAL_DELAY_S = 10.0
 MAX_MTT_SPREAD = 0.5
 MTT_FIELD_SIGMA_MM = 15.0  # smoothness of the MTT field: territories, not voxels
 TRANSIT_STREAM = 13  # second seed word of the variants' own random generator
+HABITAT_STREAM = 14  # second seed word of the habitat split's own random generator
+
+
+@dataclass(frozen=True)
+class HabitatFamily:
+    """DSC parameters of one perfusion habitat: CBV (ml/100 g), CBF (ml/100 g/min), leakage K2 (1/s, BSW
+    convention of ``simulate_dsc``: positive = T1 effect, negative = T2* effect) and baseline DSC signal S0."""
+
+    cbv: float
+    cbf: float
+    k2: float
+    dsc_s0: float
+
+
+# See "Perfusion habitats" in the module docstring for why each value.
+HABITAT_FAMILIES = {
+    "high_angiogenic": HabitatFamily(cbv=9.0, cbf=130.0, k2=0.015, dsc_s0=1000.0),
+    "low_angiogenic": HabitatFamily(cbv=1.4, cbf=16.0, k2=0.0, dsc_s0=650.0),
+    "perinecrotic": HabitatFamily(cbv=3.0, cbf=32.0, k2=-0.012, dsc_s0=1250.0),
+    "infiltrated_oedema": HabitatFamily(cbv=3.2, cbf=35.2, k2=0.0, dsc_s0=1150.0),
+    "vasogenic_oedema": HabitatFamily(cbv=0.8, cbf=9.0, k2=0.0, dsc_s0=1400.0),
+}
+# Bounds of the habitat shares drawn per case when the config leaves them open (fractions of the region): wide
+# enough for a cohort whose survival depends on habitat burden, narrow enough that every family keeps a few
+# hundred DSC voxels at full size (and some twenty at the small size).
+HABITAT_SHARE_BOUNDS = {
+    "high_angiogenic_share": (0.30, 0.50),  # of the CEL
+    "perinecrotic_share": (0.20, 0.30),  # of the CEL; low-angiogenic tumour is the rest of it (0.20-0.50)
+    "nel_low_angiogenic_share": (0.05, 0.12),  # of the NEL: non-enhancing cellular tumour next to the CEL
+}
 
 
 @dataclass(frozen=True)
@@ -124,6 +198,14 @@ class PhantomConfig:
     # inversely, CBV kept). With either on, the nCBV truth is the integral of each voxel's own curve.
     arrival_delay_s: float = 0.0
     mtt_spread: float = 0.0
+    # Perfusion-habitat truth, off by default (issue 14; see "Perfusion habitats" in the module docstring). The
+    # shares are fractions of their region; None draws them from the seed within HABITAT_SHARE_BOUNDS. The
+    # infiltrated oedema is the future-progression region, grown through the NEL to ``infiltrated_share`` if given.
+    habitats: bool = False
+    high_angiogenic_share: float | None = None
+    perinecrotic_share: float | None = None
+    nel_low_angiogenic_share: float | None = None
+    infiltrated_share: float | None = None
 
     def validated(self) -> "PhantomConfig":
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -144,7 +226,25 @@ class PhantomConfig:
                 raise ValueError(f"dsc_slices must be a whole number of at least 1, got {self.dsc_slices!r}.")
             if not self.dsc:
                 raise ValueError("dsc_slices sets the DSC slab, but the case is asked without DSC.")
+        self._validate_habitats()
         return self
+
+    def _validate_habitats(self) -> None:
+        shares = {name: getattr(self, name) for name in (*HABITAT_SHARE_BOUNDS, "infiltrated_share")}
+        given = {name: value for name, value in shares.items() if value is not None}
+        if given and not self.habitats:
+            raise ValueError(f"{', '.join(given)} set habitat shares, but the case is asked without habitats.")
+        for name, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a fraction from 0 to 1, got {value!r}.")
+        if (self.high_angiogenic_share or 0) + (self.perinecrotic_share or 0) > 1:
+            raise ValueError("high_angiogenic_share and perinecrotic_share together exceed the whole CEL.")
+        if (self.infiltrated_share or 0) + (self.nel_low_angiogenic_share or 0) > 1:
+            raise ValueError("infiltrated_share and nel_low_angiogenic_share together exceed the whole NEL.")
+        if self.habitats and self.cavity:
+            raise ValueError("Habitat truth needs the pre-operative tumour with its necrosis; the resection-cavity "
+                             "case has none.")
 
 
 @dataclass
@@ -159,6 +259,9 @@ class SyntheticCase:
     lesion: Volume  # BraTS 2024 labels on the CE-T1 grid
     truth: dict[str, Volume]  # cbv, cbf, ncbv, k2, nawm, brain_dsc (DSC grid, with DSC); brain, progression (CE-T1)
     metadata: dict
+    # With habitats: truth also holds "habitats" (CE-T1 grid), "habitats_dsc" and "lesion_dsc" (DSC grid), and
+    # this summary (fractions per region, voxel counts, shares, family parameters) is truth/habitats.json.
+    habitats: dict | None = None
 
 
 # --- template -------------------------------------------------------------------------------------------
@@ -328,6 +431,127 @@ def _infiltrated_wedge(rng, oedema, distance, dk, dj, di, radius_field, spacing)
     raise ValueError("Could not place an infiltrated region of at least 0.3 mL in the oedema.")
 
 
+# --- perfusion habitats -------------------------------------------------------------------------------------
+
+
+def _split_habitats(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig) -> tuple[np.ndarray, dict]:
+    """Habitat values (``HABITATS``) on the template grid, 0 outside the CEL and NEL, and the shares used.
+
+    Each family is one compact patch: the voxels of its region nearest a point on the tumour's edge. The
+    directions and the shares the config leaves open come from the habitat stream, so the rest of the case is
+    the same with habitats on or off.
+    """
+    rng = np.random.default_rng([config.seed, HABITAT_STREAM])
+    drawn = {name: float(rng.uniform(*bounds)) for name, bounds in HABITAT_SHARE_BOUNDS.items()}
+    shares = {name: drawn[name] if getattr(config, name) is None else float(getattr(config, name)) for name in drawn}
+    cel_names = ("high_angiogenic_share", "perinecrotic_share")
+    if sum(shares[name] for name in cel_names) > 1:  # one given, the other drawn: the drawn one gives way
+        drawn_name, given_name = cel_names if config.high_angiogenic_share is None else cel_names[::-1]
+        shares[drawn_name] = 1.0 - shares[given_name]
+    pole, nel_side = _unit_vector(rng), _unit_vector(rng)
+    labels = tumour.labels
+    cel, nel = labels == LABELS["enhancing"], labels == LABELS["oedema"]
+    centre_mm = np.argwhere(cel | (labels == LABELS["necrosis"])).mean(axis=0) * anatomy.spacing
+    edge_mm = tumour.parameters["enhancing_outer_radius_mm"]
+    habitats = np.zeros(labels.shape, np.uint8)
+
+    # CEL: perinecrotic tissue at one pole of the rim, low-angiogenic tumour at the other, high-angiogenic between.
+    perinecrotic = _nearest_voxels(cel, centre_mm + edge_mm * pole, shares["perinecrotic_share"], anatomy.spacing)
+    low = _nearest_voxels(cel & ~perinecrotic, centre_mm - edge_mm * pole,
+                          (1 - shares["high_angiogenic_share"] - shares["perinecrotic_share"]) * cel.sum(),
+                          anatomy.spacing, count=True)
+    habitats[cel] = HABITAT_BY_KEY["high_angiogenic"].value
+    habitats[perinecrotic] = HABITAT_BY_KEY["perinecrotic"].value
+    habitats[low] = HABITAT_BY_KEY["low_angiogenic"].value
+
+    # NEL: infiltrated oedema where the tumour will come back, a patch of non-enhancing cellular tumour on the
+    # side away from it, vasogenic oedema elsewhere.
+    infiltrated = _infiltrated_oedema(nel, tumour.progression & nel, config.infiltrated_share, anatomy.spacing)
+    wedge = np.array(tumour.parameters["progression_direction_ras"][::-1])
+    away = -wedge + 0.5 * nel_side
+    away /= np.linalg.norm(away)
+    nel_low = _nearest_voxels(nel & ~infiltrated, centre_mm + (edge_mm + 3.0) * away,
+                              shares["nel_low_angiogenic_share"] * nel.sum(), anatomy.spacing, count=True)
+    habitats[nel] = HABITAT_BY_KEY["vasogenic_oedema"].value
+    habitats[infiltrated] = HABITAT_BY_KEY["infiltrated_oedema"].value
+    habitats[nel_low] = HABITAT_BY_KEY["low_angiogenic"].value
+    return habitats, shares
+
+
+def _unit_vector(rng: np.random.Generator) -> np.ndarray:
+    vector = rng.standard_normal(3)
+    return vector / np.linalg.norm(vector)
+
+
+def _nearest_voxels(mask: np.ndarray, point_mm: np.ndarray, amount: float, spacing: np.ndarray,
+                    count: bool = False) -> np.ndarray:
+    """The voxels of ``mask`` nearest ``point_mm`` (array axes, mm): ``amount`` of them (``count``) or that
+    fraction of the mask."""
+    index = np.argwhere(mask)
+    wanted = int(round(amount if count else amount * len(index)))
+    chosen = np.zeros(mask.shape, bool)
+    if wanted <= 0:
+        return chosen
+    distance = np.linalg.norm(index * spacing - point_mm, axis=1)
+    nearest = index[np.argsort(distance, kind="stable")[:wanted]]
+    chosen[tuple(nearest.T)] = True
+    return chosen
+
+
+def _infiltrated_oedema(nel: np.ndarray, wedge: np.ndarray, share: float | None, spacing: np.ndarray) -> np.ndarray:
+    """The future-progression wedge, grown through the NEL (nearest voxels first) to ``share`` of it if given."""
+    if share is None:
+        return wedge
+    wanted = int(round(share * nel.sum()))
+    if wanted < wedge.sum():
+        raise ValueError(f"The infiltrated share {share:g} is below the {wedge.sum() / nel.sum():.3f} of the NEL "
+                         "that the future-progression region already takes in this case.")
+    distance = ndimage.distance_transform_edt(~wedge, sampling=spacing)
+    index = np.argwhere(nel & ~wedge)
+    order = np.argsort(distance[tuple(index.T)], kind="stable")[: wanted - int(wedge.sum())]
+    grown = wedge.copy()
+    grown[tuple(index[order].T)] = True
+    return grown
+
+
+def _apply_habitats(maps: dict[str, np.ndarray], habitats: np.ndarray) -> None:
+    """Each habitat's DSC parameters (``HABITAT_FAMILIES``) in place of its region's single values."""
+    for key, family in HABITAT_FAMILIES.items():
+        inside = habitats == HABITAT_BY_KEY[key].value
+        for name in ("cbv", "cbf", "k2", "dsc_s0"):
+            maps[name][inside] = getattr(family, name)
+
+
+def _habitat_summary(config: PhantomConfig, shares: dict, habitats: Volume, lesion: Volume,
+                     habitats_dsc: np.ndarray | None, lesion_dsc: np.ndarray | None) -> dict:
+    """What truth/habitats.json holds: per region, the fraction of its CE-T1 voxels in each habitat that may occur
+    there, voxel counts on the CE-T1 and DSC grids, and the simulation parameters of each family."""
+    region_labels = {"CEL": LABELS["enhancing"], "NEL": LABELS["oedema"]}
+    voxel_ml = float(np.prod(habitats.spacing)) / 1000.0
+    fractions, voxels = {}, {}
+    for region in REGIONS:
+        inside = lesion.array == region_labels[region]
+        values = habitats.array[inside]
+        allowed = [h for h in HABITATS if region in h.regions]
+        fractions[region] = {h.key: round(float(np.mean(values == h.value)) if values.size else 0.0, 6)
+                             for h in allowed}
+        voxels[region] = {"t1c": {h.key: int(np.sum(values == h.value)) for h in allowed}}
+        if habitats_dsc is not None:
+            on_dsc = habitats_dsc[lesion_dsc == region_labels[region]]
+            voxels[region]["dsc"] = {h.key: int(np.sum(on_dsc == h.value)) for h in allowed}
+        voxels[region]["t1c_volume_ml"] = round(float(inside.sum()) * voxel_ml, 3)
+    return {
+        "notice": SYNTHETIC_NOTICE,
+        "labels": {str(h.value): h.key for h in HABITATS},
+        "regions": {region: LABEL_DESCRIPTIONS[label] for region, label in region_labels.items()},
+        "fractions": fractions,
+        "voxels": voxels,
+        "shares": {name: round(value, 6) for name, value in shares.items()},
+        "infiltrated_share": config.infiltrated_share,
+        "families": {key: asdict(family) for key, family in HABITAT_FAMILIES.items()},
+    }
+
+
 # --- scalp and skull ----------------------------------------------------------------------------------------
 
 # Intensities of the layers around the brain, in each series' units (white matter: CE-T1 1000, FLAIR 620, DSC 900):
@@ -379,7 +603,8 @@ def _property_map(anatomy: _Anatomy, tumour: _Tumour, values: TissueProperties, 
     return result
 
 
-def _tissue_maps(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig) -> dict[str, np.ndarray]:
+def _tissue_maps(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig,
+                 habitats: np.ndarray | None = None) -> dict[str, np.ndarray]:
     cbv_progression = config.progression_cbv_ratio * config.cbv.white
     mtt_white = 60.0 * config.cbv.white / config.cbf.white
     k2 = np.zeros(anatomy.brain.shape, np.float32)
@@ -396,6 +621,8 @@ def _tissue_maps(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig) -> d
         "brain": anatomy.brain.astype(np.float32),
         "nawm": tumour.nawm.astype(np.float32),
     }
+    if habitats is not None:
+        _apply_habitats(maps, habitats)
     _add_transit_variants(maps, anatomy, tumour, config)
     return maps
 
@@ -464,7 +691,8 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
     anatomy = _anatomy(template)
     report(0.1, "Growing the tumour")
     tumour = _grow_tumour(anatomy, rng, config)
-    maps = _tissue_maps(anatomy, tumour, config)
+    habitat_map, shares = _split_habitats(anatomy, tumour, config) if config.habitats else (None, None)
+    maps = _tissue_maps(anatomy, tumour, config, habitat_map)
     images = {name: _as_image(array, anatomy.grid) for name, array in maps.items()}
     label_image = _as_image(tumour.labels, anatomy.grid)
     progression_image = _as_image(tumour.progression.astype(np.uint8), anatomy.grid)
@@ -507,6 +735,19 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
         truth.update({name: volume(array, "dsc") for name, array in dsc_truth.items()})
     else:
         poses, grids = {k: v for k, v in poses.items() if k != "dsc"}, {k: v for k, v in grids.items() if k != "dsc"}
+    habitats = None
+    if config.habitats:
+        # Labels at each voxel centre, as the lesion and progression truths: the CE-T1 grid's habitats fill its
+        # CEL and NEL exactly; the DSC grid's are what its curves are labelled against.
+        habitat_image = _as_image(habitat_map, anatomy.grid)
+        truth["habitats"] = volume(acquire_labels(habitat_image, grids["t1c"], poses["t1c"]), "t1c")
+        on_dsc = lesion_dsc = None
+        if config.dsc:
+            on_dsc = acquire_labels(habitat_image, grids["dsc"], poses["dsc"])
+            lesion_dsc = acquire_labels(label_image, grids["dsc"], poses["dsc"])
+            truth["habitats_dsc"] = volume(on_dsc, "dsc")
+            truth["lesion_dsc"] = volume(lesion_dsc, "dsc")  # which region each DSC voxel's habitat is in
+        habitats = _habitat_summary(config, shares, truth["habitats"], volume(lesion, "t1c"), on_dsc, lesion_dsc)
     metadata = _metadata(config, tumour, poses, grids, protocols, simulation, times)
     report(1.0, "Synthetic case ready")
     return SyntheticCase(
@@ -518,6 +759,7 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
         lesion=volume(lesion, "t1c"),
         truth=truth,
         metadata=metadata,
+        habitats=habitats,
     )
 
 
