@@ -6,7 +6,7 @@ white matter and CSF of the same brain. They are found here from the DSC series 
 * contrast: -ln(S(t)/S0) over the brain (S0 the mean of the pre-bolus frames from frame 3), proportional to
   deltaR2* without needing the echo time; its time integral is an rCBV proxy;
 * artery: the automatic AIF voxels (``aif.select_aif``: high, early, narrow peaks, clustered on shape),
-  outside the lesion;
+  outside the lesion, peaking at least ``ARTERY_PEAK_RATIO`` times the brain mean;
 * white matter: the NAWM mask given, else ``nawm.automatic_nawm`` (contralateral, dark at baseline, low
   rCBV, away from lesion and brain edge);
 * grey matter: high-CBV tissue that is not arterial: brain voxels at least ``LESION_MARGIN_MM`` from the
@@ -48,6 +48,9 @@ BRIGHT_PERCENTILE = 90.0  # grey matter is looked for below it
 CSF_BASELINE_PERCENTILE = 95.0
 CSF_RCBV_PERCENTILE = 10.0
 ARTERY_VOXELS = 20
+# An artery's first pass peaks at least this many times the brain mean's (aif.select_aif's rule 1 asks 2x, but
+# noisy high-CBV cortex reaches 2x in a brain without visible vessels; partial-volumed arteries reach 4x+).
+ARTERY_PEAK_RATIO = 3.0
 
 
 def automatic_brain_mask(series: np.ndarray) -> np.ndarray:
@@ -131,7 +134,7 @@ def _artery(contrast: np.ndarray, times: np.ndarray, brain: np.ndarray, outside:
     """Arterial voxels outside the lesion (``aif.select_aif``) and the credible arterial candidates, as volumes."""
     try:
         selection = select_aif(contrast, times, outside[brain], arrival_frame=max(arrival, 2),
-                               n_voxels=ARTERY_VOXELS)
+                               n_voxels=ARTERY_VOXELS, min_peak_ratio=ARTERY_PEAK_RATIO)
     except ValueError:
         if required:
             raise ValueError("No arterial voxels were found in the DSC series outside the lesion.") from None
