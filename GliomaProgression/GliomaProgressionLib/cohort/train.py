@@ -21,14 +21,13 @@ import os
 import re
 import shutil
 import time
-import zipfile
 from pathlib import Path
 
-from GliomaProgressionLib.models.training import PLANS_NAME, SPACING_MM, SYNTHETIC_NOTICE, TRAINING_SETTINGS, ARCHITECTURE
+from GliomaProgressionLib.models.training import (ARCHITECTURE, CONFIGURATION as NNUNET_CONFIGURATION, SPACING_MM,
+                                                  SYNTHETIC_NOTICE, TRAINING_SETTINGS, plan_and_preprocess_dataset,
+                                                  train_fold)
 
 CONFIGURATIONS = ("small", "3d_fullres")
-NNUNET_CONFIGURATION = "3d_fullres"  # "small" is a made-small 3d_fullres, as the demo models
-TRAINER_NAME = "nnUNetTrainerGliomaDemo"
 SETTINGS_FILE = "cohort_train.json"
 
 
@@ -68,28 +67,6 @@ def stage_raw_dataset(raw: Path, work: Path, name: str) -> Path:
     return folder
 
 
-def plan_and_preprocess(dataset_id: int, name: str, work: Path, configuration: str, spacing_mm: float) -> None:
-    """nnU-Net fingerprint (with its integrity check), planner, our configuration, preprocessing."""
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
-
-    from GliomaProgressionLib.models.training import custom_configuration
-
-    try:
-        extract_fingerprint_dataset(dataset_id, num_processes=2, check_dataset_integrity=True,
-                                    show_progress_bar=False)
-    except (AssertionError, FileNotFoundError, RuntimeError) as error:  # nnU-Net's integrity check
-        raise ValueError(f"nnU-Net's integrity check rejected {name}: {' '.join(str(error).split())}") from None
-    plan_experiment_dataset(dataset_id)
-    plans_file = work / "preprocessed" / name / f"{PLANS_NAME}.json"
-    plans = json.loads(plans_file.read_text())
-    planned = plans["configurations"]["3d_fullres"]
-    chosen = custom_configuration(planned, spacing_mm) if configuration == "small" else planned
-    plans["configurations"] = {NNUNET_CONFIGURATION: chosen}
-    plans_file.write_text(json.dumps(plans, indent=2))
-    preprocess_dataset(dataset_id, PLANS_NAME, (NNUNET_CONFIGURATION,), (2,), show_progress_bar=False)
-
-
 def write_single_split(preprocessed: Path, cases: list[str]) -> None:
     """Fold 0 only: all but ~10% of the cases train, the rest give the per-epoch pseudo Dice."""
     if len(cases) < 2:
@@ -107,23 +84,6 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("The CUDA device was asked for, but no CUDA device is available here.")
     return device
-
-
-def train_fold(work: Path, name: str, fold: int, settings: dict, device: str, threads: int | None) -> Path:
-    import torch
-
-    from GliomaProgressionLib.models.training import trainer_class
-
-    torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
-    preprocessed = work / "preprocessed" / name
-    plans = json.loads((preprocessed / f"{PLANS_NAME}.json").read_text())
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    cls = trainer_class()
-    cls.settings = {**TRAINING_SETTINGS, **settings}
-    plans["continue_training"] = False  # nnU-Net 2.8 reads (and pops) this from the plans
-    trainer = cls(plans, NNUNET_CONFIGURATION, fold, dataset_json, torch.device(device))
-    trainer.run_training()
-    return Path(trainer.output_folder_base)
 
 
 def check_train_arguments(configuration: str, folds: list[int], epochs: int, iterations: int) -> None:
@@ -154,7 +114,7 @@ def train_cohort(raw: str | os.PathLike, out: str | os.PathLike, configuration: 
         set_nnunet_environment(staging)  # before nnU-Net is imported: it reads its folders once
         stage_raw_dataset(raw, staging, name)
         log(f"Planning and preprocessing {name} ({configuration})")
-        plan_and_preprocess(dataset_id, name, staging, configuration, spacing_mm)
+        plan_and_preprocess_dataset(dataset_id, name, staging, configuration == "small", spacing_mm)
         if folds == [0]:
             cases = sorted(p.name[:-7] for p in (staging / "raw" / name / "labelsTr").glob("*.nii.gz"))
             write_single_split(staging / "preprocessed" / name, cases)
@@ -208,7 +168,7 @@ def package_model(results: str | os.PathLike, model_id: str, title: str, out: st
     """Zip a trained cohort model (only what inference needs) into a new file ``out``; returns (path, sha256)."""
     import tempfile
 
-    from GliomaProgressionLib.models.training import sha256_of, slim_checkpoint
+    from GliomaProgressionLib.models.training import sha256_of, slim_checkpoint, zip_folder
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id or ""):
         raise ValueError(f"The model id must be letters, digits, '.', '_' or '-', got {model_id!r}.")
@@ -233,11 +193,7 @@ def package_model(results: str | os.PathLike, model_id: str, title: str, out: st
                             staging / f"fold_{fold}" / "checkpoint_final.pth")
         (staging / "gliomaprog.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
         (staging / "MODEL_CARD.txt").write_text(model_card(meta), encoding="utf-8")
-        partial = Path(temporary) / "package.zip"
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-                archive.write(path, str(path.relative_to(staging)))
-        os.replace(partial, out)  # same folder: the zip appears complete or not at all
+        zip_folder(staging, out)
     return out, sha256_of(out)
 
 

@@ -211,19 +211,32 @@ def custom_configuration(configuration: dict, spacing_mm: float = SPACING_MM) ->
     return configuration
 
 
-def plan_and_preprocess(model_id: str, work: Path) -> dict:
+def plan_and_preprocess_dataset(dataset_id: int, name: str, work: Path, small: bool = True,
+                                spacing_mm: float = SPACING_MM) -> dict:
+    """nnU-Net's fingerprint (with its integrity check), planner, then the small plan (or nnU-Net's own
+    3d_fullres when ``small`` is false) under CONFIGURATION, and preprocessing. Shared by the demo recipe and
+    ``gliomaprog cohort train``; returns the plans."""
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
 
-    spec = MODELS[model_id]
-    extract_fingerprint_dataset(spec["dataset_id"], num_processes=2, check_dataset_integrity=True,
-                                show_progress_bar=False)
-    plan_experiment_dataset(spec["dataset_id"])
-    plans_file = work / "preprocessed" / spec["dataset_name"] / f"{PLANS_NAME}.json"
+    try:
+        extract_fingerprint_dataset(dataset_id, num_processes=2, check_dataset_integrity=True,
+                                    show_progress_bar=False)
+    except (AssertionError, FileNotFoundError, RuntimeError) as error:  # nnU-Net's integrity check
+        raise ValueError(f"nnU-Net's integrity check rejected {name}: {' '.join(str(error).split())}") from None
+    plan_experiment_dataset(dataset_id)
+    plans_file = work / "preprocessed" / name / f"{PLANS_NAME}.json"
     plans = json.loads(plans_file.read_text())
-    plans["configurations"] = {CONFIGURATION: custom_configuration(plans["configurations"]["3d_fullres"])}
+    planned = plans["configurations"]["3d_fullres"]
+    plans["configurations"] = {CONFIGURATION: custom_configuration(planned, spacing_mm) if small else planned}
     plans_file.write_text(json.dumps(plans, indent=2))
-    preprocess_dataset(spec["dataset_id"], PLANS_NAME, (CONFIGURATION,), (2,), show_progress_bar=False)
+    preprocess_dataset(dataset_id, PLANS_NAME, (CONFIGURATION,), (2,), show_progress_bar=False)
+    return plans
+
+
+def plan_and_preprocess(model_id: str, work: Path) -> dict:
+    spec = MODELS[model_id]
+    plans = plan_and_preprocess_dataset(spec["dataset_id"], spec["dataset_name"], work)
     # One split: all but four cases train, four give nnU-Net's per-epoch pseudo Dice.
     keys = [f"case_{seed:04d}" for seed in TRAINING_SEEDS]
     splits = [{"train": keys[:-4], "val": keys[-4:]}]
@@ -251,20 +264,26 @@ def trainer_class():
     return nnUNetTrainerGliomaDemo
 
 
-def train(model_id: str, work: Path, settings: dict | None = None, threads: int | None = None) -> Path:
+def train_fold(work: Path, name: str, fold: int, settings: dict, device: str = "cpu",
+               threads: int | None = None) -> Path:
+    """nnU-Net's trainer (the subclass above) on one fold, in this process; returns the results folder.
+    Shared by the demo recipe and ``gliomaprog cohort train``."""
     import torch
 
-    spec = MODELS[model_id]
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
-    preprocessed = work / "preprocessed" / spec["dataset_name"]
+    preprocessed = work / "preprocessed" / name
     plans = json.loads((preprocessed / f"{PLANS_NAME}.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
     cls = trainer_class()
     cls.settings = {**TRAINING_SETTINGS, **(settings or {})}
     plans["continue_training"] = False  # nnU-Net 2.8 reads (and pops) this from the plans
-    trainer = cls(plans, CONFIGURATION, FOLD, dataset_json, torch.device("cpu"))
+    trainer = cls(plans, CONFIGURATION, fold, dataset_json, torch.device(device))
     trainer.run_training()
     return Path(trainer.output_folder_base)
+
+
+def train(model_id: str, work: Path, settings: dict | None = None, threads: int | None = None) -> Path:
+    return train_fold(work, MODELS[model_id]["dataset_name"], FOLD, settings or {}, "cpu", threads)
 
 
 # --- packaging ------------------------------------------------------------------------------------------------
@@ -317,16 +336,22 @@ def package(model_id: str, results_folder: Path, out_folder: Path, training: dic
                     staging / f"fold_{FOLD}" / "checkpoint_final.pth")
     (staging / "MODEL_CARD.txt").write_text(model_card(model_id, training))
     target = out_folder / f"{model_id}.zip"
-    temporary = out_folder / f".{model_id}.zip.tmp"
+    zip_folder(staging, target)
+    shutil.rmtree(staging)
+    return target, sha256_of(target)
+
+
+def zip_folder(folder: Path, target: Path) -> None:
+    """``folder``'s files into the zip ``target``, written beside it and renamed (it appears complete or not at
+    all); fixed dates and modes, so the same files give the same bytes (and sha256)."""
+    temporary = target.with_name(f".{target.name}.tmp")
     with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-            info = zipfile.ZipInfo(str(path.relative_to(staging)), date_time=(2025, 1, 1, 0, 0, 0))
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(str(path.relative_to(folder)), date_time=(2025, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
             archive.writestr(info, path.read_bytes())
     os.replace(temporary, target)
-    shutil.rmtree(staging)
-    return target, sha256_of(target)
 
 
 def registry_entry(model_id: str, zip_path: Path, sha256: str, training: dict, evaluation: dict | None) -> dict:
