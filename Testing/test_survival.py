@@ -15,7 +15,7 @@ from GliomaProgressionLib.cohort.survival import choose_covariates, habitat_tabl
 from GliomaProgressionLib.phantom.survival import (DEFAULT_TRUTH, Censoring, SurvivalTruth, fraction_column,
                                                    simulate_clinical, simulate_cohort, simulate_fractions,
                                                    simulate_survival, truth_concordance, truth_contrast)
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error
 
 OUTPUTS = {"survival.json", "survival.md", "hazard_ratios.csv", "patients.csv", "km.png"}
 
@@ -40,7 +40,7 @@ def test_the_simulated_baseline_has_the_asked_median_and_a_plausible_censoring_s
     from lifelines import KaplanMeierFitter
 
     no_effect = SurvivalTruth({}, median_months=15.0)
-    uncensored = simulated_cohort(2000, 1, no_effect, Censoring(follow_up_months=1e6, dropout_per_year=0.0))
+    uncensored = simulated_cohort(1500, 1, no_effect, Censoring(follow_up_months=1e6, dropout_per_year=0.0))
     assert uncensored["event"].all()
     assert np.median(uncensored["time_months"]) == pytest.approx(15.0, rel=0.06)
     censored = simulated_cohort(600, 2)
@@ -221,8 +221,8 @@ def test_a_phantom_cohort_folder_gives_the_simulated_fractions(tmp_path):
 
 
 def _gliomaprog_here(capsys, *arguments) -> subprocess.CompletedProcess:
-    """``gliomaprog ARGUMENTS`` in this process (the parser and handlers of the console script without the
-    interpreter's start-up, which costs more than the commands on a loaded machine)."""
+    """``gliomaprog ARGUMENTS`` in this process: the console script's parser, handlers and one-line errors
+    (``cli.main.main``) without an interpreter's start-up, which costs more than these commands."""
     code = main([str(a) for a in arguments])
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(arguments, code, out, err)
@@ -238,8 +238,21 @@ def test_the_commands_end_to_end(tmp_path, capsys):
                            "--quiet", "--out", tmp_path / "out")
     assert run.returncode == 0, run.stderr
     assert {p.name for p in (tmp_path / "out").iterdir()} == OUTPUTS and "C-index" in run.stdout
-    table = pd.read_csv(tmp_path / "t.csv").drop(columns="event")
+    cohort = pd.read_csv(tmp_path / "t.csv", dtype={"case": str})
+    _write_cases(tmp_path / "runs", cohort, "habitats/habitats.json")
+    clinical = cohort[["case", "age", "kps", "gross_total_resection", "time_months", "event"]]
+    clinical.to_csv(tmp_path / "clinical.csv", index=False)
+    merged = _gliomaprog_here(capsys, "cohort", "survival", "--habitats", tmp_path / "runs", "--clinical",
+                              tmp_path / "clinical.csv", "--bootstrap", "100", "--quiet", "--out", tmp_path / "out2")
+    assert merged.returncode == 0, merged.stderr
+    assert (pd.read_csv(tmp_path / "out2" / "hazard_ratios.csv")["covariate"] == "NEL_infiltrated_oedema").any()
+    clinical.assign(kps=["ninety"] + list(clinical["kps"].iloc[1:])).to_csv(tmp_path / "clinical_bad.csv", index=False)
+    refused = _gliomaprog_here(capsys, "cohort", "survival", "--habitats", tmp_path / "runs", "--clinical",
+                               tmp_path / "clinical_bad.csv", "--out", tmp_path / "out3")
+    assert_one_line_error(refused, "clinical_bad.csv", "'kps'", "ninety")
+    assert not (tmp_path / "out3").exists()
+    table = cohort.drop(columns="event")
     table.to_csv(tmp_path / "bad.csv", index=False)
-    bad = gliomaprog("cohort", "survival", "--table", tmp_path / "bad.csv", "--out", tmp_path / "bad_out")
+    bad = _gliomaprog_here(capsys, "cohort", "survival", "--table", tmp_path / "bad.csv", "--out", tmp_path / "bad_out")
     assert_one_line_error(bad, "bad.csv", "no column 'event'")
     assert not (tmp_path / "bad_out").exists()

@@ -75,7 +75,9 @@ def habitat_table(habitats: str | os.PathLike, clinical_csv: str | os.PathLike):
     if without_habitats:
         raise ValueError(f"The clinical table {clinical_csv} holds {len(without_habitats)} case(s) without habitat "
                          f"fractions in {habitats}: {_first(without_habitats)}.")
-    return fractions.merge(clinical, on=CASE_COLUMN)
+    table = fractions.merge(clinical, on=CASE_COLUMN)
+    table.attrs["source"] = f"{habitats} with {clinical_csv}"  # named in the analysis' messages
+    return table
 
 
 def _first(names: Sequence[str], count: int = 5) -> str:
@@ -323,7 +325,8 @@ def survival_analysis(table, out: str | os.PathLike, *, covariates: Sequence[str
     from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder
 
     report = progress or (lambda fraction, message: None)
-    what = f"survival table {table}" if isinstance(table, (str, os.PathLike)) else "survival table"
+    what = (f"survival table {table}" if isinstance(table, (str, os.PathLike))
+            else f"survival table of {table.attrs['source']}" if "source" in table.attrs else "survival table")
     out = check_new_output_folder(out)
     if bootstrap < 100:
         raise ValueError(f"A bootstrap CI needs at least 100 replicates, got {bootstrap}.")
@@ -380,6 +383,10 @@ def survival_analysis(table, out: str | os.PathLike, *, covariates: Sequence[str
 # --- writing ---------------------------------------------------------------------------------------------------------
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return "[n/a]" if low is None else f"[{low:.3f}, {high:.3f}]"
+
+
 def _ratio(row: dict) -> str:
     return f"{row['hazard_ratio']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
 
@@ -392,7 +399,7 @@ def markdown_report(result: dict) -> str:
     lines += ["", "| Model | C-index, training | C-index, validation (95% CI) |", "|---|---|---|"]
     for name, model in result["models"].items():
         lines.append(f"| {name} | {model['c_index_training']:.3f} | {model['c_index_validation']:.3f} "
-                     f"[{model['c_index_ci_low']:.3f}, {model['c_index_ci_high']:.3f}] |")
+                     f"{_interval(model['c_index_ci_low'], model['c_index_ci_high'])} |")
     difference = result["c_index_difference"]
     settings, km = result["settings"], result["kaplan_meier"]
     left = result["covariates_left_out"]
@@ -406,7 +413,7 @@ def markdown_report(result: dict) -> str:
               f"{settings['penalizer']:g}) fitted on the training patients; Harrell's C-index on the validation "
               f"patients, 95% percentile CI from {settings['bootstrap']} bootstrap resamples of them."
               + (f" Habitats + clinical minus clinical only: {difference['value']:+.3f} "
-                 f"[{difference['ci_low']:+.3f}, {difference['ci_high']:+.3f}]." if difference else "")
+                 f"{_interval(difference['ci_low'], difference['ci_high'])}." if difference else "")
               + (f" Left out: {references}." if references else "")
               + (f" Constant in the cohort, left out: {constant}." if constant else "")]
     groups = "; ".join(f"{label}: {g['patients']} patients, {g['deaths']} deaths, median "
