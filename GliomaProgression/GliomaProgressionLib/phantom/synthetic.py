@@ -155,6 +155,8 @@ HABITAT_FAMILIES = {
     "infiltrated_oedema": HabitatFamily(cbv=3.2, cbf=35.2, k2=0.0, dsc_s0=1150.0),
     "vasogenic_oedema": HabitatFamily(cbv=0.8, cbf=9.0, k2=0.0, dsc_s0=1400.0),
 }
+HABITAT_FAMILY_UNITS = {"cbv": "ml/100 g", "cbf": "ml/100 g/min", "k2": "1/s (BSW; negative: T2* leakage)",
+                        "dsc_s0": "baseline DSC signal (normal white matter 900)"}
 # Bounds of the habitat shares drawn per case when the config leaves them open (fractions of the region): wide
 # enough for a cohort whose survival depends on habitat burden, narrow enough that every family keeps a few
 # hundred DSC voxels at full size (and some twenty at the small size).
@@ -456,10 +458,10 @@ def _split_habitats(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig) -
     habitats = np.zeros(labels.shape, np.uint8)
 
     # CEL: perinecrotic tissue at one pole of the rim, low-angiogenic tumour at the other, high-angiogenic between.
-    perinecrotic = _nearest_voxels(cel, centre_mm + edge_mm * pole, shares["perinecrotic_share"], anatomy.spacing)
-    low = _nearest_voxels(cel & ~perinecrotic, centre_mm - edge_mm * pole,
-                          (1 - shares["high_angiogenic_share"] - shares["perinecrotic_share"]) * cel.sum(),
-                          anatomy.spacing, count=True)
+    low_share = 1.0 - shares["high_angiogenic_share"] - shares["perinecrotic_share"]
+    perinecrotic = _nearest_voxels(cel, centre_mm + edge_mm * pole, shares["perinecrotic_share"] * cel.sum(),
+                                   anatomy.spacing)
+    low = _nearest_voxels(cel & ~perinecrotic, centre_mm - edge_mm * pole, low_share * cel.sum(), anatomy.spacing)
     habitats[cel] = HABITAT_BY_KEY["high_angiogenic"].value
     habitats[perinecrotic] = HABITAT_BY_KEY["perinecrotic"].value
     habitats[low] = HABITAT_BY_KEY["low_angiogenic"].value
@@ -471,11 +473,11 @@ def _split_habitats(anatomy: _Anatomy, tumour: _Tumour, config: PhantomConfig) -
     away = -wedge + 0.5 * nel_side
     away /= np.linalg.norm(away)
     nel_low = _nearest_voxels(nel & ~infiltrated, centre_mm + (edge_mm + 3.0) * away,
-                              shares["nel_low_angiogenic_share"] * nel.sum(), anatomy.spacing, count=True)
+                              shares["nel_low_angiogenic_share"] * nel.sum(), anatomy.spacing)
     habitats[nel] = HABITAT_BY_KEY["vasogenic_oedema"].value
     habitats[infiltrated] = HABITAT_BY_KEY["infiltrated_oedema"].value
     habitats[nel_low] = HABITAT_BY_KEY["low_angiogenic"].value
-    return habitats, shares
+    return habitats, {**shares, "infiltrated_share": config.infiltrated_share}
 
 
 def _unit_vector(rng: np.random.Generator) -> np.ndarray:
@@ -483,12 +485,10 @@ def _unit_vector(rng: np.random.Generator) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-def _nearest_voxels(mask: np.ndarray, point_mm: np.ndarray, amount: float, spacing: np.ndarray,
-                    count: bool = False) -> np.ndarray:
-    """The voxels of ``mask`` nearest ``point_mm`` (array axes, mm): ``amount`` of them (``count``) or that
-    fraction of the mask."""
+def _nearest_voxels(mask: np.ndarray, point_mm: np.ndarray, count: float, spacing: np.ndarray) -> np.ndarray:
+    """The ``count`` voxels of ``mask`` nearest ``point_mm`` (array axes, mm): a compact patch."""
     index = np.argwhere(mask)
-    wanted = int(round(amount if count else amount * len(index)))
+    wanted = int(round(count))
     chosen = np.zeros(mask.shape, bool)
     if wanted <= 0:
         return chosen
@@ -522,7 +522,7 @@ def _apply_habitats(maps: dict[str, np.ndarray], habitats: np.ndarray) -> None:
             maps[name][inside] = getattr(family, name)
 
 
-def _habitat_summary(config: PhantomConfig, shares: dict, habitats: Volume, lesion: Volume,
+def _habitat_summary(shares: dict, habitats: Volume, lesion: Volume,
                      habitats_dsc: np.ndarray | None, lesion_dsc: np.ndarray | None) -> dict:
     """What truth/habitats.json holds: per region, the fraction of its CE-T1 voxels in each habitat that may occur
     there, voxel counts on the CE-T1 and DSC grids, and the simulation parameters of each family."""
@@ -546,9 +546,10 @@ def _habitat_summary(config: PhantomConfig, shares: dict, habitats: Volume, lesi
         "regions": {region: LABEL_DESCRIPTIONS[label] for region, label in region_labels.items()},
         "fractions": fractions,
         "voxels": voxels,
-        "shares": {name: round(value, 6) for name, value in shares.items()},
-        "infiltrated_share": config.infiltrated_share,
+        # Asked of the template grid (drawn or given); infiltrated_share None: the progression region alone.
+        "shares": {name: None if value is None else round(value, 6) for name, value in shares.items()},
         "families": {key: asdict(family) for key, family in HABITAT_FAMILIES.items()},
+        "family_units": HABITAT_FAMILY_UNITS,
     }
 
 
@@ -747,7 +748,7 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
             lesion_dsc = acquire_labels(label_image, grids["dsc"], poses["dsc"])
             truth["habitats_dsc"] = volume(on_dsc, "dsc")
             truth["lesion_dsc"] = volume(lesion_dsc, "dsc")  # which region each DSC voxel's habitat is in
-        habitats = _habitat_summary(config, shares, truth["habitats"], volume(lesion, "t1c"), on_dsc, lesion_dsc)
+        habitats = _habitat_summary(shares, truth["habitats"], volume(lesion, "t1c"), on_dsc, lesion_dsc)
     metadata = _metadata(config, tumour, poses, grids, protocols, simulation, times)
     report(1.0, "Synthetic case ready")
     return SyntheticCase(
