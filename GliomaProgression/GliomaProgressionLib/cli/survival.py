@@ -16,13 +16,16 @@ def add_cohort_actions(actions) -> None:
 
 
 def _add_survival(actions) -> None:
+    from GliomaProgressionLib.cohort.survival import KM_DEFAULT
+    from GliomaProgressionLib.phantom.survival import CLINICAL_COLUMNS
+
     survival = actions.add_parser(
         "survival", help="Cox model of overall survival from habitat fractions + clinical predictors (seed 002)",
         description="Fit Cox proportional-hazards models (habitats + clinical, and clinical only) on two thirds of "
                     "the patients (stratified by death), judge them by Harrell's C-index on the other third with a "
                     "bootstrap 95% CI, and draw Kaplan-Meier curves by pattern burden. The table has one row per "
                     "'case' with time_months, event (1 death, 0 censored), fraction columns named <REGION>_<habitat> "
-                    "(NEL_infiltrated_oedema ...) and clinical columns (age, kps, gross_total_resection). Writes "
+                    f"({KM_DEFAULT} ...) and clinical columns ({', '.join(CLINICAL_COLUMNS)}). Writes "
                     "survival.json, survival.md, hazard_ratios.csv, patients.csv and km.png into a new folder.")
     source = survival.add_mutually_exclusive_group(required=True)
     source.add_argument("--table", type=Path, help="CSV with the fractions, clinical columns, time_months and event")
@@ -32,8 +35,7 @@ def _add_survival(actions) -> None:
     survival.add_argument("--clinical", type=Path, help="CSV with case, time_months, event and clinical columns")
     survival.add_argument("--covariates", nargs="+", action="extend", metavar="COLUMN",
                           help="covariates (commas allowed; default every fraction and clinical column present)")
-    survival.add_argument("--km", metavar="COLUMN", help="column to split the Kaplan-Meier curves at its median "
-                                                         "(default NEL_infiltrated_oedema)")
+    survival.add_argument("--km", metavar="COLUMN", help=f"column to split the Kaplan-Meier curves at its median (default {KM_DEFAULT})")
     survival.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     survival.add_argument("--seed", type=non_negative_int, default=0, help="split and bootstrap seed (default 0)")
     survival.add_argument("--out", required=True, type=Path, help="new folder for the results (must not exist)")
@@ -42,9 +44,11 @@ def _add_survival(actions) -> None:
 
 
 def _add_simulate(actions) -> None:
+    from GliomaProgressionLib.phantom.survival import CLINICAL_COLUMNS
+
     simulate = actions.add_parser(
         "simulate-survival", help="simulate overall survival from habitat fractions with known hazard ratios",
-        description="Write a survival table (fractions, age, kps, gross_total_resection, time_months, event) "
+        description=f"Write a survival table (fractions, {', '.join(CLINICAL_COLUMNS)}, time_months, event) "
                     "simulated from habitat burden with known hazard ratios, and its truth (<name>.truth.json) "
                     "beside it. Fractions come from a CSV, from a folder of phantom cases (truth/habitats.json), or "
                     "are drawn from a Dirichlet distribution for --n patients. Synthetic data, not for clinical use.")
