@@ -17,6 +17,7 @@ A case that cannot be read is skipped and recorded with its one-sentence reason;
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import time
@@ -108,14 +109,13 @@ def train_habitat_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, e
     options = {"k_range": (low, high), "seed": seed, "synthetic": synthetic}
     if epochs is not None:
         options["epochs"] = epochs
-    try:
-        model = train_habitat_model(cases, progress=_progress_lines(say), **options)
-    except ValueError:
-        if cases.names:
-            raise
+    remaining = iter(cases)
+    first = next(remaining, None)  # a cohort without a usable case fails before the training is set up
+    if first is None:
         failed = cases.failed
         raise ValueError(f"No case of the cohort {cohort} could be used for habitat training ({len(failed)} "
-                         f"failed; the first: {failed[0]['reason'] if failed else 'none'}).") from None
+                         f"failed; the first: {failed[0]['reason'] if failed else 'none'}).")
+    model = train_habitat_model(itertools.chain([first], remaining), progress=_progress_lines(say), **options)
     names, failed = cases.names, cases.failed
     wall_time = round(time.monotonic() - started, 1)
     training = {"cases": len(names), "failed_cases": len(failed), "seed": seed,

@@ -102,17 +102,10 @@ def check_lesion_parts(labels: np.ndarray, where: str) -> None:
                              "need both a contrast-enhancing (CEL) and a non-enhancing lesion (NEL).")
 
 
-def read_habitat_inputs(case_folder: str | Path, alignment: str = DEFAULT_ALIGNMENT,
-                        progress: Progress | None = None) -> HabitatInputs:
-    """A case folder's CE-T1, lesion (BraTS labels of any year, brought to BraTS 2024) and DSC series, read by
-    ``case.folder``'s readers, with the CEL and NEL carried onto the DSC grid."""
-    import numpy as np
+def check_habitat_case(case_folder: str | Path, alignment: str = DEFAULT_ALIGNMENT) -> Path:
+    """The quick checks, before anything is read: the folder exists and holds a DSC series; the alignment is known."""
+    from GliomaProgressionLib.case.folder import has_series
 
-    from GliomaProgressionLib.case.folder import has_series, read_dsc_series, read_series
-    from GliomaProgressionLib.case.preprocess import dsc_registration_image, lesion_on_dsc_grid
-    from GliomaProgressionLib.case.registration import check_overlap, isotropic_reference, register_rigid
-
-    report = progress or (lambda fraction, message: None)
     if alignment not in ALIGNMENTS:
         raise ValueError(f"The alignment {alignment!r} is unknown; use one of {', '.join(ALIGNMENTS)}.")
     folder = Path(case_folder)
@@ -120,6 +113,21 @@ def read_habitat_inputs(case_folder: str | Path, alignment: str = DEFAULT_ALIGNM
         raise ValueError(f"The case folder {folder} does not exist.")
     if not has_series(folder, "dsc"):
         raise ValueError(f"Perfusion habitats need a DSC series; the case {folder.name} has none.")
+    return folder
+
+
+def read_habitat_inputs(case_folder: str | Path, alignment: str = DEFAULT_ALIGNMENT,
+                        progress: Progress | None = None) -> HabitatInputs:
+    """A case folder's CE-T1, lesion (BraTS labels of any year, brought to BraTS 2024) and DSC series, read by
+    ``case.folder``'s readers, with the CEL and NEL carried onto the DSC grid."""
+    import numpy as np
+
+    from GliomaProgressionLib.case.folder import read_dsc_series, read_series
+    from GliomaProgressionLib.case.preprocess import dsc_registration_image, lesion_on_dsc_grid
+    from GliomaProgressionLib.case.registration import check_overlap, isotropic_reference, register_rigid
+
+    report = progress or (lambda fraction, message: None)
+    folder = check_habitat_case(case_folder, alignment)
     report(0.0, "Reading the CE-T1, lesion and DSC series")
     t1c, lesion = read_series(folder, "t1c"), read_series(folder, "lesion")
     import SimpleITK as sitk
@@ -159,6 +167,7 @@ def run_habitats_files(case_folder: str | Path, out: str | Path, *, model_id: st
     started = time.monotonic()
     out = check_new_output_folder(Path(out))
     report = progress or (lambda fraction, message: None)
+    check_habitat_case(case_folder, alignment)
     package = resolve_habitat_model(model_id)  # a missing or tampered model fails before the long work
     inputs = read_habitat_inputs(case_folder, alignment, progress)
     report(0.3, "Computing the perfusion habitats")
