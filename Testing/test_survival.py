@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from GliomaProgressionLib.cli.main import main
-from GliomaProgressionLib.cohort.survival import choose_covariates, habitat_table, survival_analysis
+from GliomaProgressionLib.cohort.survival import (choose_covariates, fit_cox, habitat_table, proportional_hazards_p,
+                                                  survival_analysis)
 from GliomaProgressionLib.phantom.survival import (DEFAULT_TRUTH, Censoring, SurvivalTruth, fraction_column,
                                                    simulate_clinical, simulate_cohort, simulate_fractions,
                                                    simulate_survival, truth_concordance, truth_contrast)
@@ -102,9 +103,21 @@ def test_the_results_are_written_and_read_back(analysed, tmp_path):
                                                                      "NEL": "NEL_vasogenic_oedema"}
     ratios = pd.read_csv(tmp_path / "out" / "hazard_ratios.csv")
     assert "NEL_vasogenic_oedema" not in set(ratios["covariate"]) and len(ratios) == 8 + 3
+    assert ratios["ph_test_p"].between(0, 1).all()
     patients = pd.read_csv(tmp_path / "out" / "patients.csv")
     assert (patients["set"] == "validation").sum() == 40 == result["validation"]["patients"]
     assert written["kaplan_meier"]["covariate"] == "NEL_infiltrated_oedema"
+
+
+def test_crossing_hazards_fail_the_proportional_hazards_test_and_proportional_ones_pass(analysed):
+    rng = np.random.default_rng(0)
+    early = rng.random(120) < 0.5  # these die within 5-7 months, the others at any time (mean 6): curves cross
+    table = pd.DataFrame({"age": np.where(early, 70.0, 50.0) + rng.normal(0, 1, 120), "event": 1,
+                          "time_months": np.where(early, rng.uniform(5, 7, 120), rng.exponential(6, 120))})
+    model = fit_cox(table, ["age"], "time_months", "event")
+    assert proportional_hazards_p(model, table, ["age"], "time_months", "event")["age"] < 0.001
+    _, result = analysed
+    assert all(r["ph_test_p"] > 0.01 for r in result["hazard_ratios"])  # simulated with proportional hazards
 
 
 def test_a_fraction_absent_in_every_patient_is_left_out_and_its_region_still_gets_a_reference():

@@ -10,7 +10,8 @@ Two parts:
    against the truth model's C-index on the same validation patients (RESULT/survival.json lists them).
 2. ``repeat``: the same criteria on ``--cohorts`` simulated cohorts (seeds 0, 1, ...) of each ``--sizes``,
    through the library with the command's defaults (the C-index bootstrap skipped: it does not enter the
-   criteria), and the effect of the ridge penalizer (0.01 vs 0) on the hazard ratios.
+   criteria), the effect of the ridge penalizer (0.01 vs 0) on the hazard ratios, and how often the
+   proportional-hazards test says p < 0.05 although the simulated hazards are proportional (its false alarms).
 
 Run from the repository root:  .venv/bin/python benchmarks/simulate_survival_cohort.py check|repeat ...
 Synthetic data — not for clinical use.
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from GliomaProgressionLib.cohort.survival import (FULL_MODEL, VALIDATION_FRACTION, choose_covariates, concordance,
-                                                  fit_cox, risk_scores, split_patients)
+                                                  fit_cox, proportional_hazards_p, risk_scores, split_patients)
 from GliomaProgressionLib.phantom.survival import (DEFAULT_TRUTH, SurvivalTruth, simulate_clinical,
                                                    simulate_fractions, simulate_survival, truth_concordance,
                                                    truth_contrast)
@@ -73,15 +74,16 @@ def _one_cohort(n: int, seed: int, truth: SurvivalTruth) -> dict:
     valid = table.iloc[validation]
     fitted_c = concordance(valid["time_months"].to_numpy(), valid["event"].to_numpy(),
                            risk_scores(model, valid, covariates))
-    return {"wrong": wrong, "difference": fitted_c - truth_concordance(valid, truth),
+    ph_p = proportional_hazards_p(model, table.iloc[train], covariates, "time_months", "event")
+    return {"wrong": wrong, "difference": fitted_c - truth_concordance(valid, truth), "ph_p": list(ph_p.values()),
             "penalizer_change": float(np.max(np.abs(ratios / np.exp(unpenalised.params_) - 1)))}
 
 
 def repeat(sizes: list[int], cohorts: int) -> None:
     print("| Patients | Cohorts | Every direction right | C-index within 0.05 of truth | Both | "
           "Fitted - truth C-index, mean (SD) | Wrong directions (covariate: cohorts) | "
-          "Largest HR change, penalizer 0.01 vs 0 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "Largest HR change, penalizer 0.01 vs 0 | PH tests with p < 0.05 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         runs = [_one_cohort(n, seed, DEFAULT_TRUTH) for seed in range(cohorts)]
         directions = sum(not r["wrong"] for r in runs)
@@ -94,7 +96,8 @@ def repeat(sizes: list[int], cohorts: int) -> None:
                 wrong[c] = wrong.get(c, 0) + 1
         print(f"| {n} | {cohorts} | {directions} | {close} | {both} | {differences.mean():+.3f} "
               f"({differences.std(ddof=1):.3f}) | {', '.join(f'{c}: {k}' for c, k in wrong.items()) or 'none'} | "
-              f"{100 * max(r['penalizer_change'] for r in runs):.1f} % |")
+              f"{100 * max(r['penalizer_change'] for r in runs):.1f} % | "
+              f"{100 * np.mean([p < 0.05 for r in runs for p in r['ph_p']]):.1f} % |")
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ lifelines (no survival statistics are written here):
 - Harrell's C-index of each model's risk score on the validation patients (lifelines ``concordance_index``),
   with a percentile bootstrap 95 % CI over the validation patients (``scipy.stats.bootstrap``; the models are
   kept fixed, the same resamples for both models, so that their difference has a CI too);
+- each covariate's test of proportional hazards (lifelines ``proportional_hazard_test``, scaled Schoenfeld
+  residuals against the rank of time), since the hazard ratios mean little where that assumption fails;
 - a Kaplan-Meier plot of all patients above vs at or below the median of one fraction (pattern burden;
   lifelines ``KaplanMeierFitter``), with the log-rank test (``lifelines.statistics.logrank_test``).
 
@@ -186,13 +188,18 @@ def _scaled(table, covariates: Sequence[str]):
                         index=table.index)
 
 
+def _model_data(table, covariates: Sequence[str], time: str, event: str):
+    data = _scaled(table, covariates)
+    data["_time"], data["_event"] = table[time].astype(float).to_numpy(), table[event].astype(int).to_numpy()
+    return data
+
+
 def fit_cox(table, covariates: Sequence[str], time: str, event: str, penalizer: float = PENALIZER):
     """lifelines ``CoxPHFitter`` on ``table``'s covariates in their units; ValueError when it cannot converge."""
     from lifelines import CoxPHFitter
     from lifelines.exceptions import ConvergenceError
 
-    data = _scaled(table, covariates)
-    data["_time"], data["_event"] = table[time].astype(float).to_numpy(), table[event].astype(int).to_numpy()
+    data = _model_data(table, covariates, time, event)
     try:
         return CoxPHFitter(penalizer=penalizer).fit(data, duration_col="_time", event_col="_event")
     except ConvergenceError:
@@ -205,7 +212,20 @@ def risk_scores(model, table, covariates: Sequence[str]) -> np.ndarray:
     return np.asarray(model.predict_log_partial_hazard(_scaled(table, covariates)), float)
 
 
-def hazard_ratio_rows(model, covariates: Sequence[str], name: str) -> list[dict]:
+def proportional_hazards_p(model, table, covariates: Sequence[str], time: str, event: str) -> dict[str, float]:
+    """p of each covariate's test of proportional hazards (scaled Schoenfeld residuals against the rank of time;
+    lifelines ``proportional_hazard_test``): a small p says its hazard ratio changes with time."""
+    import warnings
+
+    from lifelines.statistics import proportional_hazard_test
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lifelines' advice to read the plots: the p-values are reported instead
+        test = proportional_hazard_test(model, _model_data(table, covariates, time, event), time_transform="rank")
+    return {str(name if isinstance(name, str) else name[0]): float(p) for name, p in test.summary["p"].items()}
+
+
+def hazard_ratio_rows(model, covariates: Sequence[str], name: str, ph_p: dict[str, float]) -> list[dict]:
     summary = model.summary
     rows = []
     for column in covariates:
@@ -213,7 +233,8 @@ def hazard_ratio_rows(model, covariates: Sequence[str], name: str) -> list[dict]
         rows.append({"model": name, "covariate": column, "unit": covariate_unit(column)[1],
                      "hazard_ratio": float(row["exp(coef)"]),
                      "ci_low": float(row["exp(coef) lower 95%"]), "ci_high": float(row["exp(coef) upper 95%"]),
-                     "p": float(row["p"]), "coef": float(row["coef"]), "se": float(row["se(coef)"])})
+                     "p": float(row["p"]), "coef": float(row["coef"]), "se": float(row["se(coef)"]),
+                     "ph_test_p": ph_p[column]})
     return rows
 
 
@@ -368,7 +389,9 @@ def survival_analysis(table, out: str | os.PathLike, *, covariates: Sequence[str
                                 - summaries[CLINICAL_MODEL]["c_index_validation"],
                                 "ci_low": intervals[2][0], "ci_high": intervals[2][1]}
                                if CLINICAL_MODEL in summaries else None),
-        "hazard_ratios": [row for name in models for row in hazard_ratio_rows(fitted[name], models[name], name)],
+        "hazard_ratios": [row for name in models for row in hazard_ratio_rows(
+            fitted[name], models[name], name,
+            proportional_hazards_p(fitted[name], frame.iloc[train], models[name], time, event))],
         "kaplan_meier": {"covariate": km["covariate"], "split_at_median": km["median"], "logrank_p": km["logrank_p"],
                          "groups": {label: {k: v for k, v in g.items() if k != "fitter"}
                                     for label, g in km["groups"].items()}},
@@ -383,8 +406,8 @@ def survival_analysis(table, out: str | os.PathLike, *, covariates: Sequence[str
 # --- writing ---------------------------------------------------------------------------------------------------------
 
 
-def _interval(low: float | None, high: float | None) -> str:
-    return "[n/a]" if low is None else f"[{low:.3f}, {high:.3f}]"
+def _interval(low: float | None, high: float | None, spec: str = ".3f") -> str:
+    return "[n/a]" if low is None else f"[{low:{spec}}, {high:{spec}}]"
 
 
 def _ratio(row: dict) -> str:
@@ -393,9 +416,10 @@ def _ratio(row: dict) -> str:
 
 def markdown_report(result: dict) -> str:
     """Yun's Table layout: hazard ratios (95 % CI, p) of the habitats + clinical model, then the C-indices."""
-    lines = ["| Covariate | Unit | HR (95% CI) | p |", "|---|---|---|---|"]
+    lines = ["| Covariate | Unit | HR (95% CI) | p | PH test p |", "|---|---|---|---|---|"]
     for row in (r for r in result["hazard_ratios"] if r["model"] == FULL_MODEL):
-        lines.append(f"| {row['covariate']} | {row['unit']} | {_ratio(row)} | {row['p']:.3g} |")
+        lines.append(f"| {row['covariate']} | {row['unit']} | {_ratio(row)} | {row['p']:.3g} | "
+                     f"{row['ph_test_p']:.3g} |")
     lines += ["", "| Model | C-index, training | C-index, validation (95% CI) |", "|---|---|---|"]
     for name, model in result["models"].items():
         lines.append(f"| {name} | {model['c_index_training']:.3f} | {model['c_index_validation']:.3f} "
@@ -410,10 +434,12 @@ def markdown_report(result: dict) -> str:
               f"censored); training {result['training']['patients']} ({result['training']['deaths']} deaths), "
               f"validation {result['validation']['patients']} ({result['validation']['deaths']} deaths), split "
               f"stratified by event (seed {settings['seed']}). Cox proportional hazards (lifelines, ridge penalizer "
-              f"{settings['penalizer']:g}) fitted on the training patients; Harrell's C-index on the validation "
+              f"{settings['penalizer']:g}) fitted on the training patients (PH test: proportional hazards, scaled "
+              f"Schoenfeld residuals against the rank of time; a small p says the hazard ratio changes with time); "
+              f"Harrell's C-index on the validation "
               f"patients, 95% percentile CI from {settings['bootstrap']} bootstrap resamples of them."
               + (f" Habitats + clinical minus clinical only: {difference['value']:+.3f} "
-                 f"{_interval(difference['ci_low'], difference['ci_high'])}." if difference else "")
+                 f"{_interval(difference['ci_low'], difference['ci_high'], '+.3f')}." if difference else "")
               + (f" Left out: {references}." if references else "")
               + (f" Constant in the cohort, left out: {constant}." if constant else "")]
     groups = "; ".join(f"{label}: {g['patients']} patients, {g['deaths']} deaths, median "
@@ -424,7 +450,7 @@ def markdown_report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-HAZARD_COLUMNS = ("model", "covariate", "unit", "hazard_ratio", "ci_low", "ci_high", "p", "coef", "se")
+HAZARD_COLUMNS = ("model", "covariate", "unit", "hazard_ratio", "ci_low", "ci_high", "p", "coef", "se", "ph_test_p")
 
 
 def write_results(folder: Path, result: dict, frame, train: np.ndarray, risks: dict, time: str, event: str,
