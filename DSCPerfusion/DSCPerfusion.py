@@ -15,12 +15,26 @@ from slicer.util import VTKObservationMixin
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_METHODS
 from DSCPerfusionLib.ftb import (FTB_CLASSES, FTB_KEYS, FTB_THRESHOLD_RANGE, FTB_THRESHOLDS, checked_thresholds,
                                  classify, fractions)
+from DSCPerfusionLib.habitats.labels import HABITAT_BY_KEY, HABITATS, REGIONS
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE, MAX_FRAMES
 from DSCPerfusionLib.protocol import check_protocol, protocol_report, summary_line
+from GliomaProgressionLib.models.habitat_packages import (DEFAULT_HABITAT_MODEL, SYNTHETIC_NOTICE,
+                                                          available_habitat_models)
 from GliomaProgressionLib.mrml import PackageInstalling, ParameterNodeLifecycle
 from GliomaProgressionLib.report.figure import NCBV_RANGE
 
 PACKAGES_FOR_NIFTI = ("nibabel",)  # reading a 4D NIfTI (Slicer does not ship nibabel)
+PACKAGES_FOR_HABITATS = ("torch",)  # the habitat model's curve encoder (Slicer's PyTorch extension provides it)
+# The habitat models the registry (Models.json) lists; the model selector offers these and only these.
+HABITAT_MODEL_IDS = tuple(entry["id"] for entry in available_habitat_models()) or ("",)
+# Reference tissues of the habitat curves plot, drawn dashed: key of HabitatResult.reference_curves -> (display
+# name, RGB colour 0..1). The colours stay clear of the habitat colours.
+REFERENCE_TISSUE_CURVES = {
+    "artery": ("Artery (reference)", (0.45, 0.0, 0.0)),
+    "grey_matter": ("Grey matter (reference)", (0.40, 0.40, 0.40)),
+    "white_matter": ("White matter (reference)", (0.70, 0.70, 0.70)),
+    "csf": ("CSF (reference)", (0.0, 0.0, 0.0)),
+}
 
 
 #
@@ -46,7 +60,13 @@ class DSCPerfusion(ScriptedLoadableModule):
             "segment in a table. With a lesion, a fractional tumour burden (FTB) segmentation classes each lesion "
             "voxel as low, intermediate or high nCBV (thresholds in Advanced) and the table gives the fraction of "
             "each per segment. The acquisition is checked against the 2020 consensus DSC protocol (Boxerman et "
-            "al.), item by item, in a second table. The same computation runs headless as 'gliomaprog perfusion'."
+            "al.), item by item, in a second table. The same computation runs headless as 'gliomaprog perfusion'. "
+            "Perfusion habitats (Yun et al. 2023, AJNR): each voxel's whole DSC curve in the enhancing (CEL) and "
+            "non-enhancing (NEL) lesion, rescaled by the white-matter signal, is encoded by a small autoencoder and "
+            "assigned to a k-means pattern that the habitat model has labelled against reference tissues (artery, "
+            "grey and white matter, CSF); the result is a segmentation with one segment per habitat, the fraction "
+            "of CEL and NEL in each habitat, and each pattern's mean curve plotted beside the reference tissues. "
+            "The demo habitat model is trained on synthetic data - not for clinical use."
         )
         self.parent.acknowledgementText = (
             "Follows the consensus DSC processing of dsc-mri-toolbox and the published Boxerman-Schmainda-"
@@ -64,7 +84,8 @@ class DSCPerfusionParameterNode:
     """inputSequence: DSC series (volume sequence; frame times from the sequence, else repetitionTimeS); echoTimeMs:
     TE in ms; brainMask, nawm, lesion: optional segmentations; leakage: one of LEAKAGE_METHODS; autoBaseline or
     baselineStart/End (frames [start, end)); firstPass; perSlice; ftbLowThreshold/ftbHighThreshold: nCBV limits of
-    the FTB classes; outputNCBV/outputRCBV/outputK2: result volumes; outputFTB: the FTB segmentation."""
+    the FTB classes; outputNCBV/outputRCBV/outputK2: result volumes; outputFTB: the FTB segmentation.
+    habitatModel: a habitat model of the registry; outputHabitats: the perfusion habitats segmentation."""
 
     inputSequence: slicer.vtkMRMLSequenceNode
     echoTimeMs: Annotated[float, WithinRange(*ECHO_TIME_MS_RANGE)] = 30.0
@@ -84,6 +105,9 @@ class DSCPerfusionParameterNode:
     outputRCBV: slicer.vtkMRMLScalarVolumeNode
     outputK2: slicer.vtkMRMLScalarVolumeNode
     outputFTB: slicer.vtkMRMLSegmentationNode
+    habitatModel: Annotated[str, Choice(HABITAT_MODEL_IDS)] = (
+        DEFAULT_HABITAT_MODEL if DEFAULT_HABITAT_MODEL in HABITAT_MODEL_IDS else HABITAT_MODEL_IDS[0])
+    outputHabitats: slicer.vtkMRMLSegmentationNode
 
 
 #
@@ -99,6 +123,7 @@ class DSCPerfusionWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoad
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._computingHabitats = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -109,17 +134,39 @@ class DSCPerfusionWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoad
         self.logic = DSCPerfusionLogic()
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.ui.loadSeriesButton.clicked.connect(self.onLoadSeriesButton)
+        self.ui.habitatsApplyButton.clicked.connect(self.onHabitatsApplyButton)
+        self.ui.habitatsProgressBar.setVisible(False)
         self.observeScene()
 
     def updateGui(self):
         parameters = self._parameterNode
-        ready = parameters is not None and parameters.inputSequence is not None and not self.installing
+        ready = (parameters is not None and parameters.inputSequence is not None and not self.installing
+                 and not self._computingHabitats)
         self.ui.applyButton.enabled = ready
         self.ui.loadSeriesButton.enabled = not self.installing
         self.ui.applyButton.toolTip = "Compute nCBV, rCBV and K2" if ready else "Choose a DSC sequence"
         manual = parameters is not None and not parameters.autoBaseline
         self.ui.baselineStartSpinBox.enabled = manual
         self.ui.baselineEndSpinBox.enabled = manual
+        self._updateHabitatsGui(parameters)
+
+    def _updateHabitatsGui(self, parameters):
+        missing = self._habitatInputsMissing(parameters)
+        self.ui.habitatsApplyButton.enabled = missing is None and not self.installing and not self._computingHabitats
+        self.ui.habitatsApplyButton.toolTip = missing or "Find the perfusion habitats of the lesion."
+        description = self.logic.habitatModelText(parameters.habitatModel) if parameters is not None else ""
+        self.ui.habitatModelDescriptionLabel.text = description
+        self.ui.habitatModelComboBox.toolTip = description
+
+    @staticmethod
+    def _habitatInputsMissing(parameters):
+        """What the habitats still need from the Inputs section, in one sentence, or None."""
+        if parameters is None or parameters.inputSequence is None:
+            return "Choose the DSC series in Inputs."
+        if parameters.lesion is None:
+            return ("Choose the lesion segmentation in Inputs: habitats are found in its enhancing and "
+                    "non-enhancing parts.")
+        return None
 
     def onLoadSeriesButton(self):
         import qt
@@ -159,6 +206,47 @@ class DSCPerfusionWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoad
             protocol = f"{summary_line(results['protocol'])} (table '{results['protocolTable'].GetName()}')"
             self.ui.statusLabel.text = (f"Done in {results['report'].get('total_time_s', 0):.1f} s: {made}{table}.\n"
                                         + protocol + "".join(f"\nWarning: {w}" for w in warnings))
+
+    def onHabitatsApplyButton(self):
+        parameters = self._parameterNode
+        self.ui.habitatsStatusLabel.text = ""
+        try:
+            with slicer.util.tryWithErrorDisplay("Could not compute the perfusion habitats.", waitCursor=True):
+                self._computeHabitats(parameters)
+        except ValueError as error:  # shown in Slicer's error box too; here it stays beside the button
+            self.ui.habitatsStatusLabel.text = str(error)
+            raise
+        finally:
+            self._computingHabitats = False
+            self.ui.habitatsProgressBar.setVisible(False)
+            self.updateGui()
+
+    def _computeHabitats(self, parameters):
+        if not self.ensurePackages(PACKAGES_FOR_HABITATS):
+            return
+        output = parameters.outputHabitats
+        if output is not None and self.logic.habitatsWereEdited(output):
+            if not slicer.util.confirmYesNoDisplay(
+                    f"The habitat segmentation '{output.GetName()}' was edited (or not made here).\n\nYes: replace "
+                    "it. No: keep it and put the new habitats in a new segmentation.",
+                    windowTitle="Perfusion habitats"):
+                output = None
+        self._computingHabitats = True
+        self.updateGui()
+        results = self.logic.computeHabitats(
+            parameters.inputSequence, parameters.lesion, parameters.habitatModel,
+            repetitionTimeS=parameters.repetitionTimeS or None, brainMaskNode=parameters.brainMask,
+            nawmNode=parameters.nawm, outputNode=output, progress=self._showHabitatProgress)
+        parameters.outputHabitats = results["habitats"]
+        self._showResults(results)
+        self.ui.habitatsStatusLabel.text = self.logic.habitatSummary(results)
+
+    def _showHabitatProgress(self, fraction, message):
+        # In-process, as the perfusion maps: the status bar says the step, the section's bar how far it is.
+        self.ui.habitatsProgressBar.setVisible(True)
+        self.ui.habitatsProgressBar.value = int(round(100 * min(max(float(fraction), 0.0), 1.0)))
+        slicer.util.showStatusMessage(message)
+        slicer.app.processEvents()
 
     @staticmethod
     def _showResults(results):
@@ -341,6 +429,176 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
             node.GetSegmentation().CopySegmentFromSegmentation(made.GetSegmentation(), segmentId)
         slicer.mrmlScene.RemoveNode(made)
         return node
+
+    # --- perfusion habitats
+
+    @staticmethod
+    def habitatModelEntry(modelId):
+        """The registry's entry of a habitat model (Models.json ``habitat_models``), or None."""
+        return next((entry for entry in available_habitat_models() if entry.get("id") == modelId), None)
+
+    def habitatModelText(self, modelId):
+        """What the panel says about a habitat model: its title and description, with the synthetic-data notice."""
+        entry = self.habitatModelEntry(modelId)
+        if entry is None:
+            return f"The habitat model '{modelId}' is not installed." if modelId else "No habitat model is installed."
+        description = str(entry.get("description", ""))
+        if entry.get("synthetic") and SYNTHETIC_NOTICE not in description:
+            description = f"{SYNTHETIC_NOTICE} {description}".strip()
+        return f"{entry.get('title', modelId)}: {description}" if description else str(entry.get("title", modelId))
+
+    @staticmethod
+    def loadHabitatModel(model):
+        """A registry id (sha256-checked), a package path, or an already loaded package, as a loaded package."""
+        from GliomaProgressionLib.models.habitat_packages import HabitatModelPackage, resolve_habitat_model
+
+        if isinstance(model, HabitatModelPackage):
+            return model
+        if not model:
+            raise ValueError("Choose a habitat model; the registry lists none.")
+        return resolve_habitat_model(model)
+
+    @staticmethod
+    def habitatsWereEdited(segmentationNode):
+        """Whether replacing this habitat segmentation would lose the user's edits (ask first)."""
+        from GliomaProgressionLib import mrml
+
+        return mrml.result_was_edited(segmentationNode)
+
+    def computeHabitats(self, sequenceNode, lesionNode, model=DEFAULT_HABITAT_MODEL, repetitionTimeS=None,
+                        brainMaskNode=None, nawmNode=None, outputNode=None, progress=None):
+        """Perfusion habitats (Yun et al. 2023) of the lesion's enhancing (CEL) and non-enhancing (NEL) parts.
+
+        The science is ``DSCPerfusionLib.habitats.pipeline.compute_habitats``, as in ``gliomaprog habitats``; the
+        lesion's parts are read from its segment names by the one segment-name rule (``CTVPlannerLib.lesion``).
+        ``model``: a registry id, a package path or a loaded package. ``outputNode``: the segmentation to fill
+        (its segments are replaced: ask the user first when ``habitatsWereEdited``); None makes a new one.
+
+        Returns a dict: 'habitats' (segmentation, one segment per habitat found, named and coloured from
+        ``HABITATS``), 'table' (percentage of CEL and NEL per habitat), 'chart' (each pattern's mean curve and
+        the four reference tissues, dashed), 'model' (the loaded package), 'result' (the pipeline's result),
+        'report' (dict with 'total_time_s').
+        """
+        import time
+
+        from DSCPerfusionLib.habitats.pipeline import compute_habitats
+
+        started = time.monotonic()
+        if sequenceNode is None:
+            raise ValueError("Choose the DSC series (a volume sequence).")
+        if lesionNode is None:
+            raise ValueError("Choose the lesion segmentation: habitats are found in its enhancing (CEL) and "
+                             "non-enhancing (NEL) parts.")
+        package = self.loadHabitatModel(model)
+        from GliomaProgressionLib import mrml
+
+        series, times = mrml.volume_from_sequence(sequenceNode, repetitionTimeS)
+        grid = type(series)(series.array[0], series.ijk_to_ras)
+        cel, nel = self._lesionRegions(lesionNode, grid)
+        masks = {name: self._maskOnGrid(node, grid, name)
+                 for name, node in (("brain mask", brainMaskNode), ("white-matter reference", nawmNode)) if node}
+        result = compute_habitats(series.array, times, cel, nel, package.model,
+                                  brain_mask=masks.get("brain mask"), nawm_mask=masks.get("white-matter reference"),
+                                  spacing_mm=tuple(series.spacing[::-1]), ijk_to_ras=series.ijk_to_ras,
+                                  progress=progress)
+        name = sequenceNode.GetName()
+        nodes = {
+            "habitats": self._storeHabitats(result.labels, grid, outputNode, f"{name} habitats"),
+            "table": self._habitatTable(result.fractions, f"{name} habitat fractions"),
+            "chart": self._habitatChart(result, f"{name} habitat curves"),
+            "model": package,
+            "result": result,
+        }
+        report = dict(getattr(result, "report", None) or {})
+        report["total_time_s"] = time.monotonic() - started
+        nodes["report"] = report
+        return nodes
+
+    @staticmethod
+    def _lesionRegions(lesionNode, grid):
+        """(CEL, NEL) masks on the DSC grid; one sentence when the lesion lacks either."""
+        from CTVPlannerLib.lesion import LESION_SEGMENTS, brats_class
+        from GliomaProgressionLib import mrml
+
+        lesion = lesionNode.GetName()
+        parts = {brats_class(segment) for segment in mrml.segment_names(lesionNode)}
+        regions = {"CEL": (3, "enhancing"), "NEL": (2, "non-enhancing")}
+        for region, (part, word) in regions.items():
+            if part not in parts:
+                raise ValueError(f"The lesion '{lesion}' has no {word} ({region}) segment: name one "
+                                 f"'{LESION_SEGMENTS[part][0]}'.")
+        masks = mrml.lesion_part_masks(lesionNode, grid, (2, 3))
+        for region, (part, word) in regions.items():
+            if not masks[part].any():
+                raise ValueError(f"The {word} ({region}) part of the lesion '{lesion}' does not overlap the DSC "
+                                 "series.")
+        return masks[3], masks[2]
+
+    @staticmethod
+    def _storeHabitats(labels, grid, node, name):
+        """The habitat labels as a segmentation (one segment per habitat present), into ``node`` when given;
+        stamped so that a later Apply can tell whether the user edited it."""
+        from GliomaProgressionLib import mrml
+
+        segments = {habitat.value: (habitat.name, habitat.colour) for habitat in HABITATS}
+        made = mrml.segmentation_from_labelmap(type(grid)(np.asarray(labels, np.uint8), grid.ijk_to_ras), segments,
+                                               name)
+        node = made if node is None else mrml.replace_segments(node, made)
+        mrml.stamp_result(node, grid)
+        return node
+
+    @staticmethod
+    def _habitatTable(fractions, name):
+        """Rows: the habitats of either region; columns: percentage of CEL and of NEL (empty where a habitat
+        does not belong to the region)."""
+        from GliomaProgressionLib import mrml
+
+        def percent(region, key):
+            share = (fractions.get(region) or {}).get(key)
+            return round(100.0 * float(share), 2) if share is not None else float("nan")
+
+        found = [h for h in HABITATS if any(h.key in (fractions.get(region) or {}) for region in REGIONS)]
+        columns = {"Habitat": [habitat.name for habitat in found]}
+        columns.update({f"{region} (%)": [percent(region, habitat.key) for habitat in found] for region in REGIONS})
+        return mrml.table_from_columns(columns, name)
+
+    @staticmethod
+    def _habitatChart(result, name):
+        """Each pattern's mean curve (in its habitat's colour) beside the reference tissues' curves, dashed."""
+        from GliomaProgressionLib import mrml
+
+        habitatOf = {f"{row['region']} {row['pattern']}": HABITAT_BY_KEY.get(row["habitat"])
+                     for row in result.pattern_table}
+        curves, colours = {}, {}
+        for pattern, curve in result.pattern_curves.items():
+            habitat = habitatOf.get(pattern)
+            title = f"{pattern}: {habitat.name}" if habitat is not None else pattern
+            curves[title] = curve
+            if habitat is not None:
+                colours[title] = habitat.colour
+        references = []
+        for key, (display, colour) in REFERENCE_TISSUE_CURVES.items():
+            if key in result.reference_curves:
+                curves[display] = result.reference_curves[key]
+                colours[display] = colour
+                references.append(display)
+        chart = mrml.plot_curves(result.times_s, curves, name, "Time (s)", "Signal / white-matter signal",
+                                 colours=colours)
+        mrml.dash_plot_series(chart, references)
+        return chart
+
+    @staticmethod
+    def habitatSummary(results):
+        """What the panel says after a habitat computation."""
+        segmentation = results["habitats"]
+        found = segmentation.GetSegmentation().GetNumberOfSegments()
+        package = results["model"]
+        notice = f" {package.notice}" if getattr(package, "notice", "") else ""
+        warnings = getattr(results["result"], "warnings", None) or []
+        return (f"Done in {results['report'].get('total_time_s', 0):.1f} s: {found} habitats in "
+                f"'{segmentation.GetName()}', fractions in '{results['table'].GetName()}', curves in "
+                f"'{results['chart'].GetName()}'. Model: {package.title}.{notice}"
+                + "".join(f"\nWarning: {warning}" for warning in warnings))
 
     @staticmethod
     def _protocolTable(report, name):
