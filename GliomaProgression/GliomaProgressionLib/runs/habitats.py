@@ -145,11 +145,9 @@ def read_habitat_inputs(case_folder: str | Path, alignment: str = DEFAULT_ALIGNM
     else:
         labels = sitk.GetArrayFromImage(sitk.Resample(lesion, dsc_image, sitk.Transform(), sitk.sitkNearestNeighbor,
                                                       0, sitk.sitkUInt8))
-    check_lesion_parts(labels, f"The lesion of the case {folder.name}, carried onto the DSC grid,")
-    cel_value, nel_value = _lesion_parts()
+    cel, nel = lesion_masks_on_dsc(labels, f"The lesion of the case {folder.name}, carried onto the DSC grid,")
     notes = list(registration.warnings) if registration is not None else []
-    return HabitatInputs(folder.name, dsc, timing, labels == cel_value, labels == nel_value, reference, registration,
-                         alignment, notes=notes)
+    return HabitatInputs(folder.name, dsc, timing, cel, nel, reference, registration, alignment, notes=notes)
 
 
 # --- one case -------------------------------------------------------------------------------------------------------
@@ -159,8 +157,6 @@ def run_habitats_files(case_folder: str | Path, out: str | Path, *, model_id: st
                        alignment: str = DEFAULT_ALIGNMENT, progress: Progress | None = None) -> dict:
     """Perfusion habitats of one case folder into the new folder ``out`` (all or nothing); returns habitats.json's
     content. ``model_id``: a shipped habitat model's id or a package zip/folder."""
-    from DSCPerfusionLib.habitats.pipeline import compute_habitats
-
     from GliomaProgressionLib.case.files import check_new_output_folder
     from GliomaProgressionLib.models.habitat_packages import resolve_habitat_model
 
@@ -171,15 +167,33 @@ def run_habitats_files(case_folder: str | Path, out: str | Path, *, model_id: st
     package = resolve_habitat_model(model_id)  # a missing or tampered model fails before the long work
     inputs = read_habitat_inputs(case_folder, alignment, progress)
     report(0.3, "Computing the perfusion habitats")
-    result = compute_habitats(inputs.dsc.array, inputs.timing.times_s, inputs.cel, inputs.nel, package.model,
-                              spacing_mm=tuple(float(s) for s in inputs.dsc.spacing[::-1]),
-                              ijk_to_ras=inputs.dsc.ijk_to_ras,
-                              progress=_sub_progress(progress, 0.3, 0.9))
+    result = compute_case_habitats(inputs.dsc, inputs.timing.times_s, inputs.cel, inputs.nel, package,
+                                   progress=_sub_progress(progress, 0.3, 0.9))
     report(0.9, "Writing the habitat maps")
     return write_habitat_outputs(result, inputs.dsc_grid, inputs.reference, out, package.info(),
                                  registration=inputs.registration, alignment=inputs.alignment,
                                  warnings=inputs.notes, inputs={"case": inputs.name},
                                  elapsed_s=time.monotonic() - started)
+
+
+def compute_case_habitats(dsc: Volume, times_s, cel: np.ndarray, nel: np.ndarray, package: HabitatModelPackage,
+                          progress: Progress | None = None):
+    """``compute_habitats`` on a DSC series (``Volume`` [t, k, j, i]) with CEL and NEL masks on its grid and a
+    resolved model package: what ``gliomaprog run`` calls with the lesion it carried onto the DSC grid
+    (``lesion_masks_on_dsc``)."""
+    from DSCPerfusionLib.habitats.pipeline import compute_habitats
+
+    return compute_habitats(dsc.array, times_s, cel, nel, package.model,
+                            spacing_mm=tuple(float(s) for s in dsc.spacing[::-1]), ijk_to_ras=dsc.ijk_to_ras,
+                            progress=progress)
+
+
+def lesion_masks_on_dsc(labels_on_dsc: np.ndarray, where: str = "The lesion, on the DSC grid,") \
+        -> tuple[np.ndarray, np.ndarray]:
+    """(CEL, NEL) masks from BraTS 2024 labels on the DSC grid, refused in one sentence when either is missing."""
+    check_lesion_parts(labels_on_dsc, where)
+    cel_value, nel_value = _lesion_parts()
+    return labels_on_dsc == cel_value, labels_on_dsc == nel_value
 
 
 def _sub_progress(progress: Progress | None, start: float, end: float) -> Progress | None:
@@ -264,7 +278,8 @@ def write_habitat_outputs(result, dsc_grid: Volume, reference_grid: sitk.Image, 
     on_reference = habitats_on_reference(labels, dsc_grid, reference_grid, registration)
     all_warnings = list(warnings or []) + list((result.report or {}).get("warnings", []))
     if model_info.get("synthetic"):
-        all_warnings.append(f"The habitat model '{model_info.get('id')}' is {model_info.get('notice') or 'synthetic'}")
+        all_warnings.append(f"The habitat model '{model_info.get('id')}': "
+                            f"{model_info.get('notice') or 'trained on synthetic data'}")
     data = {
         "software": "GliomaProgression perfusion habitats (Yun et al. 2023, AJNR)",
         "inputs": inputs or {},
