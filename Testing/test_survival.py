@@ -120,6 +120,16 @@ def test_crossing_hazards_fail_the_proportional_hazards_test_and_proportional_on
     assert all(r["ph_test_p"] > 0.01 for r in result["hazard_ratios"])  # simulated with proportional hazards
 
 
+def test_a_model_of_some_fractions_only_says_what_they_replace_and_has_no_clinical_comparison(analysed, tmp_path):
+    table, _ = analysed
+    result = survival_analysis(table.iloc[:90], tmp_path / "out", covariates=["NEL_infiltrated_oedema"],
+                               bootstrap=100)
+    assert list(result["models"]) == ["habitats only"] and result["c_index_difference"] is None
+    assert result["hazard_ratios"][0]["unit"] == ("per 10 percentage points of the NEL (in place of high angiogenic "
+                                                  "tumour or low angiogenic / cellular tumour or vasogenic oedema)")
+    assert result["hazard_ratios"][0]["hazard_ratio"] > 1
+
+
 def test_a_fraction_absent_in_every_patient_is_left_out_and_its_region_still_gets_a_reference():
     table = simulated_cohort(60, 4).assign(NEL_low_angiogenic=0.0)
     chosen, notes = choose_covariates(table, None, "time_months", "event", "table")
@@ -128,7 +138,7 @@ def test_a_fraction_absent_in_every_patient_is_left_out_and_its_region_still_get
     assert "NEL_low_angiogenic" not in chosen and "NEL_infiltrated_oedema" in chosen
 
 
-# --- refusals ----------------------------------------------------------------------------------------------------------
+# --- refusals -------------------------------------------------------------------------------------------------------
 
 
 def _bad(table: pd.DataFrame, change: str) -> pd.DataFrame:
@@ -202,7 +212,8 @@ def test_the_habitat_table_merges_habitats_json_folders_with_the_clinical_table(
     clinical.to_csv(tmp_path / "clinical.csv", index=False)
     merged = habitat_table(tmp_path / "runs", tmp_path / "clinical.csv").set_index("case").sort_index()
     assert len(merged) == 30
-    assert np.allclose(merged["NEL_infiltrated_oedema"], cohort.set_index("case").sort_index()["NEL_infiltrated_oedema"])
+    expected = cohort.set_index("case").sort_index()["NEL_infiltrated_oedema"]
+    assert np.allclose(merged["NEL_infiltrated_oedema"], expected)
     assert (merged["NEL_low_angiogenic"] == 0).all()  # a habitat a file does not name has fraction 0
     clinical.iloc[1:].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(ValueError, match="no row for 1 case.*sim0000"):
@@ -230,7 +241,7 @@ def test_a_phantom_cohort_folder_gives_the_simulated_fractions(tmp_path):
     assert truth["truth"]["hazard_ratios"]["NEL_infiltrated_oedema"] == 1.5
 
 
-# --- the commands --------------------------------------------------------------------------------------------------------
+# --- the commands ---------------------------------------------------------------------------------------------------
 
 
 def _gliomaprog_here(capsys, *arguments) -> subprocess.CompletedProcess:

@@ -35,7 +35,8 @@ def _add_survival(actions) -> None:
     survival.add_argument("--clinical", type=Path, help="CSV with case, time_months, event and clinical columns")
     survival.add_argument("--covariates", nargs="+", action="extend", metavar="COLUMN",
                           help="covariates (commas allowed; default every fraction and clinical column present)")
-    survival.add_argument("--km", metavar="COLUMN", help=f"column to split the Kaplan-Meier curves at its median (default {KM_DEFAULT})")
+    survival.add_argument("--km", metavar="COLUMN",
+                          help=f"column to split the Kaplan-Meier curves at its median (default {KM_DEFAULT})")
     survival.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     survival.add_argument("--seed", type=non_negative_int, default=0, help="split and bootstrap seed (default 0)")
     survival.add_argument("--out", required=True, type=Path, help="new folder for the results (must not exist)")

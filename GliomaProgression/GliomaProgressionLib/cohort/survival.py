@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from DSCPerfusionLib.habitats.labels import HABITAT_BY_KEY
 from GliomaProgressionLib.phantom.survival import (CASE_COLUMN, CLINICAL_COLUMNS, EVENT_COLUMN, REFERENCE_HABITAT,
                                                    RUN_HABITATS_FILES, TIME_COLUMN, column_region, covariate_unit,
                                                    fraction_column, fraction_columns, fractions_from_case_folders,
@@ -52,7 +53,7 @@ BOOTSTRAP_REPLICATES = 1000
 MIN_PATIENTS = 20
 MIN_EVENTS = 10
 KM_DEFAULT = fraction_column("NEL", "infiltrated_oedema")  # Yun's strongest pattern
-FULL_MODEL, CLINICAL_MODEL = "habitats + clinical", "clinical only"
+FULL_MODEL, CLINICAL_MODEL, HABITATS_MODEL = "habitats + clinical", "clinical only", "habitats only"
 
 
 # --- the table -----------------------------------------------------------------------------------------------------
@@ -225,12 +226,25 @@ def proportional_hazards_p(model, table, covariates: Sequence[str], time: str, e
     return {str(name if isinstance(name, str) else name[0]): float(p) for name, p in test.summary["p"].items()}
 
 
-def hazard_ratio_rows(model, covariates: Sequence[str], name: str, ph_p: dict[str, float]) -> list[dict]:
+def unit_words(column: str, covariates: Sequence[str], absent: Sequence[str] = ()) -> str:
+    """What a covariate's hazard ratio is per: for a fraction, 10 percentage points of its region taken from the
+    region's habitats that are not covariates (the reference habitat when the others all are), leaving out those
+    ``absent`` from every patient."""
+    region = column_region(column)
+    if region is None:
+        return covariate_unit(column)[1]
+    others = [HABITAT_BY_KEY[c.split("_", 1)[1]].name.lower() for c in region_fraction_columns(region)
+              if c not in covariates and c not in absent]
+    return f"per 10 percentage points of the {region} (in place of {' or '.join(others) or 'nothing'})"
+
+
+def hazard_ratio_rows(model, covariates: Sequence[str], name: str, ph_p: dict[str, float],
+                      absent: Sequence[str] = ()) -> list[dict]:
     summary = model.summary
     rows = []
     for column in covariates:
         row = summary.loc[column]
-        rows.append({"model": name, "covariate": column, "unit": covariate_unit(column)[1],
+        rows.append({"model": name, "covariate": column, "unit": unit_words(column, covariates, absent),
                      "hazard_ratio": float(row["exp(coef)"]),
                      "ci_low": float(row["exp(coef) lower 95%"]), "ci_high": float(row["exp(coef) upper 95%"]),
                      "p": float(row["p"]), "coef": float(row["coef"]), "se": float(row["se(coef)"]),
@@ -362,8 +376,9 @@ def survival_analysis(table, out: str | os.PathLike, *, covariates: Sequence[str
 
     report(0.1, f"Fitting the Cox models on {len(frame)} patients ({int(events.sum())} deaths)")
     train, validation = split_patients(events, validation_fraction, seed)
-    models = {FULL_MODEL: chosen}
-    if clinical and clinical != chosen:
+    habitats = [c for c in chosen if column_region(c)]
+    models = {(FULL_MODEL if clinical else HABITATS_MODEL) if habitats else CLINICAL_MODEL: chosen}
+    if clinical and habitats:
         models[CLINICAL_MODEL] = clinical
     fitted = {name: fit_cox(frame.iloc[train], columns, time, event, penalizer) for name, columns in models.items()}
     risks = {name: risk_scores(fitted[name], frame, models[name]) for name in models}
@@ -388,10 +403,11 @@ def survival_analysis(table, out: str | os.PathLike, *, covariates: Sequence[str
         "c_index_difference": ({"value": summaries[FULL_MODEL]["c_index_validation"]
                                 - summaries[CLINICAL_MODEL]["c_index_validation"],
                                 "ci_low": intervals[2][0], "ci_high": intervals[2][1]}
-                               if CLINICAL_MODEL in summaries else None),
+                               if len(summaries) == 2 else None),
         "hazard_ratios": [row for name in models for row in hazard_ratio_rows(
             fitted[name], models[name], name,
-            proportional_hazards_p(fitted[name], frame.iloc[train], models[name], time, event))],
+            proportional_hazards_p(fitted[name], frame.iloc[train], models[name], time, event),
+            notes["constant_left_out"])],
         "kaplan_meier": {"covariate": km["covariate"], "split_at_median": km["median"], "logrank_p": km["logrank_p"],
                          "groups": {label: {k: v for k, v in g.items() if k != "fitter"}
                                     for label, g in km["groups"].items()}},
@@ -415,9 +431,11 @@ def _ratio(row: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    """Yun's Table layout: hazard ratios (95 % CI, p) of the habitats + clinical model, then the C-indices."""
+    """Yun's Table layout: hazard ratios (95 % CI, p) of the first model (habitats + clinical when both were
+    given), then the C-indices."""
+    first = next(iter(result["models"]))
     lines = ["| Covariate | Unit | HR (95% CI) | p | PH test p |", "|---|---|---|---|---|"]
-    for row in (r for r in result["hazard_ratios"] if r["model"] == FULL_MODEL):
+    for row in (r for r in result["hazard_ratios"] if r["model"] == first):
         lines.append(f"| {row['covariate']} | {row['unit']} | {_ratio(row)} | {row['p']:.3g} | "
                      f"{row['ph_test_p']:.3g} |")
     lines += ["", "| Model | C-index, training | C-index, validation (95% CI) |", "|---|---|---|"]

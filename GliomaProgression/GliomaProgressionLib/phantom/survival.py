@@ -277,8 +277,8 @@ def read_table(path: str | os.PathLike, what: str):
     if table.empty:
         raise ValueError(f"The {what} {path} holds no row.")
     if table[CASE_COLUMN].isna().any():
-        raise ValueError(f"The {what} {path} has a row without a case id (row {int(table[CASE_COLUMN].isna().idxmax()) + 2} "
-                         "of the file).")
+        row = int(table[CASE_COLUMN].isna().idxmax()) + 2  # the header is line 1
+        raise ValueError(f"The {what} {path} has a row without a case id (line {row} of the file).")
     duplicated = table[CASE_COLUMN][table[CASE_COLUMN].duplicated()]
     if len(duplicated):
         raise ValueError(f"The {what} {path} holds case {duplicated.iloc[0]} more than once.")
