@@ -184,13 +184,14 @@ class DSCPerfusionWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoad
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not compute the perfusion maps.", waitCursor=True):
             baseline = None if parameters.autoBaseline else (parameters.baselineStart, parameters.baselineEnd)
+            ftb = self._outputToReplace(parameters.outputFTB, "FTB")
             results = self.logic.process(
                 parameters.inputSequence, parameters.echoTimeMs, repetitionTimeS=parameters.repetitionTimeS or None,
                 leakage=parameters.leakage, baseline=baseline,
                 firstPass=parameters.firstPass, perSlice=parameters.perSlice, brainMaskNode=parameters.brainMask,
                 nawmNode=parameters.nawm, lesionNode=parameters.lesion,
                 outputNodes={"ncbv": parameters.outputNCBV, "rcbv": parameters.outputRCBV, "k2": parameters.outputK2,
-                             "ftb": parameters.outputFTB},
+                             "ftb": ftb},
                 progress=lambda fraction, message: slicer.util.showStatusMessage(message),
                 ftbThresholds=(parameters.ftbLowThreshold, parameters.ftbHighThreshold))
             parameters.outputNCBV, parameters.outputRCBV, parameters.outputK2 = (
@@ -221,16 +222,21 @@ class DSCPerfusionWidget(PackageInstalling, ParameterNodeLifecycle, ScriptedLoad
             self.ui.habitatsProgressBar.setVisible(False)
             self.updateGui()
 
+    @staticmethod
+    def _outputToReplace(segmentationNode, what):
+        """The output segmentation to fill, or None (a new one): one the user edited is replaced only if they say
+        so (the FTB and habitat segmentations alike)."""
+        if segmentationNode is None or not DSCPerfusionLogic.resultWasEdited(segmentationNode):
+            return segmentationNode
+        replace = slicer.util.confirmYesNoDisplay(
+            f"The {what} segmentation '{segmentationNode.GetName()}' was edited (or not made here).\n\nYes: replace "
+            f"it. No: keep it and put the new {what} segments in a new segmentation.", windowTitle="DSC Perfusion")
+        return segmentationNode if replace else None
+
     def _computeHabitats(self, parameters):
         if not self.ensurePackages(PACKAGES_FOR_HABITATS):
             return
-        output = parameters.outputHabitats
-        if output is not None and self.logic.habitatsWereEdited(output):
-            if not slicer.util.confirmYesNoDisplay(
-                    f"The habitat segmentation '{output.GetName()}' was edited (or not made here).\n\nYes: replace "
-                    "it. No: keep it and put the new habitats in a new segmentation.",
-                    windowTitle="Perfusion habitats"):
-                output = None
+        output = self._outputToReplace(parameters.outputHabitats, "habitat")
         self._computingHabitats = True
         self.updateGui()
         results = self.logic.computeHabitats(
@@ -421,13 +427,8 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         if classes is None:
             return None
         made = mrml.segmentation_from_labelmap(type(grid)(classes, grid.ijk_to_ras), FTB_CLASSES, name)
-        if node is None:
-            return made
-        node.GetSegmentation().RemoveAllSegments()
-        for index in range(made.GetSegmentation().GetNumberOfSegments()):
-            segmentId = made.GetSegmentation().GetNthSegmentID(index)
-            node.GetSegmentation().CopySegmentFromSegmentation(made.GetSegmentation(), segmentId)
-        slicer.mrmlScene.RemoveNode(made)
+        node = made if node is None else mrml.replace_segments(node, made)
+        mrml.stamp_result(node, grid)  # so that a later Apply can tell whether the user edited it
         return node
 
     # --- perfusion habitats
@@ -459,8 +460,8 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         return resolve_habitat_model(model)
 
     @staticmethod
-    def habitatsWereEdited(segmentationNode):
-        """Whether replacing this habitat segmentation would lose the user's edits (ask first)."""
+    def resultWasEdited(segmentationNode):
+        """Whether replacing this output segmentation (FTB, habitats) would lose the user's edits (ask first)."""
         from GliomaProgressionLib import mrml
 
         return mrml.result_was_edited(segmentationNode)
@@ -472,7 +473,7 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         The science is ``DSCPerfusionLib.habitats.pipeline.compute_habitats``, as in ``gliomaprog habitats``; the
         lesion's parts are read from its segment names by the one segment-name rule (``CTVPlannerLib.lesion``).
         ``model``: a registry id, a package path or a loaded package. ``outputNode``: the segmentation to fill
-        (its segments are replaced: ask the user first when ``habitatsWereEdited``); None makes a new one.
+        (its segments are replaced: ask the user first when ``resultWasEdited``); None makes a new one.
 
         Returns a dict: 'habitats' (segmentation, one segment per habitat found, named and coloured from
         ``HABITATS``), 'table' (percentage of CEL and NEL per habitat), 'chart' (each pattern's mean curve and
@@ -684,6 +685,24 @@ class DSCPerfusionTest(ScriptedLoadableModuleTest):
                          {name for name, _ in FTB_CLASSES.values()})
         self.assertEqual(results["protocolTable"].GetNumberOfRows(), len(results["protocol"]["items"]))
         self.delayDisplay("nCBV, table and curves computed")
+        self._checkHabitats(sequence, lesion)
+
+    def _checkHabitats(self, sequence, lesion):
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None or not HABITAT_MODEL_IDS[0]:
+            self.delayDisplay("Perfusion habitats not tested: PyTorch or a habitat model is not installed")
+            return
+        self.delayDisplay("Finding the perfusion habitats of the same case")
+        results = DSCPerfusionLogic().computeHabitats(sequence, lesion, HABITAT_MODEL_IDS[0])
+        segmentation = results["habitats"].GetSegmentation()
+        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        self.assertTrue(names and names <= {habitat.name for habitat in HABITATS})
+        table = results["table"]
+        for column in range(1, table.GetNumberOfColumns()):
+            shares = [table.GetTable().GetValue(row, column).ToDouble() for row in range(table.GetNumberOfRows())]
+            self.assertAlmostEqual(float(np.nansum(shares)), 100.0, delta=0.1)
+        self.delayDisplay("Habitats, fractions and pattern curves computed")
 
     def test_BadInputIsRefused(self):
         case, sequence, _ = self._loadSyntheticCase()

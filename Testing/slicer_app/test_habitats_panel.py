@@ -202,3 +202,26 @@ def test_bad_input_is_one_sentence_in_the_panel_and_the_logic(scene, habitatCase
         assert expected in str(raised.value) and _oneSentence(str(raised.value)), str(raised.value)
     with pytest.raises(ValueError, match="habitat model"):
         logic.computeHabitats(sequence, fullLesion, "no-such-model")
+
+
+def test_an_edited_ftb_segmentation_is_kept_when_the_user_says_no(scene, habitatCase):
+    """The FTB output follows the same rule as the habitats: untouched, replaced; edited, asked first."""
+    widget, ui, parameters = panel()
+    sequence, lesion = loadInputs(habitatCase)
+    ui.inputSequenceSelector.setCurrentNode(sequence)
+    ui.lesionSelector.setCurrentNode(lesion)
+    slicer.app.click(ui.applyButton)
+    ftb = parameters.outputFTB
+    assert ftb is not None and not widget.logic.resultWasEdited(ftb)
+    gridNode = mrml.node_from_volume(habitatCase.grid, "DSC grid")
+    first = ftb.GetSegmentation().GetNthSegmentID(0)
+    edited = slicer.util.arrayFromSegmentBinaryLabelmap(ftb, first, gridNode)
+    edited[:] = 0
+    edited[2, 10:14, 10:14] = 1  # the user redraws a class
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edited, ftb, first, gridNode)
+    assert widget.logic.resultWasEdited(ftb)
+    with slicer.app.answeringDialogs(QMessageBox.No) as asked:
+        slicer.app.click(ui.applyButton)
+    assert len(asked) == 1 and "FTB" in asked[0] and "edited" in asked[0]
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(ftb, first, gridNode), edited)
+    assert parameters.outputFTB is not ftb
