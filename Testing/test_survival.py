@@ -188,6 +188,21 @@ def test_a_constant_or_unknown_covariate_asked_for_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_covariate_that_repeats_others_is_refused_by_name(tmp_path):
+    table = simulated_cohort(40, 5)
+    table["age_in_months"] = table["age"] * 12
+    with pytest.raises(ValueError, match="'age_in_months' .* linear combination of age"):
+        survival_analysis(table, tmp_path / "out", covariates=["age", "kps", "age_in_months"], bootstrap=100)
+    nel = ["NEL_low_angiogenic", "NEL_infiltrated_oedema", "NEL_vasogenic_oedema", "NEL_high_angiogenic"]
+    chosen, notes = choose_covariates(table, nel, "time_months", "event", "table")  # the reference goes
+    assert "NEL_vasogenic_oedema" not in chosen and notes["reference_left_out"] == {"NEL": "NEL_vasogenic_oedema"}
+    table["NEL_high_angiogenic"] = 0.0
+    table["NEL_vasogenic_oedema"] = 1 - table[nel[:2]].sum(axis=1)  # three fractions summing to 1
+    with pytest.raises(ValueError, match="'NEL_vasogenic_oedema' .* linear combination"):
+        survival_analysis(table, tmp_path / "out", covariates=nel[:3], bootstrap=100)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- tables from case folders ----------------------------------------------------------------------------------------
 
 
@@ -239,6 +254,8 @@ def test_a_phantom_cohort_folder_gives_the_simulated_fractions(tmp_path):
     assert {"time_months", "event", "age", "kps"} <= set(table.columns)
     truth = json.loads((tmp_path / "table.truth.json").read_text())
     assert truth["truth"]["hazard_ratios"]["NEL_infiltrated_oedema"] == 1.5
+    fractions.iloc[:1].to_csv(tmp_path / "one.csv", index=False)  # one patient: no pair to rank
+    assert simulate_cohort(tmp_path / "one_table.csv", fractions=tmp_path / "one.csv")["truth_c_index"] is None
 
 
 # --- the commands ---------------------------------------------------------------------------------------------------

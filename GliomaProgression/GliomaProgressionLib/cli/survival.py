@@ -83,7 +83,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.phantom.survival import simulate_cohort
 
     record = simulate_cohort(args.out, fractions=args.fractions, n=args.n, seed=args.seed)
+    c_index = "n/a" if record["truth_c_index"] is None else f"{record['truth_c_index']:.3f}"
     print(f"{record['patients']} patients, {record['events']} deaths ({100 * record['censored_share']:.0f}% "
-          f"censored); truth C-index {record['truth_c_index']:.3f}. Table in {args.out}, truth in "
+          f"censored); truth C-index {c_index}. Table in {args.out}, truth in "
           f"{Path(args.out).with_name(Path(args.out).stem + '.truth.json')}")
     return 0

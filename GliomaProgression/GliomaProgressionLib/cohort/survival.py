@@ -175,7 +175,22 @@ def choose_covariates(table, covariates: Sequence[str] | None, time: str, event:
             drop = drop if drop in columns else columns[-1]
             chosen.remove(drop)
             notes["reference_left_out"][region] = drop
+    _refuse_collinear(table, chosen, what)
     return chosen, notes
+
+
+def _refuse_collinear(table, covariates: Sequence[str], what: str) -> None:
+    """A covariate that is a linear combination of the ones before it (and a constant) leaves the Cox model
+    unidentifiable: refuse it by name rather than report meaningless hazard ratios."""
+    values = np.column_stack([table[c].astype(float).to_numpy() for c in covariates])
+    values = (values - values.mean(axis=0)) / values.std(axis=0)
+    for index in range(1, len(covariates)):
+        before = values[:, :index]
+        coefficients = np.linalg.lstsq(before, values[:, index], rcond=None)[0]
+        if np.allclose(before @ coefficients, values[:, index], atol=1e-6):
+            named = [covariates[i] for i in np.flatnonzero(np.abs(coefficients) > 1e-6)]
+            raise ValueError(f"The covariate {covariates[index]!r} of the {what} is a linear combination of "
+                             f"{', '.join(named)}, so the model cannot tell them apart; leave one of them out.")
 
 
 # --- models --------------------------------------------------------------------------------------------------------

@@ -202,12 +202,16 @@ def simulate_survival(table, truth: SurvivalTruth = DEFAULT_TRUTH, seed: int = 0
 
 
 def truth_concordance(table, truth: SurvivalTruth = DEFAULT_TRUTH, time: str = TIME_COLUMN,
-                      event: str = EVENT_COLUMN) -> float:
-    """Harrell's C-index of the true linear predictor on ``table`` (lifelines)."""
+                      event: str = EVENT_COLUMN) -> float | None:
+    """Harrell's C-index of the true linear predictor on ``table`` (lifelines); None without a comparable pair
+    (fewer than two patients, or no death before a later time)."""
     from lifelines.utils import concordance_index
 
-    return float(concordance_index(table[time].to_numpy(float), -truth.log_hazard(table),
-                                   table[event].to_numpy(int)))
+    try:
+        return float(concordance_index(table[time].to_numpy(float), -truth.log_hazard(table),
+                                       table[event].to_numpy(int)))
+    except ZeroDivisionError:  # lifelines: no admissible pair
+        return None
 
 
 # --- fractions of cases on disk ------------------------------------------------------------------------------------
