@@ -187,7 +187,8 @@ def _refuse_collinear(table, covariates: Sequence[str], what: str) -> None:
     for index in range(1, len(covariates)):
         before = values[:, :index]
         coefficients = np.linalg.lstsq(before, values[:, index], rcond=None)[0]
-        if np.allclose(before @ coefficients, values[:, index], atol=1e-6):
+        # Relative to the covariate's SD (1 here): fractions rounded to 4 decimals still sum to 1 within 1e-3.
+        if np.std(values[:, index] - before @ coefficients) < 1e-3:
             named = [covariates[i] for i in np.flatnonzero(np.abs(coefficients) > 1e-6)]
             raise ValueError(f"The covariate {covariates[index]!r} of the {what} is a linear combination of "
                              f"{', '.join(named)}, so the model cannot tell them apart; leave one of them out.")
