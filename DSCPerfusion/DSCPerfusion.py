@@ -25,8 +25,9 @@ from GliomaProgressionLib.report.figure import NCBV_RANGE
 
 PACKAGES_FOR_NIFTI = ("nibabel",)  # reading a 4D NIfTI (Slicer does not ship nibabel)
 PACKAGES_FOR_HABITATS = ("torch",)  # the habitat model's curve encoder (Slicer's PyTorch extension provides it)
-# The habitat models the registry (Models.json) lists; the model selector offers these and only these.
-HABITAT_MODEL_IDS = tuple(entry["id"] for entry in available_habitat_models()) or ("",)
+# The habitat models the registry (Models.json) lists, read once; the model selector offers these and only these.
+HABITAT_MODELS = {entry["id"]: entry for entry in available_habitat_models()}
+HABITAT_MODEL_IDS = tuple(HABITAT_MODELS) or ("",)
 # Reference tissues of the habitat curves plot, drawn dashed: key of HabitatResult.reference_curves -> (display
 # name, RGB colour 0..1). The colours stay clear of the habitat colours.
 REFERENCE_TISSUE_CURVES = {
@@ -436,7 +437,7 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def habitatModelEntry(modelId):
         """The registry's entry of a habitat model (Models.json ``habitat_models``), or None."""
-        return next((entry for entry in available_habitat_models() if entry.get("id") == modelId), None)
+        return HABITAT_MODELS.get(modelId)
 
     def habitatModelText(self, modelId):
         """What the panel says about a habitat model: its title and description, with the synthetic-data notice."""
