@@ -7,6 +7,7 @@ from pathlib import Path
 
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_HELP, LEAKAGE_METHODS
 
+from GliomaProgressionLib.models.habitat_packages import DEFAULT_HABITAT_MODEL
 from GliomaProgressionLib.cli.options import add_schemes_option, name_list, non_negative_int, positive_float
 from GliomaProgressionLib.runs.predict import DEVICES
 
@@ -14,11 +15,12 @@ from GliomaProgressionLib.runs.predict import DEVICES
 def add_commands(subparsers) -> None:
     """``run``: one case, or a folder of cases, end to end."""
     run = subparsers.add_parser(
-        "run", help="one case end to end: nCBV, progression prediction, CTV proposals, report and Slicer scene",
+        "run", help="one case end to end: nCBV, perfusion habitats, progression prediction, CTV proposals, report "
+                    "and Slicer scene",
         description="Run a case folder (t1c, flair, dsc + dsc.json, lesion; NIfTI, NRRD or DICOM folders; "
                     "optional brain and recurrence) through the three modules: OUT gets every intermediate, "
-                    "report.png, report.json, scene.mrb and rtstruct/. Without dsc, perfusion is skipped (the "
-                    "conventional model; multiparametric needs DSC). A BraTS folder (<ID>-t1c, -t2f, -seg or "
+                    "report.png, report.json, scene.mrb and rtstruct/. Without dsc, perfusion and habitats are skipped "
+                    "(the conventional model; multiparametric needs DSC). A BraTS folder (<ID>-t1c, -t2f, -seg or "
                     "<ID>_t1ce, _flair, _seg .nii.gz) is a case folder too; its labels are mapped to BraTS 2024 and "
                     "a note says so. With --batch, CASE_DIR is a folder of case folders. Demo models are trained "
                     "on synthetic data - not for clinical use.")
@@ -39,6 +41,12 @@ def add_commands(subparsers) -> None:
                      help=f"DSC {LEAKAGE_HELP}")
     run.add_argument("--trust-model", action="store_true",
                      help="load a package that cannot be loaded safely (runs code from it)")
+    run.add_argument("--no-habitats", action="store_true",
+                     help="skip the perfusion habitats (computed by default when the case has DSC and a lesion with "
+                          "enhancing and non-enhancing parts)")
+    run.add_argument("--habitat-model", default=DEFAULT_HABITAT_MODEL, metavar="ID",
+                     help=f"habitat model id (Models.json) or package path (default {DEFAULT_HABITAT_MODEL}: "
+                          "trained on synthetic data - not for clinical use)")
     run.add_argument("--batch", action="store_true", help="CASE_DIR holds one sub-folder per case")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=_run_command)
@@ -50,7 +58,8 @@ def _run_command(args: argparse.Namespace) -> int:
     schemes = name_list(args.schemes)
     settings = RunSettings(model=args.model, device=args.device, schemes=schemes, geodesic=args.geodesic,
                            threshold=args.threshold, min_voxels=args.min_voxels, leakage=args.leakage,
-                           trust_model=args.trust_model, recurrence=args.recurrence)
+                           trust_model=args.trust_model, recurrence=args.recurrence,
+                           habitats=not args.no_habitats, habitat_model=args.habitat_model)
     if args.batch:
         rows = run_batch(args.case, args.out, settings, args.quiet)
         print(batch_summary(rows, args.out))

@@ -1,10 +1,12 @@
 """The one-page case report: ``report.png`` for the reader and ``report.json`` with every number it shows.
 
 The page: axial and coronal montages (CE-T1 with the lesion outlines, the registered FLAIR, the nCBV overlay, the
-progression heat map with the predicted region, the CTV proposals), the verdict, nCBV statistics per lesion part,
-the mean deltaR2* curves and a table of target volumes and their metrics against the recurrence when one is given.
-A case without DSC has no nCBV row, table or curves: the page, like report.json, says "perfusion skipped: no DSC
-series" in their place.
+perfusion habitats, the progression heat map with the predicted region, the CTV proposals), the verdict, nCBV
+statistics per lesion part, the mean deltaR2* curves and a table of target volumes and their metrics against the
+recurrence when one is given. A case without DSC has no nCBV row, table or curves: the page, like report.json, says
+"perfusion skipped: no DSC series" in their place. The habitats row (Yun et al. 2023: colours and names from
+``DSCPerfusionLib.habitats.labels.HABITATS``) has beside it the fraction of the contrast-enhancing and of the
+non-enhancing lesion in each habitat; without habitats the row is left out and report.json says why.
 
 Display geometry: every image is resampled (linear; labels nearest neighbour) from the reference grid onto an
 axis-aligned 1 mm grid around the brain, so axial and coronal panels are true planes whatever the acquisition's
@@ -28,12 +30,17 @@ from CTVPlannerLib.schemes import TARGET_COLOURS
 
 from CTVPlannerLib.lesion import LESION_SEGMENTS
 from DSCPerfusionLib.ftb import FTB_KEYS, FTB_THRESHOLDS, lesion_ftb
+from DSCPerfusionLib.habitats.labels import HABITATS, REGIONS
 from DSCPerfusionLib.protocol import check_protocol, protocol_report, summary_line
 
 if TYPE_CHECKING:
     from GliomaProgressionLib.runs.chain import CaseResults
 
 DEMO_NOTICE = "Demo model trained on synthetic data \u2014 not for clinical use"
+HABITAT_DEMO_NOTICE = "Habitat model: demo model trained on synthetic data \u2014 not for clinical use"
+HABITATS_METHOD = ("Perfusion habitats (Yun et al. 2023, AJNR): each lesion voxel's DSC time-signal curve, rescaled by "
+                   "the white-matter signal, encoded by an autoencoder and clustered (k-means) per region; patterns "
+                   "named against reference tissues")
 TARGET_NOTICE = "Target-volume proposals for review and editing by a radiation oncologist; not a treatment plan."
 PROGRESSION_NAME = "Predicted progression"
 PERFUSION_SKIPPED = "perfusion skipped: no DSC series"
@@ -101,6 +108,28 @@ def ftb_data(results: CaseResults) -> dict:
     brain = sitk.GetArrayViewFromImage(results.brain) > 0
     names = {value: name for value, (name, _) in LESION_SEGMENTS.items()}
     return lesion_ftb(ncbv, labels, brain, names, FTB_THRESHOLDS, "1 mm CE-T1 grid")[1]
+
+
+def habitats_data(results: CaseResults) -> dict:
+    """report.json's "habitats": the fraction of the contrast-enhancing (CEL) and non-enhancing lesion (NEL) in each
+    habitat (DSC grid voxels, where they were computed) and the model; or why there are none."""
+    from CTVPlannerLib.schemes import ENHANCING, SNFH
+
+    habitats = results.habitats
+    if habitats is None:
+        return {"skipped": results.habitats_skipped or "perfusion habitats skipped"}
+    dsc = results.inputs.dsc
+    dsc_voxel_ml = float(np.prod(dsc.spacing)) / 1000.0
+    values = {"CEL": ENHANCING, "NEL": SNFH}
+    package = habitats.package
+    return {"method": HABITATS_METHOD,
+            "fractions": {region: {key: round(float(value), 4) for key, value in
+                                   habitats.result.fractions.get(region, {}).items()} for region in REGIONS},
+            "definition": "fraction of the region's voxels (DSC grid) in each habitat; each region sums to 1",
+            "region_volume_ml": {region: round(float((results.dsc_lesion == values[region]).sum()) * dsc_voxel_ml, 3)
+                                 for region in REGIONS},
+            "legend": {h.key: {"value": h.value, "name": h.name} for h in HABITATS},
+            "model": {**package.info(), "notice": HABITAT_DEMO_NOTICE if package.synthetic else None}}
 
 
 def protocol_data(results: CaseResults) -> dict:
@@ -235,6 +264,8 @@ def display_images(results: CaseResults) -> Display:
         images[name] = _on_display(image, grid, True)
     if results.recurrence is not None:
         images["recurrence"] = _on_display(results.recurrence, grid, True)
+    if results.habitats is not None:
+        images["habitats"] = _on_display(results.habitats.reference_labels, grid, True)
     targets = [(t.key, t.name, _on_display(_like(t.mask, reference), grid, True) > 0) for t in results.targets]
     lesion, focus = images["lesion"] > 0, images["progression"] > 0
     axial = _pick_slices(lesion.sum(axis=(1, 2)), focus.sum(axis=(1, 2)), 4)
@@ -268,6 +299,7 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "curves": curves_data(results),
         "perfusion": perfusion_data(prepared.perfusion),
         "ftb": ftb_data(results),
+        "habitats": habitats_data(results),
         "protocol": protocol_data(results),
         "registration": {name: {"final_mattes_mi": qc["final_mattes_mi"], "quality": qc.get("quality"),
                                 "warnings": qc["warnings"]}
@@ -276,7 +308,8 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "ctv": ctv_data(results),
         "dicom": results.dicom_files,
         "display": slice_positions(display),
-        "notices": [DEMO_NOTICE] if results.model.synthetic else [],
+        "notices": ([DEMO_NOTICE] if results.model.synthetic else [])
+        + ([HABITAT_DEMO_NOTICE] if results.habitats is not None and results.habitats.package.synthetic else []),
         "notes": list(results.notes),
     }
     return data, display
@@ -295,10 +328,11 @@ def perfusion_data(perfusion) -> dict:
 
 PAGE_INCHES = (18.0, 14.5)
 PAGE_DPI = 100  # 1800 x 1450 pixels: every text at least 10 pt = 14 px at 100 %
-ROWS = ("anatomy", "flair", "ncbv", "probability", "targets")
+ROWS = ("anatomy", "flair", "ncbv", "habitats", "probability", "targets")
 ROW_TITLES = {"anatomy": "CE-T1\n+ lesion", "flair": "FLAIR\n(registered)", "ncbv": "nCBV",
-              "probability": "Progression\nheat map", "targets": "CTV\nproposals"}
-BACKGROUND = {"anatomy": "t1c", "flair": "flair", "ncbv": "t1c", "probability": "t1c", "targets": "t1c"}
+              "habitats": "Perfusion\nhabitats", "probability": "Progression\nheat map", "targets": "CTV\nproposals"}
+BACKGROUND = {"anatomy": "t1c", "flair": "flair", "ncbv": "t1c", "habitats": "t1c", "probability": "t1c",
+              "targets": "t1c"}
 VERDICT_COLOURS = {True: "#b2182b", False: "#2166ac"}
 RECURRENCE_STYLE = ("white", "dashed")  # distinct from every lesion, prediction and target colour
 
@@ -310,6 +344,16 @@ def heat_map_colours():
     from matplotlib.colors import ListedColormap
 
     return ListedColormap(colormaps["YlOrRd"](np.linspace(0.15, 1.0, 256)), name="progression heat map")
+
+
+def habitat_colours():
+    """Label value -> colour (HABITATS), value 0 unused (masked out where drawn)."""
+    from matplotlib.colors import ListedColormap
+
+    colours = [(0.0, 0.0, 0.0)] * (max(h.value for h in HABITATS) + 1)
+    for habitat in HABITATS:
+        colours[habitat.value] = habitat.colour
+    return ListedColormap(colours, name="perfusion habitats")
 
 
 def _window(image: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
@@ -345,6 +389,12 @@ def _draw_panel(ax, display: Display, row: str, orientation: str, index: int, wi
         overlay = np.ma.masked_where(image("brain") == 0, image("ncbv"))
         mappable = ax.imshow(overlay, cmap="turbo", vmin=NCBV_RANGE[0], vmax=NCBV_RANGE[1], alpha=0.6, origin=origin,
                              interpolation="bilinear")
+        _outline(ax, lesion > 0, "white", 0.9)
+    elif row == "habitats":
+        labels = image("habitats")
+        colours = habitat_colours()
+        ax.imshow(np.ma.masked_equal(labels, 0), cmap=colours, vmin=-0.5, vmax=colours.N - 0.5, alpha=0.75,
+                  origin=origin, interpolation="nearest")
         _outline(ax, lesion > 0, "white", 0.9)
     elif row == "probability":
         probability = image("probability")
@@ -407,6 +457,8 @@ def _row_key(fig, cell, row: str, mappable, display: Display, data: dict) -> Non
             else "FLAIR not registered"
         key.text(0.02, 0.5, f"FLAIR registered to CE-T1\n({verdict});\nlesion outlines as above",
                  fontsize=10, va="center", transform=key.transAxes)
+    if row == "habitats":
+        _habitat_key(key, data["habitats"])
     lines = _lines_for(row, display)
     if lines:
         # White outlines get a dark edge in the legend, or they would vanish on the white page.
@@ -420,9 +472,47 @@ def _row_key(fig, cell, row: str, mappable, display: Display, data: dict) -> Non
                  fontsize=9, fontweight="bold", transform=key.transAxes, va="bottom")
 
 
+def _habitat_key(ax, habitats: dict) -> None:
+    """The habitats row's legend and fractions in one table: each habitat's name in its colour, then the percentage
+    of the contrast-enhancing and of the non-enhancing lesion it covers."""
+    fractions = habitats["fractions"]
+    rows = [["", h.name, *(_percent(region_share(fractions[region], h, region)) for region in REGIONS)]
+            for h in HABITATS]
+    header = ["", f"Habitat (% of {' / '.join(REGIONS)})", *REGIONS]
+    table = ax.table(cellText=rows, colLabels=header, colWidths=[0.04, 0.75, 0.105, 0.105], loc="upper left",
+                     cellLoc="center", bbox=[0.0, 0.26, 1.0, 0.74])
+    table.auto_set_font_size(False)
+    table.set_fontsize(8.5)
+    for (r, c), cell in table.get_celld().items():
+        cell.set_edgecolor("#bbbbbb")
+        cell.PAD = 0.04
+        if r == 0:
+            cell.set_facecolor("#e8e8e8")
+            cell.set_text_props(fontweight="bold")
+        elif c == 0:  # the swatch: the overlay's own colour
+            cell.set_facecolor(HABITATS[r - 1].colour)
+        elif c == 1:
+            cell.set_text_props(ha="left")
+    if habitats["model"]["synthetic"]:
+        ax.text(0.0, 0.0, "Demo habitat model trained on\nsynthetic data \u2014 not for clinical use",
+                color="#b2182b", fontsize=9, fontweight="bold", transform=ax.transAxes, va="bottom")
+
+
+def region_share(fractions: dict, habitat, region: str) -> float | None:
+    """A habitat's fraction of a lesion region: 0 when it may occur there but was not found, None when it cannot
+    occur there (perinecrotic outside the CEL, oedema outside the NEL)."""
+    if habitat.key in fractions:
+        return float(fractions[habitat.key])
+    return 0.0 if region in habitat.regions else None
+
+
+def _percent(fraction) -> str:
+    return "" if fraction is None else f"{100 * float(fraction):.0f}"
+
+
 def montage_rows(display: Display) -> tuple[str, ...]:
-    """The montage's rows: without nCBV (no DSC series) its row is left out."""
-    return tuple(row for row in ROWS if row != "ncbv" or "ncbv" in display.images)
+    """The montage's rows: without nCBV (no DSC series) or habitats, their rows are left out."""
+    return tuple(row for row in ROWS if row not in ("ncbv", "habitats") or row in display.images)
 
 
 def _montage(fig, cells, display: Display, data: dict) -> None:
@@ -437,7 +527,7 @@ def _montage(fig, cells, display: Display, data: dict) -> None:
             mappable = _draw_panel(ax, display, row, orientation, index, windows) or mappable
             if r == 0:
                 label = f"Axial S {where:+.0f} mm" if orientation == "axial" else f"Coronal A {where:+.0f} mm"
-                ax.set_title(label, fontsize=11)
+                ax.set_title(label, fontsize=10)
                 _orientation_marks(ax, orientation)
             if c == 0:
                 ax.set_ylabel(ROW_TITLES[row], fontsize=12, fontweight="bold")
@@ -631,7 +721,9 @@ def render_report(data: dict, display: Display, path: Path) -> Path:
     fig = Figure(figsize=PAGE_INCHES, dpi=PAGE_DPI, facecolor="white")
     FigureCanvasAgg(fig)
     fig.text(0.015, 0.988, f"GliomaProgression report \u2014 {data['case']}", fontsize=20, fontweight="bold", va="top")
-    subtitle = ("Pre-operative CE-T1, FLAIR and DSC perfusion: nCBV, predicted progression inside the non-enhancing "
+    habitats = "" if data["habitats"].get("skipped") else "perfusion habitats, "
+    subtitle = (f"Pre-operative CE-T1, FLAIR and DSC perfusion: nCBV, {habitats}predicted progression inside the "
+                "non-enhancing "
                 "lesion, and target-volume proposals")
     if data["perfusion"].get("skipped"):
         subtitle = ("Pre-operative CE-T1 and FLAIR (perfusion skipped: no DSC series): predicted progression inside "
@@ -641,7 +733,7 @@ def render_report(data: dict, display: Display, path: Path) -> Path:
                      height_ratios=[5.0, 1.3], wspace=0.06, hspace=0.13)
     panels = len(display.axial) + len(display.coronal)
     montage = outer[0, 0].subgridspec(len(montage_rows(display)), panels + 1, wspace=0.03, hspace=0.05,
-                                      width_ratios=[1.0] * panels + [1.75])
+                                      width_ratios=[1.0] * panels + [2.15])
     _montage(fig, montage, display, data)
     # The text panel holds registration, perfusion, protocol-check and warning lines: room for about eight.
     side = outer[0, 1].subgridspec(4, 1, height_ratios=[1.35, 1.15, 1.25, 0.8], hspace=0.42)

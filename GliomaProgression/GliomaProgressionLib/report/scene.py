@@ -6,11 +6,15 @@ Content, under one patient/study in the subject hierarchy:
 - reference grid (1 mm CE-T1): CE-T1, registered FLAIR and nCBV, the progression probability (heat map with the
   "Progression heat map" colour table), segmentations "Lesion", "Predicted progression", "Brain", "CTV proposals"
   (the name and segment tags the CTV Planner module looks for, so its edit protection and comparison table work
-  on them) and "Recurrence" when given;
+  on them), "Recurrence" when given and "Perfusion habitats" when the run found them (one segment per habitat
+  present, names and colours from ``DSCPerfusionLib.habitats.labels.HABITATS``; hidden at first, since it would
+  cover the heat map);
 - acquired grids under the registration transforms ("FLAIR to CE-T1", "DSC to CE-T1"), so they overlay the
   reference exactly as the pipeline aligned them: the acquired CE-T1 and FLAIR, the DSC series (a sequence with a
   browser), nCBV, rCBV and K2 on the DSC grid and the NAWM reference region;
-- tables "Verdict", "nCBV by region", "CTV comparison"; the plot "Mean deltaR2* curves".
+- tables "Verdict", "nCBV by region", "Perfusion habitat fractions" (percent of the contrast-enhancing and
+  non-enhancing lesion per habitat), "CTV comparison"; the plot "Mean deltaR2* curves". When the habitats were
+  skipped, the "Verdict" table says why.
 
 A case without DSC has no nCBV, DSC, rCBV, K2, NAWM or curve nodes; the "Verdict" table says "perfusion
 skipped: no DSC series" (as every note of the run: labels mapped...) and Yellow shows FLAIR instead of nCBV.
@@ -32,12 +36,14 @@ import SimpleITK as sitk
 from CTVPlannerLib import terminology
 
 from CTVPlannerLib.lesion import LESION_SEGMENTS, LESION_TERMINOLOGY
+from DSCPerfusionLib.habitats.labels import HABITATS, REGIONS
 
 from GliomaProgressionLib import mrml
 from GliomaProgressionLib.case.files import read_volume
 from GliomaProgressionLib.case.folder import has_series, locate_series, read_dsc_series, read_series
 from GliomaProgressionLib.case.geometry import Volume, volume_from_sitk
-from GliomaProgressionLib.report.figure import HEAT_MAP_LOWER, PROGRESSION_NAME, TARGET_COLOURS, curve_name, heat_map_colours
+from GliomaProgressionLib.report.figure import (HEAT_MAP_LOWER, PROGRESSION_NAME, TARGET_COLOURS, curve_name,
+                                                heat_map_colours, region_share)
 
 if TYPE_CHECKING:
     from GliomaProgressionLib.runs.chain import CaseResults
@@ -46,6 +52,8 @@ PROGRESSION_COLOUR = (0.0, 0.9, 0.9)  # cyan: stands out on the heat map, as in 
 RECURRENCE_COLOUR = (1.0, 1.0, 1.0)  # white, as the dashed outline in report.png
 # The CTV Planner module's segment tags (CTVPlanner.FINGERPRINT_TAG, KIND_TAG): an untouched proposal carries
 # the fingerprint of its mask as created, so the module can tell it from an edited one.
+HABITATS_NAME = "Perfusion habitats"
+HABITAT_FRACTIONS_NAME = "Perfusion habitat fractions"
 FINGERPRINT_TAG = "CTVPlanner.Fingerprint"
 KIND_TAG = "CTVPlanner.Kind"
 
@@ -166,7 +174,19 @@ def reference_nodes(results: CaseResults, scene) -> dict:
                                    role, scene, nodes["t1c"])
     nodes["brain"].GetDisplayNode().SetVisibility(False)  # an input for CTV Planner, not something to look at
     nodes["ctv"] = _ctv_proposals(results, nodes["t1c"], reference.ijk_to_ras, scene)
+    if results.habitats is not None:
+        nodes["habitats"] = habitat_segmentation(results.habitats.reference_labels, nodes["t1c"], scene)
     return nodes
+
+
+def habitat_segmentation(labels: sitk.Image, reference_node, scene):
+    """"Perfusion habitats": one segment per habitat present in ``labels`` (reference grid), named and coloured
+    as HABITATS declares; hidden at first (on top of the heat map it would hide it)."""
+    segments = {habitat.value: (habitat.name, habitat.colour) for habitat in HABITATS}
+    node = mrml.segmentation_from_labelmap(volume_from_sitk(labels), segments, HABITATS_NAME, scene)
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    node.GetDisplayNode().SetVisibility(False)
+    return node
 
 
 def acquired_nodes(results: CaseResults, scene) -> dict:
@@ -217,6 +237,12 @@ def table_nodes(data: dict, results: CaseResults, scene) -> dict:
                     "Model": f"{data['model']['title']} ({data['model']['id']})"}
     if data["model"]["notice"]:
         verdict_rows["Notice"] = data["model"]["notice"]
+    habitats = data["habitats"]
+    verdict_rows["Perfusion habitats"] = habitats.get("skipped") or (
+        f"the segmentation '{HABITATS_NAME}' and the table '{HABITAT_FRACTIONS_NAME}' (habitat model "
+        f"{habitats['model']['id']})")
+    if not habitats.get("skipped") and habitats["model"]["notice"]:
+        verdict_rows["Habitat model notice"] = habitats["model"]["notice"]
     for index, note in enumerate(data.get("notes", [])):
         verdict_rows[f"Note {index + 1}"] = note
     nodes = {"verdict": mrml.table_from_columns({"Item": list(verdict_rows), "Value": [str(v) for v in
@@ -226,7 +252,21 @@ def table_nodes(data: dict, results: CaseResults, scene) -> dict:
                                                  units={"Volume": "mL", "HD95": "mm"})
     if results.prepared.perfusion is not None:
         nodes.update(perfusion_tables(data, results, scene))
+    if not data["habitats"].get("skipped"):
+        nodes["habitats_table"] = mrml.table_from_columns(habitat_fraction_columns(data["habitats"]),
+                                                          HABITAT_FRACTIONS_NAME, scene,
+                                                          units={region: "%" for region in REGIONS})
     return nodes
+
+
+def habitat_fraction_columns(habitats: dict) -> dict:
+    """Habitat name, then the percentage of each lesion region it covers (NaN where it cannot occur)."""
+    columns = {"Habitat": [habitat.name for habitat in HABITATS]}
+    for region in REGIONS:
+        fractions = habitats["fractions"].get(region, {})
+        columns[region] = [float("nan") if share is None else round(100 * share, 2)
+                           for share in (region_share(fractions, habitat, region) for habitat in HABITATS)]
+    return columns
 
 
 def perfusion_tables(data: dict, results: CaseResults, scene) -> dict:

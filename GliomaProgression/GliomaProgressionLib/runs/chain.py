@@ -1,9 +1,12 @@
-"""One case end to end (``gliomaprog run``): perfusion, progression prediction, CTV proposals, report and scene.
+"""One case end to end (``gliomaprog run``): perfusion, perfusion habitats, progression prediction, CTV proposals,
+report and scene.
 
 Stages: read and check every series (DICOM folders converted) -> register FLAIR and DSC onto the 1 mm CE-T1 grid
 and compute nCBV (``preprocess.prepare_case``; a case without DSC skips perfusion when the model needs no nCBV, and
-report, report.json and scene say so) -> progression model (``predict_run.predict_prepared``) -> write the
-intermediates of the three modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
+report, report.json and scene say so) -> progression model (``predict_run.predict_prepared``) -> perfusion habitats
+(Yun et al. 2023: ``DSCPerfusionLib.habitats`` on the DSC series and the lesion already on the DSC grid, brought onto
+the CE-T1 grid by the DSC registration, as nCBV; skipped, with the reason in report.json, without DSC or without
+both a contrast-enhancing and a non-enhancing lesion) -> write the intermediates of the three modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
 SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
 ``report.json``, written last with every other file's size and SHA-256, so a folder whose files match its
 report.json is a complete result.
@@ -12,6 +15,8 @@ Output folder (written completely or not at all)::
 
     registered/   CE-T1 on the 1 mm reference grid, FLAIR, nCBV, lesion, NEL, brain, recurrence; transforms
     perfusion/    what ``gliomaprog perfusion`` writes (DSC grid; absent for a case without DSC)
+    habitats/     what ``gliomaprog habitats`` writes (habitat maps on the CE-T1 and DSC grids, habitats.json;
+                  absent when the habitats were skipped)
     prediction/   what ``gliomaprog predict`` writes (reference grid)
     ctv/          what ``gliomaprog ctv`` writes (reference grid)
     rtstruct/     RTSTRUCT.dcm and SEG.dcm (on the DICOM CE-T1's own instances; else with MR/, the series they
@@ -44,6 +49,8 @@ from typing import TYPE_CHECKING, Callable, TextIO
 
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
 
+from GliomaProgressionLib.models.habitat_packages import DEFAULT_HABITAT_MODEL
+
 
 # numpy, SimpleITK and the Lib modules are imported inside the functions that use them: cli.py imports this module
 # to build its parser on every gliomaprog call, which then stays as quick as the standard library.
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from GliomaProgressionLib.case.folder import CaseInputs
+    from GliomaProgressionLib.models.habitat_packages import HabitatModelPackage
     from GliomaProgressionLib.models.packages import ModelPackage
     from GliomaProgressionLib.runs.predict import PredictionResult
     from GliomaProgressionLib.case.preprocess import PreparedCase
@@ -60,6 +68,7 @@ STAGES = {
     "read": "Reading and checking the series",
     "prepare": "Registration and nCBV",
     "predict": "Progression prediction",
+    "habitats": "Perfusion habitats",
     "save": "Writing registered series, perfusion maps and prediction",
     "ctv": "CTV proposals",
     "dicom": "RTSTRUCT and SEG export",
@@ -72,6 +81,9 @@ STAGING = ".partial-"  # in the names of case.files.staged_output_folder's stagi
 SET_ASIDE = ".replaced-"  # + owner token: an incomplete output set aside while its case runs again
 DICOM_FOLDER = "DICOM folder "  # how case.folder names a series read from a DICOM folder
 BATCH_CSV = "batch.csv"
+# Why a run has no habitats/ (report.json's habitats.skipped; the lesion's reasons are worded by habitat_skip_reason).
+HABITATS_NOT_REQUESTED = "perfusion habitats skipped: not requested"
+HABITATS_NO_DSC = "perfusion habitats skipped: no DSC series"
 BATCH_COLUMNS = ("case", "status", "message", "progression_predicted", "predicted_volume_ml", "elapsed_s",
                  "output")
 
@@ -90,6 +102,8 @@ class RunSettings:
     leakage: str = DEFAULT_LEAKAGE_METHOD
     trust_model: bool = False
     recurrence: Path | None = None  # overrides <case>/recurrence (single case only)
+    habitats: bool = True  # perfusion habitats when the case has DSC and a CEL and a NEL
+    habitat_model: str = DEFAULT_HABITAT_MODEL  # id in Models.json, or a package zip/folder
 
     def prediction_settings(self):
         from GliomaProgressionLib.runs.predict import PredictionSettings
@@ -179,6 +193,15 @@ class TargetMask:
 
 
 @dataclass
+class CaseHabitats:
+    """The perfusion habitats of the case: computed on the DSC grid, shown on the reference grid."""
+
+    result: object  # DSCPerfusionLib.habitats HabitatResult (labels, fractions, curves on the DSC grid)
+    package: HabitatModelPackage
+    reference_labels: sitk.Image  # habitat values on the reference grid (0 = none)
+
+
+@dataclass
 class CaseResults:
     """Everything the report and the scene show; arrays on the reference grid unless said otherwise."""
 
@@ -193,6 +216,9 @@ class CaseResults:
     notes: list[str] = field(default_factory=list)  # label mapping, perfusion skipped: report.json, page, scene
     ctv_report: dict = field(default_factory=dict)
     dicom_files: dict = field(default_factory=dict)
+    dsc_lesion: np.ndarray | None = None  # lesion labels carried onto the DSC grid (FTB and habitats), once
+    habitats: CaseHabitats | None = None
+    habitats_skipped: str | None = None  # why there are none (one sentence), else None
 
 
 # --- stages ------------------------------------------------------------------------------------------------------
@@ -232,6 +258,86 @@ def check_model_inputs(inputs: CaseInputs, model: ModelPackage) -> None:
                          "channel; the conventional model (CE-T1 and FLAIR only) runs without it.")
 
 
+def dsc_grid(inputs: CaseInputs):
+    """The DSC series' 3-D grid (its first frame), as a ``Volume``."""
+    import numpy as np
+
+    from GliomaProgressionLib.case.geometry import Volume
+
+    return Volume(np.asarray(inputs.dsc.array[0]), inputs.dsc.ijk_to_ras)
+
+
+def lesion_on_dsc(inputs: CaseInputs, prepared: PreparedCase) -> np.ndarray | None:
+    """The reference-grid lesion carried onto the DSC grid by the DSC registration (None without DSC): computed
+    once, for the FTB map and the habitats."""
+    from GliomaProgressionLib.case.geometry import sitk_from_volume
+    from GliomaProgressionLib.case.preprocess import lesion_on_dsc_grid
+
+    if prepared.perfusion is None:
+        return None
+    return lesion_on_dsc_grid(prepared.lesion, sitk_from_volume(dsc_grid(inputs)), prepared.registrations["dsc"])
+
+
+def habitat_skip_reason(results: CaseResults) -> str | None:
+    """Why the case gets no perfusion habitats (one sentence), or None when it can have them: habitats are found in
+    the contrast-enhancing (CEL) and the non-enhancing lesion (NEL) of a DSC series, both on its grid."""
+    from CTVPlannerLib.lesion import LESION_SEGMENTS
+    from CTVPlannerLib.schemes import ENHANCING, SNFH
+
+    if not results.settings.habitats:
+        return HABITATS_NOT_REQUESTED
+    if results.prepared.perfusion is None or results.dsc_lesion is None:
+        return HABITATS_NO_DSC
+    missing = [f"{LESION_SEGMENTS[value][0].lower()} (the {region})" for region, value in (("CEL", ENHANCING),
+                                                                                         ("NEL", SNFH))
+               if not (results.dsc_lesion == value).any()]
+    if missing:
+        return (f"perfusion habitats skipped: the lesion has no {' and no '.join(missing)} on the DSC grid, and "
+                "habitats need both")
+    return None
+
+
+def compute_case_habitats(results: CaseResults, package: HabitatModelPackage | None,
+                          progress: StageProgress) -> None:
+    """The habitats of the case from what the run holds (DSC series, lesion on the DSC grid, DSC registration), or
+    the reason there are none (``results.habitats_skipped``; a lesion too small for the model is such a reason,
+    not an error: the rest of the run stands)."""
+    from CTVPlannerLib.schemes import ENHANCING, SNFH
+    from DSCPerfusionLib.habitats.pipeline import compute_habitats
+
+    from GliomaProgressionLib.runs.habitats import habitats_on_reference
+
+    reason = habitat_skip_reason(results)
+    if reason is None:
+        dsc, perfusion = results.inputs.dsc, results.prepared.perfusion
+        try:
+            # The perfusion module's brain and white-matter masks of this series: one reference for nCBV and habitats.
+            result = compute_habitats(dsc.array, results.inputs.timing.times_s, results.dsc_lesion == ENHANCING,
+                                      results.dsc_lesion == SNFH, package.model, brain_mask=perfusion.brain_mask,
+                                      nawm_mask=perfusion.nawm_mask, ijk_to_ras=dsc.ijk_to_ras,
+                                      spacing_mm=tuple(float(s) for s in dsc.spacing[::-1]), progress=progress.update)
+        except ValueError as error:
+            text = " ".join(str(error).split()).rstrip(".")
+            reason = f"perfusion habitats skipped: {text[:1].lower()}{text[1:]}"
+        else:
+            on_reference = habitats_on_reference(result.labels, dsc_grid(results.inputs), results.prepared.reference,
+                                                 results.prepared.registrations["dsc"])
+            results.habitats = CaseHabitats(result, package, on_reference)
+            return
+    results.habitats_skipped = reason
+    if reason not in (HABITATS_NOT_REQUESTED, HABITATS_NO_DSC):  # those two are plain from the settings and notes
+        results.notes.append(reason)
+        progress.note(reason)
+
+
+def habitat_maps() -> dict[str, str]:
+    """report.json's word on the habitat label maps a run writes: where each is and on which grid."""
+    from GliomaProgressionLib.runs.habitats import HABITATS_DSC_FILE, HABITATS_FILE, HABITATS_FOLDER
+
+    return {f"{HABITATS_FOLDER}/{HABITATS_FILE}": "CE-T1 reference grid (1 mm), through the DSC registration",
+            f"{HABITATS_FOLDER}/{HABITATS_DSC_FILE}": "DSC grid, where the habitats were computed"}
+
+
 def write_registered(folder: Path, results: CaseResults) -> None:
     """The reference-grid series every later stage reads, and the transforms that produced them."""
     import SimpleITK as sitk
@@ -256,29 +362,30 @@ def write_registered(folder: Path, results: CaseResults) -> None:
 
 
 def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> None:
-    """perfusion/, prediction/, registered/ and converted/: what the three modules' commands would write."""
-    import numpy as np
-
+    """perfusion/, habitats/, prediction/, registered/ and converted/: what the modules' commands would write."""
     from DSCPerfusionLib.pipeline import PerfusionOptions
 
     from GliomaProgressionLib.case.files import write_image
     from GliomaProgressionLib.case.folder import dsc_sidecar_header
-    from GliomaProgressionLib.case.geometry import Volume, sitk_from_volume
-    from GliomaProgressionLib.case.preprocess import lesion_on_dsc_grid
+    from GliomaProgressionLib.runs.habitats import HABITATS_FOLDER, write_habitat_outputs
     from GliomaProgressionLib.runs.perfusion import write_perfusion_outputs
     from GliomaProgressionLib.runs.predict import write_prediction
 
     inputs, prepared = results.inputs, results.prepared
     write_registered(staging / "registered", results)
     if prepared.perfusion is not None:
-        grid = Volume(np.asarray(inputs.dsc.array[0]), inputs.dsc.ijk_to_ras)
-        labels = lesion_on_dsc_grid(prepared.lesion, sitk_from_volume(grid), prepared.registrations["dsc"])
+        grid, labels = dsc_grid(inputs), results.dsc_lesion
         write_perfusion_outputs(prepared.perfusion, grid, inputs.timing, staging / "perfusion",
                                 inputs=inputs.sources,
                                 options=PerfusionOptions(te_s=inputs.timing.te_s, leakage=results.settings.leakage),
                                 elapsed_s=prepared.qc["timings_s"].get("perfusion_s", 0.0),
                                 lesion_labels=labels if labels.any() else None,
                                 header=dsc_sidecar_header(inputs.folder))
+    if results.habitats is not None:
+        write_habitat_outputs(results.habitats.result, dsc_grid(inputs), prepared.reference, staging / HABITATS_FOLDER,
+                              results.habitats.package.info(), registration=prepared.registrations["dsc"],
+                              alignment="registration", inputs=dict(inputs.sources),
+                              elapsed_s=timings.get("habitats"))
     write_prediction(staging / "prediction", prepared, results.prediction, results.model,
                      results.settings.prediction_settings(), {"inference": timings.get("predict", 0.0)},
                      inputs=inputs.sources)
@@ -400,6 +507,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     from GliomaProgressionLib.case.folder import has_series, read_case
     from GliomaProgressionLib.runs.ctv import parse_schemes
     from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder
+    from GliomaProgressionLib.models.habitat_packages import resolve_habitat_model
     from GliomaProgressionLib.models.packages import resolve_model
     from GliomaProgressionLib.runs.predict import check_lesion_in_brain, predict_prepared
     from GliomaProgressionLib.case.preprocess import prepare_case
@@ -419,6 +527,9 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     read_source_series(inputs.folder, inputs.t1c)  # a DICOM CE-T1 the RT objects cannot reference fails now
     model = resolve_model(settings.model, trust=settings.trust_model)
     check_model_inputs(inputs, model)
+    # A missing or tampered habitat model fails now, not after the long work.
+    wants_habitats = settings.habitats and inputs.dsc is not None
+    habitat_model = resolve_habitat_model(settings.habitat_model) if wants_habitats else None
     notes = inputs.notes + ([] if inputs.dsc is not None else [report.PERFUSION_SKIPPED])
     for note in notes:
         progress.note(note)
@@ -432,7 +543,10 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     recurrence = (resample_onto(prepared.reference, inputs.recurrence, None, labels=True) > 0
                   if inputs.recurrence is not None else None)
     brain = brain_on_reference(prepared, inputs.brain, inputs.dsc.ijk_to_ras if inputs.dsc is not None else None)
-    results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence, notes=notes)
+    results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence, notes=notes,
+                          dsc_lesion=lesion_on_dsc(inputs, prepared))
+    progress.start("habitats")
+    compute_case_habitats(results, habitat_model, progress)
     with staged_output_folder(out) as staging:
         mark_owner(staging)
         progress.start("save")
@@ -443,6 +557,8 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
         results.dicom_files = export_dicom_structures(staging / "rtstruct", results)
         progress.start("report")
         data, display = report.build_report(results)
+        if results.habitats is not None:
+            data["habitats"]["maps"] = habitat_maps()
         report.render_report(data, display, staging / "report.png")
         progress.start("scene")
         case_scene.write_case_scene(staging / "scene.mrb", data, results)

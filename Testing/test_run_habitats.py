@@ -1,0 +1,134 @@
+"""Perfusion habitats in ``gliomaprog run`` (issue 14, Yun et al. 2023): the habitats/ folder recorded with its
+checksums in report.json, the fractions per lesion region, the map on the CE-T1 grid inside the lesion, the
+"Perfusion habitats" segmentation and table in scene.mrb; and the sentence a run without habitats records.
+
+One end-to-end run of a small phantom with habitat truth (the only run of this file: the tests that read it are
+marked slow); the reasons for skipping are checked on the chain's decision itself, without a run.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.ndimage import distance_transform_edt
+
+from CTVPlannerLib.schemes import ENHANCING, SNFH
+from DSCPerfusionLib.habitats.labels import HABITAT_BY_VALUE, HABITATS, REGIONS
+
+from GliomaProgressionLib import mrml
+from GliomaProgressionLib.case.files import read_volume
+from GliomaProgressionLib.cli import main as cli
+from GliomaProgressionLib.phantom.folder import write_case
+from GliomaProgressionLib.report.figure import habitats_data
+from GliomaProgressionLib.runs import chain
+from GliomaProgressionLib.runs.habitats import HABITATS_FILE, HABITATS_FOLDER, HABITATS_JSON
+
+
+@pytest.fixture(scope="module")
+def run(synthetic_case, fresh_model_cache, tmp_path_factory):
+    """``gliomaprog run`` on the small phantom with habitat truth (CEL and NEL tissues with distinct curves)."""
+    folder = tmp_path_factory.mktemp("habitats-run")
+    case = write_case(synthetic_case(seed=5, size="small", habitats=True), folder / "case")
+    out = folder / "out"
+    # One scheme: fewer structures to export; the habitats do not depend on the CTVs.
+    code = cli.main(["run", str(case), "--out", str(out), "--schemes", "rtog", "--quiet"])
+    return {"code": code, "out": out, "report": json.loads((out / "report.json").read_text())}
+
+
+@pytest.mark.slow
+def test_the_habitats_folder_is_written_and_checksummed_in_report_json(run):
+    assert run["code"] == 0
+    report, out = run["report"], run["out"]
+    assert "skipped" not in report["habitats"]
+    written = sorted(p.relative_to(out).as_posix() for p in (out / HABITATS_FOLDER).iterdir())
+    assert f"{HABITATS_FOLDER}/{HABITATS_FILE}" in written and f"{HABITATS_FOLDER}/{HABITATS_JSON}" in written
+    for name in written:
+        assert report["output_files"][name]["sha256"] == chain._file_record(out / name)["sha256"], name
+    assert chain.is_complete(out)
+    model = report["habitats"]["model"]
+    assert model["id"] == "habitats-demo" and model["synthetic"] is True and len(model["sha256"]) == 64
+    assert "synthetic" in model["notice"] and model["notice"] in report["notices"]
+
+
+@pytest.mark.slow
+def test_the_fractions_of_each_region_sum_to_one_and_match_habitats_json(run):
+    fractions = run["report"]["habitats"]["fractions"]
+    assert set(fractions) == set(REGIONS)
+    for region in REGIONS:
+        assert sum(fractions[region].values()) == pytest.approx(1.0, abs=1e-3), region
+        assert all(value >= 0 for value in fractions[region].values())
+    written = json.loads((run["out"] / HABITATS_FOLDER / HABITATS_JSON).read_text())["fractions"]
+    for region in REGIONS:
+        for key, value in fractions[region].items():
+            assert written[region][key] == pytest.approx(value, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_ce_t1_grid_map_lies_on_the_lesion_within_one_dsc_voxel(run):
+    """Nearest neighbour both ways through one registration: a labelled CE-T1-grid voxel is within half a DSC voxel
+    (and half a 1 mm voxel) of a CEL or NEL voxel; a misplaced map (flipped, shifted, wrong transform) is not."""
+    out = run["out"]
+    habitats = read_volume(out / HABITATS_FOLDER / HABITATS_FILE)
+    lesion = read_volume(out / "registered" / "lesion.nii.gz")
+    assert habitats.array.shape == lesion.array.shape
+    assert np.allclose(habitats.ijk_to_ras, lesion.ijk_to_ras, atol=1e-4)
+    labelled = habitats.array > 0
+    assert labelled.sum() > 100
+    assert set(np.unique(habitats.array[labelled])) <= set(HABITAT_BY_VALUE)
+    inside = (lesion.array == ENHANCING) | (lesion.array == SNFH)
+    distance = distance_transform_edt(~inside, sampling=lesion.spacing[::-1])
+    dsc_spacing = read_volume(out / HABITATS_FOLDER / "habitats_dsc.nii.gz").spacing
+    bound = 0.5 * np.linalg.norm(dsc_spacing) + 0.5 * np.linalg.norm(lesion.spacing) + 1e-3
+    assert distance[labelled].max() <= bound
+    assert (labelled & inside).sum() / labelled.sum() >= 0.75  # the rest: DSC voxels across the lesion's border
+    assert (labelled & inside).sum() / inside.sum() >= 0.8
+
+
+@pytest.mark.slow
+def test_the_scene_holds_the_habitat_segmentation_and_fraction_table(run, tmp_path):
+    scene = mrml.read_scene_bundle(run["out"] / "scene.mrb", tmp_path / "cache")
+    node = scene.GetFirstNodeByName("Perfusion habitats")
+    assert node is not None and node.IsA("vtkMRMLSegmentationNode")
+    segmentation = node.GetSegmentation()
+    names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    present = {HABITAT_BY_VALUE[int(v)].name for v in np.unique(read_volume(
+        run["out"] / HABITATS_FOLDER / HABITATS_FILE).array) if v}
+    assert names == present and len(names) >= 2
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        expected = next(h.colour for h in HABITATS if h.name == segment.GetName())
+        assert np.allclose(segment.GetColor(), expected, atol=1e-3)
+    table = scene.GetFirstNodeByName("Perfusion habitat fractions")
+    assert table is not None and table.GetNumberOfRows() == len(HABITATS)
+
+
+def _results(habitats: bool = True, dsc: bool = True, lesion_values=(ENHANCING, SNFH)):
+    """What the habitat step reads of a run: its settings, its perfusion (or None), the lesion on the DSC grid."""
+    labels = np.zeros((4, 5, 5), np.uint8)
+    for index, value in enumerate(lesion_values):
+        labels[1 + index, 2, 2] = value
+    return SimpleNamespace(settings=chain.RunSettings(habitats=habitats),
+                           prepared=SimpleNamespace(perfusion=object() if dsc else None),
+                           dsc_lesion=labels if dsc else None, notes=[], habitats=None, habitats_skipped=None)
+
+
+def test_a_run_without_dsc_records_in_one_sentence_why_it_has_no_habitats():
+    results = _results(dsc=False)
+    chain.compute_case_habitats(results, None, chain.StageProgress("case", quiet=True))
+    assert results.habitats is None
+    assert habitats_data(results) == {"skipped": "perfusion habitats skipped: no DSC series"}
+    assert results.notes == []  # the run's notes already say "perfusion skipped: no DSC series"
+
+
+def test_each_reason_for_no_habitats_is_one_sentence_naming_what_is_missing():
+    assert chain.habitat_skip_reason(_results()) is None
+    assert chain.habitat_skip_reason(_results(habitats=False)) == chain.HABITATS_NOT_REQUESTED
+    no_nel = chain.habitat_skip_reason(_results(lesion_values=(ENHANCING,)))
+    no_cel = chain.habitat_skip_reason(_results(lesion_values=(SNFH,)))
+    assert "(the NEL)" in no_nel and "(the CEL)" not in no_nel
+    assert "(the CEL)" in no_cel and "(the NEL)" not in no_cel
+    for reason in (no_nel, no_cel):
+        assert reason.startswith("perfusion habitats skipped: the lesion has no ") and "." not in reason
