@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import slicer
+from conftest import savePanel
 from layer import REPO
 from PySide6.QtWidgets import QMessageBox
 
@@ -115,7 +116,7 @@ def test_the_section_is_in_the_ui_and_offers_the_registrys_models(scene):
     assert not ui.habitatsProgressBar.visible
 
 
-def test_compute_habitats_in_the_panel_and_an_edited_result_is_kept(scene, habitatCase, monkeypatch):
+def test_compute_habitats_in_the_panel_and_an_edited_result_is_kept(scene, habitatCase, monkeypatch, panelsDir):
     widget, ui, parameters = panel()
     sequence, lesion = loadInputs(habitatCase)
     ui.inputSequenceSelector.setCurrentNode(sequence)
@@ -146,6 +147,7 @@ def test_compute_habitats_in_the_panel_and_an_edited_result_is_kept(scene, habit
     dashed = [s.GetName() for s in series if s.GetLineStyle() == s.LineStyleDash]
     assert len(dashed) == 4 and all("(reference)" in name for name in dashed)
     assert len(series) - len(dashed) >= len(segments), "one mean curve per pattern"
+    savePanel(widget, panelsDir, "DSCPerfusion-habitats")
 
     # Untouched, it is replaced without a question; edited, the user is asked and No keeps it.
     slicer.app.click(ui.habitatsApplyButton)
