@@ -18,7 +18,12 @@ from DSCPerfusionLib.habitats.curves import (
 )
 from DSCPerfusionLib.habitats.labels import HABITAT_BY_KEY, HABITATS, REGIONS, habitats_of_region, label_pattern
 from DSCPerfusionLib.habitats.model import ENCODER_FILE, MODEL_FILE, load_model, save_model
-from DSCPerfusionLib.habitats.pipeline import HabitatTrainingCase, compute_habitats, train_habitat_model
+from DSCPerfusionLib.habitats.pipeline import (
+    HabitatTrainingCase,
+    compute_habitats,
+    region_k_range,
+    train_habitat_model,
+)
 from DSCPerfusionLib.habitats.references import find_reference_tissues, reference_curves, reference_parameters
 from DSCPerfusionLib.simulation import add_rician_noise, simulate_dsc
 
@@ -253,6 +258,15 @@ def test_habitats_of_a_held_out_brain_agree_with_the_truth(model, brain):
     assert set(result.reference_curves) == {"artery", "grey_matter", "white_matter", "csf"}
     assert all(len(curve) == CURVE_POINTS for curve in result.pattern_curves.values())
     json.dumps(result.report, allow_nan=False)
+
+
+def test_each_region_is_searched_for_at_least_as_many_patterns_as_it_has_habitats(model):
+    assert region_k_range((2, 6), "CEL") == (3, 6) and region_k_range((2, 6), "NEL") == (4, 6)
+    assert region_k_range((5, 6), "NEL") == (5, 6)
+    for region in REGIONS:
+        k = model.training["regions"][region]["k"]
+        assert len(model.labels[region]) == k == model.centres[region].shape[0] >= len(habitats_of_region(region))
+        assert min(int(key) for key in model.training["regions"][region]["silhouettes"]) == len(habitats_of_region(region))
 
 
 def test_model_labels_are_used_when_not_relabelled(model, brain):

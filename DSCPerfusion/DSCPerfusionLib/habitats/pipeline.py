@@ -18,9 +18,15 @@ One case (``compute_habitats``), all on the DSC grid (K, J, I):
 
 Training (``train_habitat_model``): the same steps 1-3 on each case (at most ``max_curves_per_region``
 curves per region and case, a seeded random subset, so that a large lesion does not outweigh the others),
-one autoencoder on all curves, k-means per region with k chosen by silhouette (``clustering``), each cluster
+one autoencoder on all curves, k-means per region with k chosen by silhouette (``clustering``) but never below
+the number of habitats the region may hold (3 in the CEL, 4 in the NEL; ``region_k_range``), each cluster
 named by ``label_pattern`` from the parameters of its mean curve (over all cases) against the mean of the
 cases' reference parameters.
+
+Why k is not allowed below the region's habitat count: on partial-volumed curves the silhouette favours the
+fewest clusters, and a small family (the phantom's infiltrated oedema, a tenth of the NEL) merged into its
+neighbour at k = 2 with a silhouette only 0.007 above k = 3. The rules name clusters, so splitting a family costs
+nothing (both halves get its name) while merging two loses one of them; Yun et al. found 4 patterns per region.
 """
 
 from __future__ import annotations
@@ -245,6 +251,13 @@ def _report(progress: Progress | None, fraction: float, message: str) -> None:
         progress(fraction, message)
 
 
+def region_k_range(k_range, region: str) -> tuple[int, int]:
+    """``k_range`` raised so that a region is searched for at least as many patterns as it has habitats."""
+    low, high = checked_k_range(k_range)
+    least = len(habitats_of_region(region))
+    return max(low, least), max(high, least)
+
+
 def _mean_reference_parameters(cases: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     names = [name for name in cases[0] if all(name in case for case in cases)]
     return {name: {key: float(np.nanmean([case[name][key] for case in cases])) for key in PARAMETER_NAMES}
@@ -312,7 +325,7 @@ def train_habitat_model(
     for region in REGIONS:
         _report(progress, 0.9, f"k-means of the {region} patterns")
         latent = encode(pooled[region], weights)
-        centres[region], k, scores = fit_kmeans(latent, k_range, seed)
+        centres[region], k, scores = fit_kmeans(latent, region_k_range(k_range, region), seed)
         cluster = assign(latent, centres[region])
         labels[region], clusters_meta = [], []
         for index in range(k):

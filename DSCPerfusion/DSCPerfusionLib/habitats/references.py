@@ -105,6 +105,8 @@ def find_reference_tissues(
     bright = far & (baseline >= np.percentile(baseline[far], BRIGHT_PERCENTILE))
     grey = _grey_matter(rcbv, far & ~bright & ~arterial_candidates & ~white)
     csf = _csf(rcbv, baseline, far)
+    if artery.sum() < MIN_REFERENCE_VOXELS and not require_artery:
+        artery = np.zeros(shape, bool)  # a voxel or two is no artery one can trust
     masks = {"artery": artery, "grey_matter": grey, "white_matter": white, "csf": csf}
     for name, mask in masks.items():
         if mask.sum() < MIN_REFERENCE_VOXELS and (name != "artery" or require_artery):
