@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from DSCPerfusionLib.habitats.autoencoder import encode, train_autoencoder
+from DSCPerfusionLib.habitats.autoencoder import TrainingCancelled, encode, reconstruct, train_autoencoder
 from DSCPerfusionLib.habitats.clustering import assign, fit_kmeans
 from DSCPerfusionLib.habitats.curves import (
     ARRIVAL_INDEX,
@@ -224,6 +224,20 @@ def test_autoencoder_training_is_deterministic_for_a_seed():
     assert not np.array_equal(first["to_latent.weight"], other["to_latent.weight"])
     latent = encode(curves, first)
     assert latent.shape == (300, 5) and latent.dtype == np.float32
+    assert torch.get_num_threads() == 1  # restored after training and encoding (set at the top of this file)
+
+
+def test_autoencoder_learns_the_curves_and_can_be_cancelled():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.1, 0.5, (400, 1))
+    curves = 1.0 - depth * np.exp(-((np.arange(60) - 15) / 3.0) ** 2)[None]
+    messages = []
+    weights = train_autoencoder(curves, epochs=25, seed=0, batch_size=32, progress=lambda f, m: messages.append((f, m)))
+    assert len(messages) == 25 and messages[-1][0] == 1.0
+    error = np.mean((reconstruct(curves, weights) - curves) ** 2)
+    assert error < 0.1 * np.var(curves)  # far better than the mean curve
+    with pytest.raises(TrainingCancelled):
+        train_autoencoder(curves, epochs=2, seed=0, should_stop=lambda: True)
 
 
 def test_kmeans_picks_the_number_of_separated_groups_by_silhouette():

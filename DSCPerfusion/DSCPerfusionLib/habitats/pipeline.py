@@ -55,7 +55,7 @@ from .references import automatic_brain_mask, find_reference_tissues, reference_
 MIN_REGION_VOXELS = 20
 MIN_PATTERN_VOXELS = 10
 DEFAULT_EPOCHS = 30
-DEFAULT_MAX_CURVES_PER_REGION = 3000
+DEFAULT_MAX_CURVES_PER_REGION = 2000
 Progress = Callable[[float, str], None]
 
 
