@@ -105,29 +105,29 @@ def test_the_scene_holds_the_habitat_segmentation_and_fraction_table(run, tmp_pa
     assert table is not None and table.GetNumberOfRows() == len(HABITATS)
 
 
-def _results(habitats: bool = True, dsc: bool = True, lesion_values=(ENHANCING, SNFH)):
-    """What the habitat step reads of a run: its settings, its perfusion (or None), the lesion on the DSC grid."""
+def _case(dsc: bool = True, lesion_values=(ENHANCING, SNFH)):
+    """What the habitat step reads of a run: its perfusion (or None) and the lesion on the DSC grid."""
     labels = np.zeros((4, 5, 5), np.uint8)
     for index, value in enumerate(lesion_values):
         labels[1 + index, 2, 2] = value
-    return SimpleNamespace(settings=chain.RunSettings(habitats=habitats),
-                           prepared=SimpleNamespace(perfusion=object() if dsc else None),
-                           dsc_lesion=labels if dsc else None, notes=[], habitats=None, habitats_skipped=None)
+    return SimpleNamespace(perfusion=object() if dsc else None), labels if dsc else None
 
 
 def test_a_run_without_dsc_records_in_one_sentence_why_it_has_no_habitats():
-    results = _results(dsc=False)
-    chain.compute_case_habitats(results, None, chain.StageProgress("case", quiet=True))
-    assert results.habitats is None
-    assert habitats_data(results) == {"skipped": "perfusion habitats skipped: no DSC series"}
-    assert results.notes == []  # the run's notes already say "perfusion skipped: no DSC series"
+    prepared, dsc_lesion = _case(dsc=False)
+    settings = chain.RunSettings()
+    habitats, reason = chain.case_habitats(settings, None, prepared, dsc_lesion, None, lambda *_: None)
+    assert habitats is None and reason == "perfusion habitats skipped: no DSC series"
+    results = SimpleNamespace(habitats=habitats, habitats_skipped=reason)
+    assert habitats_data(results) == {"skipped": reason}  # report.json's "habitats"
 
 
 def test_each_reason_for_no_habitats_is_one_sentence_naming_what_is_missing():
-    assert chain.habitat_skip_reason(_results()) is None
-    assert chain.habitat_skip_reason(_results(habitats=False)) == chain.HABITATS_NOT_REQUESTED
-    no_nel = chain.habitat_skip_reason(_results(lesion_values=(ENHANCING,)))
-    no_cel = chain.habitat_skip_reason(_results(lesion_values=(SNFH,)))
+    settings = chain.RunSettings()
+    assert chain.habitat_skip_reason(settings, *_case()) is None
+    assert chain.habitat_skip_reason(chain.RunSettings(habitats=False), *_case()) == chain.HABITATS_NOT_REQUESTED
+    no_nel = chain.habitat_skip_reason(settings, *_case(lesion_values=(ENHANCING,)))
+    no_cel = chain.habitat_skip_reason(settings, *_case(lesion_values=(SNFH,)))
     assert "(the NEL)" in no_nel and "(the CEL)" not in no_nel
     assert "(the CEL)" in no_cel and "(the NEL)" not in no_cel
     for reason in (no_nel, no_cel):

@@ -183,7 +183,10 @@ def habitat_segmentation(labels: sitk.Image, reference_node, scene):
     """"Perfusion habitats": one segment per habitat present in ``labels`` (reference grid), named and coloured
     as HABITATS declares; hidden at first (on top of the heat map it would hide it)."""
     segments = {habitat.value: (habitat.name, habitat.colour) for habitat in HABITATS}
-    node = mrml.segmentation_from_labelmap(volume_from_sitk(labels), segments, HABITATS_NAME, scene)
+    # Oedema patterns (found only in the NEL) are non-enhancing lesion; the others are tumour.
+    terms = {habitat.value: terminology.entry("non_enhancing_lesion" if habitat.regions == ("NEL",) else "neoplasm")
+             for habitat in HABITATS}
+    node = mrml.segmentation_from_labelmap(volume_from_sitk(labels), segments, HABITATS_NAME, scene, terms)
     node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
     node.GetDisplayNode().SetVisibility(False)
     return node

@@ -3,10 +3,10 @@ report and scene.
 
 Stages: read and check every series (DICOM folders converted) -> register FLAIR and DSC onto the 1 mm CE-T1 grid
 and compute nCBV (``preprocess.prepare_case``; a case without DSC skips perfusion when the model needs no nCBV, and
-report, report.json and scene say so) -> progression model (``predict_run.predict_prepared``) -> perfusion habitats
-(Yun et al. 2023: ``DSCPerfusionLib.habitats`` on the DSC series and the lesion already on the DSC grid, brought onto
-the CE-T1 grid by the DSC registration, as nCBV; skipped, with the reason in report.json, without DSC or without
-both a contrast-enhancing and a non-enhancing lesion) -> write the intermediates of the three modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
+report, report.json and scene say so), then the perfusion habitats (Yun et al. 2023: ``DSCPerfusionLib.habitats``
+on the DSC series, the lesion carried onto the DSC grid and the perfusion step's masks, brought onto the CE-T1 grid
+by the DSC registration, as nCBV; skipped, with the reason in report.json, without DSC or without both a
+contrast-enhancing and a non-enhancing lesion) -> progression model (``predict_run.predict_prepared``) -> write the intermediates of the three modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
 SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
 ``report.json``, written last with every other file's size and SHA-256, so a folder whose files match its
 report.json is a complete result.
@@ -66,9 +66,8 @@ if TYPE_CHECKING:
 
 STAGES = {
     "read": "Reading and checking the series",
-    "prepare": "Registration and nCBV",
+    "prepare": "Registration, nCBV and perfusion habitats",
     "predict": "Progression prediction",
-    "habitats": "Perfusion habitats",
     "save": "Writing registered series, perfusion maps and prediction",
     "ctv": "CTV proposals",
     "dicom": "RTSTRUCT and SEG export",
@@ -199,6 +198,7 @@ class CaseHabitats:
     result: object  # DSCPerfusionLib.habitats HabitatResult (labels, fractions, curves on the DSC grid)
     package: HabitatModelPackage
     reference_labels: sitk.Image  # habitat values on the reference grid (0 = none)
+    elapsed_s: float = 0.0
 
 
 @dataclass
@@ -278,56 +278,53 @@ def lesion_on_dsc(inputs: CaseInputs, prepared: PreparedCase) -> np.ndarray | No
     return lesion_on_dsc_grid(prepared.lesion, sitk_from_volume(dsc_grid(inputs)), prepared.registrations["dsc"])
 
 
-def habitat_skip_reason(results: CaseResults) -> str | None:
+def habitat_skip_reason(settings: RunSettings, prepared: PreparedCase, dsc_lesion: np.ndarray | None) -> str | None:
     """Why the case gets no perfusion habitats (one sentence), or None when it can have them: habitats are found in
     the contrast-enhancing (CEL) and the non-enhancing lesion (NEL) of a DSC series, both on its grid."""
     from CTVPlannerLib.lesion import LESION_SEGMENTS
     from CTVPlannerLib.schemes import ENHANCING, SNFH
 
-    if not results.settings.habitats:
+    if not settings.habitats:
         return HABITATS_NOT_REQUESTED
-    if results.prepared.perfusion is None or results.dsc_lesion is None:
+    if prepared.perfusion is None or dsc_lesion is None:
         return HABITATS_NO_DSC
     missing = [f"{LESION_SEGMENTS[value][0].lower()} (the {region})" for region, value in (("CEL", ENHANCING),
                                                                                          ("NEL", SNFH))
-               if not (results.dsc_lesion == value).any()]
+               if not (dsc_lesion == value).any()]
     if missing:
         return (f"perfusion habitats skipped: the lesion has no {' and no '.join(missing)} on the DSC grid, and "
                 "habitats need both")
     return None
 
 
-def compute_case_habitats(results: CaseResults, package: HabitatModelPackage | None,
-                          progress: StageProgress) -> None:
-    """The habitats of the case from what the run holds (DSC series, lesion on the DSC grid, DSC registration), or
-    the reason there are none (``results.habitats_skipped``; a lesion too small for the model is such a reason,
-    not an error: the rest of the run stands)."""
+def case_habitats(settings: RunSettings, inputs: CaseInputs, prepared: PreparedCase, dsc_lesion: np.ndarray | None,
+                  package: HabitatModelPackage | None,
+                  progress: Callable[[float, str], None]) -> tuple[CaseHabitats | None, str | None]:
+    """The habitats of the case from what the run holds (DSC series, lesion on the DSC grid, the perfusion step's
+    masks, the DSC registration), or None and the reason there are none; a lesion the model cannot take (too few
+    voxels) is such a reason, not an error: the rest of the run stands."""
     from CTVPlannerLib.schemes import ENHANCING, SNFH
     from DSCPerfusionLib.habitats.pipeline import compute_habitats
 
     from GliomaProgressionLib.runs.habitats import habitats_on_reference
 
-    reason = habitat_skip_reason(results)
-    if reason is None:
-        dsc, perfusion = results.inputs.dsc, results.prepared.perfusion
-        try:
-            # The perfusion module's brain and white-matter masks of this series: one reference for nCBV and habitats.
-            result = compute_habitats(dsc.array, results.inputs.timing.times_s, results.dsc_lesion == ENHANCING,
-                                      results.dsc_lesion == SNFH, package.model, brain_mask=perfusion.brain_mask,
-                                      nawm_mask=perfusion.nawm_mask, ijk_to_ras=dsc.ijk_to_ras,
-                                      spacing_mm=tuple(float(s) for s in dsc.spacing[::-1]), progress=progress.update)
-        except ValueError as error:
-            text = " ".join(str(error).split()).rstrip(".")
-            reason = f"perfusion habitats skipped: {text[:1].lower()}{text[1:]}"
-        else:
-            on_reference = habitats_on_reference(result.labels, dsc_grid(results.inputs), results.prepared.reference,
-                                                 results.prepared.registrations["dsc"])
-            results.habitats = CaseHabitats(result, package, on_reference)
-            return
-    results.habitats_skipped = reason
-    if reason not in (HABITATS_NOT_REQUESTED, HABITATS_NO_DSC):  # those two are plain from the settings and notes
-        results.notes.append(reason)
-        progress.note(reason)
+    reason = habitat_skip_reason(settings, prepared, dsc_lesion)
+    if reason is not None:
+        return None, reason
+    started = time.monotonic()
+    dsc, perfusion = inputs.dsc, prepared.perfusion
+    try:
+        # The perfusion step's brain and white-matter masks of this series: one reference for nCBV and habitats.
+        result = compute_habitats(dsc.array, inputs.timing.times_s, dsc_lesion == ENHANCING, dsc_lesion == SNFH,
+                                  package.model, brain_mask=perfusion.brain_mask, nawm_mask=perfusion.nawm_mask,
+                                  ijk_to_ras=dsc.ijk_to_ras, spacing_mm=tuple(float(s) for s in dsc.spacing[::-1]),
+                                  progress=progress)
+    except ValueError as error:
+        text = " ".join(str(error).split()).rstrip(".")
+        return None, f"perfusion habitats skipped: {text[:1].lower()}{text[1:]}"
+    on_reference = habitats_on_reference(result.labels, dsc_grid(inputs), prepared.reference,
+                                         prepared.registrations["dsc"])
+    return CaseHabitats(result, package, on_reference, round(time.monotonic() - started, 3)), None
 
 
 def habitat_maps() -> dict[str, str]:
@@ -385,7 +382,7 @@ def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> 
         write_habitat_outputs(results.habitats.result, dsc_grid(inputs), prepared.reference, staging / HABITATS_FOLDER,
                               results.habitats.package.info(), registration=prepared.registrations["dsc"],
                               alignment="registration", inputs=dict(inputs.sources),
-                              elapsed_s=timings.get("habitats"))
+                              elapsed_s=results.habitats.elapsed_s)
     write_prediction(staging / "prediction", prepared, results.prediction, results.model,
                      results.settings.prediction_settings(), {"inference": timings.get("predict", 0.0)},
                      inputs=inputs.sources)
@@ -538,15 +535,21 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc,
                             timing.times_s if timing else None, timing.te_s if timing else None,
                             leakage=settings.leakage, progress=progress.update)
+    # Habitats right after nCBV, from the same series and masks, before the long prediction.
+    dsc_lesion = lesion_on_dsc(inputs, prepared)
+    habitats, habitats_skipped = case_habitats(settings, inputs, prepared, dsc_lesion, habitat_model,
+                                               lambda fraction, message: progress.update(0.9 + 0.1 * fraction,
+                                                                                         message))
+    if habitats_skipped not in (None, HABITATS_NOT_REQUESTED, HABITATS_NO_DSC):  # those two say nothing new
+        notes.append(habitats_skipped)
+        progress.note(habitats_skipped)
     progress.start("predict")
     prediction = predict_prepared(prepared, model, prediction_settings, progress=progress.update)
     recurrence = (resample_onto(prepared.reference, inputs.recurrence, None, labels=True) > 0
                   if inputs.recurrence is not None else None)
     brain = brain_on_reference(prepared, inputs.brain, inputs.dsc.ijk_to_ras if inputs.dsc is not None else None)
     results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence, notes=notes,
-                          dsc_lesion=lesion_on_dsc(inputs, prepared))
-    progress.start("habitats")
-    compute_case_habitats(results, habitat_model, progress)
+                          dsc_lesion=dsc_lesion, habitats=habitats, habitats_skipped=habitats_skipped)
     with staged_output_folder(out) as staging:
         mark_owner(staging)
         progress.start("save")
