@@ -1,6 +1,7 @@
 """Tests of DSCPerfusionLib.habitats: curves, parameters, reference tissues, labelling rules, autoencoder,
 k-means, the model files and the habitats of a simulated brain whose truth is known."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -288,6 +289,38 @@ def test_model_labels_are_used_when_not_relabelled(model, brain):
                               nawm_mask=brain["nawm"], spacing_mm=brain["spacing"], relabel=False)
     assert all(row["habitat"] == row["model_habitat"] for row in result.pattern_table)
     assert result.report["relabelled"] is False
+
+
+def test_each_brain_renames_the_patterns_against_its_own_references(model, brain):
+    wrong = dataclasses.replace(model, labels={"CEL": list(model.labels["CEL"]),
+                                               "NEL": ["infiltrated_oedema"] * len(model.labels["NEL"])})
+    arguments = dict(brain_mask=brain["brain"], nawm_mask=brain["nawm"], spacing_mm=brain["spacing"])
+    renamed = compute_habitats(brain["signal"], TIMES, brain["cel"], brain["nel"], wrong, **arguments)
+    vasogenic = brain["names"] == "vasogenic_oedema"
+    assert np.mean(renamed.labels[vasogenic] == HABITAT_BY_KEY["vasogenic_oedema"].value) > 0.9
+    assert any("Named differently from training" in warning for warning in renamed.warnings)
+    kept = compute_habitats(brain["signal"], TIMES, brain["cel"], brain["nel"], wrong, relabel=False, **arguments)
+    assert np.all(kept.labels[brain["nel"]] == HABITAT_BY_KEY["infiltrated_oedema"].value)
+
+
+def test_adc_ratio_to_white_matter_is_reported_per_pattern(model, brain):
+    adc = np.where(brain["nel"], 1.6e-3, 0.8e-3)
+    result = compute_habitats(brain["signal"], TIMES, brain["cel"], brain["nel"], model, brain_mask=brain["brain"],
+                              nawm_mask=brain["nawm"], spacing_mm=brain["spacing"], adc=adc)
+    ratios = {row["region"]: row["adc_ratio"] for row in result.pattern_table if row["voxels"]}
+    assert ratios["NEL"] == pytest.approx(2.0) and ratios["CEL"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="The ADC map has shape"):
+        compute_habitats(brain["signal"], TIMES, brain["cel"], brain["nel"], model, nawm_mask=brain["nawm"],
+                         brain_mask=brain["brain"], adc=adc[:2])
+
+
+def test_a_lesion_filling_the_brain_leaves_no_reference(brain):
+    lesion = np.ones(SHAPE, bool)
+    lesion[..., :2] = False
+    with pytest.raises(ValueError, match="Too little brain lies away from the lesion"):
+        find_reference_tissues(brain["signal"], TIMES, brain["brain"], lesion_mask=lesion, nawm_mask=brain["nawm"],
+                               require_artery=False,
+                               spacing_mm=brain["spacing"])
 
 
 @pytest.mark.parametrize("change, message", [
