@@ -21,7 +21,8 @@ def checked_k_range(k_range) -> tuple[int, int]:
     try:
         low, high = (int(value) for value in k_range)
     except (TypeError, ValueError):
-        raise ValueError(f"The range of pattern counts must be two whole numbers (low, high), got {k_range!r}.") from None
+        raise ValueError(f"The range of pattern counts must be two whole numbers (low, high), got "
+                         f"{k_range!r}.") from None
     if not 2 <= low <= high <= 20:
         raise ValueError(f"The range of pattern counts must satisfy 2 <= low <= high <= 20, got ({low}, {high}).")
     return low, high
@@ -46,7 +47,9 @@ def fit_kmeans(
                          f"(at least {2 * low} are needed).")
     high = min(high, points.shape[0] // 2)
     rng = np.random.default_rng(seed)
-    fitted = points if points.shape[0] <= max_samples else points[rng.choice(points.shape[0], max_samples, replace=False)]
+    fitted = points
+    if points.shape[0] > max_samples:
+        fitted = points[rng.choice(points.shape[0], max_samples, replace=False)]
     scored = fitted[rng.choice(fitted.shape[0], min(SILHOUETTE_SAMPLES, fitted.shape[0]), replace=False)]
     scores, centres = {}, {}
     for k in range(low, high + 1):

@@ -9,10 +9,12 @@ repetition time or frame count of the series. Each curve is resampled (linear in
 ``CURVE_POINTS`` = 60 points ``CURVE_STEP_S`` = 1.5 s apart, shifted so that the bolus arrival (detected on
 the mean white-matter curve, ``baseline.detect_bolus_arrival``, or given) falls on point ``ARRIVAL_INDEX``.
 Before the first frame and after the last the curve is continued by its end value (edge padding): a
-pre-bolus baseline, or a late, nearly flat tail. ``ARRIVAL_INDEX`` = 11 is where the detection puts the
+pre-bolus baseline, or a late, nearly flat tail; at the start the padding (and the points that would fall on
+them) take the first frame after the two steady-state frames (``baseline.DEFAULT_SKIP_FRAMES``), which are brighter
+than the baseline in most acquisitions. ``ARRIVAL_INDEX`` = 11 is where the detection puts the
 bolus of this project's 60-frame, 1.5 s phantom (AIF arriving at 15 s), so such a series is resampled onto
-its own frames and comes back unchanged; it also leaves Yun's baseline frames 3-9 (0-based 2..8) before the
-bolus. The returned times are those of the fixed axis, 0 to 88.5 s.
+its own frames and comes back unchanged (but for the two steady-state frames); it also leaves Yun's baseline
+frames 3-9 (0-based 2..8) before the bolus. The returned times are those of the fixed axis, 0 to 88.5 s.
 
 Parameters (``curve_parameters``, on normalised curves of the fixed axis; 1-based frame numbers as in Yun):
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..baseline import DEFAULT_SKIP_FRAMES as SKIP_FRAMES
 from ..baseline import detect_bolus_arrival
 from ..features import BASELINE_FRAMES, curve_features, post_contrast_frames
 
@@ -55,7 +58,8 @@ def checked_series(signal: np.ndarray, times_s: np.ndarray) -> tuple[np.ndarray,
         raise ValueError("No DSC series was given; perfusion habitats need the DSC time series.")
     series = np.asarray(signal)
     if series.dtype.kind not in "iuf" or series.ndim != 4:
-        raise ValueError(f"The DSC series must be a numeric 4-D array (T, K, J, I), got {series.ndim}-D {series.dtype}.")
+        raise ValueError(f"The DSC series must be a numeric 4-D array (T, K, J, I), got a {series.ndim}-D "
+                         f"{series.dtype} array.")
     if series.shape[0] < MIN_FRAMES:
         raise ValueError(f"The DSC series has {series.shape[0]} frames; habitats need at least {MIN_FRAMES}.")
     times = np.asarray(times_s, dtype=np.float64)
@@ -72,7 +76,8 @@ def checked_mask(mask: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndar
         raise ValueError(f"The {name} mask is missing.")
     array = np.asarray(mask)
     if array.shape != tuple(shape):
-        raise ValueError(f"The {name} mask has shape {array.shape} but the DSC series' spatial shape is {tuple(shape)}.")
+        raise ValueError(f"The {name} mask has shape {array.shape} but the DSC series' spatial shape is "
+                         f"{tuple(shape)}.")
     return array != 0
 
 
@@ -99,9 +104,15 @@ def white_matter_level(white_curves: np.ndarray, times: np.ndarray, arrival_time
 
 
 def resample_curves(curves: np.ndarray, times: np.ndarray, arrival_time_s: float) -> np.ndarray:
-    """Curves (T, N) -> (N, CURVE_POINTS) on the fixed axis, the arrival on ``ARRIVAL_INDEX``, edge-padded."""
+    """Curves (T, N) -> (N, CURVE_POINTS) on the fixed axis, the arrival on ``ARRIVAL_INDEX``, edge-padded.
+
+    Padding before the series starts from the first frame after the steady-state frames (``SKIP_FRAMES``), which
+    are brighter than the baseline in most acquisitions.
+    """
     targets = arrival_time_s + (np.arange(CURVE_POINTS) - ARRIVAL_INDEX) * CURVE_STEP_S
     position = np.interp(targets, times, np.arange(times.size, dtype=np.float64))
+    first_usable = min(SKIP_FRAMES, int(np.searchsorted(times, arrival_time_s)))
+    position = np.maximum(position, first_usable)
     lower = np.floor(position).astype(int)
     upper = np.minimum(lower + 1, times.size - 1)
     weight = (position - lower)[:, None]

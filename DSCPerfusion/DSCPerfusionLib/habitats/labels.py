@@ -29,6 +29,8 @@ HABITATS = (
     Habitat("vasogenic_oedema", 5, "Vasogenic oedema", (0.22, 0.49, 0.72), ("NEL",)),
 )
 HABITAT_BY_KEY = {habitat.key: habitat for habitat in HABITATS}
+# The reference tissues each pattern is compared with (Yun et al. 2023), key -> display name.
+REFERENCE_TISSUES = {"artery": "Artery", "grey_matter": "Grey matter", "white_matter": "White matter", "csf": "CSF"}
 HABITAT_BY_VALUE = {habitat.value: habitat for habitat in HABITATS}
 
 
@@ -61,7 +63,7 @@ __doc__ = (__doc__ or "") + LABEL_RULES_DOC
 
 ADC_CELLULAR_RATIO = 1.4
 PARAMETER_KEYS = ("baseline", "drop", "drop_speed", "recovery")
-RULE_REFERENCES = ("grey_matter", "white_matter", "csf")
+RULE_REFERENCES = tuple(name for name in REFERENCE_TISSUES if name != "artery")  # the rules need no artery
 
 
 def habitats_of_region(region: str) -> tuple[str, ...]:

@@ -148,7 +148,8 @@ def _adc_ratios(adc, masks, white, shape) -> dict[str, np.ndarray | None]:
     return {region: values[mask] / white_adc.mean() for region, mask in masks.items()}
 
 
-def _pattern_summary(curves: np.ndarray, adc_ratio: np.ndarray | None, members: np.ndarray) -> tuple[dict, float | None]:
+def _pattern_summary(curves: np.ndarray, adc_ratio: np.ndarray | None,
+                     members: np.ndarray) -> tuple[dict, float | None]:
     """Parameters of the mean curve of ``members`` (bool) and their mean ADC ratio (None without ADC)."""
     if not members.any():
         return {name: float("nan") for name in PARAMETER_NAMES}, None
@@ -335,7 +336,8 @@ def train_habitat_model(
             habitat = label_pattern(parameters, mean_references, region, adc_ratio) if members.any() \
                 else habitats_of_region(region)[0]
             labels[region].append(habitat)
-            clusters_meta.append({"habitat": habitat, "curves": int(members.sum()), "adc_ratio": _json_number(adc_ratio),
+            clusters_meta.append({"habitat": habitat, "curves": int(members.sum()),
+                                  "adc_ratio": _json_number(adc_ratio),
                                   **{name: _json_number(parameters[name]) for name in PARAMETER_NAMES}})
         regions_meta[region] = {"k": k, "silhouettes": {str(key): round(value, 4) for key, value in scores.items()},
                                 "curves": int(pooled[region].shape[0]), "clusters": clusters_meta}

@@ -33,14 +33,15 @@ from ..signal import MIN_SIGNAL_RATIO
 from .curves import (
     arrival_frame_of,
     checked_mask,
-    curve_times,
     checked_series,
+    curve_times,
     mean_curve_parameters,
     normalised_curves,
     voxel_curves,
 )
+from .labels import REFERENCE_TISSUES
 
-REFERENCE_NAMES = ("artery", "grey_matter", "white_matter", "csf")
+REFERENCE_NAMES = tuple(REFERENCE_TISSUES)
 MIN_REFERENCE_VOXELS = 10
 LESION_MARGIN_MM = 10.0
 GREY_RCBV_PERCENTILES = (80.0, 97.0)
