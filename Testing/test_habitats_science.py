@@ -283,6 +283,7 @@ def test_each_region_is_searched_for_at_least_as_many_patterns_as_it_has_habitat
     for region in REGIONS:
         k = model.training["regions"][region]["k"]
         assert len(model.labels[region]) == k == model.centres[region].shape[0] >= len(habitats_of_region(region))
+        assert model.k_per_region[region] == k
         searched = [int(key) for key in model.training["regions"][region]["silhouettes"]]
         assert min(searched) == len(habitats_of_region(region))
 

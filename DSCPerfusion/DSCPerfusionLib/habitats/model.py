@@ -51,6 +51,10 @@ class HabitatModel:
     def latent(self) -> int:
         return int(np.shape(self.encoder["to_latent.weight"])[0])
 
+    @property
+    def k_per_region(self) -> dict[str, int]:
+        return {region: len(self.labels[region]) for region in REGIONS}
+
 
 def _write_atomically(path: Path, write) -> None:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

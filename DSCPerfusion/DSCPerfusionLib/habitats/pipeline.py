@@ -70,7 +70,8 @@ class HabitatTrainingCase:
     brain_mask: np.ndarray | None = None
     nawm_mask: np.ndarray | None = None
     adc: np.ndarray | None = None
-    spacing_mm: tuple[float, float, float] | None = None
+    spacing_mm: tuple[float, float, float] | None = None  # voxel size per array axis (k, j, i)
+    ijk_to_ras: np.ndarray | None = None  # 4x4; gives the automatic NAWM its hemispheres
 
 
 @dataclass
@@ -297,7 +298,7 @@ def train_habitat_model(
         try:
             prepared = prepare_case(case.signal, case.times_s, case.cel_mask, case.nel_mask,
                                     brain_mask=case.brain_mask, nawm_mask=case.nawm_mask, adc=case.adc,
-                                    spacing_mm=case.spacing_mm)
+                                    spacing_mm=case.spacing_mm, ijk_to_ras=case.ijk_to_ras)
         except ValueError as error:
             raise ValueError(f"Training case {count + 1}: {error}") from None
         for region in REGIONS:
