@@ -15,7 +15,7 @@ from slicer.util import VTKObservationMixin
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_METHODS
 from DSCPerfusionLib.ftb import (FTB_CLASSES, FTB_KEYS, FTB_THRESHOLD_RANGE, FTB_THRESHOLDS, checked_thresholds,
                                  classify, fractions)
-from DSCPerfusionLib.habitats.labels import HABITAT_BY_KEY, HABITATS, REGIONS
+from DSCPerfusionLib.habitats.labels import HABITAT_BY_KEY, HABITATS, REFERENCE_TISSUES, REGIONS
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE, MAX_FRAMES
 from DSCPerfusionLib.protocol import check_protocol, protocol_report, summary_line
 from GliomaProgressionLib.models.habitat_packages import (DEFAULT_HABITAT_MODEL, SYNTHETIC_NOTICE,
@@ -28,14 +28,10 @@ PACKAGES_FOR_HABITATS = ("torch",)  # the habitat model's curve encoder (Slicer'
 # The habitat models the registry (Models.json) lists, read once; the model selector offers these and only these.
 HABITAT_MODELS = {entry["id"]: entry for entry in available_habitat_models()}
 HABITAT_MODEL_IDS = tuple(HABITAT_MODELS) or ("",)
-# Reference tissues of the habitat curves plot, drawn dashed: key of HabitatResult.reference_curves -> (display
-# name, RGB colour 0..1). The colours stay clear of the habitat colours.
-REFERENCE_TISSUE_CURVES = {
-    "artery": ("Artery (reference)", (0.45, 0.0, 0.0)),
-    "grey_matter": ("Grey matter (reference)", (0.40, 0.40, 0.40)),
-    "white_matter": ("White matter (reference)", (0.70, 0.70, 0.70)),
-    "csf": ("CSF (reference)", (0.0, 0.0, 0.0)),
-}
+# Line colours (RGB 0..1) of the reference tissues in the habitat curves plot, where they are drawn dashed: dark
+# red and greys, clear of the habitat colours. Their names are labels.REFERENCE_TISSUES.
+REFERENCE_CURVE_COLOURS = {"artery": (0.45, 0.0, 0.0), "grey_matter": (0.40, 0.40, 0.40),
+                           "white_matter": (0.70, 0.70, 0.70), "csf": (0.0, 0.0, 0.0)}
 
 
 #
@@ -579,11 +575,12 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
             if habitat is not None:
                 colours[title] = habitat.colour
         references = []
-        for key, (display, colour) in REFERENCE_TISSUE_CURVES.items():
+        for key, tissue in REFERENCE_TISSUES.items():
             if key in result.reference_curves:
-                curves[display] = result.reference_curves[key]
-                colours[display] = colour
-                references.append(display)
+                title = f"{tissue} (reference)"
+                curves[title] = result.reference_curves[key]
+                colours[title] = REFERENCE_CURVE_COLOURS.get(key, (0.0, 0.0, 0.0))
+                references.append(title)
         chart = mrml.plot_curves(result.times_s, curves, name, "Time (s)", "Signal / white-matter signal",
                                  colours=colours)
         mrml.dash_plot_series(chart, references)
