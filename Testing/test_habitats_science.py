@@ -288,6 +288,17 @@ def test_each_region_is_searched_for_at_least_as_many_patterns_as_it_has_habitat
         assert min(searched) == len(habitats_of_region(region))
 
 
+def test_training_refuses_an_empty_or_foreign_cohort_and_can_be_cancelled(brain):
+    with pytest.raises(ValueError, match="The training cohort has no case"):
+        train_habitat_model([], epochs=1)
+    with pytest.raises(ValueError, match="must be a HabitatTrainingCase"):
+        train_habitat_model([brain], epochs=1)
+    with pytest.raises(ValueError, match=r"Training case 1: The CEL mask has no voxel"):
+        train_habitat_model([_case({**brain, "cel": np.zeros(SHAPE, bool)})], epochs=1)
+    with pytest.raises(TrainingCancelled):
+        train_habitat_model([_case(brain)], epochs=1, should_stop=lambda: True)
+
+
 def test_model_labels_are_used_when_not_relabelled(model, brain):
     result = compute_habitats(brain["signal"], TIMES, brain["cel"], brain["nel"], model, brain_mask=brain["brain"],
                               nawm_mask=brain["nawm"], spacing_mm=brain["spacing"], relabel=False)

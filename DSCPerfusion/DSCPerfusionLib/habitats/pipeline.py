@@ -166,6 +166,26 @@ def _json_number(value) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 6)
 
 
+def _region_patterns(case: _PreparedCase, region: str, cluster: np.ndarray, model_labels: list[str], offset: int,
+                     relabel: bool) -> tuple[list[dict], dict[str, list[float]]]:
+    """The pattern-table rows of one region (named as in step 4 of the module docstring) and their mean curves."""
+    curves, rows, mean_curves = case.curves[region], [], {}
+    for index, model_label in enumerate(model_labels):
+        members = cluster == index
+        parameters, adc_ratio = _pattern_summary(curves, case.adc_ratio[region], members)
+        habitat = model_label
+        if relabel and members.sum() >= MIN_PATTERN_VOXELS:
+            habitat = label_pattern(parameters, case.reference_parameters, region, adc_ratio)
+        number = offset + index + 1
+        rows.append({"region": region, "pattern": number, "habitat": habitat, "model_habitat": model_label,
+                     "name": HABITAT_BY_KEY[habitat].name, "voxels": int(members.sum()),
+                     "fraction": round(float(members.mean()), 6), "adc_ratio": _json_number(adc_ratio),
+                     **{name: _json_number(parameters[name]) for name in PARAMETER_NAMES}})
+        if members.any():
+            mean_curves[f"{region} {number}"] = curves[members].mean(axis=0).round(6).tolist()
+    return rows, mean_curves
+
+
 def compute_habitats(
     signal: np.ndarray,
     times_s: np.ndarray,
@@ -198,37 +218,26 @@ def compute_habitats(
     shape = case.masks["CEL"].shape
     latent = encode(np.concatenate([case.curves[region] for region in REGIONS]), model.encoder)
     labels_map, patterns_map = np.zeros(shape, np.uint8), np.zeros(shape, np.int16)
-    table, pattern_curves, fractions, warnings, offset = [], {}, {}, list(case.warnings), 0
-    start = 0
+    table, pattern_curves, fractions, warnings = [], {}, {}, list(case.warnings)
+    start, offset = 0, 0
     for region in REGIONS:
-        curves, count = case.curves[region], case.curves[region].shape[0]
+        count = case.curves[region].shape[0]
         cluster = assign(latent[start:start + count], model.centres[region])
-        start += count
-        voxel_labels = np.empty(count, np.uint8)
-        for index, model_label in enumerate(model.labels[region]):
-            members = cluster == index
-            parameters, adc_ratio = _pattern_summary(curves, case.adc_ratio[region], members)
-            habitat = model_label
-            if relabel and members.sum() >= MIN_PATTERN_VOXELS:
-                habitat = label_pattern(parameters, case.reference_parameters, region, adc_ratio)
-            voxel_labels[members] = HABITAT_BY_KEY[habitat].value
-            number = offset + index + 1
-            table.append({"region": region, "pattern": number, "habitat": habitat, "model_habitat": model_label,
-                          "name": HABITAT_BY_KEY[habitat].name, "voxels": int(members.sum()),
-                          "fraction": round(float(members.mean()), 6), "adc_ratio": _json_number(adc_ratio),
-                          **{name: _json_number(parameters[name]) for name in PARAMETER_NAMES}})
-            if members.any():
-                pattern_curves[f"{region} {number}"] = curves[members].mean(axis=0).round(6).tolist()
-        changed = [f"{row['region']} {row['pattern']}" for row in table[-len(model.labels[region]):]
-                   if row["habitat"] != row["model_habitat"] and row["voxels"]]
+        rows, curves = _region_patterns(case, region, cluster, model.labels[region], offset, relabel)
+        voxel_labels = np.zeros(count, np.uint8)
+        for index, row in enumerate(rows):
+            voxel_labels[cluster == index] = HABITAT_BY_KEY[row["habitat"]].value
+        changed = [f"{region} {row['pattern']}" for row in rows if row["habitat"] != row["model_habitat"]]
         if changed:
             warnings.append(f"Named differently from training against this brain's references: {', '.join(changed)}.")
-        region_voxels = np.flatnonzero(case.masks[region].ravel())
-        labels_map.ravel()[region_voxels] = voxel_labels
-        patterns_map.ravel()[region_voxels] = cluster + offset + 1
+        voxels = np.flatnonzero(case.masks[region].ravel())
+        labels_map.ravel()[voxels] = voxel_labels
+        patterns_map.ravel()[voxels] = cluster + offset + 1
         fractions[region] = {key: round(float(np.mean(voxel_labels == HABITAT_BY_KEY[key].value)), 6)
                              for key in habitats_of_region(region)}
-        offset += len(model.labels[region])
+        table += rows
+        pattern_curves.update(curves)
+        start, offset = start + count, offset + len(rows)
     reference = {name: curve.round(6).tolist() for name, curve in case.reference_curves.items()}
     times = curve_times().tolist()
     report = {
@@ -266,6 +275,60 @@ def _mean_reference_parameters(cases: list[dict[str, dict[str, float]]]) -> dict
             for name in names}
 
 
+def _collect_curves(cases, rng: np.random.Generator, max_curves: int, progress: Progress | None,
+                    should_stop: Callable[[], bool] | None):
+    """Each case's curves (a seeded subset of at most ``max_curves`` per region), ADC ratios and reference
+    parameters, pooled per region: (curves, adc ratios (NaN without ADC), [reference parameters per case])."""
+    from .autoencoder import TrainingCancelled
+
+    total = len(cases) if hasattr(cases, "__len__") else None
+    curves = {region: [] for region in REGIONS}
+    adc = {region: [] for region in REGIONS}
+    references = []
+    for number, case in enumerate(cases, start=1):
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("Training of the habitat model was cancelled.")
+        if not isinstance(case, HabitatTrainingCase):
+            raise ValueError(f"Each training case must be a HabitatTrainingCase, got {type(case).__name__}.")
+        try:
+            prepared = prepare_case(case.signal, case.times_s, case.cel_mask, case.nel_mask,
+                                    brain_mask=case.brain_mask, nawm_mask=case.nawm_mask, adc=case.adc,
+                                    spacing_mm=case.spacing_mm, ijk_to_ras=case.ijk_to_ras)
+        except ValueError as error:
+            raise ValueError(f"Training case {number}: {error}") from None
+        for region in REGIONS:
+            chosen = rng.permutation(prepared.curves[region].shape[0])[:max_curves]
+            curves[region].append(prepared.curves[region][chosen])
+            ratio = prepared.adc_ratio[region]
+            adc[region].append(np.full(chosen.size, np.nan) if ratio is None else ratio[chosen])
+        references.append(prepared.reference_parameters)
+        _report(progress, 0.3 * (number / total if total else 1.0 - 0.9 ** number), f"Curves of training case {number}")
+    if not references:
+        raise ValueError("The training cohort has no case.")
+    pooled = {region: np.concatenate(curves[region]) for region in REGIONS}
+    return pooled, {region: np.concatenate(adc[region]) for region in REGIONS}, references
+
+
+def _named_clusters(region: str, latent: np.ndarray, curves: np.ndarray, adc: np.ndarray,
+                    references: dict[str, dict[str, float]], k_range, seed: int):
+    """k-means of one region's latent features and the habitat of each cluster: (centres, labels, metadata)."""
+    centres, k, scores = fit_kmeans(latent, region_k_range(k_range, region), seed)
+    cluster = assign(latent, centres)
+    ratio = adc if np.isfinite(adc).any() else None
+    labels, clusters = [], []
+    for index in range(k):
+        members = cluster == index
+        parameters, adc_ratio = _pattern_summary(curves, ratio, members)
+        habitat = label_pattern(parameters, references, region, adc_ratio) if members.any() \
+            else habitats_of_region(region)[0]
+        labels.append(habitat)
+        clusters.append({"habitat": habitat, "curves": int(members.sum()), "adc_ratio": _json_number(adc_ratio),
+                         **{name: _json_number(parameters[name]) for name in PARAMETER_NAMES}})
+    metadata = {"k": k, "silhouettes": {str(key): round(value, 4) for key, value in scores.items()},
+                "curves": int(curves.shape[0]), "clusters": clusters}
+    return centres, labels, metadata
+
+
 def train_habitat_model(
     cases: Iterable[HabitatTrainingCase],
     *,
@@ -280,73 +343,33 @@ def train_habitat_model(
 ) -> HabitatModel:
     """One autoencoder and per-region k-means on a cohort's curves, each cluster named (module docstring).
 
-    ``synthetic`` True marks a model trained on phantoms (its notice then says so). ``should_stop()`` True
-    ends training with ``autoencoder.TrainingCancelled``.
+    ``cases`` may be a generator (one case in memory at a time). ``synthetic`` True marks a model trained on
+    phantoms (its notice then says so). ``should_stop()`` True ends training with ``autoencoder.TrainingCancelled``.
+    A case that cannot be used ends training with a ValueError naming its number.
     """
-    from .autoencoder import TrainingCancelled, encode, reconstruct, train_autoencoder
+    from .autoencoder import encode, reconstruct, train_autoencoder
 
     checked_k_range(k_range)
     rng = np.random.default_rng(seed)
-    curves = {region: [] for region in REGIONS}
-    adc = {region: [] for region in REGIONS}
-    references, count = [], 0
-    for case in cases:
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled("Training of the habitat model was cancelled.")
-        if not isinstance(case, HabitatTrainingCase):
-            raise ValueError(f"Each training case must be a HabitatTrainingCase, got {type(case).__name__}.")
-        try:
-            prepared = prepare_case(case.signal, case.times_s, case.cel_mask, case.nel_mask,
-                                    brain_mask=case.brain_mask, nawm_mask=case.nawm_mask, adc=case.adc,
-                                    spacing_mm=case.spacing_mm, ijk_to_ras=case.ijk_to_ras)
-        except ValueError as error:
-            raise ValueError(f"Training case {count + 1}: {error}") from None
-        for region in REGIONS:
-            chosen = rng.permutation(prepared.curves[region].shape[0])[:max_curves_per_region]
-            curves[region].append(prepared.curves[region][chosen])
-            ratio = prepared.adc_ratio[region]
-            adc[region].append(np.full(chosen.size, np.nan) if ratio is None else ratio[chosen])
-        references.append(prepared.reference_parameters)
-        count += 1
-        _report(progress, 0.3 * min(count / 60.0, 1.0), f"Curves of training case {count}")
-    if count == 0:
-        raise ValueError("The training cohort has no case.")
-    pooled = {region: np.concatenate(curves[region]) for region in REGIONS}
-    pooled_adc = {region: np.concatenate(adc[region]) for region in REGIONS}
+    pooled, pooled_adc, references = _collect_curves(cases, rng, int(max_curves_per_region), progress, should_stop)
     everything = np.concatenate([pooled[region] for region in REGIONS])
-
-    def epoch_progress(fraction: float, message: str) -> None:
-        _report(progress, 0.3 + 0.6 * fraction, message)
-
-    weights = train_autoencoder(everything, epochs=epochs, seed=seed, progress=epoch_progress,
-                                should_stop=should_stop)
+    weights = train_autoencoder(everything, epochs=epochs, seed=seed, should_stop=should_stop,
+                                progress=lambda fraction, message: _report(progress, 0.3 + 0.6 * fraction, message))
     sample = everything[rng.permutation(everything.shape[0])[:5000]]
     mse = float(np.mean((reconstruct(sample, weights) - sample) ** 2))
     mean_references = _mean_reference_parameters(references)
-    centres, labels, regions_meta = {}, {}, {}
+    centres, labels, regions = {}, {}, {}
     for region in REGIONS:
         _report(progress, 0.9, f"k-means of the {region} patterns")
-        latent = encode(pooled[region], weights)
-        centres[region], k, scores = fit_kmeans(latent, region_k_range(k_range, region), seed)
-        cluster = assign(latent, centres[region])
-        labels[region], clusters_meta = [], []
-        for index in range(k):
-            members = cluster == index
-            ratio = pooled_adc[region] if np.isfinite(pooled_adc[region]).any() else None
-            parameters, adc_ratio = _pattern_summary(pooled[region], ratio, members)
-            habitat = label_pattern(parameters, mean_references, region, adc_ratio) if members.any() \
-                else habitats_of_region(region)[0]
-            labels[region].append(habitat)
-            clusters_meta.append({"habitat": habitat, "curves": int(members.sum()),
-                                  "adc_ratio": _json_number(adc_ratio),
-                                  **{name: _json_number(parameters[name]) for name in PARAMETER_NAMES}})
-        regions_meta[region] = {"k": k, "silhouettes": {str(key): round(value, 4) for key, value in scores.items()},
-                                "curves": int(pooled[region].shape[0]), "clusters": clusters_meta}
-    training = {"cases": count, "epochs": int(epochs), "seed": int(seed), "k_range": list(checked_k_range(k_range)),
-                "max_curves_per_region": int(max_curves_per_region), "reconstruction_mse": round(mse, 7),
+        centres[region], labels[region], regions[region] = _named_clusters(
+            region, encode(pooled[region], weights), pooled[region], pooled_adc[region], mean_references, k_range,
+            seed)
+    training = {"cases": len(references), "epochs": int(epochs), "seed": int(seed),
+                "k_range": list(checked_k_range(k_range)), "max_curves_per_region": int(max_curves_per_region),
+                "reconstruction_mse": round(mse, 7),
                 "reference_parameters": {name: {key: _json_number(value) for key, value in values.items()}
                                          for name, values in mean_references.items()},
-                "regions": regions_meta}
+                "regions": regions}
     text = notice if notice is not None else (SYNTHETIC_NOTICE if synthetic else "")
     _report(progress, 1.0, "Habitat model trained")
     return HabitatModel(weights, centres, labels, curve_settings(), training, bool(synthetic), text)
