@@ -153,7 +153,11 @@ def phantom_record(folders: list[Path]) -> dict:
             sizes.add(str(config["size"]))
         except (OSError, ValueError, KeyError, TypeError):
             return {}
-    return {"phantom_seeds": sorted(seeds), "phantom_size": ", ".join(sorted(sizes))} if seeds else {}
+    if not seeds:
+        return {}
+    seeds.sort()
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+    return {"phantom_seeds": f"{seeds[0]}-{seeds[-1]}" if contiguous else seeds, "phantom_size": ", ".join(sorted(sizes))}
 
 
 def _progress_lines(say: Log):
