@@ -2,10 +2,11 @@
 checksums in report.json, the fractions per lesion region, the map on the CE-T1 grid on the lesion, the
 "Perfusion habitats" segmentation and table in scene.mrb; and the sentence a run without habitats records.
 
-One run of a small phantom with habitat truth through the whole chain (the only run of this file: the tests that
-read it are marked slow), with one stand-in: nnU-Net's probability is a map of zeros. The habitats do not depend on
-it, ``test_run_case.py`` runs the model end to end, and the suite's time budget has no room for a second
-prediction. The reasons for skipping are checked on the chain's decision itself, without a run.
+One run of a small phantom with habitat truth through the chain (the only run of this file: the tests that read it
+are marked slow), with two stand-ins: nnU-Net's probability is a map of zeros and the RTSTRUCT/SEG export writes
+nothing. The habitats depend on neither, ``test_run_case.py`` runs both end to end, and the suite's time budget has
+no room for them twice. The phantom is ``test_habitats_run.py``'s (made once per test process). The reasons for
+skipping are checked on the chain's decision itself, without a run.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ def _no_progression(channels, model, **_):
 def run(synthetic_case, fresh_model_cache, tmp_path_factory):
     """``gliomaprog run`` on the small phantom with habitat truth (CEL and NEL tissues with distinct curves)."""
     folder = tmp_path_factory.mktemp("habitats-run")
-    case = write_case(synthetic_case(seed=5, size="small", habitats=True), folder / "case")
+    case = write_case(synthetic_case(seed=3, size="small", habitats=True), folder / "case")
     out = folder / "out"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(inference, "run_prediction", _no_progression)
+        patch.setattr(chain, "export_dicom_structures", lambda folder, results: {})
         # One scheme: fewer structures to export; the habitats do not depend on the CTVs.
         code = cli.main(["run", str(case), "--out", str(out), "--schemes", "rtog", "--quiet"])
     return {"code": code, "out": out, "report": json.loads((out / "report.json").read_text())}
