@@ -308,8 +308,7 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "ctv": ctv_data(results),
         "dicom": results.dicom_files,
         "display": slice_positions(display),
-        "notices": ([DEMO_NOTICE] if results.model.synthetic else [])
-        + ([HABITAT_DEMO_NOTICE] if results.habitats is not None and results.habitats.package.synthetic else []),
+        "notices": [DEMO_NOTICE] if results.model.synthetic else [],  # the progression model's; habitats: their own
         "notes": list(results.notes),
     }
     return data, display
