@@ -156,3 +156,14 @@ def test_each_reason_for_no_habitats_is_one_sentence_naming_what_is_missing():
     assert "(the CEL)" in no_cel and "(the NEL)" not in no_cel
     for reason in (no_nel, no_cel):
         assert reason.startswith("perfusion habitats skipped: the lesion has no ") and "." not in reason
+
+
+def test_the_command_line_turns_habitats_off_and_names_the_habitat_model(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(chain, "run_case", lambda case, out, settings, progress: seen.append(settings) or {})
+    monkeypatch.setattr(chain, "summary_line", lambda data, out: "")
+    assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "out"), "--no-habitats", "--habitat-model",
+                     "site.zip", "--quiet"]) == 0
+    assert (seen[0].habitats, seen[0].habitat_model) == (True, "habitats-demo")
+    assert (seen[1].habitats, seen[1].habitat_model) == (False, "site.zip")
