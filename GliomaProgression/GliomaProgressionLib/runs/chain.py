@@ -6,7 +6,8 @@ and compute nCBV (``preprocess.prepare_case``; a case without DSC skips perfusio
 report, report.json and scene say so), then the perfusion habitats (Yun et al. 2023: ``DSCPerfusionLib.habitats``
 on the DSC series, the lesion carried onto the DSC grid and the perfusion step's masks, brought onto the CE-T1 grid
 by the DSC registration, as nCBV; skipped, with the reason in report.json, without DSC or without both a
-contrast-enhancing and a non-enhancing lesion) -> progression model (``predict_run.predict_prepared``) -> write the intermediates of the three modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
+contrast-enhancing and a non-enhancing lesion) -> progression model (``predict_run.predict_prepared``) -> write
+the intermediates of the modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
 SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
 ``report.json``, written last with every other file's size and SHA-256, so a folder whose files match its
 report.json is a complete result.
