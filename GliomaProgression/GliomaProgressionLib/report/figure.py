@@ -308,7 +308,7 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "ctv": ctv_data(results),
         "dicom": results.dicom_files,
         "display": slice_positions(display),
-        "notices": [DEMO_NOTICE] if results.model.synthetic else [],  # the progression model's; habitats: their own
+        "notices": [DEMO_NOTICE] if results.model.synthetic else [],  # the habitat model's: habitats.model.notice
         "notes": list(results.notes),
     }
     return data, display
