@@ -3,14 +3,15 @@
 For each phantom seed (full size, ``PhantomConfig(habitats=True)``; the shipped demo model was trained on small
 phantoms with seeds 4000-4059, so 4100-4102 are held out): the case folder is read as ``gliomaprog habitats`` reads
 it (``runs.habitats.read_habitat_inputs``: the DSC series registered to CE-T1, CEL and NEL carried onto the DSC
-grid), then timed in one run:
+grid), then timed in one run (after one untimed call that loads torch and scikit-learn):
 
 - ``compute_habitats`` with the model (reference tissues, normalised curves, encoder, nearest centres, labels);
 - plain k-means (scikit-learn, the model's k per region, 10 initialisations) on the same normalised raw curves
   (``pipeline.prepare_case``, timed with it), for comparison.
 
 Agreement with the truth (``truth/habitats_dsc.nii.gz``, habitat values on the DSC grid): adjusted Rand index over
-the truth's habitat voxels (a voxel the method left out counts as label 0), and for each truth habitat the label the
+the truth's habitat voxels (a voxel the method left out, its lesion carried onto the DSC grid a little off, counts as
+label 0), over the voxels both label, and with the model's training names (``relabel=False``); and for each truth habitat the label the
 method gave most of its voxels (recovered when it is the same habitat). The issue's acceptance: ARI >= 0.8 and every
 truth class recovered with the right label; habitats of one full-size case <= 10 s on 2 CPU cores.
 
@@ -54,7 +55,9 @@ def agreement(truth: np.ndarray, found: np.ndarray) -> dict:
         classes[HABITAT_BY_VALUE[int(value)].key] = {
             "voxels": int(given.size), "majority": HABITAT_BY_VALUE[majority].key if majority else "none",
             "share": round(float(counts[majority] / given.size), 3), "recovered": majority == int(value)}
-    return {"ari": float(adjusted_rand_score(truth[inside], found[inside])), "classes": classes,
+    both = inside & (found > 0)
+    return {"ari": float(adjusted_rand_score(truth[inside], found[inside])),
+            "ari_labelled": float(adjusted_rand_score(truth[both], found[both])), "classes": classes,
             "coverage": float((found[inside] > 0).mean())}
 
 
@@ -106,6 +109,10 @@ def main() -> None:
             started = time.perf_counter()
             inputs = read_habitat_inputs(folder, args.alignment)
             read = time.perf_counter() - started
+            if not rows:  # imports (torch, scikit-learn) and first calls out of the timings
+                compute_habitats(inputs.dsc.array, inputs.timing.times_s, inputs.cel, inputs.nel, package.model,
+                                 spacing_mm=tuple(float(s) for s in inputs.dsc.spacing[::-1]))
+                plain_kmeans(inputs, package.model)
             started = time.perf_counter()
             result = compute_habitats(inputs.dsc.array, inputs.timing.times_s, inputs.cel, inputs.nel, package.model,
                                       spacing_mm=tuple(float(s) for s in inputs.dsc.spacing[::-1]),
@@ -115,19 +122,26 @@ def main() -> None:
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "truth" / "habitats_dsc.nii.gz")))
             found = agreement(truth, result.labels)
             kmeans_ari = _ari(truth, clusters)
+            training_names = compute_habitats(inputs.dsc.array, inputs.timing.times_s, inputs.cel, inputs.nel,
+                                              package.model, spacing_mm=tuple(float(s) for s in inputs.dsc.spacing[::-1]),
+                                              ijk_to_ras=inputs.dsc.ijk_to_ras, relabel=False)
+            found["ari_training_names"] = agreement(truth, training_names.labels)["ari"]
             rows.append((seed, made, read, habitats_s, kmeans_s, found, kmeans_ari, result.warnings))
             print(f"seed {seed}: phantom {made:.1f} s, reading + registration {read:.1f} s, habitats {habitats_s:.2f} s "
                   f"(target <= {TARGET_S:.0f} s), plain k-means on raw curves {kmeans_s:.2f} s, ratio "
-                  f"{habitats_s / kmeans_s:.2f}; ARI {found['ari']:.3f} (plain k-means {kmeans_ari:.3f}), "
-                  f"coverage {found['coverage']:.3f}", flush=True)
+                  f"{habitats_s / kmeans_s:.2f}; ARI {found['ari']:.3f} over the truth's voxels ({found['ari_labelled']:.3f} "
+                  f"over those both label; {found['ari_training_names']:.3f} with the training names, no relabelling; "
+                  f"plain k-means {kmeans_ari:.3f}), coverage {found['coverage']:.3f}", flush=True)
             for key, entry in found["classes"].items():
                 print(f"    truth {key:20s} {entry['voxels']:6d} voxels -> {entry['majority']:20s} "
                       f"{100 * entry['share']:5.1f} %  {'right' if entry['recovered'] else 'WRONG'}")
             for warning in result.warnings:
                 print(f"    warning: {warning}")
     aris = [row[5]["ari"] for row in rows]
+    labelled = [row[5]["ari_labelled"] for row in rows]
     every = all(entry["recovered"] for row in rows for entry in row[5]["classes"].values())
-    print(f"\nmean ARI {np.mean(aris):.3f} (min {min(aris):.3f}) over {len(rows)} held-out phantoms; every truth class "
+    print(f"\nmean ARI {np.mean(aris):.3f} (min {min(aris):.3f}; {np.mean(labelled):.3f} over the voxels both label) "
+          f"over {len(rows)} held-out phantoms; every truth class "
           f"recovered with the right label: {every}; habitats {np.mean([r[3] for r in rows]):.2f} s per case, plain "
           f"k-means {np.mean([r[4] for r in rows]):.2f} s")
 

@@ -17,7 +17,6 @@ A case that cannot be read is skipped and recorded with its one-sentence reason;
 
 from __future__ import annotations
 
-import itertools
 import os
 import platform
 import time
@@ -45,12 +44,27 @@ class TrainingCases:
         self.folders, self.alignment, self.log = folders, alignment, log
         self.names: list[str] = []
         self.failed: list[dict] = []
+        self._first, self._next = None, 0
+
+    def __len__(self) -> int:  # for the library's progress: the cases it will be given, at most
+        return len(self.folders)
 
     def __iter__(self):
-        for index, folder in enumerate(self.folders):
-            case = self._read(index, folder)
+        if self._first is not None:
+            yield self._first
+        for index in range(self._next, len(self.folders)):
+            case = self._read(index, self.folders[index])
             if case is not None:
                 yield case
+
+    def read_first(self):
+        """The first usable case (None: the cohort has none), read before the training is set up."""
+        for index, folder in enumerate(self.folders):
+            self._next = index + 1
+            self._first = self._read(index, folder)
+            if self._first is not None:
+                break
+        return self._first
 
     def _read(self, index: int, folder: Path):
         import numpy as np
@@ -76,7 +90,8 @@ class TrainingCases:
         self.log(f"{where}: CEL {int(inputs.cel.sum())}, NEL {int(inputs.nel.sum())} DSC voxels "
                  f"({time.monotonic() - started:.1f} s)")
         return HabitatTrainingCase(np.asarray(inputs.dsc.array, np.float32), inputs.timing.times_s, inputs.cel,
-                                   inputs.nel, spacing_mm=tuple(float(v) for v in inputs.dsc.spacing[::-1]))
+                                   inputs.nel, spacing_mm=tuple(float(v) for v in inputs.dsc.spacing[::-1]),
+                                   ijk_to_ras=inputs.dsc.ijk_to_ras)
 
 
 def train_habitat_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, epochs: int | None = None,
@@ -109,13 +124,11 @@ def train_habitat_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, e
     options = {"k_range": (low, high), "seed": seed, "synthetic": synthetic}
     if epochs is not None:
         options["epochs"] = epochs
-    remaining = iter(cases)
-    first = next(remaining, None)  # a cohort without a usable case fails before the training is set up
-    if first is None:
+    if cases.read_first() is None:  # a cohort without a usable case fails before the training is set up
         failed = cases.failed
         raise ValueError(f"No case of the cohort {cohort} could be used for habitat training ({len(failed)} "
                          f"failed; the first: {failed[0]['reason'] if failed else 'none'}).")
-    model = train_habitat_model(itertools.chain([first], remaining), progress=_progress_lines(say), **options)
+    model = train_habitat_model(cases, progress=_progress_lines(say), **options)
     names, failed = cases.names, cases.failed
     wall_time = round(time.monotonic() - started, 1)
     training = {"cases": len(names), "failed_cases": len(failed), "seed": seed,
@@ -174,12 +187,5 @@ def _progress_lines(say: Log):
 
 
 def _k_per_region(model) -> dict:
-    """How many patterns the model found in each region (read from the model as saved, whatever its shape)."""
-    for name in ("k_per_region", "k"):
-        value = getattr(model, name, None)
-        if isinstance(value, dict):
-            return {str(k): int(v) for k, v in value.items()}
-    centres = getattr(model, "centres", None) or getattr(model, "centers", None)
-    if isinstance(centres, dict):
-        return {str(region): int(len(c)) for region, c in centres.items()}
-    return {}
+    """How many patterns the model found in each region."""
+    return {str(region): int(len(centres)) for region, centres in model.centres.items()}
