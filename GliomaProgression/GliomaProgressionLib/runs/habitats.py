@@ -16,6 +16,15 @@ Output folder (written completely or not at all)::
     patterns_dsc.nii.gz   the pattern index of each lesion voxel (habitats.json "patterns"; -1 = none), DSC grid
     pattern_curves.csv    the mean normalised curve of each pattern and of the reference tissues
     habitats.json         fractions, patterns, curves, model (id, sha256, synthetic), alignment, warnings
+
+``gliomaprog run``, which already holds the DSC series, its registration and the lesion, calls the parts::
+
+    package = resolve_habitat_model(model_id)                      # models.habitat_packages
+    labels = lesion_on_dsc_grid(prepared.lesion, dsc_image, prepared.registrations["dsc"])
+    cel, nel = lesion_masks_on_dsc(labels)
+    result = compute_case_habitats(inputs.dsc, inputs.timing.times_s, cel, nel, package, progress)
+    write_habitat_outputs(result, dsc_grid, prepared.reference, staging / HABITATS_FOLDER, package.info(),
+                          registration=prepared.registrations["dsc"])
 """
 
 from __future__ import annotations
