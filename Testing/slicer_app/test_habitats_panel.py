@@ -50,6 +50,7 @@ class MiniCase:
         self.lesion = np.zeros(shape, np.uint8)
         self.lesion[brain & (fromCentre < 7)] = 2
         self.lesion[brain & (fromCentre < 4)] = 3
+        self.highAngiogenic = (self.lesion == 3) & (j < 20)  # truth: the first family of the CEL
         for part, families in ((3, ("high_angiogenic", "low_angiogenic")),
                                (2, ("infiltrated_oedema", "vasogenic_oedema"))):
             for family, half in zip(families, (j < 20, j >= 20)):
@@ -134,13 +135,23 @@ def test_compute_habitats_in_the_panel_and_an_edited_result_is_kept(scene, habit
     for name, colour in segments.items():
         assert colour == pytest.approx(HABITAT_LOOK[name], abs=1e-6), name
     assert ui.habitatsStatusLabel.text.startswith("Done in") and SYNTHETIC_NOTICE in ui.habitatsStatusLabel.text
+    gridNode = mrml.node_from_volume(habitatCase.grid, "DSC grid")
+    high = HABITATS[0].name
+    found = slicer.util.arrayFromSegmentBinaryLabelmap(
+        habitats, habitats.GetSegmentation().GetSegmentIdBySegmentName(high), gridNode) > 0
+    assert (found & habitatCase.highAngiogenic).sum() >= 0.9 * found.sum() > 0, "the habitat is where its curves are"
 
     table = slicer.mrmlScene.GetFirstNodeByName("DSC habitat fractions")
     columns = tableColumns(table)
     assert set(columns["Habitat"]) <= set(HABITAT_LOOK)
+    shares = {region: dict(zip(columns["Habitat"], map(float, columns[f"{region} (%)"]))) for region in REGIONS}
     for region in REGIONS:
-        values = np.array([float(v) for v in columns[f"{region} (%)"]])
-        assert np.nansum(values) == pytest.approx(100.0, abs=0.1), region
+        assert np.nansum(list(shares[region].values())) == pytest.approx(100.0, abs=0.1), region
+        for habitat in HABITATS:  # a habitat of the other region only has no share here
+            if habitat.name in shares[region]:
+                assert np.isnan(shares[region][habitat.name]) == (region not in habitat.regions), habitat.name
+    assert shares["CEL"][high] == pytest.approx(100.0 * habitatCase.highAngiogenic.sum() / (habitatCase.lesion == 3)
+                                                .sum(), abs=10.0)
 
     chart = slicer.mrmlScene.GetFirstNodeByName("DSC habitat curves")
     series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
@@ -152,7 +163,6 @@ def test_compute_habitats_in_the_panel_and_an_edited_result_is_kept(scene, habit
     # Untouched, it is replaced without a question; edited, the user is asked and No keeps it.
     slicer.app.click(ui.habitatsApplyButton)
     assert parameters.outputHabitats is habitats
-    gridNode = mrml.node_from_volume(habitatCase.grid, "DSC grid")
     first = habitats.GetSegmentation().GetNthSegmentID(0)
     edited = slicer.util.arrayFromSegmentBinaryLabelmap(habitats, first, gridNode)
     edited[: edited.shape[0] // 2] = 0  # the user trims a habitat
