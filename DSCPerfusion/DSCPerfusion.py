@@ -480,6 +480,7 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         import time
 
         from DSCPerfusionLib.habitats.pipeline import compute_habitats
+        from GliomaProgressionLib import mrml
 
         started = time.monotonic()
         if sequenceNode is None:
@@ -487,9 +488,7 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
         if lesionNode is None:
             raise ValueError("Choose the lesion segmentation: habitats are found in its enhancing (CEL) and "
                              "non-enhancing (NEL) parts.")
-        package = self.loadHabitatModel(model)
-        from GliomaProgressionLib import mrml
-
+        package = self.loadHabitatModel(model)  # a missing or tampered model fails before the work
         series, times = mrml.volume_from_sequence(sequenceNode, repetitionTimeS)
         grid = type(series)(series.array[0], series.ijk_to_ras)
         cel, nel = self._lesionRegions(lesionNode, grid)
@@ -581,8 +580,9 @@ class DSCPerfusionLogic(ScriptedLoadableModuleLogic):
                 curves[title] = result.reference_curves[key]
                 colours[title] = REFERENCE_CURVE_COLOURS.get(key, (0.0, 0.0, 0.0))
                 references.append(title)
-        chart = mrml.plot_curves(result.times_s, curves, name, "Time (s)", "Signal / white-matter signal",
-                                 colours=colours)
+        # The curves share one time axis, every curve's bolus arrival at the same point (curves.curve_times).
+        chart = mrml.plot_curves(result.times_s, curves, name, "Time, bolus arrivals aligned (s)",
+                                 "Signal / white-matter signal", colours=colours)
         mrml.dash_plot_series(chart, references)
         return chart
 
