@@ -23,6 +23,11 @@ from GliomaProgressionLib import mrml
 from GliomaProgressionLib.runs import chain as run_case
 from GliomaProgressionLib.case.folder import check_nifti_complete, read_dicom_dsc, read_dicom_volume
 from CTVPlannerLib.lesion import LESION_SEGMENTS
+from CTVPlannerLib.schemes import ENHANCING, SNFH
+from DSCPerfusionLib.habitats.labels import HABITAT_BY_VALUE, HABITATS, REGIONS
+from GliomaProgressionLib.case.files import read_volume
+from GliomaProgressionLib.runs.habitats import HABITATS_FILE, HABITATS_FOLDER, HABITATS_JSON
+from scipy.ndimage import distance_transform_edt
 
 SCHEME_KEYS = ("rtog46", "rtog60", "eortc", "estro", "ai", "boost")
 BAD_CASES = {  # case folder -> what its one-line error must say
@@ -239,7 +244,7 @@ def test_scene_reads_back_with_every_node(batch, report, tmp_path):
                                                 "Progression probability", "CE-T1 (acquired)", "FLAIR (acquired)",
                                                 "nCBV (DSC grid)", "rCBV (DSC grid)", "K2 (DSC grid, 1/s)"}
     assert names("vtkMRMLSegmentationNode") == {"Lesion", "Predicted progression", "Brain", "Recurrence",
-                                                "CTV proposals", "NAWM reference"}
+                                                "CTV proposals", "NAWM reference", "Perfusion habitats"}
     assert names("vtkMRMLTableNode") >= {"Verdict", "nCBV by region", "CTV comparison"}
     assert names("vtkMRMLLinearTransformNode") == {"FLAIR to CE-T1", "DSC to CE-T1"}
     assert "Mean deltaR2* curves" in names("vtkMRMLPlotChartNode")
@@ -349,3 +354,88 @@ def test_stage_progress_shows_stage_elapsed_and_eta():
     assert lines[1] == "[case7 3/8 0:03] Progression prediction"
     assert lines[2] == "[case7 3/8 0:13]  25% Sliding window 3/12 (stage 0:10, about 0:30 left)"
     assert timings == {"read": 3.0, "predict": 17.0, "total": 20.0}
+
+
+# --- perfusion habitats (issue 14), on the good case of the batch ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def habitats_run(batch, report):
+    status = batch["rows"]["good"]["status"]
+    return {"code": 0 if status == "complete" else 1, "out": batch["out"] / "good", "report": report}
+
+
+@pytest.mark.slow
+def test_the_habitats_folder_is_written_and_checksummed_in_report_json(habitats_run):
+    assert habitats_run["code"] == 0
+    report, out = habitats_run["report"], habitats_run["out"]
+    assert "skipped" not in report["habitats"]
+    written = sorted(p.relative_to(out).as_posix() for p in (out / HABITATS_FOLDER).iterdir())
+    assert f"{HABITATS_FOLDER}/{HABITATS_FILE}" in written and f"{HABITATS_FOLDER}/{HABITATS_JSON}" in written
+    for name in written:
+        assert report["output_files"][name]["sha256"] == run_case._file_record(out / name)["sha256"], name
+    assert run_case.is_complete(out)
+    assert str(out.parent) not in (out / HABITATS_FOLDER / HABITATS_JSON).read_text(), "no machine path"
+    model = report["habitats"]["model"]
+    assert model["id"] == "habitats-demo" and model["synthetic"] is True and len(model["sha256"]) == 64
+    assert "synthetic" in model["notice"]
+
+
+@pytest.mark.slow
+def test_the_fractions_of_each_region_sum_to_one_and_match_habitats_json(habitats_run):
+    fractions = habitats_run["report"]["habitats"]["fractions"]
+    assert set(fractions) == set(REGIONS)
+    for region in REGIONS:
+        assert sum(fractions[region].values()) == pytest.approx(1.0, abs=1e-3), region
+        assert all(value >= 0 for value in fractions[region].values())
+    written = json.loads((habitats_run["out"] / HABITATS_FOLDER / HABITATS_JSON).read_text())["fractions"]
+    for region in REGIONS:
+        for key, value in fractions[region].items():
+            assert written[region][key] == pytest.approx(value, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_ce_t1_grid_map_lies_on_the_lesion_within_one_dsc_voxel(habitats_run):
+    """Nearest neighbour both ways through one registration: a labelled CE-T1-grid voxel is within half a DSC voxel
+    (and half a 1 mm voxel) of a CEL or NEL voxel; a misplaced map (flipped, shifted, wrong transform) is not."""
+    out = habitats_run["out"]
+    habitats = read_volume(out / HABITATS_FOLDER / HABITATS_FILE)
+    lesion = read_volume(out / "registered" / "lesion.nii.gz")
+    assert habitats.array.shape == lesion.array.shape
+    assert np.allclose(habitats.ijk_to_ras, lesion.ijk_to_ras, atol=1e-4)
+    labelled = habitats.array > 0
+    assert labelled.sum() > 100
+    assert set(np.unique(habitats.array[labelled])) <= set(HABITAT_BY_VALUE)
+    inside = (lesion.array == ENHANCING) | (lesion.array == SNFH)
+    dsc_spacing = read_volume(out / HABITATS_FOLDER / "habitats_dsc.nii.gz").spacing
+    bound = 0.5 * np.linalg.norm(dsc_spacing) + 0.5 * np.linalg.norm(lesion.spacing) + 1e-3
+    box = _box(labelled | inside, margin=int(np.ceil(bound / lesion.spacing.min())) + 1)
+    distance = distance_transform_edt(~inside[box], sampling=lesion.spacing[::-1])
+    assert distance[labelled[box]].max() <= bound
+    assert (labelled & inside).sum() / labelled.sum() >= 0.75  # the rest: DSC voxels across the lesion's border
+    assert (labelled & inside).sum() / inside.sum() >= 0.8
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """The bounding box of ``mask`` grown by ``margin`` voxels: distances near the lesion without the whole grid."""
+    found = np.argwhere(mask)
+    low, high = np.maximum(found.min(axis=0) - margin, 0), found.max(axis=0) + margin + 1
+    return tuple(slice(a, b) for a, b in zip(low, high))
+
+
+@pytest.mark.slow
+def test_the_scene_holds_the_habitat_segmentation_and_fraction_table(habitats_run, tmp_path):
+    scene = mrml.read_scene_bundle(habitats_run["out"] / "scene.mrb", tmp_path / "cache")
+    node = scene.GetFirstNodeByName("Perfusion habitats")
+    assert node is not None and node.IsA("vtkMRMLSegmentationNode")
+    segmentation = node.GetSegmentation()
+    names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    present = {HABITAT_BY_VALUE[int(v)].name for v in np.unique(read_volume(
+        habitats_run["out"] / HABITATS_FOLDER / HABITATS_FILE).array) if v}
+    assert names == present and len(names) >= 2
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        expected = next(h.colour for h in HABITATS if h.name == segment.GetName())
+        assert np.allclose(segment.GetColor(), expected, atol=1e-3)
+    table = scene.GetFirstNodeByName("Perfusion habitat fractions")
+    assert table is not None and table.GetNumberOfRows() == len(HABITATS)
