@@ -25,6 +25,9 @@ the DSC resolution, the lesion carried onto the DSC grid) reaches the hazard rat
 
 Run from the repository root:
     .venv/bin/python benchmarks/habitats_survival_end_to_end.py --out build/e2e120 --n 120 --processes 2
+    .venv/bin/python benchmarks/habitats_survival_end_to_end.py --out build/e2e240 --n 240 --reuse build/e2e120
+(``--reuse``: the first 120 cases linked from the earlier run, which made them from the same seeds; only the
+others are generated, and the wall time counts only them.)
 Synthetic data — not for clinical use.
 """
 
@@ -90,17 +93,37 @@ def one_case(seed: int, phantoms: Path, runs: Path) -> dict:
             "habitats_s": time.monotonic() - generated}
 
 
-def run_cases(seeds: list[int], phantoms: Path, runs: Path, processes: int) -> list[dict]:
+def reused_cases(earlier: Path | None, seeds: list[int], phantoms: Path, runs: Path) -> dict[int, dict]:
+    """The cases of an earlier run of this script (its summary.json) with seeds asked again: linked, not redone
+    (a case depends on its seed alone)."""
+    if earlier is None:
+        return {}
+    summary = earlier / "summary.json"
+    if not summary.is_file():
+        raise ValueError(f"The earlier run {earlier} has no summary.json.")
+    records = {r["seed"]: r for r in json.loads(summary.read_text())["cases"] if r["seed"] in seeds}
+    for record in records.values():
+        for folder, source in ((phantoms, earlier / "phantoms"), (runs, earlier / "habitats")):
+            if (source / record["case"]).is_dir():
+                (folder / record["case"]).symlink_to((source / record["case"]).resolve(), target_is_directory=True)
+    return records
+
+
+def run_cases(seeds: list[int], phantoms: Path, runs: Path, processes: int, earlier: Path | None = None) -> list[dict]:
     phantoms.mkdir(parents=True)
     runs.mkdir(parents=True)
-    records = []
+    reused = reused_cases(earlier, seeds, phantoms, runs)
+    todo = [seed for seed in seeds if seed not in reused]
+    if reused:
+        print(f"  {len(reused)} cases reused from {earlier}", flush=True)
+    records = list(reused.values())
     with ProcessPoolExecutor(max_workers=processes, initializer=_quiet_worker) as pool:
-        futures = [pool.submit(one_case, seed, phantoms, runs) for seed in seeds]
+        futures = [pool.submit(one_case, seed, phantoms, runs) for seed in todo]
         for index, future in enumerate(futures, 1):
             records.append(future.result())
-            if index % 10 == 0 or index == len(seeds):
-                print(f"  {index}/{len(seeds)} cases done", flush=True)
-    return records
+            if index % 10 == 0 or index == len(todo):
+                print(f"  {index}/{len(todo)} cases done", flush=True)
+    return sorted(records, key=lambda r: r["seed"])
 
 
 # --- comparison with the truth ---------------------------------------------------------------------------------
@@ -207,7 +230,7 @@ def print_summary(summary: dict) -> None:
           + "".join(f"\n  {r['case']} ({r['refused_by']}): {r['reason']}" for r in summary["refused"]))
     for source in ("measured", "true_fractions"):
         part = summary[source]
-        print(f"\nCox on the {source.replace('_', ' ')} fractions (habitats + clinical):")
+        print(f"\nCox on the {'measured' if source == 'measured' else 'true'} fractions (habitats + clinical):")
         print("| Covariate | True HR | Estimated HR [95% CI] | Direction | CI holds truth |\n|---|---|---|---|---|")
         for row in part["effects"]:
             print(f"| {row['covariate']} | {row['true_hr']:.2f} | {row['hr']:.2f} [{row['ci_low']:.2f}, "
@@ -236,6 +259,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_FIRST_SEED,
                         help=f"first phantom seed, also the survival simulation's seed (default {DEFAULT_FIRST_SEED})")
     parser.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--reuse", type=Path, metavar="EARLIER_OUT",
+                        help="link the cases (same seeds) of an earlier run's --out instead of making them again")
     args = parser.parse_args()
     if args.n < 20 or args.processes < 1 or args.seed < 0:
         raise SystemExit("--n must be at least 20, --processes at least 1 and --seed not negative.")
@@ -246,9 +271,9 @@ def main() -> None:
     seeds = list(range(args.seed, args.seed + args.n))
     print(f"Generating {args.n} phantoms (seeds {seeds[0]}-{seeds[-1]}) and their habitats with "
           f"{args.processes} processes", flush=True)
-    records = run_cases(seeds, out / "phantoms", out / "habitats", args.processes)
+    records = run_cases(seeds, out / "phantoms", out / "habitats", args.processes, args.reuse)
     summary = {"command": f"benchmarks/habitats_survival_end_to_end.py --n {args.n} --seed {args.seed} "
-                          f"--processes {args.processes}",
+                          f"--processes {args.processes}" + (f" --reuse {args.reuse}" if args.reuse else ""),
                "share_ranges": SHARE_RANGES, "phantom_size": "small",
                "refused": [r for r in records if "reason" in r]}
     summary.update(analyse(out, records, args.seed))
