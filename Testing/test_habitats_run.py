@@ -66,7 +66,7 @@ def test_habitats_end_to_end_on_the_phantom(habitat_case, tmp_path, capsys):
     data = json.loads((out / run.HABITATS_JSON).read_text(encoding="utf-8"))
     assert set(data["fractions"]) == {"CEL", "NEL"}
     for region, fractions in data["fractions"].items():
-        assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-6), region
+        assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-5), region  # each rounded to 6 decimals
         assert all(region in HABITAT_BY_KEY[key].regions for key in fractions), fractions
     assert data["model"]["synthetic"] and data["model"]["sha256"] and data["alignment"]["method"] == "registration"
     on_dsc, on_t1c = _array(out / run.HABITATS_DSC_FILE), _array(out / run.HABITATS_FILE)
