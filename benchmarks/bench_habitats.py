@@ -16,6 +16,12 @@ method gave most of its voxels (recovered when it is the same habitat). The issu
 truth class recovered with the right label; habitats of one full-size case <= 10 s on 2 CPU cores.
 
 Run from the repository root:  .venv/bin/python benchmarks/bench_habitats.py [--seeds 4100 4101 4102]
+
+Measured 2026-12-07 (habitats-demo sha256 11029b84..., 2 cores shared with four other jobs, load 5-9): habitats
+2.5, 4.7, 2.3 s per full-size case, plain k-means on the raw curves 7.2, 3.2, 1.4 s (both with the reference
+tissues and curve normalisation); ARI over the truth's voxels 0.766, 0.728, 0.753 (mean 0.749), over the voxels
+both label 0.862, 0.801, 0.832 (mean 0.832), plain k-means 0.446, 0.474, 0.464; coverage of the truth's habitat
+voxels 0.954-0.960; every truth habitat recovered with the right label in all three (75-91 % of its voxels).
 """
 
 from __future__ import annotations

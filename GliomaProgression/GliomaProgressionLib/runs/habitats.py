@@ -62,6 +62,8 @@ ALIGNMENTS = {
                "(no registration: right only when the patient did not move between the series)",
 }
 DEFAULT_ALIGNMENT = "registration"
+# What habitats.json holds at its top level; the library's report keeps the rest (reference parameters, timings).
+TOP_LEVEL = ("fractions", "patterns", "pattern_curves", "reference_curves", "times_s", "warnings")
 REFERENCE_GRID = "CE-T1 resampled to 1 mm isotropic voxels (linear): gliomaprog run's reference grid"
 
 
@@ -227,9 +229,11 @@ def habitats_on_reference(labels: np.ndarray, dsc_grid: Volume, reference_grid: 
     return resample_onto(reference_grid, moving, registration, labels=True)
 
 
-def pattern_curves_csv(times_s, pattern_curves: dict, reference_curves: dict) -> str:
-    """One row per curve point: time, then each pattern's and each reference tissue's mean normalised curve."""
-    columns = {**{f"pattern {name}": curve for name, curve in pattern_curves.items()},
+def pattern_curves_csv(times_s, pattern_curves: dict, reference_curves: dict, pattern_table: list[dict] = ()) -> str:
+    """One row per curve point: time, then each pattern's ("CEL 1 perinecrotic": region, number, habitat) and each
+    reference tissue's mean normalised curve."""
+    habitat = {f"{row['region']} {row['pattern']}": row.get("habitat", "") for row in pattern_table}
+    columns = {**{f"{name} {habitat.get(name, '')}".strip(): curve for name, curve in pattern_curves.items()},
                **{f"reference {name}": curve for name, curve in reference_curves.items()}}
     points = max((len(curve) for curve in columns.values()), default=0)
     times = list(times_s) if times_s is not None and len(times_s) == points else list(range(points))
@@ -286,9 +290,6 @@ def write_habitat_outputs(result, dsc_grid: Volume, reference_grid: sitk.Image, 
     labels = np.asarray(result.labels, np.uint8)
     on_reference = habitats_on_reference(labels, dsc_grid, reference_grid, registration)
     all_warnings = list(warnings or []) + list((result.report or {}).get("warnings", []))
-    if model_info.get("synthetic"):
-        all_warnings.append(f"The habitat model '{model_info.get('id')}': "
-                            f"{model_info.get('notice') or 'trained on synthetic data'}")
     data = {
         "software": "GliomaProgression perfusion habitats (Yun et al. 2023, AJNR)",
         "inputs": inputs or {},
@@ -305,7 +306,7 @@ def write_habitat_outputs(result, dsc_grid: Volume, reference_grid: sitk.Image, 
                   "computed", PATTERNS_DSC_FILE: "the DSC series' grid"},
         "voxels": {"dsc_grid": {str(v): int((labels == v).sum()) for v in np.unique(labels) if v},
                    "reference_grid": _counts(on_reference)},
-        "report": _plain(result.report or {}),
+        "report": _plain({k: v for k, v in (result.report or {}).items() if k not in TOP_LEVEL}),
         "warnings": all_warnings,
         "outputs": list(OUTPUT_FILES),
     }
@@ -315,8 +316,8 @@ def write_habitat_outputs(result, dsc_grid: Volume, reference_grid: sitk.Image, 
         write_volume(Volume(labels, dsc_grid.ijk_to_ras), staging / HABITATS_DSC_FILE)
         write_volume(Volume(np.asarray(result.patterns, np.int16), dsc_grid.ijk_to_ras), staging / PATTERNS_DSC_FILE)
         write_image(on_reference, staging / HABITATS_FILE)
-        write_text(pattern_curves_csv(result.times_s, result.pattern_curves, result.reference_curves),
-                   staging / PATTERN_CURVES_CSV)
+        write_text(pattern_curves_csv(result.times_s, result.pattern_curves, result.reference_curves,
+                                      result.pattern_table), staging / PATTERN_CURVES_CSV)
         write_json(data, staging / HABITATS_JSON)
     return data
 
