@@ -110,6 +110,23 @@ def test_a_lesion_without_cel_or_nel_is_refused_in_one_line(habitat_case, tmp_pa
     _nothing_written(tmp_path, tmp_path / "out")
 
 
+def test_too_few_cel_voxels_on_the_dsc_grid_are_refused_in_one_line(habitat_case, tmp_path, capsys):
+    case = _copy_case(habitat_case, tmp_path / "case")
+    lesion = sitk.ReadImage(str(case / "lesion.nii.gz"))
+    array = sitk.GetArrayFromImage(lesion)
+    enhancing = np.argwhere(array == 3)
+    keep = np.zeros(array.shape, bool)
+    k, j, i = enhancing[len(enhancing) // 2]
+    keep[k - 1:k + 2, j - 2:j + 3, i - 2:i + 3] = True  # a few mm of the rim: one or two DSC voxels
+    array[(array == 3) & ~keep] = 1
+    changed = sitk.GetImageFromArray(array)
+    changed.CopyInformation(lesion)
+    sitk.WriteImage(changed, str(case / "lesion.nii.gz"))
+    result = _gliomaprog(capsys, "habitats", case, "--out", tmp_path / "out", "--alignment", "scanner", "--quiet")
+    assert_one_line_error(result, "The CEL has", "voxels on the DSC grid", "at least")
+    _nothing_written(tmp_path, tmp_path / "out")
+
+
 def test_a_tampered_or_unknown_model_is_refused_before_any_work(habitat_case, tmp_path, capsys, monkeypatch):
     from GliomaProgressionLib.models import packages
     from GliomaProgressionLib.models.habitat_packages import DEFAULT_HABITAT_MODEL, available_habitat_models
