@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import assert_one_line_error, gliomaprog
 
-from DSCPerfusionLib.ftb import FTB_CLASSES, FTB_KEYS, WHOLE_LESION, classify, fractions, lesion_ftb
+from DSCPerfusionLib.ftb import FTB_CLASSES, FTB_KEYS, FTB_THRESHOLDS, WHOLE_LESION, classify, fractions, lesion_ftb
 
 from GliomaProgressionLib.case.files import read_volume
 
@@ -121,10 +121,33 @@ def test_inverted_ftb_thresholds_are_refused_before_the_work(small_case_folder, 
     assert not out.exists()
 
 
+def test_run_takes_the_ftb_thresholds_to_the_perfusion_folder_and_the_report(tmp_path, monkeypatch):
+    from GliomaProgressionLib.cli import main as cli
+    from GliomaProgressionLib.report.figure import ftb_data
+    from GliomaProgressionLib.runs import chain
+
+    seen = []
+    monkeypatch.setattr(chain, "run_case", lambda case, out, settings, progress: seen.append(settings) or {})
+    monkeypatch.setattr(chain, "summary_line", lambda data, out: "")
+    assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "out"), "--ftb-thresholds", "1.2", "2.5"]) == 0
+    assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert [settings.ftb_thresholds for settings in seen] == [(1.2, 2.5), FTB_THRESHOLDS]
+    # The report's FTB uses them: nCBV 2.0 is high at the defaults, intermediate below 2.5.
+    enhancing = ftb_data(_report_case(tmp_path, None, (1.2, 2.5)))["regions"]["Enhancing tumour"]
+    assert enhancing["high"] == 0.25 and enhancing["intermediate"] == 0.5
+
+
+def test_run_refuses_inverted_ftb_thresholds_before_the_work(small_case_folder, tmp_path):
+    out = tmp_path / "run"
+    result = gliomaprog("run", small_case_folder, "--out", out, "--ftb-thresholds", "2", "1", "--no-habitats")
+    assert_one_line_error(result, "FTB threshold")
+    assert not out.exists()
+
+
 # --- the case report --------------------------------------------------------------------------------------------
 
 
-def _report_case(tmp_path, sidecar: dict | None):
+def _report_case(tmp_path, sidecar: dict | None, thresholds=FTB_THRESHOLDS):
     """The few parts of a run's results the report's FTB and protocol entries read (1 x 2 x 4 voxel images)."""
     from types import SimpleNamespace
 
@@ -140,7 +163,8 @@ def _report_case(tmp_path, sidecar: dict | None):
         (tmp_path / "dsc.json").write_text(json.dumps(sidecar))
     timing = SimpleNamespace(te_s=0.045, times_s=np.arange(90) * 1.25)
     prepared = SimpleNamespace(perfusion=SimpleNamespace(arrival_frame=35), channels={"ncbv": ncbv}, lesion=lesion)
-    return SimpleNamespace(prepared=prepared, brain=brain, inputs=SimpleNamespace(folder=tmp_path, timing=timing))
+    return SimpleNamespace(prepared=prepared, brain=brain, inputs=SimpleNamespace(folder=tmp_path, timing=timing),
+                           settings=SimpleNamespace(ftb_thresholds=thresholds))
 
 
 def test_report_entries(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from DSCPerfusionLib.ftb import FTB_THRESHOLDS
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_HELP, LEAKAGE_METHODS
 
 from GliomaProgressionLib.models.habitat_packages import DEFAULT_HABITAT_MODEL
@@ -39,6 +40,9 @@ def add_commands(subparsers) -> None:
                      help="voxels needed for a 'progression' verdict (default 1)")
     run.add_argument("--leakage", choices=LEAKAGE_METHODS, default=DEFAULT_LEAKAGE_METHOD,
                      help=f"DSC {LEAKAGE_HELP}")
+    run.add_argument("--ftb-thresholds", nargs=2, type=float, metavar=("LOW", "HIGH"), default=FTB_THRESHOLDS,
+                     help="nCBV thresholds of the fractional tumour burden classes (default %(default)s; see "
+                          "gliomaprog perfusion --help)")
     run.add_argument("--trust-model", action="store_true",
                      help="load a package that cannot be loaded safely (runs code from it)")
     run.add_argument("--no-habitats", action="store_true",
@@ -59,7 +63,8 @@ def _run_command(args: argparse.Namespace) -> int:
     settings = RunSettings(model=args.model, device=args.device, schemes=schemes, geodesic=args.geodesic,
                            threshold=args.threshold, min_voxels=args.min_voxels, leakage=args.leakage,
                            trust_model=args.trust_model, recurrence=args.recurrence,
-                           habitats=not args.no_habitats, habitat_model=args.habitat_model)
+                           habitats=not args.no_habitats, habitat_model=args.habitat_model,
+                           ftb_thresholds=tuple(args.ftb_thresholds))
     if args.batch:
         rows = run_batch(args.case, args.out, settings, args.quiet)
         print(batch_summary(rows, args.out))

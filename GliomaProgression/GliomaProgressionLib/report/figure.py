@@ -29,7 +29,7 @@ import SimpleITK as sitk
 from CTVPlannerLib.schemes import TARGET_COLOURS
 
 from CTVPlannerLib.lesion import LESION_SEGMENTS
-from DSCPerfusionLib.ftb import FTB_KEYS, FTB_THRESHOLDS, lesion_ftb
+from DSCPerfusionLib.ftb import FTB_KEYS, lesion_ftb
 from DSCPerfusionLib.habitats.labels import HABITATS, REGIONS
 from DSCPerfusionLib.protocol import check_protocol, protocol_report, summary_line
 
@@ -98,8 +98,7 @@ def ncbv_statistics(results: CaseResults) -> dict:
 
 
 def ftb_data(results: CaseResults) -> dict:
-    """Fractional tumour burden per lesion part, on the grid of the nCBV table (``gliomaprog run`` uses the
-    default thresholds)."""
+    """Fractional tumour burden per lesion part, on the grid of the nCBV table, with the run's thresholds."""
     prepared = results.prepared
     if prepared.perfusion is None:
         return {"skipped": PERFUSION_SKIPPED}
@@ -107,7 +106,7 @@ def ftb_data(results: CaseResults) -> dict:
     labels = sitk.GetArrayViewFromImage(prepared.lesion)
     brain = sitk.GetArrayViewFromImage(results.brain) > 0
     names = {value: name for value, (name, _) in LESION_SEGMENTS.items()}
-    return lesion_ftb(ncbv, labels, brain, names, FTB_THRESHOLDS, "1 mm CE-T1 grid")[1]
+    return lesion_ftb(ncbv, labels, brain, names, results.settings.ftb_thresholds, "1 mm CE-T1 grid")[1]
 
 
 def habitats_data(results: CaseResults) -> dict:

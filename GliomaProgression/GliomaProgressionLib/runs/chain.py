@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
+from DSCPerfusionLib.ftb import FTB_THRESHOLDS, checked_thresholds
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
 
 from GliomaProgressionLib.models.habitat_packages import DEFAULT_HABITAT_MODEL
@@ -104,6 +105,7 @@ class RunSettings:
     recurrence: Path | None = None  # overrides <case>/recurrence (single case only)
     habitats: bool = True  # perfusion habitats when the case has DSC and a CEL and a NEL
     habitat_model: str = DEFAULT_HABITAT_MODEL  # id in Models.json, or a package zip/folder
+    ftb_thresholds: tuple[float, float] = FTB_THRESHOLDS  # nCBV: low < LOW <= intermediate <= HIGH < high
 
     def prediction_settings(self):
         from GliomaProgressionLib.runs.predict import PredictionSettings
@@ -378,7 +380,8 @@ def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> 
                                 options=PerfusionOptions(te_s=inputs.timing.te_s, leakage=results.settings.leakage),
                                 elapsed_s=prepared.qc["timings_s"].get("perfusion_s", 0.0),
                                 lesion_labels=labels if labels.any() else None,
-                                header=dsc_sidecar_header(inputs.folder))
+                                header=dsc_sidecar_header(inputs.folder),
+                                ftb_thresholds=results.settings.ftb_thresholds)
     if results.habitats is not None:
         write_habitat_outputs(results.habitats.result, dsc_grid(inputs), prepared.reference, staging / HABITATS_FOLDER,
                               results.habitats.package.info(), registration=prepared.registrations["dsc"],
@@ -516,6 +519,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     progress = progress or StageProgress(Path(case_folder).name)
     prediction_settings = settings.prediction_settings()
     parse_schemes(list(settings.schemes) if settings.schemes else None, True)  # a bad name fails before the work
+    checked_thresholds(settings.ftb_thresholds)
     progress.start("read")
     # DSC is optional: read when the folder has it (nCBV for the report even with the conventional model)
     inputs = read_case(case_folder, settings.recurrence, with_dsc=has_series(case_folder, "dsc"))
