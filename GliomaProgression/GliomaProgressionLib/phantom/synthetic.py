@@ -58,8 +58,9 @@ vasogenic_oedema     0.8     9    0     1400 water, compressed vessels: the high
 
 Every family's parameters are uniform inside it; the DSC voxels see them through partial volume with the
 neighbours (necrosis, other families, normal tissue), which the habitat method has to live with as in patients.
-Truth: ``habitats`` (CE-T1 grid) and ``habitats_dsc`` (DSC grid) hold the habitat values at each voxel's centre,
-``lesion_dsc`` the lesion labels there (which region a DSC voxel's habitat is in), and ``SyntheticCase.habitats``
+Truth: ``habitats`` (CE-T1 grid) holds the habitat value at each voxel's centre; on the DSC grid ``lesion_dsc`` the
+lesion label filling most of each voxel (background included: partial volume as the signal is made) and
+``habitats_dsc`` the habitat of that region filling most of it; ``SyntheticCase.habitats``
 (``truth/habitats.json``) the fraction of each region in each habitat, voxel counts and the family parameters.
 The burden varies per case: the shares of the high-angiogenic and perinecrotic CEL and of the low-angiogenic
 NEL are drawn within ``HABITAT_SHARE_BOUNDS`` unless given; the infiltrated share is the progression region's
@@ -514,6 +515,31 @@ def _infiltrated_oedema(nel: np.ndarray, wedge: np.ndarray, share: float | None,
     return grown
 
 
+def _habitats_by_volume(habitat_map: np.ndarray, lesion_labels: np.ndarray, anatomy_grid: sitk.Image,
+                        grid: sitk.Image, pose: HeadPose, oversample: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+    """(habitats, lesion labels) on ``grid``: the lesion label filling most of each voxel (background included), then
+    in a CEL or NEL voxel the habitat of that region filling most of it, each share of the voxel taken by ``acquire``
+    as the signal's partial volume is. A DSC voxel's curve is the mix of its tissues, so its truth is the tissue that
+    dominates that mix, not the one at its centre (a 1.8 x 1.8 x 5 mm voxel on the lesion's edge is often mostly
+    normal brain)."""
+    def share(mask: np.ndarray) -> np.ndarray:
+        return acquire(_as_image(mask.astype(np.float32), anatomy_grid), grid, pose, oversample)
+
+    def most(masks: dict) -> np.ndarray:
+        values = np.array(list(masks), np.uint8)
+        return values[np.argmax(np.stack([share(mask) for mask in masks.values()]), axis=0)]
+
+    lesion = most({value: lesion_labels == value for value in np.unique(lesion_labels)})
+    habitats = np.zeros_like(lesion)
+    for region, label in {"CEL": LABELS["enhancing"], "NEL": LABELS["oedema"]}.items():
+        in_region = lesion_labels == label
+        present = [h.value for h in HABITATS if region in h.regions and (habitat_map[in_region] == h.value).any()]
+        if present:
+            chosen = most({value: in_region & (habitat_map == value) for value in present})
+            habitats[lesion == label] = chosen[lesion == label]
+    return habitats, lesion
+
+
 def _apply_habitats(maps: dict[str, np.ndarray], habitats: np.ndarray) -> None:
     """Each habitat's DSC parameters (``HABITAT_FAMILIES``) in place of its region's single values."""
     for key, family in HABITAT_FAMILIES.items():
@@ -738,14 +764,15 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
         poses, grids = {k: v for k, v in poses.items() if k != "dsc"}, {k: v for k, v in grids.items() if k != "dsc"}
     habitats = None
     if config.habitats:
-        # Labels at each voxel centre, as the lesion and progression truths: the CE-T1 grid's habitats fill its
-        # CEL and NEL exactly; the DSC grid's are what its curves are labelled against.
+        # CE-T1 grid: labels at each voxel centre, as the lesion and progression truths (its habitats fill its CEL
+        # and NEL exactly). DSC grid: what its curves are labelled against, so the label filling most of each
+        # voxel, weighed as the signal mixes its tissues (``_habitats_by_volume``).
         habitat_image = _as_image(habitat_map, anatomy.grid)
         truth["habitats"] = volume(acquire_labels(habitat_image, grids["t1c"], poses["t1c"]), "t1c")
         on_dsc = lesion_dsc = None
         if config.dsc:
-            on_dsc = acquire_labels(habitat_image, grids["dsc"], poses["dsc"])
-            lesion_dsc = acquire_labels(label_image, grids["dsc"], poses["dsc"])
+            dsc_view = (anatomy.grid, grids["dsc"], poses["dsc"], protocols["dsc"].oversample)
+            on_dsc, lesion_dsc = _habitats_by_volume(habitat_map, tumour.labels, *dsc_view)
             truth["habitats_dsc"] = volume(on_dsc, "dsc")
             truth["lesion_dsc"] = volume(lesion_dsc, "dsc")  # which region each DSC voxel's habitat is in
         habitats = _habitat_summary(shares, truth["habitats"], volume(lesion, "t1c"), on_dsc, lesion_dsc)
