@@ -182,3 +182,19 @@ def test_habitats_train_refuses_a_cohort_without_usable_case(habitat_case, tmp_p
     result = _gliomaprog(capsys, "cohort", "habitats-train", cohort, "--out", tmp_path / "model", "--quiet")
     assert_one_line_error(result, "No case of the cohort", "need a DSC series")
     _nothing_written(tmp_path, tmp_path / "model")
+
+
+def test_lesion_reaches_the_dsc_grid_by_the_label_filling_most_of_each_voxel():
+    """A 1 mm plane of NEL through DSC voxel centres fills a fifth of those 5 mm voxels: no lesion there, where
+    nearest neighbour of the centre would say NEL; a CEL slab filling whole DSC voxels stays CEL."""
+    labels = np.zeros((20, 10, 10), np.uint8)  # [z, y, x], 1 mm voxels from 0 mm
+    labels[7] = 2
+    labels[10:15] = 3
+    lesion = sitk.GetImageFromArray(labels)
+    dsc_grid = sitk.Image([5, 5, 4], sitk.sitkFloat32)
+    dsc_grid.SetSpacing((2.0, 2.0, 5.0))
+    dsc_grid.SetOrigin((0.5, 0.5, 2.0))  # DSC slices centred on z = 2, 7, 12, 17 mm
+    on_dsc = run.lesion_by_volume_on_dsc(lesion, dsc_grid, None)
+    centre = sitk.GetArrayFromImage(sitk.Resample(lesion, dsc_grid, sitk.Transform(), sitk.sitkNearestNeighbor))
+    assert (centre[1] == 2).all() and (on_dsc[1] == 0).all()
+    assert (on_dsc[2] == 3).all() and (on_dsc[[0, 3]] == 0).all()

@@ -271,14 +271,14 @@ def dsc_grid(inputs: CaseInputs):
 
 
 def lesion_on_dsc(inputs: CaseInputs, prepared: PreparedCase) -> np.ndarray | None:
-    """The reference-grid lesion carried onto the DSC grid by the DSC registration (None without DSC): computed
-    once, for the FTB map and the habitats."""
+    """The reference-grid lesion carried onto the DSC grid by the DSC registration, each DSC voxel taking the label
+    filling most of its volume (None without DSC): computed once, for the FTB map and the habitats."""
     from GliomaProgressionLib.case.geometry import sitk_from_volume
-    from GliomaProgressionLib.case.preprocess import lesion_on_dsc_grid
+    from GliomaProgressionLib.runs.habitats import lesion_by_volume_on_dsc
 
     if prepared.perfusion is None:
         return None
-    return lesion_on_dsc_grid(prepared.lesion, sitk_from_volume(dsc_grid(inputs)), prepared.registrations["dsc"])
+    return lesion_by_volume_on_dsc(prepared.lesion, sitk_from_volume(dsc_grid(inputs)), prepared.registrations["dsc"])
 
 
 def habitat_skip_reason(settings: RunSettings, prepared: PreparedCase, dsc_lesion: np.ndarray | None) -> str | None:

@@ -2,9 +2,10 @@
 series and lesion -> habitat label maps, fractions per lesion region and the mean curve of each pattern.
 
 The lesion's contrast-enhancing part (CEL: BraTS label 3, enhancing tumour) and non-enhancing part (NEL: label 2,
-SNFH) are carried onto the DSC grid by nearest neighbour, either through the rigid registration of the DSC series'
-pre-bolus image to CE-T1 that ``gliomaprog run`` uses (``case.preprocess``; the default) or in scanner coordinates
-(right only when the patient did not move between the series). The habitats are computed there
+SNFH) are carried onto the DSC grid, each DSC voxel taking the label filling most of its volume
+(``lesion_by_volume_on_dsc``: a DSC curve is the mix of its voxel's tissues), either through the rigid registration
+of the DSC series' pre-bolus image to CE-T1 that ``gliomaprog run`` uses (``case.preprocess``; the default) or in
+scanner coordinates (right only when the patient did not move between the series). The habitats are computed there
 (``DSCPerfusionLib.habitats.pipeline.compute_habitats`` with a habitat model from ``models.habitat_packages``) and
 the label map is brought back onto the CE-T1 reference grid (CE-T1 resampled to 1 mm, as ``gliomaprog run``'s
 ``registered/``) by the same transform. habitats.json says which alignment was used.
@@ -20,7 +21,7 @@ Output folder (written completely or not at all)::
 ``gliomaprog run``, which already holds the DSC series, its registration and the lesion, calls the parts::
 
     package = resolve_habitat_model(model_id)                      # models.habitat_packages
-    labels = lesion_on_dsc_grid(prepared.lesion, dsc_image, prepared.registrations["dsc"])
+    labels = lesion_by_volume_on_dsc(prepared.lesion, dsc_image, prepared.registrations["dsc"])
     cel, nel = lesion_masks_on_dsc(labels)
     result = compute_case_habitats(inputs.dsc, inputs.timing.times_s, cel, nel, package, progress)
     write_habitat_outputs(result, dsc_grid, prepared.reference, staging / HABITATS_FOLDER, package.info(),
@@ -134,7 +135,7 @@ def read_habitat_inputs(case_folder: str | Path, alignment: str = DEFAULT_ALIGNM
     import numpy as np
 
     from GliomaProgressionLib.case.folder import read_dsc_series, read_series
-    from GliomaProgressionLib.case.preprocess import dsc_registration_image, lesion_on_dsc_grid
+    from GliomaProgressionLib.case.preprocess import dsc_registration_image
     from GliomaProgressionLib.case.registration import check_overlap, isotropic_reference, register_rigid
 
     report = progress or (lambda fraction, message: None)
@@ -152,10 +153,7 @@ def read_habitat_inputs(case_folder: str | Path, alignment: str = DEFAULT_ALIGNM
     if alignment == "registration":
         report(0.1, "Registering the DSC series to CE-T1")
         registration = register_rigid(reference, dsc_image, "DSC")
-        labels = lesion_on_dsc_grid(lesion, dsc_image, registration)
-    else:
-        labels = sitk.GetArrayFromImage(sitk.Resample(lesion, dsc_image, sitk.Transform(), sitk.sitkNearestNeighbor,
-                                                      0, sitk.sitkUInt8))
+    labels = lesion_by_volume_on_dsc(lesion, dsc_image, registration)
     cel, nel = lesion_masks_on_dsc(labels, f"The lesion of the case {folder.name}, carried onto the DSC grid,")
     notes = list(registration.warnings) if registration is not None else []
     return HabitatInputs(folder.name, dsc, timing, cel, nel, reference, registration, alignment, notes=notes)
@@ -197,6 +195,38 @@ def compute_case_habitats(dsc: Volume, times_s, cel: np.ndarray, nel: np.ndarray
     return compute_habitats(dsc.array, times_s, cel, nel, package.model,
                             spacing_mm=tuple(float(s) for s in dsc.spacing[::-1]), ijk_to_ras=dsc.ijk_to_ras,
                             progress=progress)
+
+
+def lesion_by_volume_on_dsc(lesion: sitk.Image, dsc_grid: sitk.Image,
+                            registration: RigidRegistration | None) -> np.ndarray:
+    """Lesion labels (BraTS, ``[k, j, i]``) on the DSC grid, each DSC voxel taking the label that fills most of its
+    volume (background included), through the DSC series' registration to the lesion's space (None: scanner
+    coordinates). A DSC voxel (often 2 x 2 x 5 mm) on the lesion's edge whose centre falls in it can be mostly normal
+    brain, and its curve is then mostly normal brain's: nearest neighbour of the centre would label it lesion.
+
+    The volume shares are counted on a sub-grid of the DSC grid about as fine as the lesion's (each DSC voxel split
+    into whole sub-voxels centred on it), each sub-voxel taking the lesion label at its centre."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    spacing = np.array(dsc_grid.GetSpacing())
+    factors = np.maximum(1, np.ceil(spacing / min(lesion.GetSpacing()) - 1e-6)).astype(int)
+    fine_spacing = spacing / factors
+    direction = np.array(dsc_grid.GetDirection()).reshape(3, 3)
+    fine = sitk.Image([int(n * f) for n, f in zip(dsc_grid.GetSize(), factors)], sitk.sitkUInt8)
+    fine.SetSpacing(tuple(float(v) for v in fine_spacing))
+    fine.SetDirection(dsc_grid.GetDirection())
+    # Each block of sub-voxels centred on the DSC voxel it makes up.
+    origin = np.array(dsc_grid.GetOrigin()) - direction @ ((factors - 1) / 2 * fine_spacing)
+    fine.SetOrigin(tuple(float(v) for v in origin))
+    transform = registration.transform.GetInverse() if registration is not None else sitk.Transform()
+    labels = sitk.GetArrayFromImage(sitk.Resample(lesion, fine, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    fi, fj, fk = factors
+    size_i, size_j, size_k = dsc_grid.GetSize()
+    blocks = labels.reshape(size_k, fk, size_j, fj, size_i, fi)
+    values = np.unique(labels)
+    counts = np.stack([(blocks == value).sum(axis=(1, 3, 5)) for value in values])
+    return values[np.argmax(counts, axis=0)].astype(np.uint8)
 
 
 def lesion_masks_on_dsc(labels_on_dsc: np.ndarray, where: str = "The lesion, on the DSC grid,") \
