@@ -9,19 +9,23 @@ grid), then timed in one run (after one untimed call that loads torch and scikit
 - plain k-means (scikit-learn, the model's k per region, 10 initialisations) on the same normalised raw curves
   (``pipeline.prepare_case``, timed with it), for comparison.
 
-Agreement with the truth (``truth/habitats_dsc.nii.gz``, habitat values on the DSC grid): adjusted Rand index over
-the truth's habitat voxels (a voxel the method left out, its lesion carried onto the DSC grid a little off, counts as
-label 0), over the voxels both label, and with the model's training names (``relabel=False``); and for each truth habitat the label the
-method gave most of its voxels (recovered when it is the same habitat). The issue's acceptance: ARI >= 0.8 and every
+Agreement with the truth (``truth/habitats_dsc.nii.gz``: on the DSC grid, the habitat filling most of each voxel of
+the region filling most of it): adjusted Rand index over the truth's habitat voxels (a voxel the method left out, its
+lesion carried onto the DSC grid a little off, counts as label 0), over the voxels both label, and with the model's
+training names (``relabel=False``); and for each truth habitat the label the method gave most of its voxels
+(recovered when it is the same habitat). The issue's acceptance: ARI >= 0.8 and every
 truth class recovered with the right label; habitats of one full-size case <= 10 s on 2 CPU cores.
 
 Run from the repository root:  .venv/bin/python benchmarks/bench_habitats.py [--seeds 4100 4101 4102]
 
-Measured 2026-12-07 (habitats-demo sha256 11029b84..., 2 cores shared with four other jobs, load 5-9): habitats
-2.5, 4.7, 2.3 s per full-size case, plain k-means on the raw curves 7.2, 3.2, 1.4 s (both with the reference
-tissues and curve normalisation); ARI over the truth's voxels 0.766, 0.728, 0.753 (mean 0.749), over the voxels
-both label 0.862, 0.801, 0.832 (mean 0.832), plain k-means 0.446, 0.474, 0.464; coverage of the truth's habitat
-voxels 0.954-0.960; every truth habitat recovered with the right label in all three (75-91 % of its voxels).
+Measured 2026-12-07 (habitats-demo sha256 11029b84..., 2 cores shared with other jobs), with the DSC-grid truth
+as the phantom now makes it (the lesion label, then the habitat, filling most of each DSC voxel, weighed as the
+signal's partial volume) and the lesion carried onto the DSC grid the same way (``lesion_by_volume_on_dsc``):
+habitats 1.0, 3.6, 1.3 s per full-size case, plain k-means on the raw curves 2.0, 3.7, 2.2 s; ARI over the truth's
+voxels 0.809, 0.800, 0.805 (mean 0.805), over the voxels both label 0.920, 0.880, 0.891, plain k-means 0.458,
+0.511, 0.487; coverage of the truth's habitat voxels 0.949-0.959; every truth habitat recovered with the right label
+in all three (75-94 % of its voxels). Before, with the truth at each DSC voxel's centre and the lesion carried by
+nearest neighbour: ARI 0.766, 0.728, 0.753 (0.862, 0.801, 0.832 over the voxels both label).
 """
 
 from __future__ import annotations
