@@ -10,7 +10,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
 DEMO := demo_output
 
-.PHONY: all venv test test-main test-slicer test-fast test-fast-main test-fast-slicer panels demo demo-habitat-model clean
+.PHONY: all venv test test-main test-replicate test-slicer test-fast test-fast-main test-fast-slicer panels demo demo-habitat-model clean
 
 all: test
 
@@ -40,7 +40,12 @@ test: $(STAMP)
 
 # Two workers, a test file each at a time (module fixtures stay in one process): 470 s instead of 660 s on 2 cores.
 test-main: $(STAMP)
-	$(call run_pytest,,-n 2 --dist loadfile)
+	$(call run_pytest,,-n 2 --dist loadfile -m "not replicate")
+
+# The cohort replication end to end on a tiny cohort (~3 min on 2 cores): its parts are tested in make test, the
+# whole command here, to keep make test within 15 minutes. Run it when cohort/replicate.py or what it calls changes.
+test-replicate: $(STAMP)
+	$(call run_pytest,,Testing/test_cohort_replicate.py -m replicate)
 
 # Both versions side by side (two cores; output kept per version).
 test-slicer: $(STAMP)

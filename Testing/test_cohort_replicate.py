@@ -46,6 +46,7 @@ def test_sensitivity_is_split_by_flair_visibility(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.replicate  # its parts (export, train, package, predict, evaluate) are tested end to end in make test
 def test_replicate_runs_end_to_end_on_a_tiny_cohort(tmp_path, fresh_model_cache):
     """The command as a user runs it, in a process of its own (its pools, training processes and descriptor
     redirections do not meet the test runner's output capture)."""

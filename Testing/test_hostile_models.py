@@ -117,7 +117,7 @@ def test_run_refuses_cyclic_plans_of_a_real_case(tmp_path, small_case_folder):
     package = _package(tmp_path, "cycle", {"plans.json": _cyclic_plans(1)})
     environment = {**os.environ, "GLIOMAPROG_MODELS_DIR": str(cache)}
     result = gliomaprog("run", small_case_folder, "--model", package, "--out", tmp_path / "run", "--quiet",
-                        timeout=60, env=environment)
+                        "--no-habitats", timeout=60, env=environment)  # refused at prediction: habitats are not it
     assert_one_line_error(result, package.name, "cycle", after_progress=True)
     assert _nothing_installed(cache) and not (tmp_path / "run").exists()
 
