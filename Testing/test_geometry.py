@@ -163,3 +163,19 @@ def test_a_nrrd_case_folder_loads_into_the_scene_as_gliomaprog_run_reads_it(scen
     (tmp_path / "flair.nii").unlink()
     with pytest.raises(ValueError, match="has no FLAIR"):
         load_case_into_scene(tmp_path, scene)
+
+
+def test_a_subdivided_grid_centres_each_block_on_its_voxel_oblique_and_anisotropic():
+    grid = sitk.Image(4, 3, 2, sitk.sitkUInt8)
+    grid.SetSpacing((1.8, 2.2, 5.0))
+    angle = np.deg2rad(20)
+    grid.SetDirection((np.cos(angle), -np.sin(angle), 0, np.sin(angle), np.cos(angle), 0, 0, 0, 1))
+    grid.SetOrigin((-10.0, 4.0, 30.0))
+    fine = geometry.subdivided_grid(grid, (2, 3, 5), sitk.sitkUInt8)
+    assert fine.GetSize() == (8, 9, 10) and fine.GetPixelID() == sitk.sitkUInt8
+    assert np.allclose(fine.GetSpacing(), (0.9, 2.2 / 3, 1.0))
+    for index in ((0, 0, 0), (3, 2, 1), (1, 2, 0)):
+        block = [(index[0] * 2 + a, index[1] * 3 + b, index[2] * 5 + c)
+                 for a in range(2) for b in range(3) for c in range(5)]
+        centre = np.mean([fine.TransformIndexToPhysicalPoint(i) for i in block], axis=0)
+        assert np.allclose(centre, grid.TransformIndexToPhysicalPoint(index), atol=1e-9)

@@ -9,7 +9,8 @@ Every conversion goes through exactly one helper per direction:
 - ``volume_from_sitk`` / ``sitk_from_volume`` for images.
 
 ``same_grid`` and ``check_3d`` are the extension's one "same grid?" and one "must be 3-D" check;
-``check_voxel_size`` and ``check_voxel_grid`` the one "is this a voxel grid?" check of every image read.
+``check_voxel_size`` and ``check_voxel_grid`` the one "is this a voxel grid?" check of every image read;
+``subdivided_grid`` the one grid of sub-voxels (partial volume: the phantom's acquisition, the lesion by volume).
 """
 
 from __future__ import annotations
@@ -163,3 +164,17 @@ def check_voxel_grid(image: sitk.Image, what: str) -> None:
     if not np.allclose(direction.T @ direction, np.eye(spatial), atol=ORTHOGONAL_TOLERANCE):
         raise ValueError(f"{what} has a sheared voxel grid (its axes are not at right angles, e.g. gantry tilt); "
                          "resample it onto an orthogonal grid first.")
+
+
+def subdivided_grid(grid: sitk.Image, factors, pixel_id: int = sitk.sitkFloat32) -> sitk.Image:
+    """``grid`` with each voxel split into ``factors`` (i, j, k) whole sub-voxels, each block centred on the voxel
+    it makes up, so that a block's mean (or majority) is that voxel's partial-volume value."""
+    factors = np.array(factors, dtype=float)
+    spacing = np.array(grid.GetSpacing()) / factors
+    direction = np.array(grid.GetDirection()).reshape(3, 3)
+    origin = np.array(grid.GetOrigin()) - direction @ ((factors - 1) / 2 * spacing)
+    fine = sitk.Image([int(s * f) for s, f in zip(grid.GetSize(), factors)], pixel_id)
+    fine.SetSpacing(tuple(float(v) for v in spacing))
+    fine.SetDirection(grid.GetDirection())
+    fine.SetOrigin(tuple(float(v) for v in origin))
+    return fine

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from GliomaProgressionLib.case.geometry import lps_from_ras, ras_from_lps
+from GliomaProgressionLib.case.geometry import lps_from_ras, ras_from_lps, subdivided_grid
 
 
 @dataclass(frozen=True)
@@ -95,19 +95,6 @@ def series_grid(protocol: SeriesProtocol, pose: HeadPose, anatomy: sitk.Image, b
     return grid
 
 
-def _fine_grid(grid: sitk.Image, oversample: tuple[int, int, int]) -> sitk.Image:
-    factors = np.array(oversample, dtype=float)
-    spacing = np.array(grid.GetSpacing()) / factors
-    direction = np.array(grid.GetDirection()).reshape(3, 3)
-    # Centre each block of fine voxels on the coarse voxel it averages into.
-    origin = np.array(grid.GetOrigin()) - direction @ ((factors - 1) / 2 * spacing)
-    fine = sitk.Image([int(s * f) for s, f in zip(grid.GetSize(), oversample)], sitk.sitkFloat32)
-    fine.SetSpacing(tuple(spacing))
-    fine.SetDirection(grid.GetDirection())
-    fine.SetOrigin(tuple(origin))
-    return fine
-
-
 def _block_mean(array: np.ndarray, oversample: tuple[int, int, int]) -> np.ndarray:
     oi, oj, ok = oversample
     k, j, i = (array.shape[0] // ok, array.shape[1] // oj, array.shape[2] // oi)
@@ -116,7 +103,7 @@ def _block_mean(array: np.ndarray, oversample: tuple[int, int, int]) -> np.ndarr
 
 def acquire(anatomy: sitk.Image, grid: sitk.Image, pose: HeadPose, oversample: tuple[int, int, int]) -> np.ndarray:
     """Voxel means ``[k, j, i]`` of a continuous anatomy map over the voxels of ``grid`` seen through ``pose``."""
-    fine = _fine_grid(grid, oversample)
+    fine = subdivided_grid(grid, oversample)
     resampled = sitk.Resample(anatomy, fine, pose.transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return _block_mean(sitk.GetArrayViewFromImage(resampled), oversample)
 

@@ -132,8 +132,6 @@ def read_habitat_inputs(case_folder: str | Path, alignment: str = DEFAULT_ALIGNM
                         progress: Progress | None = None) -> HabitatInputs:
     """A case folder's CE-T1, lesion (BraTS labels of any year, brought to BraTS 2024) and DSC series, read by
     ``case.folder``'s readers, with the CEL and NEL carried onto the DSC grid."""
-    import numpy as np
-
     from GliomaProgressionLib.case.folder import read_dsc_series, read_series
     from GliomaProgressionLib.case.preprocess import dsc_registration_image
     from GliomaProgressionLib.case.registration import check_overlap, isotropic_reference, register_rigid
@@ -209,16 +207,11 @@ def lesion_by_volume_on_dsc(lesion: sitk.Image, dsc_grid: sitk.Image,
     import numpy as np
     import SimpleITK as sitk
 
+    from GliomaProgressionLib.case.geometry import subdivided_grid
+
     spacing = np.array(dsc_grid.GetSpacing())
     factors = np.maximum(1, np.ceil(spacing / min(lesion.GetSpacing()) - 1e-6)).astype(int)
-    fine_spacing = spacing / factors
-    direction = np.array(dsc_grid.GetDirection()).reshape(3, 3)
-    fine = sitk.Image([int(n * f) for n, f in zip(dsc_grid.GetSize(), factors)], sitk.sitkUInt8)
-    fine.SetSpacing(tuple(float(v) for v in fine_spacing))
-    fine.SetDirection(dsc_grid.GetDirection())
-    # Each block of sub-voxels centred on the DSC voxel it makes up.
-    origin = np.array(dsc_grid.GetOrigin()) - direction @ ((factors - 1) / 2 * fine_spacing)
-    fine.SetOrigin(tuple(float(v) for v in origin))
+    fine = subdivided_grid(dsc_grid, factors, sitk.sitkUInt8)
     transform = registration.transform.GetInverse() if registration is not None else sitk.Transform()
     labels = sitk.GetArrayFromImage(sitk.Resample(lesion, fine, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
     fi, fj, fk = factors
