@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 from helpers import assert_one_line_error
 
+from GliomaProgressionLib.case.preprocess import lesion_by_volume_on_dsc
 from GliomaProgressionLib.cli import main as cli
 from GliomaProgressionLib.runs import habitats as run
 
@@ -194,7 +195,7 @@ def test_lesion_reaches_the_dsc_grid_by_the_label_filling_most_of_each_voxel():
     dsc_grid = sitk.Image([5, 5, 4], sitk.sitkFloat32)
     dsc_grid.SetSpacing((2.0, 2.0, 5.0))
     dsc_grid.SetOrigin((0.5, 0.5, 2.0))  # DSC slices centred on z = 2, 7, 12, 17 mm
-    on_dsc = run.lesion_by_volume_on_dsc(lesion, dsc_grid, None)
+    on_dsc = lesion_by_volume_on_dsc(lesion, dsc_grid, None)
     centre = sitk.GetArrayFromImage(sitk.Resample(lesion, dsc_grid, sitk.Transform(), sitk.sitkNearestNeighbor))
     assert (centre[1] == 2).all() and (on_dsc[1] == 0).all()
     assert (on_dsc[2] == 3).all() and (on_dsc[[0, 3]] == 0).all()

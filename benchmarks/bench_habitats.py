@@ -20,7 +20,7 @@ Run from the repository root:  .venv/bin/python benchmarks/bench_habitats.py [--
 
 Measured 2026-12-07 (habitats-demo sha256 11029b84..., 2 cores shared with other jobs), with the DSC-grid truth
 as the phantom now makes it (the lesion label, then the habitat, filling most of each DSC voxel, weighed as the
-signal's partial volume) and the lesion carried onto the DSC grid the same way (``lesion_by_volume_on_dsc``):
+signal's partial volume) and the lesion carried onto the DSC grid the same way (``case.preprocess.lesion_by_volume_on_dsc``):
 habitats 1.0, 3.6, 1.3 s per full-size case, plain k-means on the raw curves 2.0, 3.7, 2.2 s; ARI over the truth's
 voxels 0.809, 0.800, 0.805 (mean 0.805), over the voxels both label 0.920, 0.880, 0.891, plain k-means 0.458,
 0.511, 0.487; coverage of the truth's habitat voxels 0.949-0.959; every truth habitat recovered with the right label

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
 from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
 
-from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume
+from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume, subdivided_grid
 from GliomaProgressionLib.case.registration import RigidRegistration, isotropic_reference, register_rigid, resample_onto
 
 Progress = Callable[[float, str], None]
@@ -127,3 +127,25 @@ def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Vo
 
 
 SERIES_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def lesion_by_volume_on_dsc(lesion: sitk.Image, dsc_grid: sitk.Image,
+                            registration: RigidRegistration | None) -> np.ndarray:
+    """Lesion labels (BraTS, ``[k, j, i]``) on the DSC grid, each DSC voxel taking the label that fills most of its
+    volume (background included), through the DSC series' registration to the lesion's space (None: scanner
+    coordinates). A DSC voxel (often 2 x 2 x 5 mm) on the lesion's edge whose centre falls in it can be mostly normal
+    brain, and its curve is then mostly normal brain's: nearest neighbour of the centre would label it lesion.
+
+    The volume shares are counted on a sub-grid of the DSC grid about as fine as the lesion's (each DSC voxel split
+    into whole sub-voxels centred on it), each sub-voxel taking the lesion label at its centre."""
+    spacing = np.array(dsc_grid.GetSpacing())
+    factors = np.maximum(1, np.ceil(spacing / min(lesion.GetSpacing()) - 1e-6)).astype(int)
+    fine = subdivided_grid(dsc_grid, factors, sitk.sitkUInt8)
+    transform = registration.transform.GetInverse() if registration is not None else sitk.Transform()
+    labels = sitk.GetArrayFromImage(sitk.Resample(lesion, fine, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    fi, fj, fk = factors
+    size_i, size_j, size_k = dsc_grid.GetSize()
+    blocks = labels.reshape(size_k, fk, size_j, fj, size_i, fi)
+    values = np.unique(labels)
+    counts = np.stack([(blocks == value).sum(axis=(1, 3, 5)) for value in values])
+    return values[np.argmax(counts, axis=0)].astype(np.uint8)

@@ -274,7 +274,7 @@ def lesion_on_dsc(inputs: CaseInputs, prepared: PreparedCase) -> np.ndarray | No
     """The reference-grid lesion carried onto the DSC grid by the DSC registration, each DSC voxel taking the label
     filling most of its volume (None without DSC): computed once, for the FTB map and the habitats."""
     from GliomaProgressionLib.case.geometry import sitk_from_volume
-    from GliomaProgressionLib.runs.habitats import lesion_by_volume_on_dsc
+    from GliomaProgressionLib.case.preprocess import lesion_by_volume_on_dsc
 
     if prepared.perfusion is None:
         return None

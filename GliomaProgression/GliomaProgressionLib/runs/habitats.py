@@ -21,7 +21,7 @@ Output folder (written completely or not at all)::
 ``gliomaprog run``, which already holds the DSC series, its registration and the lesion, calls the parts::
 
     package = resolve_habitat_model(model_id)                      # models.habitat_packages
-    labels = lesion_by_volume_on_dsc(prepared.lesion, dsc_image, prepared.registrations["dsc"])
+    labels = lesion_by_volume_on_dsc(prepared.lesion, dsc_image, prepared.registrations["dsc"])  # case.preprocess
     cel, nel = lesion_masks_on_dsc(labels)
     result = compute_case_habitats(inputs.dsc, inputs.timing.times_s, cel, nel, package, progress)
     write_habitat_outputs(result, dsc_grid, prepared.reference, staging / HABITATS_FOLDER, package.info(),
@@ -133,7 +133,7 @@ def read_habitat_inputs(case_folder: str | Path, alignment: str = DEFAULT_ALIGNM
     """A case folder's CE-T1, lesion (BraTS labels of any year, brought to BraTS 2024) and DSC series, read by
     ``case.folder``'s readers, with the CEL and NEL carried onto the DSC grid."""
     from GliomaProgressionLib.case.folder import read_dsc_series, read_series
-    from GliomaProgressionLib.case.preprocess import dsc_registration_image
+    from GliomaProgressionLib.case.preprocess import dsc_registration_image, lesion_by_volume_on_dsc
     from GliomaProgressionLib.case.registration import check_overlap, isotropic_reference, register_rigid
 
     report = progress or (lambda fraction, message: None)
@@ -193,33 +193,6 @@ def compute_case_habitats(dsc: Volume, times_s, cel: np.ndarray, nel: np.ndarray
     return compute_habitats(dsc.array, times_s, cel, nel, package.model,
                             spacing_mm=tuple(float(s) for s in dsc.spacing[::-1]), ijk_to_ras=dsc.ijk_to_ras,
                             progress=progress)
-
-
-def lesion_by_volume_on_dsc(lesion: sitk.Image, dsc_grid: sitk.Image,
-                            registration: RigidRegistration | None) -> np.ndarray:
-    """Lesion labels (BraTS, ``[k, j, i]``) on the DSC grid, each DSC voxel taking the label that fills most of its
-    volume (background included), through the DSC series' registration to the lesion's space (None: scanner
-    coordinates). A DSC voxel (often 2 x 2 x 5 mm) on the lesion's edge whose centre falls in it can be mostly normal
-    brain, and its curve is then mostly normal brain's: nearest neighbour of the centre would label it lesion.
-
-    The volume shares are counted on a sub-grid of the DSC grid about as fine as the lesion's (each DSC voxel split
-    into whole sub-voxels centred on it), each sub-voxel taking the lesion label at its centre."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from GliomaProgressionLib.case.geometry import subdivided_grid
-
-    spacing = np.array(dsc_grid.GetSpacing())
-    factors = np.maximum(1, np.ceil(spacing / min(lesion.GetSpacing()) - 1e-6)).astype(int)
-    fine = subdivided_grid(dsc_grid, factors, sitk.sitkUInt8)
-    transform = registration.transform.GetInverse() if registration is not None else sitk.Transform()
-    labels = sitk.GetArrayFromImage(sitk.Resample(lesion, fine, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
-    fi, fj, fk = factors
-    size_i, size_j, size_k = dsc_grid.GetSize()
-    blocks = labels.reshape(size_k, fk, size_j, fj, size_i, fi)
-    values = np.unique(labels)
-    counts = np.stack([(blocks == value).sum(axis=(1, 3, 5)) for value in values])
-    return values[np.argmax(counts, axis=0)].astype(np.uint8)
 
 
 def lesion_masks_on_dsc(labels_on_dsc: np.ndarray, where: str = "The lesion, on the DSC grid,") \
