@@ -26,15 +26,17 @@ ALLOWED = {
     "CTVPlannerLib": set(),
     "case": {"DSCPerfusionLib", "CTVPlannerLib"},
     "phantom": {"DSCPerfusionLib", "case"},
-    "models": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom"},  # process: where the packages live
+    "invasion": {"case"},
+    "models": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom", "invasion"},  # process: where the packages live
     "dependencies": {"models"},
     "mrml": {"CTVPlannerLib", "case", "models", "dependencies"},
     "report": {"DSCPerfusionLib", "CTVPlannerLib", "case", "models", "mrml"},
-    "runs": {"DSCPerfusionLib", "CTVPlannerLib", "case", "models", "report"},
-    "cohort": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom", "models", "runs"},
-    "cli": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom", "models", "mrml", "report", "runs", "cohort"},
+    "runs": {"DSCPerfusionLib", "CTVPlannerLib", "case", "models", "report", "invasion"},
+    "cohort": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom", "models", "runs", "invasion"},
+    "cli": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom", "models", "mrml", "report", "runs", "cohort",
+            "invasion"},
 }
-ROOMS = ("case", "cli", "cohort", "models", "phantom", "report", "runs")
+ROOMS = ("case", "cli", "cohort", "invasion", "models", "phantom", "report", "runs")
 
 
 def module_name(path: Path) -> str:
