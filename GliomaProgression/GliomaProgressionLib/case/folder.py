@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from GliomaProgressionLib.case.channels import (DIFFUSION_FILES, DIFFUSIVITIES, DTI_SERIES, MAP_PREFIX, channel_modality,
+                                                check_channel_name, check_fa, diffusivity_scale, read_gradients,
+                                                tensor_maps)
 from GliomaProgressionLib.case.files import check_nifti_complete, read_image  # noqa: F401 (re-exported)
 from GliomaProgressionLib.case.files import check_image, check_signal, itk_reason, library_messages, refuse_broken_link
 from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume, volume_from_sitk
@@ -72,6 +75,8 @@ class CaseInputs:
     sources: dict[str, str] = field(default_factory=dict)  # series -> file or "DICOM folder <path>"
     converted: dict[str, sitk.Image] = field(default_factory=dict)  # series read from DICOM (written to OUT)
     notes: list[str] = field(default_factory=list)  # what was done to the input that the user must know (labels)
+    # Extra channels as read, each on its own grid: adc, fa, md (files or fitted from a DTI series), map_<name>.
+    maps: dict[str, sitk.Image] = field(default_factory=dict)
 
 
 # --- locating series ------------------------------------------------------------------------------------
@@ -369,7 +374,8 @@ def _check_space(inputs: CaseInputs) -> None:
     """Every series must overlap CE-T1 in scanner space (same session); registration can fix small motion only."""
     dsc_frame = None if inputs.dsc is None else sitk_from_volume(Volume(inputs.dsc.array[0], inputs.dsc.ijk_to_ras))
     others = {"FLAIR": inputs.flair, "DSC series": dsc_frame, "lesion": inputs.lesion, "brain mask": inputs.brain,
-              "recurrence mask": inputs.recurrence}
+              "recurrence mask": inputs.recurrence,
+              **{f"{channel_modality(name)} map": image for name, image in inputs.maps.items()}}
     for what, image in others.items():
         if image is not None:
             check_overlap(inputs.t1c, image, what)
@@ -418,7 +424,87 @@ def read_case(folder: str | Path, recurrence: str | Path | None = None, with_dsc
     extra = {name: _read_3d(path, name, OPTIONAL_SERIES[name], provenance) if path else None
              for name, path in optional.items()}
     _check_brain(extra["brain"], provenance.sources.get("brain"))
+    maps = read_channel_maps(folder, provenance, notes)
     inputs = CaseInputs(folder.name, folder, t1c, flair, lesion, dsc, timing, extra["brain"], extra["recurrence"],
-                        provenance.sources, provenance.converted, notes)
+                        provenance.sources, provenance.converted, notes, maps)
     _check_space(inputs)
     return inputs
+
+
+# --- extra channels: diffusion maps, a DTI series, any registered map ----------------------------------------
+
+
+def map_series_names(folder: Path) -> list[str]:
+    """The ``map_<name>`` series of a case folder (files or DICOM folders), by name; a badly named one is refused."""
+    names = set()
+    for path in Path(folder).glob(f"{MAP_PREFIX}*"):
+        if path.name.startswith("."):
+            continue
+        name = path.name.split(".")[0] if path.is_file() or not path.exists() else path.name
+        if path.is_file() and not path.name.endswith(SERIES_SUFFIXES):
+            continue
+        check_channel_name(name, f"The map {path}")
+        names.add(name)
+    return sorted(names)
+
+
+def read_channel_maps(folder: Path, provenance: _Provenance, notes: list[str]) -> dict[str, sitk.Image]:
+    """Every extra channel the case folder holds (``case.channels``), each on its own grid: diffusivities in
+    10^-6 mm^2/s; FA and MD fitted from ``dwi`` when their files are absent."""
+    maps = {}
+    for name in (*DIFFUSION_FILES, *map_series_names(folder)):
+        path = locate_series(folder, name)
+        if path is not None:
+            maps[name] = _read_map(path, name, provenance, notes)
+    dwi = locate_series(folder, DTI_SERIES)
+    if dwi is not None:
+        fitted = _tensor_maps_from_dwi(folder, dwi, provenance)
+        kept = [name for name in fitted if name in maps]
+        for name, image in fitted.items():
+            maps.setdefault(name, image)
+        notes.append(f"FA and MD were fitted from the DTI series {dwi.name} (dipy, weighted least squares)"
+                     + (f"; the {' and '.join(kept)} file{'s' if len(kept) > 1 else ''} of the folder were used "
+                        "instead of the fit" if kept else "") + ".")
+    return maps
+
+
+def _read_map(path: Path, name: str, provenance: _Provenance, notes: list[str]) -> sitk.Image:
+    what = f"{channel_modality(name)} map"
+    image = sitk.Cast(_read_3d(path, name, what, provenance), sitk.sitkFloat32)
+    check_signal(image, f"The {what} {path}")
+    array = sitk.GetArrayViewFromImage(image)
+    if name in DIFFUSIVITIES:
+        factor, note = diffusivity_scale(array, None, f"The {what} {path.name}")
+        if note:
+            notes.append(note)
+            image = image * factor
+    if name == "fa":
+        check_fa(array, f"The FA map {path}")
+    return image
+
+
+def _tensor_maps_from_dwi(folder: Path, path: Path, provenance: _Provenance) -> dict[str, sitk.Image]:
+    """FA and MD of a DTI series with its ``dwi.bval`` / ``dwi.bvec``, on the series' grid."""
+    from dipy.segment.mask import median_otsu
+
+    what = f"the DTI series {path.name}"
+    if path.is_dir():
+        raise ValueError(f"The DTI series {path} is a DICOM folder; convert it to dwi.nii.gz with dwi.bval and "
+                         "dwi.bvec (e.g. dcm2niix), which keep the b-vectors in the image's frame.")
+    image = read_series_file(path, "DTI series")
+    if image.GetDimension() != 4:
+        raise ValueError(f"The DTI series {path} is a {image.GetDimension()}D image; a 4D series (one volume per "
+                         "gradient) is needed.")
+    provenance.sources[DTI_SERIES] = str(path)
+    series = volume_from_sitk(image)
+    gradient_files = [folder / f"{DTI_SERIES}.{ending}" for ending in ("bval", "bvec")]
+    absent = [f.name for f in gradient_files if not f.is_file()]
+    if absent:
+        raise ValueError(f"The case folder {folder} has the DTI series {path.name} but no {' or '.join(absent)} "
+                         "(FSL text files of b-values and b-vectors).")
+    bvals, bvecs = read_gradients(*gradient_files, series.array.shape[0], what)
+    b0 = np.asarray(series.array)[bvals < 50].mean(axis=0)
+    _, brain = median_otsu(b0, median_radius=2, numpass=1)
+    maps = tensor_maps(series.array, bvals, bvecs, brain, what)
+    grid = Volume(b0, series.ijk_to_ras)
+    return {name: sitk_from_volume(Volume(array, grid.ijk_to_ras)) for name, array in maps.items()}

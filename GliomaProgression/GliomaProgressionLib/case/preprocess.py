@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
 from DSCPerfusionLib.pipeline import PerfusionOptions, PerfusionResult, compute_perfusion
 
+from GliomaProgressionLib.case.channels import anisotropic_component, channel_modality, isotropic_component
 from GliomaProgressionLib.case.geometry import Volume, check_3d, sitk_from_volume, subdivided_grid
 from GliomaProgressionLib.case.registration import RigidRegistration, isotropic_reference, register_rigid, resample_onto
 
@@ -45,7 +46,8 @@ class PreparedCase:
     def channel_list(self, names=CHANNEL_ORDER) -> list[sitk.Image]:
         missing = [name for name in names if name not in self.channels]
         if missing:
-            raise ValueError(f"The case has no {', '.join(missing)} channel.")
+            raise ValueError(f"The case has no {' or '.join(channel_modality(name) for name in missing)} channel "
+                             f"({', '.join(missing)}).")
         return [self.channels[name] for name in names]
 
 
@@ -65,12 +67,14 @@ def lesion_on_dsc_grid(lesion: sitk.Image, dsc_grid: sitk.Image, dsc_registratio
 def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Volume | None = None,
                  times_s: np.ndarray | None = None, te_s: float | None = None, ncbv: sitk.Image | None = None,
                  leakage: str = DEFAULT_LEAKAGE_METHOD, spacing_mm: float = 1.0,
-                 progress: Progress | None = None) -> PreparedCase:
+                 progress: Progress | None = None, maps: dict[str, sitk.Image] | None = None) -> PreparedCase:
     """Register and resample one case's series onto the CE-T1 reference grid.
 
     nCBV comes from ``dsc`` (4D ``Volume`` with ``times_s`` and ``te_s``), or is given ready-made as ``ncbv``:
     on the DSC grid when ``dsc`` is given too (the DSC registration carries it), else already aligned with
-    CE-T1. Without either the case has two channels.
+    CE-T1. Without either the case has two channels. ``maps`` (``case.channels``: adc, fa, md, map_<name>, each on
+    its own grid) are registered too, one registration per grid (``register_maps``), and p and q derived from MD
+    and FA on the reference grid.
     """
     report = progress or (lambda fraction, message: None)
     timings: dict[str, float] = {}
@@ -112,6 +116,13 @@ def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Vo
         # the nCBV channel a previous prediction wrote to inputs/).
         check_3d(ncbv, "The nCBV")
         channels["ncbv"] = resample_onto(reference, ncbv, None)
+    if maps:
+        report(0.8, "Registering the diffusion and other maps to CE-T1")
+        moment = time.monotonic()
+        map_channels, map_registrations = register_maps(reference, maps)
+        channels.update(map_channels)
+        registrations.update(map_registrations)
+        timings["maps_registration_s"] = time.monotonic() - moment
     nel = sitk.Cast(lesion_reference == NEL_LABEL, sitk.sitkUInt8)
     report(0.9, "Channels ready")
     qc = {
@@ -124,6 +135,49 @@ def prepare_case(t1c: sitk.Image, flair: sitk.Image, lesion: sitk.Image, dsc: Vo
     if perfusion is not None:
         qc["nawm_voxels"] = int(perfusion.nawm_mask.sum())
     return PreparedCase(reference, channels, lesion_reference, nel, registrations, perfusion, qc)
+
+
+def register_maps(reference: sitk.Image, maps: dict[str, sitk.Image]
+                  ) -> tuple[dict[str, sitk.Image], dict[str, RigidRegistration]]:
+    """Extra channel maps on the reference grid, with p and q derived from MD and FA there.
+
+    Maps on one grid come from one acquisition (ADC, FA and MD of one DTI series): they share one registration,
+    computed on the map with the most anatomy (MD or ADC: CSF bright, brain grey; FA shows little of the brain's
+    outline). The registrations are named after the channels they carry ("adc+fa+md")."""
+    channels, registrations = {}, {}
+    for names in _same_grid_groups(maps):
+        leader = min(names, key=lambda name: REGISTRATION_PREFERENCE.index(name)
+                     if name in REGISTRATION_PREFERENCE else len(REGISTRATION_PREFERENCE))
+        what = f"{channel_modality(leader)} map"
+        registration = register_rigid(reference, maps[leader], what)
+        registrations["+".join(names)] = registration
+        for name in names:
+            channels[name] = resample_onto(reference, maps[name], registration)
+    if "md" in channels:
+        channels["p"] = _derived(isotropic_component(sitk.GetArrayViewFromImage(channels["md"])), reference)
+        if "fa" in channels:
+            channels["q"] = _derived(anisotropic_component(sitk.GetArrayViewFromImage(channels["md"]),
+                                                           sitk.GetArrayViewFromImage(channels["fa"])), reference)
+    return channels, registrations
+
+
+REGISTRATION_PREFERENCE = ("md", "adc", "fa")
+
+
+def _same_grid_groups(maps: dict[str, sitk.Image]) -> list[list[str]]:
+    groups: dict[tuple, list[str]] = {}
+    for name in sorted(maps):
+        image = maps[name]
+        key = (image.GetSize(), tuple(np.round(image.GetSpacing(), 4)), tuple(np.round(image.GetOrigin(), 3)),
+               tuple(np.round(image.GetDirection(), 5)))
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def _derived(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
+    image.CopyInformation(reference)
+    return image
 
 
 SERIES_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

@@ -90,8 +90,10 @@ def _add_export(actions) -> None:
     export.add_argument("cohort", type=Path, metavar="COHORT_DIR")
     export.add_argument("--out", required=True, type=Path, help="new raw dataset folder (DatasetNNN_Name)")
     export.add_argument("--dataset-id", required=True, type=int, help="nnU-Net dataset id, 1..999")
-    export.add_argument("--channels", required=True, choices=["conventional", "multiparametric"],
-                        help="CE-T1 + FLAIR (DSC not needed), or CE-T1 + FLAIR + nCBV")
+    export.add_argument("--channels", required=True, metavar="SET",
+                        help="conventional (CE-T1 + FLAIR, DSC not needed), multiparametric (+ nCBV), diffusion "
+                             "(+ nCBV + ADC), or channel names in model order, e.g. t1c,flair,ncbv,adc,fa,p,q "
+                             "(adc/fa/md from the case's files or its DTI series; p, q derived; map_<name>)")
     export.add_argument("--split", choices=["temporal", "random"], default="random",
                         help="test cases: the latest by case.json date/index (seed 000) or a random draw")
     export.add_argument("--test-fraction", type=_fraction, default=0.0, help="share of test cases (default 0)")

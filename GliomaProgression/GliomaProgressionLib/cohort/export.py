@@ -2,12 +2,14 @@
 
 A cohort folder holds one sub-folder per case, read as ``gliomaprog run`` reads a case folder (``case.folder``,
 BraTS challenge folders included): ``t1c``, ``flair``, ``lesion`` (BraTS labels on the CE-T1 grid) and, for the
-multiparametric channel set only, ``dsc`` (+ ``dsc.json`` unless the DICOM headers give TR and TE), each a
+channel sets with nCBV only, ``dsc`` (+ ``dsc.json`` unless the DICOM headers give TR and TE), each a
 NIfTI/NRRD file or a folder of DICOM files; ``progression`` (the progression label drawn on the pre-op FLAIR, from follow-up scans, a NIfTI/NRRD file;
 absent or empty = no progression) and optionally ``case.json`` with ``"date"`` (ISO) or ``"index"`` for a
 temporal split. Every case goes through the progression module's own preprocessing (``prepare_case``:
 registration, nCBV, resampling); the label is carried from FLAIR onto the reference grid by the FLAIR
-registration and restricted to the NEL, where seed 000 annotated progression.
+registration and restricted to the NEL, where seed 000 annotated progression. Channel sets: ``CHANNEL_SETS``
+(conventional, multiparametric, diffusion) or any comma-separated list of channel names (``case.channels``:
+t1c,flair,ncbv,adc,fa,md,p,q,map_<name>); diffusion maps and other maps are registered like FLAIR.
 
 Output (written to a staging folder, renamed into place only when complete)::
 
@@ -15,7 +17,7 @@ Output (written to a staging folder, renamed into place only when complete)::
     nelTr/ nelTs/ (NEL masks, for ``cohort evaluate --nel``)  qc.csv  split.json
 
 A case that fails (unreadable file, failed registration, no DSC for nCBV) is recorded in qc.csv with its one-sentence
-reason and skipped; the conventional channel set never reads DSC, so cases without it export normally. What the
+reason and skipped; a channel set without nCBV never reads DSC, so cases without it export normally. What the
 reader did to a case's input (BraTS labels mapped) is in its qc.csv warnings.
 """
 
@@ -30,9 +32,11 @@ from typing import Callable
 
 import numpy as np
 
+# Named channel sets; any other set is a comma-separated list of channel names (``case.channels``), in model order.
 CHANNEL_SETS = {
-    "conventional": (("t1c", "CE-T1"), ("flair", "FLAIR")),
-    "multiparametric": (("t1c", "CE-T1"), ("flair", "FLAIR"), ("ncbv", "nCBV")),
+    "conventional": ("t1c", "flair"),
+    "multiparametric": ("t1c", "flair", "ncbv"),
+    "diffusion": ("t1c", "flair", "ncbv", "adc"),
 }
 QC_COLUMNS = ("case", "status", "split", "order", "positive", "label_voxels", "nel_voxels", "flair_mattes_mi",
               "dsc_mattes_mi", "nawm_voxels", "warnings", "error")
@@ -120,19 +124,44 @@ def split_cases(names: list[str], orders: dict[str, str | None], method: str, te
     return {name: "test" if name in test else "train" for name in names}
 
 
-def prepare_folder(folder: Path, spacing_mm: float, needs_ncbv: bool):
-    """One case folder read (DSC only when nCBV is exported) and prepared onto a reference grid of ``spacing_mm``;
-    the reader's notes (BraTS labels mapped) join the preprocessing warnings."""
+def channel_set(channels: str) -> tuple[str, ...]:
+    """The channel names of a named set (``CHANNEL_SETS``) or of a comma-separated list, checked."""
+    from GliomaProgressionLib.case.channels import check_channel_name
+
+    if channels in CHANNEL_SETS:
+        return CHANNEL_SETS[channels]
+    names = tuple(name.strip() for name in str(channels).split(",") if name.strip())
+    if not names:
+        raise ValueError(f"The channel set {channels!r} names no channel: use {', '.join(CHANNEL_SETS)} or a "
+                         "comma-separated list such as t1c,flair,ncbv,adc.")
+    for name in names:
+        check_channel_name(name, f"A channel of the set {channels!r}")
+    if len(set(names)) != len(names) or names[0] != "t1c":
+        raise ValueError(f"The channel set {channels!r} must start with t1c (the reference grid) and name each "
+                         "channel once.")
+    return names
+
+
+def prepare_folder(folder: Path, spacing_mm: float, needs_ncbv: bool, channels: tuple[str, ...] = ()):
+    """One case folder read (DSC only when nCBV is exported) and prepared onto a reference grid of ``spacing_mm``,
+    with the extra maps the exported ``channels`` need; the reader's notes (BraTS labels mapped) join the
+    preprocessing warnings."""
+    from GliomaProgressionLib.case.channels import DERIVED, missing_channel_message
     from GliomaProgressionLib.case.folder import has_series, read_case
     from GliomaProgressionLib.case.preprocess import prepare_case
 
     if needs_ncbv and Path(folder).is_dir() and not has_series(folder, "dsc"):
         raise ValueError(f"The case folder {folder} has no DSC series, which the nCBV channel of the "
-                         "multiparametric channel set needs.")
+                         "channel set needs.")
     inputs = read_case(folder, with_dsc=needs_ncbv)
+    wanted = {source for name in channels for source in DERIVED.get(name, (name,))}
+    maps = {name: image for name, image in inputs.maps.items() if name in wanted}
+    for name in channels:
+        if name not in ("t1c", "flair", "ncbv") and not set(DERIVED.get(name, (name,))) <= set(maps):
+            raise ValueError(missing_channel_message(inputs.name, name, "exported channel set"))
     timing = inputs.timing
     prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc, timing.times_s if timing else None,
-                            timing.te_s if timing else None, spacing_mm=spacing_mm)
+                            timing.te_s if timing else None, spacing_mm=spacing_mm, maps=maps)
     prepared.qc["warnings"] = inputs.notes + prepared.qc["warnings"]
     return prepared
 
@@ -176,7 +205,7 @@ def export_case(job: tuple) -> dict:
     folder, staging = Path(folder), Path(staging)
     suffix = "Tr" if part == "train" else "Ts"
     try:
-        prepared = prepare_folder(folder, spacing_mm, needs_ncbv="ncbv" in channel_names)
+        prepared = prepare_folder(folder, spacing_mm, "ncbv" in channel_names, tuple(channel_names))
         label = progression_label(folder, prepared)
         row = _qc_row(name, prepared, label)
         for index, channel in enumerate(channel_names):
@@ -193,12 +222,14 @@ def export_case(job: tuple) -> dict:
     return {**{column: "" for column in QC_COLUMNS}, **row, "split": part}
 
 
-def dataset_json(name: str, channels, training_cases: int) -> dict:
-    return {"channel_names": {str(i): modality for i, (_, modality) in enumerate(channels)},
+def dataset_json(name: str, channels: tuple[str, ...], training_cases: int) -> dict:
+    from GliomaProgressionLib.case.channels import channel_modality
+
+    return {"channel_names": {str(i): channel_modality(channel) for i, channel in enumerate(channels)},
             "labels": {"background": 0, "progression": 1}, "numTraining": training_cases,
             "file_ending": ".nii.gz", "name": name,
             "description": "Future progression inside the NEL (GliomaProgression cohort export).",
-            "channels_gliomaprog": [channel for channel, _ in channels]}
+            "channels_gliomaprog": list(channels)}
 
 
 def write_qc(path: Path, rows: list[dict]) -> None:
@@ -233,8 +264,7 @@ def export_cohort(cohort: str | os.PathLike, out: str | os.PathLike, dataset_id:
     from GliomaProgressionLib.case.files import staged_output_folder
 
     report = progress or (lambda message: None)
-    if channels not in CHANNEL_SETS:
-        raise ValueError(f"Unknown channel set {channels!r}: use {' or '.join(CHANNEL_SETS)}.")
+    names = channel_set(channels)
     if not 1 <= int(dataset_id) <= 999:
         raise ValueError(f"The dataset id must be 1..999 (nnU-Net's three digits), got {dataset_id}.")
     folders = case_folders(Path(cohort))
@@ -243,12 +273,12 @@ def export_cohort(cohort: str | os.PathLike, out: str | os.PathLike, dataset_id:
         raise ValueError("Two case folders give the same nnU-Net case name; rename one of them.")
     orders = {name: case_order(folder) for name, folder in zip(names, folders)}
     parts = split_cases(names, orders, split, test_fraction, seed)
-    channel_set = CHANNEL_SETS[channels]
-    dataset_name = name or f"Dataset{int(dataset_id):03d}_GliomaProgression{channels.capitalize()}"
+    label = channels.capitalize() if channels in CHANNEL_SETS else "".join(n.capitalize() for n in names)
+    dataset_name = name or f"Dataset{int(dataset_id):03d}_GliomaProgression{label.replace('_', '')}"
     with staged_output_folder(out) as staging:
         for sub in ("imagesTr", "labelsTr", "nelTr", "imagesTs", "labelsTs", "nelTs"):
             (staging / sub).mkdir()
-        jobs = [(str(folder), case, parts[case], str(staging), [c for c, _ in channel_set], spacing_mm)
+        jobs = [(str(folder), case, parts[case], str(staging), list(names), spacing_mm)
                 for folder, case in zip(folders, names)]
         rows = _run_jobs(jobs, processes, report)
         for row in rows:
@@ -264,7 +294,7 @@ def export_cohort(cohort: str | os.PathLike, out: str | os.PathLike, dataset_id:
                       "test": [row["case"] for row in exported if row["split"] == "test"],
                       "failed": [row["case"] for row in rows if row["status"] != "ok"]}
         (staging / "split.json").write_text(json.dumps(split_info, indent=2), encoding="utf-8")
-        dataset = dataset_json(dataset_name, channel_set, len(training))
+        dataset = dataset_json(dataset_name, names, len(training))
         dataset["spacing_mm"] = spacing_mm
         (staging / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
     return {"out": str(out), "dataset_name": dataset_name, "train": len(split_info["train"]),

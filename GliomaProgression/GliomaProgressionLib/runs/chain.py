@@ -255,10 +255,18 @@ def brain_on_reference(prepared: PreparedCase, given: sitk.Image | None,
 
 
 def check_model_inputs(inputs: CaseInputs, model: ModelPackage) -> None:
-    """A model with an nCBV channel needs the DSC series; one sentence when the case has none."""
+    """Every channel the model names must be in the case (nCBV needs the DSC series); one sentence for the first
+    that is not, before the long work."""
+    from GliomaProgressionLib.case.channels import DERIVED, missing_channel_message
+
     if "ncbv" in model.channel_names and inputs.dsc is None:
         raise ValueError(f"The case {inputs.name} has no DSC series, which the model '{model.id}' needs for its nCBV "
                          "channel; the conventional model (CE-T1 and FLAIR only) runs without it.")
+    present = {"t1c", "flair", *inputs.maps, *(["ncbv"] if inputs.dsc is not None else [])}
+    present |= {name for name, sources in DERIVED.items() if set(sources) <= present}
+    for name in model.channel_names:
+        if name not in present:
+            raise ValueError(missing_channel_message(inputs.name, name, model.id))
 
 
 def dsc_grid(inputs: CaseInputs):
@@ -539,7 +547,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     timing = inputs.timing
     prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc,
                             timing.times_s if timing else None, timing.te_s if timing else None,
-                            leakage=settings.leakage, progress=progress.update)
+                            leakage=settings.leakage, progress=progress.update, maps=inputs.maps)
     # Habitats right after nCBV, from the same series and masks, before the long prediction.
     dsc_lesion = lesion_on_dsc(inputs, prepared)
     habitats, habitats_skipped = case_habitats(settings, inputs, prepared, dsc_lesion, habitat_model,
