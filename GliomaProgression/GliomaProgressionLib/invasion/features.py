@@ -1,0 +1,389 @@
+"""Local radiomics feature maps: each voxel's first-order, GLCM and GLRLM features in the cube around it.
+
+Seed 004 (Yan et al. 2020, Sci Rep, "A neural network approach to identify the peritumoral invasive areas in
+glioblastoma patients by using MR radiomics") computes radiomics features voxel by voxel in a local
+neighbourhood of each peritumoral voxel (42 features per map, 7 maps) and classifies the voxels. This module
+computes a documented subset of those features (``FEATURES``, 23 per map, pyradiomics' names and definitions)
+as whole maps, vectorised over the voxels instead of pyradiomics' voxel-based extraction, which is far too slow
+on a full-size peritumoral region (benchmarks/bench_invasion_features.py measures both in one run).
+
+The definitions are pyradiomics 3.0.1's voxel-based extraction with these settings, and
+Testing/test_invasion_features.py checks every feature against it:
+
+- ``kernelRadius = radius``, ``maskedKernel = False``: a voxel's kernel is the whole (2*radius+1)^3 cube of
+  image voxels around it (cut only by the image's edge), not just its mask voxels. Every peritumoral voxel then
+  sees a full neighbourhood of equal size, also at the border of the region, which keeps its texture matrices
+  comparable across the region.
+- Discretisation once for the whole image: the image is first clipped to the robust range of the mask's
+  voxels (their 1st to 99th percentile, so that a few extreme voxels do not squeeze all texture into one bin),
+  then divided into ``bin_count`` equal bins between that range's ends. This is exactly pyradiomics'
+  ``binCount = bin_count`` applied to the clipped image (``numpy.histogram`` edges, ``numpy.digitize``, top
+  value in the top bin): with ``maskedKernel = False`` pyradiomics bins over the whole image, whose extremes after
+  clipping are the range's ends. First-order intensity features (Mean, Median, percentiles, moments) are
+  computed on the clipped intensities, as pyradiomics computes them on the image it is given.
+- GLCM: distance 1, the 13 directions of 3D, symmetric, each direction's matrix normalised and its features
+  averaged over the directions (pyradiomics' default). GLRLM: runs along the 13 directions inside the cube,
+  features averaged over the directions. No resampling, no normalisation, no weighting, voxelArrayShift 0.
+
+How it is fast: only the mask's voxels are computed, a chunk at a time. For each chunk the discretised values of
+every voxel's cube are gathered into one array per direction (pairs for the GLCM, the cube's lines for the GLRLM,
+the cube for first order), the matrices are counted with one ``numpy.bincount`` per direction for all voxels of
+the chunk, and the features are sums over those matrices; runs are found along the gathered lines with a
+running maximum of run starts. Memory stays at a few tens of MB per chunk whatever the region's size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import numpy as np
+
+FIRSTORDER = ("Mean", "Median", "10Percentile", "90Percentile", "Variance", "Skewness", "Kurtosis", "Entropy",
+              "Uniformity")
+GLCM = ("Autocorrelation", "Contrast", "Correlation", "JointEnergy", "JointEntropy", "Idm", "ClusterShade",
+        "ClusterProminence")
+GLRLM = ("ShortRunEmphasis", "LongRunEmphasis", "GrayLevelNonUniformity", "RunLengthNonUniformity", "RunPercentage",
+         "RunEntropy")
+# pyradiomics' class and feature names joined by "_" (its output keys without the image type "original_")
+FEATURES: tuple[str, ...] = (tuple(f"firstorder_{name}" for name in FIRSTORDER) + tuple(f"glcm_{name}" for name in GLCM)
+                             + tuple(f"glrlm_{name}" for name in GLRLM))
+
+ROBUST_PERCENTILES = (1.0, 99.0)  # the mask's intensity range that is discretised; outside it, values are clipped
+MAX_BIN_COUNT = 255  # the discretised image is uint8, 0 meaning "outside the image"
+CHUNK_VOXELS = 4096  # mask voxels computed together: the gathered arrays stay at a few tens of MB
+EPS = np.spacing(1)  # pyradiomics' epsilon inside its logarithms
+ISOTROPY_TOLERANCE = 0.01  # relative spacing difference between axes accepted as isotropic
+
+Progress = Callable[[float, str], None]
+
+
+class FeatureMapsCancelled(RuntimeError):
+    pass
+
+
+def local_feature_maps(image: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float], radius: int = 2,
+                       bin_count: int = 16, features: Sequence[str] = FEATURES, progress: Progress | None = None,
+                       cancel=None) -> dict[str, np.ndarray]:
+    """Each voxel's features in the (2*radius+1)^3 cube around it, for the voxels of ``mask``.
+
+    ``image`` and ``mask`` are 3D arrays [k, j, i] on one isotropic grid of spacing ``spacing_mm``; ``features``
+    is a subset of ``FEATURES``. Returns one float32 map of the image's shape per feature, NaN outside the mask.
+    ``progress(fraction, message)`` is told after each chunk of voxels; ``cancel`` (anything with ``is_set()``)
+    set ends the computation with ``FeatureMapsCancelled``. Bad input raises ValueError in one sentence.
+    """
+    image, mask, names = _checked_input(image, mask, spacing_mm, radius, bin_count, features)
+    clipped, gray = _discretised(image, mask, bin_count)
+    centres = _padded_flat_indices(mask, radius)
+    padded_values = np.pad(clipped, radius, constant_values=np.nan).ravel()
+    padded_gray = np.pad(gray, radius, constant_values=0).ravel()
+    padded_shape = tuple(size + 2 * radius for size in image.shape)
+    groups = {group: [name.split("_", 1)[1] for name in names if name.startswith(group + "_")]
+              for group in ("firstorder", "glcm", "glrlm")}
+
+    values = {name: np.empty(len(centres), dtype=np.float32) for name in names}
+    for start in range(0, len(centres), CHUNK_VOXELS):
+        if cancel is not None and cancel.is_set():
+            raise FeatureMapsCancelled("The radiomics feature maps were cancelled.")
+        chunk = centres[start:start + CHUNK_VOXELS]
+        stop = start + len(chunk)
+        if groups["firstorder"]:
+            cube = _cube_offsets(radius, padded_shape)
+            for name, value in _firstorder(padded_values[chunk[:, None] + cube], padded_gray[chunk[:, None] + cube],
+                                           bin_count, groups["firstorder"]).items():
+                values[f"firstorder_{name}"][start:stop] = value
+        if groups["glcm"]:
+            for name, value in _glcm(padded_gray, chunk, radius, padded_shape, bin_count, groups["glcm"]).items():
+                values[f"glcm_{name}"][start:stop] = value
+        if groups["glrlm"]:
+            for name, value in _glrlm(padded_gray, chunk, radius, padded_shape, bin_count, groups["glrlm"]).items():
+                values[f"glrlm_{name}"][start:stop] = value
+        if progress is not None:
+            progress(stop / len(centres), f"Radiomics feature maps: {stop} of {len(centres)} voxels")
+
+    maps = {}
+    for name in names:
+        maps[name] = np.full(image.shape, np.nan, dtype=np.float32)
+        maps[name][mask] = values[name]
+    return maps
+
+
+def _checked_input(image, mask, spacing_mm, radius, bin_count, features):
+    """The image as float64, the mask as bool and the feature names, or ValueError naming what is wrong."""
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim != 3:
+        raise ValueError(f"The image must be a 3D array; it has {image.ndim} dimensions.")
+    if not (np.issubdtype(image.dtype, np.number) and not np.iscomplexobj(image)):
+        raise ValueError(f"The image must hold real numbers; it holds {image.dtype}.")
+    if mask.shape != image.shape:
+        raise ValueError(f"The mask's shape {mask.shape} differs from the image's {image.shape}.")
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise ValueError("The mask is empty: there is no voxel to compute feature maps for.")
+    spacing = np.asarray(spacing_mm, dtype=float).ravel()
+    if spacing.size != 3 or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ValueError(f"The spacing must be three positive numbers in mm; it is {spacing_mm}.")
+    if spacing.max() > spacing.min() * (1 + ISOTROPY_TOLERANCE):
+        raise ValueError(f"The voxels must be isotropic (the 1 mm reference grid) for the 13 texture directions to "
+                         f"be alike; the spacing is {tuple(float(s) for s in spacing)} mm.")
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 1:
+        raise ValueError(f"The kernel radius must be a whole number of voxels of at least 1; it is {radius!r}.")
+    if isinstance(bin_count, bool) or not isinstance(bin_count, (int, np.integer)) \
+            or not 2 <= bin_count <= MAX_BIN_COUNT:
+        raise ValueError(f"The bin count must be a whole number from 2 to {MAX_BIN_COUNT}; it is {bin_count!r}.")
+    names = [features] if isinstance(features, str) else list(features)
+    unknown = [name for name in names if name not in FEATURES]
+    if unknown:
+        raise ValueError(f"Unknown radiomics feature {unknown[0]!r}: the feature maps know {', '.join(FEATURES)}.")
+    if not names:
+        raise ValueError("No feature was asked for.")
+    image = image.astype(np.float64)
+    if not np.all(np.isfinite(image[_dilated(mask, radius)])):
+        raise ValueError(f"The image has NaN or infinite values inside the mask or within {radius} voxels of it.")
+    return image, mask, list(dict.fromkeys(names))
+
+
+def _dilated(mask: np.ndarray, radius: int) -> np.ndarray:
+    """The voxels some mask voxel's cube reaches."""
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool), iterations=radius)
+
+
+def _discretised(image: np.ndarray, mask: np.ndarray, bin_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image clipped to the mask's robust range, and its bins 1..bin_count (pyradiomics' binCount rule)."""
+    low, high = np.percentile(image[mask], ROBUST_PERCENTILES)
+    clipped = np.clip(image, low, high)
+    edges = np.histogram_bin_edges(clipped[mask], bin_count)
+    edges[-1] += 1  # as pyradiomics: the maximum falls into the top bin under numpy.digitize
+    return clipped, np.digitize(clipped, edges).astype(np.uint8)
+
+
+def _padded_flat_indices(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Flat indices of the mask's voxels in the image padded by ``radius`` on every side."""
+    padded_shape = tuple(size + 2 * radius for size in mask.shape)
+    return np.ravel_multi_index(tuple(axis + radius for axis in np.nonzero(mask)), padded_shape)
+
+
+def _flat(offsets: np.ndarray, padded_shape) -> np.ndarray:
+    """Flat index steps of (k, j, i) offsets in the padded image."""
+    strides = np.array([padded_shape[1] * padded_shape[2], padded_shape[2], 1])
+    return np.asarray(offsets).reshape(-1, 3) @ strides
+
+
+@lru_cache(maxsize=None)
+def _cube(radius: int) -> np.ndarray:
+    return np.array(list(itertools.product(range(-radius, radius + 1), repeat=3)))
+
+
+def _cube_offsets(radius: int, padded_shape) -> np.ndarray:
+    return _flat(_cube(radius), padded_shape)
+
+
+def _directions() -> list[tuple[int, int, int]]:
+    """The 13 directions of 3D at distance 1, one of each opposite pair (their GLCMs are symmetric anyway)."""
+    return [d for d in itertools.product((-1, 0, 1), repeat=3) if d > (0, 0, 0)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# first order
+
+
+def _firstorder(values: np.ndarray, gray: np.ndarray, bin_count: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """pyradiomics' first-order features of each row's cube (NaN marks cube voxels outside the image)."""
+    count = np.sum(~np.isnan(values), axis=1)
+    mean = np.nansum(values, axis=1) / count
+    centred = values - mean[:, None]
+    m2, m3, m4 = (np.nansum(centred ** power, axis=1) / count for power in (2, 3, 4))
+    flat = m2 == 0
+    m2_safe = np.where(flat, 1.0, m2)  # pyradiomics: a flat cube has skewness and kurtosis 0
+    histogram = _row_bincount(gray, bin_count + 1)[:, 1:] / count[:, None]
+    results = {"Mean": mean, "Variance": m2,
+               "Skewness": np.where(flat, 0.0, m3 / m2_safe ** 1.5), "Kurtosis": np.where(flat, 0.0, m4 / m2_safe ** 2),
+               "Entropy": -np.sum(histogram * np.log2(histogram + EPS), axis=1),
+               "Uniformity": np.sum(histogram ** 2, axis=1)}
+    percentiles = {"10Percentile": 10, "Median": 50, "90Percentile": 90}
+    wanted = [name for name in names if name in percentiles]
+    if wanted:
+        results.update(zip(wanted, _row_percentiles(values, [percentiles[name] for name in wanted])))
+    return {name: results[name] for name in names}
+
+
+def _row_percentiles(values: np.ndarray, qs: Sequence[float]) -> np.ndarray:
+    """numpy's (nan)percentile of each row, the NaN-aware one only for the few cubes the image's edge cuts."""
+    result = np.empty((len(qs), len(values)))
+    cut = np.isnan(values).any(axis=1)
+    if (~cut).any():
+        result[:, ~cut] = np.percentile(values[~cut], qs, axis=1)
+    if cut.any():
+        result[:, cut] = np.nanpercentile(values[cut], qs, axis=1)
+    return result
+
+
+def _row_bincount(codes: np.ndarray, size: int) -> np.ndarray:
+    """Counts of each code 0..size-1 in each row of a 2D integer array: shape (rows, size)."""
+    rows = np.arange(len(codes))[:, None] * size
+    return np.bincount((rows + codes).ravel(), minlength=len(codes) * size).reshape(len(codes), size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GLCM
+
+
+@lru_cache(maxsize=None)
+def _pair_starts(radius: int, direction: tuple[int, int, int]) -> np.ndarray:
+    """Cube offsets whose neighbour one step along ``direction`` is in the cube too."""
+    cube = _cube(radius)
+    return cube[np.all(np.abs(cube + np.array(direction)) <= radius, axis=1)]
+
+
+@lru_cache(maxsize=None)
+def _glcm_weights(bin_count: int) -> dict[str, np.ndarray]:
+    """Per gray-level pair (i, j), flattened: the weights of the features that are linear in p(i, j)."""
+    i, j = np.meshgrid(np.arange(1, bin_count + 1, dtype=float), np.arange(1, bin_count + 1, dtype=float),
+                       indexing="ij")
+    return {"i": i.ravel(), "j": j.ravel(), "ij": (i * j).ravel(), "contrast": ((i - j) ** 2).ravel(),
+            "idm": (1 / (1 + (i - j) ** 2)).ravel(), "sum": (i + j).ravel()}
+
+
+def _glcm(gray: np.ndarray, centres: np.ndarray, radius: int, padded_shape, bin_count: int,
+          names: Sequence[str]) -> dict[str, np.ndarray]:
+    """pyradiomics' GLCM features, each direction's symmetric normalised matrix, averaged over the directions."""
+    levels = bin_count + 1  # 0 = outside the image: its pairs are counted and then dropped
+    weights = _glcm_weights(bin_count)
+    totals = {name: np.zeros(len(centres)) for name in names}
+    directions_counted = np.zeros(len(centres))
+    for direction in _directions():
+        starts = _flat(_pair_starts(radius, direction), padded_shape)
+        step = int(_flat(np.array(direction), padded_shape)[0])
+        first = gray[centres[:, None] + starts].astype(np.int64)
+        second = gray[centres[:, None] + starts + step]
+        counts = _row_bincount(first * levels + second, levels * levels).reshape(-1, levels, levels)[:, 1:, 1:]
+        matrix = (counts + counts.transpose(0, 2, 1)).reshape(len(centres), -1).astype(float)
+        pairs = matrix.sum(axis=1)
+        has_pairs = pairs > 0
+        matrix /= np.where(has_pairs, pairs, 1.0)[:, None]
+        for name, value in _glcm_direction_features(matrix, weights, names).items():
+            totals[name] += np.where(has_pairs, value, 0.0)
+        directions_counted += has_pairs
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {name: total / directions_counted for name, total in totals.items()}
+
+
+def _glcm_direction_features(p: np.ndarray, w: dict[str, np.ndarray], names) -> dict[str, np.ndarray]:
+    """The features of one direction's normalised symmetric matrices p, shape (voxels, Ng*Ng)."""
+    features = {}
+    mean = p @ w["i"]  # mu_x = mu_y: the matrix is symmetric
+    if "Autocorrelation" in names:
+        features["Autocorrelation"] = p @ w["ij"]
+    if "Correlation" in names:
+        # from centred sums, as pyradiomics, so that nearly flat cubes agree too
+        centred_i = w["i"][None, :] - mean[:, None]
+        centred_j = w["j"][None, :] - mean[:, None]
+        sigma_x = np.sqrt(np.sum(p * centred_i ** 2, axis=1))
+        sigma_y = np.sqrt(np.sum(p * centred_j ** 2, axis=1))
+        covariance = np.sum(p * centred_i * centred_j, axis=1)
+        product = sigma_x * sigma_y
+        features["Correlation"] = np.where(product == 0, 1.0, covariance / (product + EPS))
+    if "Contrast" in names:
+        features["Contrast"] = p @ w["contrast"]
+    if "Idm" in names:
+        features["Idm"] = p @ w["idm"]
+    if "JointEnergy" in names:
+        features["JointEnergy"] = np.sum(p * p, axis=1)
+    if "JointEntropy" in names:
+        features["JointEntropy"] = -np.sum(p * np.log2(p + EPS), axis=1)
+    if "ClusterShade" in names or "ClusterProminence" in names:
+        deviation = w["sum"][None, :] - 2 * mean[:, None]
+        cubed = p * deviation ** 3
+        features["ClusterShade"] = cubed.sum(axis=1)
+        features["ClusterProminence"] = np.sum(cubed * deviation, axis=1)
+    return {name: features[name] for name in names}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GLRLM
+
+
+@lru_cache(maxsize=None)
+def _line_layout(radius: int, direction: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The cube's lines along ``direction`` laid end to end, each preceded by a gap, and a gap at the end.
+
+    Returns the cube offsets of the sequence (a gap's is the centre's, overwritten) and which entries are gaps.
+    """
+    step = np.array(direction)
+    inside = lambda point: np.all(np.abs(point) <= radius)  # noqa: E731
+    offsets, gaps = [], []
+    for start in _cube(radius):
+        if inside(start - step):
+            continue  # not the first voxel of its line
+        offsets.append(np.zeros(3, int))
+        gaps.append(True)
+        point = start
+        while inside(point):
+            offsets.append(point)
+            gaps.append(False)
+            point = point + step
+    offsets.append(np.zeros(3, int))
+    gaps.append(True)
+    return np.array(offsets), np.array(gaps)
+
+
+def _glrlm(gray: np.ndarray, centres: np.ndarray, radius: int, padded_shape, bin_count: int,
+           names: Sequence[str]) -> dict[str, np.ndarray]:
+    """pyradiomics' GLRLM features of each cube, per direction, averaged over the directions."""
+    longest = 2 * radius + 1
+    lengths = np.arange(1, longest + 1, dtype=float)
+    totals = {name: np.zeros(len(centres)) for name in names}
+    directions_counted = np.zeros(len(centres))
+    for direction in _directions():
+        offsets, gaps = _line_layout(radius, direction)
+        runs = _run_length_matrices(gray, centres, _flat(offsets, padded_shape), gaps, bin_count, longest)
+        run_count = runs.sum(axis=(1, 2))
+        has_runs = run_count > 0
+        for name, value in _glrlm_direction_features(runs, np.where(has_runs, run_count, 1.0), lengths,
+                                                     names).items():
+            totals[name] += np.where(has_runs, value, 0.0)
+        directions_counted += has_runs
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {name: total / directions_counted for name, total in totals.items()}
+
+
+def _run_length_matrices(gray, centres, offsets, gaps, bin_count, longest) -> np.ndarray:
+    """Each cube's run-length matrix along one direction: shape (voxels, bin_count, longest)."""
+    sequence = gray[centres[:, None] + offsets]
+    sequence[:, gaps] = 0  # gaps and voxels outside the image (0) end runs and belong to none
+    changes = sequence[:, 1:] != sequence[:, :-1]
+    position = np.arange(sequence.shape[1])
+    starts = np.concatenate([np.ones((len(sequence), 1), bool), changes], axis=1)
+    last_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    ends = np.concatenate([changes, np.ones((len(sequence), 1), bool)], axis=1) & (sequence > 0)
+    rows, columns = np.nonzero(ends)
+    run_lengths = columns - last_start[rows, columns]  # length - 1
+    codes = (rows * (bin_count + 1) + sequence[rows, columns]) * longest + run_lengths
+    counts = np.bincount(codes, minlength=len(sequence) * (bin_count + 1) * longest)
+    return counts.reshape(len(sequence), bin_count + 1, longest)[:, 1:, :]
+
+
+def _glrlm_direction_features(runs: np.ndarray, run_count: np.ndarray, lengths: np.ndarray,
+                              names) -> dict[str, np.ndarray]:
+    """The features of one direction's run-length matrices (voxels, Ng, Nr); ``run_count`` their sums (>0)."""
+    by_length = runs.sum(axis=1)
+    by_gray = runs.sum(axis=2)
+    features = {}
+    if "ShortRunEmphasis" in names:
+        features["ShortRunEmphasis"] = by_length @ (1 / lengths ** 2) / run_count
+    if "LongRunEmphasis" in names:
+        features["LongRunEmphasis"] = by_length @ (lengths ** 2) / run_count
+    if "GrayLevelNonUniformity" in names:
+        features["GrayLevelNonUniformity"] = np.sum(by_gray.astype(float) ** 2, axis=1) / run_count
+    if "RunLengthNonUniformity" in names:
+        features["RunLengthNonUniformity"] = np.sum(by_length.astype(float) ** 2, axis=1) / run_count
+    if "RunPercentage" in names:
+        features["RunPercentage"] = run_count / np.maximum(by_length @ lengths, 1.0)
+    if "RunEntropy" in names:
+        p = runs.reshape(len(runs), -1) / run_count[:, None]
+        features["RunEntropy"] = -np.sum(p * np.log2(p + EPS), axis=1)
+    return {name: features[name] for name in names}
