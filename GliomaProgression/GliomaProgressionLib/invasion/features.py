@@ -240,66 +240,74 @@ def _pair_starts(radius: int, direction: tuple[int, int, int]) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _glcm_weights(bin_count: int) -> dict[str, np.ndarray]:
-    """Per gray-level pair (i, j), flattened: the weights of the features that are linear in p(i, j)."""
-    i, j = np.meshgrid(np.arange(1, bin_count + 1, dtype=float), np.arange(1, bin_count + 1, dtype=float),
-                       indexing="ij")
-    return {"i": i.ravel(), "j": j.ravel(), "ij": (i * j).ravel(), "contrast": ((i - j) ** 2).ravel(),
-            "idm": (1 / (1 + (i - j) ** 2)).ravel(), "sum": (i + j).ravel()}
+def _glcm_moments(bin_count: int) -> np.ndarray:
+    """Per pair code a * (bin_count + 1) + b, the functions of (i, j) = (a, b) whose p-weighted sums the features
+    need, symmetrised (f(a, b) + f(b, a)) so that they apply to the unsymmetric counts; 0 where a or b is 0
+    (outside the image). Columns: 1, i, i^2, i*j, (i-j)^2, 1/(1+(i-j)^2), (i+j)^2, (i+j)^3, (i+j)^4."""
+    levels = np.arange(bin_count + 1, dtype=float)
+    i, j = (grid.ravel() for grid in np.meshgrid(levels, levels, indexing="ij"))
+    inside = (i > 0) & (j > 0)
+    columns = [np.ones_like(i), (i + j) / 2, (i ** 2 + j ** 2) / 2, i * j, (i - j) ** 2, 1 / (1 + (i - j) ** 2),
+               (i + j) ** 2, (i + j) ** 3, (i + j) ** 4]
+    return 2 * np.stack(columns, axis=1) * inside[:, None]
+
+
+@lru_cache(maxsize=None)
+def _count_log_count(largest: int) -> np.ndarray:
+    """c * log2(c) for the counts 0..largest (0 for 0): a matrix's entropy from its integer counts."""
+    counts = np.arange(largest + 1, dtype=float)
+    return counts * np.log2(np.maximum(counts, 1.0))
 
 
 def _glcm(gray: np.ndarray, centres: np.ndarray, radius: int, padded_shape, bin_count: int,
           names: Sequence[str]) -> dict[str, np.ndarray]:
     """pyradiomics' GLCM features, each direction's symmetric normalised matrix, averaged over the directions."""
     levels = bin_count + 1  # 0 = outside the image: its pairs are counted and then dropped
-    weights = _glcm_weights(bin_count)
     totals = {name: np.zeros(len(centres)) for name in names}
     directions_counted = np.zeros(len(centres))
     for direction in _directions():
         starts = _flat(_pair_starts(radius, direction), padded_shape)
         step = int(_flat(np.array(direction), padded_shape)[0])
-        first = gray[centres[:, None] + starts].astype(np.int64)
+        first = gray[centres[:, None] + starts].astype(np.intp)
         second = gray[centres[:, None] + starts + step]
-        counts = _row_bincount(first * levels + second, levels * levels).reshape(-1, levels, levels)[:, 1:, 1:]
-        matrix = (counts + counts.transpose(0, 2, 1)).reshape(len(centres), -1).astype(float)
-        pairs = matrix.sum(axis=1)
-        has_pairs = pairs > 0
-        matrix /= np.where(has_pairs, pairs, 1.0)[:, None]
-        for name, value in _glcm_direction_features(matrix, weights, names).items():
+        counts = _row_bincount(first * levels + second, levels * levels)
+        moments = counts @ _glcm_moments(bin_count)  # p-weighted sums over the symmetric matrix, times its total
+        has_pairs = moments[:, 0] > 0
+        total = np.where(has_pairs, moments[:, 0], 1.0)
+        symmetric = None
+        if "JointEnergy" in names or "JointEntropy" in names:
+            inner = counts.reshape(-1, levels, levels)[:, 1:, 1:]
+            symmetric = (inner + inner.transpose(0, 2, 1)).reshape(len(centres), -1)
+        for name, value in _glcm_direction_features(moments[:, 1:] / total[:, None], symmetric, total,
+                                                    names).items():
             totals[name] += np.where(has_pairs, value, 0.0)
         directions_counted += has_pairs
     with np.errstate(invalid="ignore", divide="ignore"):
         return {name: total / directions_counted for name, total in totals.items()}
 
 
-def _glcm_direction_features(p: np.ndarray, w: dict[str, np.ndarray], names) -> dict[str, np.ndarray]:
-    """The features of one direction's normalised symmetric matrices p, shape (voxels, Ng*Ng)."""
-    features = {}
-    mean = p @ w["i"]  # mu_x = mu_y: the matrix is symmetric
-    if "Autocorrelation" in names:
-        features["Autocorrelation"] = p @ w["ij"]
+def _glcm_direction_features(moments: np.ndarray, symmetric: np.ndarray | None, total: np.ndarray,
+                             names) -> dict[str, np.ndarray]:
+    """One direction's features from its moments (columns of ``_glcm_moments`` after the first, divided by the
+    matrix's total) and, for energy and entropy, the symmetric matrix's integer counts (voxels, Ng*Ng).
+
+    The central moments are expanded into raw ones: with gray levels at most 255 and float64 sums, the
+    cancellation costs less than 1e-9 of a feature's scale; a flat cube's variance comes out exactly 0.
+    """
+    mean, square, product, contrast, idm, sum2, sum3, sum4 = moments.T  # mean = mu_x = mu_y (symmetric)
+    features = {"Autocorrelation": product, "Contrast": contrast, "Idm": idm}
     if "Correlation" in names:
-        # from centred sums, as pyradiomics, so that nearly flat cubes agree too
-        centred_i = w["i"][None, :] - mean[:, None]
-        centred_j = w["j"][None, :] - mean[:, None]
-        sigma_x = np.sqrt(np.sum(p * centred_i ** 2, axis=1))
-        sigma_y = np.sqrt(np.sum(p * centred_j ** 2, axis=1))
-        covariance = np.sum(p * centred_i * centred_j, axis=1)
-        product = sigma_x * sigma_y
-        features["Correlation"] = np.where(product == 0, 1.0, covariance / (product + EPS))
-    if "Contrast" in names:
-        features["Contrast"] = p @ w["contrast"]
-    if "Idm" in names:
-        features["Idm"] = p @ w["idm"]
-    if "JointEnergy" in names:
-        features["JointEnergy"] = np.sum(p * p, axis=1)
-    if "JointEntropy" in names:
-        features["JointEntropy"] = -np.sum(p * np.log2(p + EPS), axis=1)
+        variance = square - mean ** 2  # sigma_x * sigma_y, both equal for a symmetric matrix
+        flat = variance <= 1e-9 * np.maximum(square, 1.0)  # one gray level: pyradiomics returns 1
+        features["Correlation"] = np.where(flat, 1.0, (product - mean ** 2) / (np.where(flat, 1.0, variance) + EPS))
     if "ClusterShade" in names or "ClusterProminence" in names:
-        deviation = w["sum"][None, :] - 2 * mean[:, None]
-        cubed = p * deviation ** 3
-        features["ClusterShade"] = cubed.sum(axis=1)
-        features["ClusterProminence"] = np.sum(cubed * deviation, axis=1)
+        centre = 2 * mean  # the mean of i + j
+        features["ClusterShade"] = sum3 - 3 * centre * sum2 + 2 * centre ** 3
+        features["ClusterProminence"] = sum4 - 4 * centre * sum3 + 6 * centre ** 2 * sum2 - 3 * centre ** 4
+    if symmetric is not None:
+        features["JointEnergy"] = np.einsum("ij,ij->i", symmetric, symmetric) / total ** 2
+        entropy_sum = _count_log_count(int(symmetric.max(initial=0)))[symmetric].sum(axis=1)
+        features["JointEntropy"] = np.log2(total) - entropy_sum / total  # -sum p log2 p, p = count / total
     return {name: features[name] for name in names}
 
 
