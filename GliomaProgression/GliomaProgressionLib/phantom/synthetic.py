@@ -22,6 +22,35 @@ tumour). ``arrival_delay_s`` and ``mtt_spread`` (a late hemisphere, uneven trans
 correction; with them the truth nCBV is the integral of each voxel's own curve. With every variant off, a seed
 gives the case it always gave, bit for bit.
 
+Diffusion (``diffusion=True``, the default; issue 15; seed 004, Yan et al. 2020, Sci Rep; and seed 003):
+an ADC map and the DTI maps MD and FA, on a diffusion grid of their own (an EPI series: 2 x 2 x 4 mm at full size,
+2.5 x 2.5 x 4 mm small, its own slice tilt and head pose; partial volume through the same sub-voxel averaging as
+FLAIR and DSC), with Gaussian noise on each map (``diffusion_noise``, SD in map units). ADC and MD are the same
+quantity (a third of the tensor's trace: a trace-weighted ADC equals the tensor's MD), in 10^-6 mm^2/s; two maps
+because scanners give a DWI trace ADC and a DTI series separately, with their own noise. Tissue values
+(``PhantomConfig.adc`` and ``.fa``), rounded from the literature:
+
+============ ======= ===== ===========================================================================
+tissue        ADC     FA    source
+============ ======= ===== ===========================================================================
+white matter  750    0.45  Helenius et al. 2002 (AJNR 23:194, ADC 0.7-0.8e-3 mm^2/s); Pierpaoli et al.
+                           1996 (Radiology 201:637, MD ~0.7e-3 in white and grey matter, FA of white matter)
+grey matter   850    0.15  Helenius et al. 2002 (cortex 0.8-0.9e-3 mm^2/s); low FA in cortex
+CSF           3000   0.05  free water at 37 degrees C (~3.0e-3 mm^2/s); FA only the noise floor
+oedema        1400   0.20  Lu et al. 2003 (AJNR 24:937): peritumoral MD of gliomas ~1.3-1.5e-3, FA ~0.2
+enhancing     1000   0.15  Sinha et al. 2002 (AJNR 23:520): enhancing high-grade glioma ~1.0-1.1e-3, low FA
+necrosis      2000   0.08  necrotic cores of glioblastoma ~1.8-2.5e-3 mm^2/s, near-isotropic
+cavity        3000   0.05  fluid, as CSF
+============ ======= ===== ===========================================================================
+
+The future-progression wedge differs from the rest of the oedema as Yan et al. found (lower ADC and p, i.e. MD;
+Price et al. 2007, Eur Radiol 17:1675, found the same for p in the regions that recurred): its ADC and MD are
+``progression_adc_ratio`` (0.80) and its FA ``progression_fa_ratio`` (0.93) times the oedema's, set like the
+FLAIR ratio. ``adc_replication_config`` builds a cohort in which ADC carries what FLAIR and nCBV lack. The noise
+and the diffusion grid's pose come from the case's own diffusion stream, so every other series and truth of a
+seed is the same with diffusion on or off. A raw DTI series (b = 0 and 12 directions at b = 1000 s/mm^2) can be
+made from the noise-free maps (``diffusion_weighted_series``; ``folder.write_case(..., dwi=True)``).
+
 Perfusion habitats (``habitats=True``, issue 14; seed 002, Yun et al. 2023, AJNR): the enhancing lesion (CEL) and
 the NEL are divided into the tissue patterns of ``DSCPerfusionLib.habitats.labels.HABITATS``, each a compact patch
 (the voxels of its region nearest a point on the tumour's edge, directions drawn from the case's own habitat
@@ -135,6 +164,22 @@ MAX_MTT_SPREAD = 0.5
 MTT_FIELD_SIGMA_MM = 15.0  # smoothness of the MTT field: territories, not voxels
 TRANSIT_STREAM = 13  # second seed word of the variants' own random generator
 HABITAT_STREAM = 14  # second seed word of the habitat split's own random generator
+DIFFUSION_STREAM = 15  # second seed word of the diffusion series' own generator (pose, noise on the maps)
+DWI_STREAM = 16  # second seed word of the raw DTI series' own generator (its Rician noise)
+REPLICATION_STREAM = 17  # second seed word of ``adc_replication_config``'s draws
+
+DIFFUSION_MAPS = ("adc", "md", "fa")  # the maps a case folder gets, as adc.nii.gz, md.nii.gz, fa.nii.gz
+DIFFUSION_UNITS = {"adc": "10^-6 mm^2/s", "md": "10^-6 mm^2/s", "fa": "fraction (0-1)"}
+# The diffusion series: a 2 x 2 x 4 mm EPI at full size (a common clinical DTI protocol), coarser when small.
+DIFFUSION_PROTOCOLS = {
+    "full": SeriesProtocol("diffusion", (2.0, 2.0, 4.0), (2, 2, 4), tilt_deg=8.0),
+    "small": SeriesProtocol("diffusion", (2.5, 2.5, 4.0), (2, 2, 2), tilt_deg=8.0),
+}
+# The raw DTI series (``diffusion_weighted_series``): one b = 0 volume and 12 directions at b = 1000 s/mm^2, SNR of
+# normal white matter at b = 0.
+DWI_B_VALUE = 1000.0
+DWI_DIRECTIONS = 12
+DWI_SNR = 25.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +224,8 @@ class PhantomConfig:
     # How the infiltrated (future-progression) part of the NEL differs from the rest of the oedema.
     progression_cbv_ratio: float = 1.6  # its CBV relative to normal white matter
     progression_flair_ratio: float = 1.04  # its FLAIR signal relative to the rest of the oedema
+    progression_adc_ratio: float = 0.80  # its ADC and MD relative to the rest of the oedema (seed 004: lower)
+    progression_fa_ratio: float = 0.93  # its FA relative to the rest of the oedema (seed 004: slightly lower)
     k2_enhancing: float = 0.015  # leakage of the enhancing tumour (1/s), BSW convention (positive = T1 effect)
     # DSC protocol
     frames: int = 60
@@ -191,11 +238,18 @@ class PhantomConfig:
     cbv: TissueProperties = TissueProperties(4.0, 2.0, 0.0, 1.7, 7.0, 0.4, 0.0)
     cbf: TissueProperties = TissueProperties(60.0, 22.0, 0.0, 18.0, 85.0, 6.0, 0.0)
     dsc_s0: TissueProperties = TissueProperties(1050, 900, 1500, 1150, 1000, 1300, 1500)
+    # Diffusion (see "Diffusion" in the module docstring): ADC = MD in 10^-6 mm^2/s, FA 0-1, the b = 0 signal of a
+    # raw DTI series (T2-weighted spin-echo EPI), and the SD of the Gaussian noise on each map.
+    adc: TissueProperties = TissueProperties(850, 750, 3000, 1400, 1000, 2000, 3000)
+    fa: TissueProperties = TissueProperties(0.15, 0.45, 0.05, 0.20, 0.15, 0.08, 0.05)
+    dwi_b0: TissueProperties = TissueProperties(1050, 900, 2200, 1500, 1150, 1700, 2200)
+    diffusion_noise: dict = field(default_factory=lambda: {"adc": 40.0, "md": 30.0, "fa": 0.03})
     # Variants (see the module's docstring).
     preprocessed: bool = False
     head: bool = False
     dsc: bool = True
     dsc_slices: int | None = None
+    diffusion: bool = True  # ADC, MD and FA maps (issue 15)
     # Transit-time variants, off by default (issue 13): the bolus reaches the tumour's hemisphere this much
     # later (s), and each voxel's MTT is scaled by exp(mtt_spread * z), z a smooth unit-SD field (CBF scaled
     # inversely, CBV kept). With either on, the nCBV truth is the integral of each voxel's own curve.
@@ -217,6 +271,15 @@ class PhantomConfig:
             raise ValueError(f"size must be one of {', '.join(SIZES)}, got {self.size!r}.")
         if self.progression_cbv_ratio <= 0 or self.progression_flair_ratio <= 0:
             raise ValueError("progression_cbv_ratio and progression_flair_ratio must be positive.")
+        if self.progression_adc_ratio <= 0 or self.progression_fa_ratio <= 0:
+            raise ValueError("progression_adc_ratio and progression_fa_ratio must be positive.")
+        if self.diffusion and self.fa.oedema * self.progression_fa_ratio > 1:
+            raise ValueError(f"The progression region's FA ({self.fa.oedema} x {self.progression_fa_ratio}) would "
+                             "exceed 1.")
+        if set(self.diffusion_noise) != set(DIFFUSION_MAPS) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in self.diffusion_noise.values()):
+            raise ValueError(f"diffusion_noise must give a non-negative noise SD for each of {', '.join(DIFFUSION_MAPS)}, "
+                             f"got {self.diffusion_noise!r}.")
         if self.k2_enhancing < 0:
             raise ValueError(f"k2_enhancing must be zero or positive, got {self.k2_enhancing}.")
         if self.frames < 20 or self.tr_s <= 0 or self.te_s <= 0:
@@ -265,6 +328,10 @@ class SyntheticCase:
     # With habitats: truth also holds "habitats" (CE-T1 grid), "habitats_dsc" and "lesion_dsc" (DSC grid), and
     # this summary (fractions per region, voxel counts, shares, family parameters) is truth/habitats.json.
     habitats: dict | None = None
+    # With diffusion: "adc", "md", "fa" as a scanner gives them (noisy, float32, on the diffusion grid; files
+    # adc.nii.gz, md.nii.gz, fa.nii.gz); truth also holds the noise-free "md" and "fa" (truth ADC = truth MD), the
+    # b = 0 signal "dwi_b0" and the mask "brain_diffusion" on that grid. None for a case made without diffusion.
+    diffusion: dict[str, Volume] | None = None
 
 
 # --- template -------------------------------------------------------------------------------------------
@@ -579,6 +646,181 @@ def _habitat_summary(shares: dict, habitats: Volume, lesion: Volume,
     }
 
 
+# --- diffusion ------------------------------------------------------------------------------------------------
+
+
+def _diffusion_series(config: PhantomConfig, anatomy: _Anatomy, tumour: _Tumour, field_of_view: np.ndarray,
+                      brain_centre) -> tuple[dict, dict, HeadPose, sitk.Image]:
+    """ADC, MD and FA as a scanner gives them, the noise-free truth on the diffusion grid, its pose and grid.
+
+    Pose and noise come from the case's diffusion stream: the other series of a seed do not change with diffusion
+    on or off. Outside the brain the maps are 0 (scanners mask the background of diffusion maps).
+    """
+    rng = np.random.default_rng([config.seed, DIFFUSION_STREAM])
+    protocol = DIFFUSION_PROTOCOLS[config.size]
+    centre = tuple(float(c) for c in brain_centre)
+    pose = HeadPose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), centre) if config.preprocessed else \
+        random_pose(rng, centre, 2.0, 3.0)
+    grid = series_grid(protocol, pose, anatomy.grid, field_of_view)
+    tissue = {
+        "md": _property_map(anatomy, tumour, config.adc,
+                            progression_value=config.adc.oedema * config.progression_adc_ratio),
+        "fa": _property_map(anatomy, tumour, config.fa, progression_value=config.fa.oedema * config.progression_fa_ratio),
+        "dwi_b0": _property_map(anatomy, tumour, config.dwi_b0),
+        "brain": anatomy.brain.astype(np.float32),
+    }
+    acquired = {name: acquire(_as_image(array, anatomy.grid), grid, pose, protocol.oversample)
+                for name, array in tissue.items()}
+    share = acquired.pop("brain")
+    brain = share > 0.5
+    # A voxel on the brain's edge holds its brain part's values: the background adds no signal to the mix.
+    truth = {name: np.where(brain, array / np.maximum(share, 1e-6), 0).astype(np.float32)
+             for name, array in acquired.items()}
+    truth["brain_diffusion"] = brain.astype(np.uint8)
+    maps = {name: _noisy_map(rng, config, truth["fa" if name == "fa" else "md"], brain, name) for name in DIFFUSION_MAPS}
+    return maps, truth, pose, grid
+
+
+def _noisy_map(rng: np.random.Generator, config: PhantomConfig, truth: np.ndarray, brain: np.ndarray,
+               name: str) -> np.ndarray:
+    """A map with the scanner's Gaussian noise (``diffusion_noise``), 0 outside the brain, in its valid range."""
+    values = truth
+    if config.noise:
+        values = truth + np.float32(config.diffusion_noise[name]) * rng.standard_normal(truth.shape, np.float32)
+        values = np.clip(values, 0.0, 1.0 if name == "fa" else None)
+    return np.where(brain, values, 0).astype(np.float32)
+
+
+def gradient_scheme(directions: int = DWI_DIRECTIONS, b_value: float = DWI_B_VALUE) -> tuple[np.ndarray, np.ndarray]:
+    """b-values (s/mm^2) and unit b-vectors (one row per volume) of a DTI protocol: one b = 0 volume, then
+    ``directions`` directions spread evenly over the half-sphere by dipy's electrostatic repulsion (Jones et al.
+    1999, MRM 42:515), from a fixed start: the same scheme every time."""
+    from dipy.core.sphere import HemiSphere, disperse_charges
+
+    if isinstance(directions, bool) or not isinstance(directions, (int, np.integer)) or directions < 6:
+        raise ValueError(f"A diffusion tensor needs at least 6 gradient directions, got {directions!r}.")
+    if not b_value > 0:
+        raise ValueError(f"The b-value must be positive, got {b_value!r}.")
+    start = np.random.default_rng(int(directions)).standard_normal((int(directions), 3))
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    spread, _ = disperse_charges(HemiSphere(xyz=start), 1000)
+    bvecs = np.vstack([np.zeros((1, 3)), spread.vertices / np.linalg.norm(spread.vertices, axis=1, keepdims=True)])
+    return np.r_[0.0, np.full(int(directions), float(b_value))], bvecs
+
+
+def prolate_tensor_eigenvalues(md: np.ndarray, fa: np.ndarray) -> np.ndarray:
+    """Eigenvalues ``[..., 3]`` (units of ``md``) of the cylindrically symmetric tensor with mean ``md`` and
+    fractional anisotropy ``fa``: l1 = MD + 2a and l2 = l3 = MD - a, where a = MD FA / sqrt(3 - 2 FA^2) solves
+    FA = sqrt(3/2) |l - MD| / |l| for that shape (l2 = l3 = 0 at FA = 1)."""
+    md = np.asarray(md, dtype=np.float64)
+    fa = np.clip(np.asarray(fa, dtype=np.float64), 0.0, 1.0)
+    a = md * fa / np.sqrt(3.0 - 2.0 * fa ** 2)
+    return np.stack([md + 2 * a, md - a, md - a], axis=-1)
+
+
+def diffusion_weighted_signal(md: np.ndarray, fa: np.ndarray, principal: np.ndarray, s0: np.ndarray,
+                              bvals: np.ndarray, bvecs: np.ndarray) -> np.ndarray:
+    """The noise-free DWI signal ``[t, ...]`` of one prolate tensor per voxel, by dipy's tensor model
+    (S = S0 exp(-b g^T D g)): ``md`` in 10^-6 mm^2/s, ``fa`` 0-1, ``principal`` the tensor's main axis ``[..., 3]``
+    in the frame of ``bvecs`` (any length but 0), ``s0`` the b = 0 signal, b-values in s/mm^2."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import tensor_prediction
+
+    first = np.asarray(principal, dtype=np.float64)
+    first = first / np.linalg.norm(first, axis=-1, keepdims=True)
+    # Any two axes perpendicular to the first complete the frame: the tensor is symmetric about its main axis.
+    helper = np.where(np.abs(first[..., :1]) < 0.9, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
+    second = np.cross(first, helper)
+    second /= np.linalg.norm(second, axis=-1, keepdims=True)
+    third = np.cross(first, second)
+    evecs = np.stack([first, second, third], axis=-1)  # eigenvectors as columns, as dipy stores them
+    evals = prolate_tensor_eigenvalues(np.asarray(md) * 1e-6, fa)  # mm^2/s
+    params = np.concatenate([evals, evecs.reshape(evecs.shape[:-2] + (9,))], axis=-1)
+    signal = tensor_prediction(params, gradient_table(np.asarray(bvals, float), bvecs=np.asarray(bvecs, float)),
+                               np.asarray(s0, dtype=np.float64))
+    return np.moveaxis(signal, -1, 0).astype(np.float32)
+
+
+def diffusion_weighted_series(case: SyntheticCase) -> tuple[Volume, np.ndarray, np.ndarray]:
+    """A raw DTI series of the case ``[t, k, j, i]`` on its diffusion grid (int16, as scanners store it), with
+    its b-values (s/mm^2) and b-vectors (rows; FSL convention: in the image's voxel axes i, j, k, x negated when
+    the image's voxel-to-world matrix has a positive determinant, as FSL and dcm2niix write them).
+
+    The signal is made from the noise-free MD, FA and b = 0 maps of ``case.truth`` with ``gradient_scheme()``;
+    each voxel's tensor points away from the tumour's centre (a radial field: the tracts oedema and infiltration
+    follow leave the tumour), and Rician noise from the case's own DWI stream gives white matter an SNR of
+    ``DWI_SNR`` at b = 0. A tensor fit recovers the MD and FA truth within the noise.
+    """
+    if case.diffusion is None:
+        raise ValueError("The synthetic case was made without diffusion; a DTI series is made from its MD and FA.")
+    md, fa, b0, brain = (case.truth[name] for name in ("md", "fa", "dwi_b0", "brain_diffusion"))
+    inside = np.asarray(brain.array, bool)
+    bvals, gradients = gradient_scheme()
+    ijk_to_ras = md.ijk_to_ras
+    axes = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)  # unit i, j, k axes in RAS (columns)
+    template_from_series = np.array(case.metadata["diffusion"]["series"]["ras_template_from_ras_series"])
+    centre = np.linalg.inv(template_from_series) @ np.r_[case.metadata["tumour"]["centre_ras_mm"], 1.0]
+    ijk = np.argwhere(inside)[:, ::-1].astype(np.float64)
+    outward = (ijk @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3] - centre[:3]) @ axes  # along i, j, k
+    outward[np.linalg.norm(outward, axis=1) < 1e-6] = (1.0, 0.0, 0.0)
+    signal = np.zeros((len(bvals),) + inside.shape, np.float32)
+    signal[:, inside] = diffusion_weighted_signal(md.array[inside], fa.array[inside], outward, b0.array[inside],
+                                                  bvals, gradients)
+    if case.config.noise:
+        rng = np.random.default_rng([case.config.seed, DWI_STREAM])
+        signal = add_rician_noise(signal, case.config.dwi_b0.white / DWI_SNR, rng)
+    bvecs = gradients.copy()
+    if np.linalg.det(ijk_to_ras[:3, :3]) > 0:
+        bvecs[:, 0] *= -1
+    return Volume(_to_int16(signal), ijk_to_ras.copy()), bvals, bvecs
+
+
+# --- a cohort in which ADC carries what FLAIR and nCBV lack ---------------------------------------------------
+
+ADC_VISIBLE_ADC_RATIO = (0.72, 0.85)  # ADC and MD of the wedge / the oedema's where the progression shows on ADC
+ADC_VISIBLE_FA_RATIO = (0.90, 0.96)  # its FA / the oedema's there (seed 004: slightly lower)
+NCBV_VISIBLE_CBV_RATIO = (1.6, 1.8)  # its CBV / white matter's where the progression shows on nCBV (seed 000's)
+NOT_PROGRESSING_EVERY = 4  # seed % 4 == 3: nothing progresses (the demo recipe's negatives, models.training)
+
+
+def adc_replication_visibility(seed: int) -> str:
+    """Where ``adc_replication_config(seed)`` lets the future progression show: "adc", "ncbv" or "none"."""
+    if seed % NOT_PROGRESSING_EVERY == NOT_PROGRESSING_EVERY - 1:
+        return "none"
+    return "adc" if np.random.default_rng([seed, REPLICATION_STREAM]).uniform() < 0.5 else "ncbv"
+
+
+def adc_replication_config(seed: int, size: str = "small") -> PhantomConfig:
+    """One case of a simulated cohort in which ADC carries information that FLAIR and nCBV lack (issue 15).
+
+    The future-progression wedge of the NEL is, by ``adc_replication_visibility(seed)``:
+
+    * "adc" (about half of the progressing cases): lower ADC and MD, ``ADC_VISIBLE_ADC_RATIO`` x the oedema's,
+      and slightly lower FA, ``ADC_VISIBLE_FA_RATIO`` x (seed 004's contrasts), while its CBV and FLAIR are the
+      oedema's own (CBV ratio cbv.oedema / cbv.white, FLAIR ratio 1): invisible on nCBV and FLAIR;
+    * "ncbv" (the other half): raised CBV, ``NCBV_VISIBLE_CBV_RATIO`` x white matter's (as in seed 000's demo
+      recipe), FLAIR, ADC and FA those of the oedema: visible on nCBV only;
+    * "none" (seed % 4 == 3, the seeds the demo recipe's ``models.training.is_positive`` calls negative): every
+      ratio that of the oedema; nothing shows and nothing progresses (such a case gets no progression label).
+
+    A model given CE-T1, FLAIR and nCBV can learn the "ncbv" half only; one given ADC as well, both halves. The
+    draws come from the seed's own replication stream; the rest is ``PhantomConfig`` defaults (diffusion on).
+    """
+    base = PhantomConfig(seed=seed, size=size).validated()
+    looks_like_oedema = {"progression_cbv_ratio": base.cbv.oedema / base.cbv.white, "progression_flair_ratio": 1.0,
+                         "progression_adc_ratio": 1.0, "progression_fa_ratio": 1.0}
+    rng = np.random.default_rng([seed, REPLICATION_STREAM, 1])
+    visible = adc_replication_visibility(seed)
+    if visible == "adc":
+        shows = {"progression_adc_ratio": float(rng.uniform(*ADC_VISIBLE_ADC_RATIO)),
+                 "progression_fa_ratio": float(rng.uniform(*ADC_VISIBLE_FA_RATIO))}
+    elif visible == "ncbv":
+        shows = {"progression_cbv_ratio": float(rng.uniform(*NCBV_VISIBLE_CBV_RATIO))}
+    else:
+        shows = {}
+    return PhantomConfig(seed=seed, size=size, **{**looks_like_oedema, **shows}).validated()
+
+
 # --- scalp and skull ----------------------------------------------------------------------------------------
 
 # Intensities of the layers around the brain, in each series' units (white matter: CE-T1 1000, FLAIR 620, DSC 900):
@@ -777,6 +1019,14 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
             truth["lesion_dsc"] = volume(lesion_dsc, "dsc")  # which region each DSC voxel's habitat is in
         habitats = _habitat_summary(shares, truth["habitats"], volume(lesion, "t1c"), on_dsc, lesion_dsc)
     metadata = _metadata(config, tumour, poses, grids, protocols, simulation, times)
+    diffusion = None
+    metadata["diffusion"] = None
+    if config.diffusion:
+        report(0.9, "Acquiring the diffusion maps")
+        maps, diffusion_truth, pose, grid = _diffusion_series(config, anatomy, tumour, field_of_view, brain_centre)
+        diffusion = {name: Volume(array, ijk_to_ras_from_sitk(grid)) for name, array in maps.items()}
+        truth.update({name: Volume(array, ijk_to_ras_from_sitk(grid)) for name, array in diffusion_truth.items()})
+        metadata["diffusion"] = _diffusion_metadata(poses["t1c"], pose, grid, DIFFUSION_PROTOCOLS[config.size])
     report(1.0, "Synthetic case ready")
     return SyntheticCase(
         config=config,
@@ -788,6 +1038,7 @@ def generate_case(config: PhantomConfig = PhantomConfig(), progress: Progress | 
         truth=truth,
         metadata=metadata,
         habitats=habitats,
+        diffusion=diffusion,
     )
 
 
@@ -840,17 +1091,33 @@ def _slab(grid: sitk.Image, pose: HeadPose, centre_ras: np.ndarray, slices: int)
     return slab
 
 
+def _series_record(grid: sitk.Image, protocol: SeriesProtocol, pose: HeadPose) -> dict:
+    return {
+        "spacing_mm": list(grid.GetSpacing()),
+        "size": list(grid.GetSize()),
+        "slice_tilt_deg": protocol.tilt_deg,
+        "head_rotation_deg": [round(v, 4) for v in pose.rotation_deg],
+        "head_translation_mm": [round(v, 4) for v in pose.translation_mm],
+        "ras_template_from_ras_series": pose.matrix_ras().round(6).tolist(),
+    }
+
+
+def _diffusion_metadata(t1c_pose: HeadPose, pose: HeadPose, grid: sitk.Image, protocol: SeriesProtocol) -> dict:
+    """truth.json's "diffusion": the grid and pose of the diffusion maps (beside "series", whose members are the
+    series every case has), the CE-T1 registration a reader should find, and the maps' units."""
+    series = _series_record(grid, protocol, pose)
+    series["ras_t1c_from_ras_series"] = (np.linalg.inv(t1c_pose.matrix_ras()) @ pose.matrix_ras()).round(6).tolist()
+    return {
+        "series": series,
+        "units": DIFFUSION_UNITS,
+        "definition": "ADC and MD: a third of the diffusion tensor's trace (the same quantity, two acquisitions with "
+                      "their own noise); truth md and fa are noise-free; the wedge's ADC/MD and FA are the oedema's "
+                      "times progression_adc_ratio and progression_fa_ratio",
+    }
+
+
 def _metadata(config, tumour, poses: dict[str, HeadPose], grids, protocols, simulation, times) -> dict:
-    series = {}
-    for name, pose in poses.items():
-        series[name] = {
-            "spacing_mm": list(grids[name].GetSpacing()),
-            "size": list(grids[name].GetSize()),
-            "slice_tilt_deg": protocols[name].tilt_deg,
-            "head_rotation_deg": [round(v, 4) for v in pose.rotation_deg],
-            "head_translation_mm": [round(v, 4) for v in pose.translation_mm],
-            "ras_template_from_ras_series": pose.matrix_ras().round(6).tolist(),
-        }
+    series = {name: _series_record(grids[name], protocols[name], pose) for name, pose in poses.items()}
     # What a registration of FLAIR or DSC onto CE-T1 should find: CE-T1 RAS = M @ series RAS.
     t1c_from_template = np.linalg.inv(poses["t1c"].matrix_ras())
     for name in ("flair", "dsc") if "dsc" in poses else ("flair",):
