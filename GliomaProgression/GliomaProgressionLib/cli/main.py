@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from GliomaProgressionLib.cli import cohort, ctv, habitats, models, perfusion, phantom, predict, radiomics, run
+from GliomaProgressionLib.cli import (cohort, ctv, habitats, invasion, models, perfusion, phantom, predict, radiomics,
+                                      run)
 from GliomaProgressionLib.cli.options import EXIT_BAD_INPUT, Parser
 from GliomaProgressionLib.models.process import termination_as_interrupt
 
-COMMAND_GROUPS = (phantom, perfusion, habitats, predict, models, ctv, run, cohort, radiomics)
+COMMAND_GROUPS = (phantom, perfusion, habitats, invasion, predict, models, ctv, run, cohort, radiomics)
 
 
 def _build_parser() -> argparse.ArgumentParser:
