@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from GliomaProgressionLib.cli import habitats, survival
+from GliomaProgressionLib.cli import habitats, invasion, survival
 from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float, positive_int
 
 
@@ -26,6 +26,7 @@ def add_commands(subparsers) -> None:
     _add_package(actions)
     _add_replicate(actions)
     habitats.add_cohort_actions(actions)
+    invasion.add_cohort_actions(actions)
     survival.add_cohort_actions(actions)
 
 
