@@ -13,6 +13,7 @@ from pathlib import Path
 
 from GliomaProgressionLib.cli import habitats, invasion, survival
 from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float, positive_int
+from GliomaProgressionLib.models.size_weighted import ALPHA, DEFAULT_LOSS, LOSSES, WEIGHT_RANGE
 
 
 def add_commands(subparsers) -> None:
@@ -119,6 +120,12 @@ def _add_train(actions) -> None:
     train.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default 20)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default 2)")
+    train.add_argument("--loss", choices=LOSSES, default=DEFAULT_LOSS,
+                       help=f"training loss (default {DEFAULT_LOSS}, nnU-Net's own Dice + cross-entropy); "
+                            "size-weighted: each case of a batch weighted by its progression volume V in the patch, "
+                            f"w proportional to V^-{ALPHA:g}, mean 1 over the cases with progression, clipped to "
+                            f"[{WEIGHT_RANGE[0]:.3g}, {WEIGHT_RANGE[1]:g}], 1 without progression (Tran et al. 2025); "
+                            "recorded in cohort_train.json and the package")
     train.set_defaults(handler=_run_train)
 
 
@@ -170,9 +177,10 @@ def _run_train(args: argparse.Namespace) -> int:
     _refuse_flags((not folds or any(not 0 <= f <= 4 for f in folds) or len(set(folds)) != len(folds),
                    f"--folds must be distinct numbers 0..4, got {folds}."), _training_length_checks(args))
     record = train_cohort(args.raw, args.out, args.configuration, args.folds, args.epochs, args.iterations,
-                          args.device, args.threads, log=lambda message: print(message, file=sys.stderr, flush=True))
-    print(f"Trained {record['dataset']} ({record['configuration']}, folds {record['folds']}) in "
-          f"{record['wall_time_s']} s. Results in {args.out}")
+                          args.device, args.threads, log=lambda message: print(message, file=sys.stderr, flush=True),
+                          loss=args.loss)
+    print(f"Trained {record['dataset']} ({record['configuration']}, folds {record['folds']}, {record['loss']} "
+          f"loss) in {record['wall_time_s']} s. Results in {args.out}")
     return 0
 
 

@@ -8,6 +8,11 @@ preprocessing and trainer in this process, inside a new RESULTS folder (``raw/``
   8-64 features, 48^3 patch, batch 2): minutes on two CPU cores;
 - ``3d_fullres``: nnU-Net's own plan, unchanged (a GPU is advisable).
 
+Losses (``models.size_weighted.LOSSES``): ``dice-ce``, nnU-Net's own Dice + cross-entropy, or ``size-weighted``,
+the lesion-size-weighted loss of Tran et al. 2025 (seed 003; the formula in ``models/size_weighted.py``). The loss
+and the trainer class are recorded in ``cohort_train.json`` and, by ``package``, in the package's gliomaprog.json
+and model card.
+
 With ``--folds 0`` alone one split is used (about 10% of the cases, at least one, give nnU-Net's per-epoch pseudo
 Dice); with several folds nnU-Net's own 5-fold cross-validation split. ``package`` zips the trained folder in the
 format of the shipped demo models (dataset.json, plans.json, fold_N/checkpoint_final.pth with only the weights,
@@ -23,6 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
+from GliomaProgressionLib.models.size_weighted import DEFAULT_LOSS, check_loss, loss_record
 from GliomaProgressionLib.models.training import (ARCHITECTURE, CONFIGURATION as NNUNET_CONFIGURATION, SPACING_MM,
                                                   SYNTHETIC_NOTICE, TRAINING_SETTINGS, plan_and_preprocess_dataset,
                                                   train_fold)
@@ -86,7 +92,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_train_arguments(configuration: str, folds: list[int], epochs: int, iterations: int) -> None:
+def check_train_arguments(configuration: str, folds: list[int], epochs: int, iterations: int,
+                          loss: str = DEFAULT_LOSS) -> None:
+    check_loss(loss)
     if configuration not in CONFIGURATIONS:
         raise ValueError(f"Unknown configuration {configuration!r}: use small or 3d_fullres.")
     if not folds or any(not 0 <= fold <= 4 for fold in folds) or len(set(folds)) != len(folds):
@@ -98,13 +106,14 @@ def check_train_arguments(configuration: str, folds: list[int], epochs: int, ite
 def train_cohort(raw: str | os.PathLike, out: str | os.PathLike, configuration: str = "small",
                  folds: tuple[int, ...] = (0,), epochs: int = TRAINING_SETTINGS["epochs"],
                  iterations: int = TRAINING_SETTINGS["iterations_per_epoch"], device: str = "auto",
-                 threads: int | None = None, log=print) -> dict:
-    """Plan, preprocess and train ``raw`` into the new folder ``out``; returns what cohort_train.json records."""
+                 threads: int | None = None, log=print, loss: str = DEFAULT_LOSS) -> dict:
+    """Plan, preprocess and train ``raw`` into the new folder ``out`` with the training ``loss`` (one of
+    ``models.size_weighted.LOSSES``); returns what cohort_train.json records."""
     from GliomaProgressionLib.case.files import staged_output_folder
     from GliomaProgressionLib.models.training import set_nnunet_environment
 
     folds = [int(fold) for fold in folds]
-    check_train_arguments(configuration, folds, epochs, iterations)
+    check_train_arguments(configuration, folds, epochs, iterations, loss)
     raw = Path(raw)
     dataset_id, name = dataset_identity(raw)
     device = resolve_device(device)
@@ -120,11 +129,12 @@ def train_cohort(raw: str | os.PathLike, out: str | os.PathLike, configuration: 
             write_single_split(staging / "preprocessed" / name, cases)
         settings = {"epochs": epochs, "iterations_per_epoch": iterations}
         for fold in folds:
-            log(f"Training fold {fold}: {epochs} epochs x {iterations} iterations on {device}")
-            results = train_fold(staging, name, fold, settings, device, threads)
+            log(f"Training fold {fold}: {epochs} epochs x {iterations} iterations on {device}, {loss} loss")
+            results = train_fold(staging, name, fold, settings, device, threads, loss)
         record = {"dataset": name, "configuration": configuration, "nnunet_configuration": NNUNET_CONFIGURATION,
                   "folds": folds, "device": device, **TRAINING_SETTINGS, **settings,
                   "results_folder": str(results.relative_to(staging)), "spacing_mm": spacing_mm,
+                  "trainer": results.name.split("__")[0], **loss_record(loss),
                   "wall_time_s": round(time.monotonic() - started, 1)}
         if configuration == "small":
             record["architecture"] = ARCHITECTURE
@@ -151,6 +161,11 @@ def package_metadata(model_id: str, title: str, dataset: dict, record: dict, syn
     from GliomaProgressionLib.models.packages import MODALITY_NAMES
 
     modalities = [dataset["channel_names"][key] for key in sorted(dataset["channel_names"], key=int)]
+    # A folder trained before the loss was a choice was trained with nnU-Net's own loss.
+    training = {**{k: record[k] for k in ("configuration", "epochs", "iterations_per_epoch", "device", "spacing_mm",
+                                          "wall_time_s") if k in record},
+                "trainer": Path(record["results_folder"]).name.split("__")[0],
+                **loss_record(record.get("loss", DEFAULT_LOSS))}
     names = dataset.get("channels_gliomaprog") or [MODALITY_NAMES.get(m.lower(), m.lower()) for m in modalities]
     return {"id": model_id, "title": title, "synthetic": synthetic,
             "channels": [{"name": n, "modality": m} for n, m in zip(names, modalities)],
@@ -158,9 +173,9 @@ def package_metadata(model_id: str, title: str, dataset: dict, record: dict, syn
             "label": "future tumour progression inside the non-enhancing FLAIR lesion (NEL); output = its probability",
             "description": (SYNTHETIC_NOTICE + " " if synthetic else "") + f"Trained with gliomaprog cohort train "
                            f"({record['configuration']}, {record['epochs']} epochs x "
-                           f"{record['iterations_per_epoch']} iterations) on {record['dataset']}.",
-            "training": {k: record[k] for k in ("configuration", "epochs", "iterations_per_epoch", "device",
-                                                 "spacing_mm", "wall_time_s") if k in record}}
+                           f"{record['iterations_per_epoch']} iterations, {training['loss']} loss) on "
+                           f"{record['dataset']}.",
+            "training": training}
 
 
 def package_model(results: str | os.PathLike, model_id: str, title: str, out: str | os.PathLike,
@@ -202,4 +217,6 @@ def model_card(meta: dict) -> str:
     return "\n".join([meta["title"], "", meta["description"], "", f"Label: {meta['label']}",
                       f"Channels: {channels} (GliomaProgression preprocessing, CE-T1 reference grid).",
                       f"nnU-Net v2 {meta['configuration']}, folds {meta['folds']}.",
+                      f"Training loss: {meta['training']['loss']}: {meta['training']['loss_description']} "
+                      f"(trainer {meta['training']['trainer']}).",
                       f"Training: {json.dumps(meta['training'])}", ""])

@@ -13,7 +13,9 @@ which ``make demo-models`` runs):
    configuration (2 mm spacing, 4 stages, 8–64 features, one convolution per stage, 48³ patch, batch 2) — small
    enough to train on two CPU cores in minutes and to predict a 1 mm brain in seconds.
 3. **Training**: nnU-Net's trainer (loss, augmentation, poly learning rate, deep supervision) through a subclass
-   that takes epochs and iterations from ``TRAINING_SETTINGS``; run in-process on the CPU, fold 0.
+   that takes epochs and iterations from ``TRAINING_SETTINGS``; run in-process on the CPU, fold 0. (``gliomaprog
+   cohort train --loss size-weighted`` trains a site's model with the lesion-size-weighted loss of
+   ``size_weighted``, a further subclass.)
 4. **Packaging**: the results folder (dataset.json, plans.json, fold_0/checkpoint_final.pth with the optimizer
    state removed, a model card) zipped into ``GliomaProgression/Resources/models/<id>.zip``; sha256 and metadata
    into ``GliomaProgression/Resources/Models.json`` (the module's Resources folder, which a built extension installs).
@@ -35,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from GliomaProgressionLib.models.size_weighted import DEFAULT_LOSS, check_loss, size_weighted_trainer
 
 SYNTHETIC_NOTICE = "Trained on synthetic data — not for clinical use."
 TRAINING_SEEDS = tuple(range(1000, 1048))
@@ -244,8 +248,9 @@ def plan_and_preprocess(model_id: str, work: Path) -> dict:
     return plans
 
 
-def trainer_class():
-    """nnU-Net's trainer with epochs and iterations from TRAINING_SETTINGS (inference never needs this class)."""
+def trainer_class(loss: str = DEFAULT_LOSS):
+    """nnU-Net's trainer with epochs and iterations from TRAINING_SETTINGS, and the training ``loss`` (one of
+    ``size_weighted.LOSSES``: nnU-Net's own, or the lesion-size-weighted one); inference never needs this class."""
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -261,20 +266,22 @@ def trainer_class():
             self.initial_lr = float(self.settings["initial_lr"])
             self.oversample_foreground_percent = float(self.settings["oversample_foreground_percent"])
 
+    if check_loss(loss) == "size-weighted":
+        return size_weighted_trainer(nnUNetTrainerGliomaDemo)
     return nnUNetTrainerGliomaDemo
 
 
 def train_fold(work: Path, name: str, fold: int, settings: dict, device: str = "cpu",
-               threads: int | None = None) -> Path:
-    """nnU-Net's trainer (the subclass above) on one fold, in this process; returns the results folder.
-    Shared by the demo recipe and ``gliomaprog cohort train``."""
+               threads: int | None = None, loss: str = DEFAULT_LOSS) -> Path:
+    """nnU-Net's trainer (the subclass above, with ``loss``) on one fold, in this process; returns the results
+    folder (named by the trainer class). Shared by the demo recipe and ``gliomaprog cohort train``."""
     import torch
 
     torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
     preprocessed = work / "preprocessed" / name
     plans = json.loads((preprocessed / f"{PLANS_NAME}.json").read_text())
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
-    cls = trainer_class()
+    cls = trainer_class(loss)
     cls.settings = {**TRAINING_SETTINGS, **(settings or {})}
     plans["continue_training"] = False  # nnU-Net 2.8 reads (and pops) this from the plans
     trainer = cls(plans, CONFIGURATION, fold, dataset_json, torch.device(device))
@@ -302,7 +309,8 @@ def slim_checkpoint(source: Path, target: Path) -> None:
     import torch
 
     checkpoint = torch.load(source, map_location="cpu", weights_only=False)  # our own file, just written
-    # The trainer subclass only changes epochs and iterations; the network is nnUNetTrainer's. Recording
+    # The trainer subclasses change epochs, iterations and (size-weighted) the loss; the network is nnUNetTrainer's.
+    # The class that trained it stays in "trained_with". Recording
     # "nnUNetTrainer" lets nnU-Net's own tools (nnUNetv2_predict_from_modelfolder) open the folder too.
     slim = {"network_weights": checkpoint["network_weights"], "trainer_name": "nnUNetTrainer",
             "trained_with": str(checkpoint["trainer_name"]),
