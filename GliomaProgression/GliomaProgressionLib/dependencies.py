@@ -73,7 +73,7 @@ EXTENSION_REQUIREMENTS = {
 }
 
 # What each action needs (distribution or import names as in requirements.txt / EXTENSION_REQUIREMENTS).
-PREDICT = ("torch", "nnunetv2", "nibabel", "matplotlib")
+PREDICT = ("torch", "nnunetv2", "nibabel", "matplotlib", "dipy")
 RADIOMICS = ("radiomics", "nibabel", "matplotlib")
 SYNTHETIC_CASE = ("nilearn", "nibabel", "matplotlib")  # Generate, Sample Data
 CTV_PLANNER = ("scikit-image", "highdicom", "scikit-fmm")

@@ -11,7 +11,7 @@ same names, each on the 1 mm CE-T1 reference grid after ``preprocess.prepare_cas
 - any other registered map, ``map_<name>`` from ``map_<name>.*``.
 
 ADC and MD are kept in 10^-6 mm^2/s (normal white matter about 700-800), the unit most scanners store ADC maps in;
-maps written in mm^2/s or 10^-3 mm^2/s are recognised by their brain median and rescaled, with a note.
+maps written in mm^2/s or 10^-3 mm^2/s are recognised by their range and rescaled, with a note.
 
 p and q: the tensor's eigenvalues l1..l3 with mean MD split as |D|^2 = sum(l^2) = p^2 + q^2 with
 p = sqrt(3) MD and q = sqrt(sum((l - MD)^2)); since FA = sqrt(3/2) q / |D|, q = MD FA sqrt(6 / (3 - 2 FA^2)).
@@ -42,7 +42,8 @@ DIFFUSION_FILES = ("adc", "fa", "md")
 DERIVED = {"p": ("md",), "q": ("md", "fa")}
 DIFFUSIVITIES = ("adc", "md")  # in 10^-6 mm^2/s
 DTI_SERIES = "dwi"
-# Brain-median diffusivity in each unit a map may be stored in (normal brain about 0.8e-3 mm^2/s): its scale factor.
+# Upper bounds of a diffusivity map's high values (brain and CSF: 0.7e-3 to 3e-3 mm^2/s) in each unit it may be
+# stored in, and the factor that brings it to 10^-6 mm^2/s.
 DIFFUSIVITY_UNITS = ((0.1, 1e6, "mm^2/s"), (100.0, 1e3, "10^-3 mm^2/s"), (np.inf, 1.0, "10^-6 mm^2/s"))
 FA_RANGE = (0.0, 1.0)
 
@@ -75,9 +76,17 @@ def channel_files(name: str) -> str:
     return f"{name}.nii.gz"
 
 
-def missing_channel_message(case: str, name: str, model: str) -> str:
-    return (f"The case {case} has no {channel_modality(name)} channel ({name}), which the model '{model}' needs: "
-            f"add {channel_files(name)} to the case folder.")
+def missing_channel_message(case: str, name: str, model: str | None) -> str:
+    """``model`` None: the channel set being exported needs it."""
+    user = f"the model '{model}'" if model else "the channel set"
+    return (f"The case {case} has no {channel_modality(name)} channel ({name}), which {user} needs: add "
+            f"{channel_files(name)} to the case folder.")
+
+
+def maps_needed(channels: list[str] | tuple[str, ...], maps: dict) -> dict:
+    """The case's maps that ``channels`` use, directly or to derive p and q from: only they are registered."""
+    wanted = {source for name in channels for source in DERIVED.get(name, (name,))}
+    return {name: image for name, image in maps.items() if name in wanted}
 
 
 def isotropic_component(md: np.ndarray) -> np.ndarray:
@@ -93,16 +102,17 @@ def anisotropic_component(md: np.ndarray, fa: np.ndarray) -> np.ndarray:
 
 def diffusivity_scale(array: np.ndarray, brain: np.ndarray | None, what: str) -> tuple[float, str | None]:
     """The factor that brings a diffusivity map to 10^-6 mm^2/s, and a note when it is not 1; recognised by the
-    median of the positive voxels (of the brain when known): normal brain is about 800 in 10^-6 mm^2/s."""
+    98th percentile of the positive voxels (of the brain when known; background noise, often most of the volume,
+    does not reach it): brain and CSF are about 700-3000 in 10^-6 mm^2/s."""
     values = np.asarray(array)[brain] if brain is not None and np.any(brain) else np.asarray(array)
     values = values[values > 0]
     if values.size == 0:
         raise ValueError(f"{what} has no positive voxel; a diffusivity map holds positive values in the brain.")
-    median = float(np.median(values))
+    high = float(np.percentile(values, 98))
     for upper, factor, unit in DIFFUSIVITY_UNITS:
-        if median < upper:
-            note = None if factor == 1.0 else (f"{what} was read as {unit} (brain median {median:.3g}) and rescaled "
-                                               "to 10^-6 mm^2/s.")
+        if high < upper:
+            note = None if factor == 1.0 else (f"{what} was read as {unit} (98th percentile {high:.3g}) and "
+                                               "rescaled to 10^-6 mm^2/s.")
             return factor, note
     raise AssertionError("DIFFUSIVITY_UNITS ends with an unbounded unit")
 
@@ -119,9 +129,10 @@ def read_gradients(bval: Path, bvec: Path, volumes: int, what: str) -> tuple[np.
     """b-values and unit b-vectors (FSL text files) checked against the DTI series' number of volumes."""
     from dipy.io.gradients import read_bvals_bvecs
 
-    try:
-        bvals, bvecs = read_bvals_bvecs(str(bval), str(bvec))
-    except (OSError, ValueError, IOError) as error:
+    try:  # one file at a time: read together, dipy refuses a count mismatch without saying which is wrong
+        bvals = read_bvals_bvecs(str(bval), None)[0]
+        bvecs = read_bvals_bvecs(None, str(bvec))[1]
+    except (OSError, ValueError) as error:
         raise ValueError(f"The gradient files {bval.name} and {bvec.name} of {what} could not be read "
                          f"({' '.join(str(error).split())[:160]}).") from None
     if bvals.ndim != 1 or len(bvals) != volumes:
@@ -135,8 +146,10 @@ def read_gradients(bval: Path, bvec: Path, volumes: int, what: str) -> tuple[np.
 
 def tensor_maps(dwi: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray | None,
                 what: str) -> dict[str, np.ndarray]:
-    """FA and MD (10^-6 mm^2/s) of a DTI series ``[t, k, j, i]`` by dipy's weighted-least-squares tensor fit
-    (b-values in s/mm^2); outside ``mask`` both are 0."""
+    """FA and MD (10^-6 mm^2/s) of a DTI series ``[t, k, j, i]`` by dipy's log-linear least-squares tensor fit
+    (b-values in s/mm^2); outside ``mask`` both are 0. Ordinary rather than weighted least squares: dipy's WLS
+    inverts one matrix per voxel (12 s for 60 000 voxels here, minutes for a whole brain) and changes FA and MD
+    little at clinical SNR (Chang et al. 2005, MRM 53:1088). FA and MD do not depend on the b-vectors' frame."""
     from dipy.core.gradients import gradient_table
     from dipy.reconst.dti import TensorModel
 
@@ -150,7 +163,7 @@ def tensor_maps(dwi: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.
         raise ValueError(f"{what} has {directions} diffusion-weighted volumes and {int(gradients.b0s_mask.sum())} b=0 "
                          "volumes; a tensor needs at least 6 directions and one b=0 volume.")
     data = np.moveaxis(np.asarray(dwi, dtype=np.float32), 0, -1)  # dipy wants the gradients last
-    fit = TensorModel(gradients).fit(data, mask=None if mask is None else np.asarray(mask, bool))
+    fit = TensorModel(gradients, fit_method="OLS").fit(data, mask=None if mask is None else np.asarray(mask, bool))
     fa = np.nan_to_num(fit.fa, nan=0.0).astype(np.float32)
     md = (np.nan_to_num(fit.md, nan=0.0) * 1e6).astype(np.float32)  # mm^2/s -> 10^-6 mm^2/s
     return {"fa": np.clip(fa, *FA_RANGE), "md": np.maximum(md, 0.0)}

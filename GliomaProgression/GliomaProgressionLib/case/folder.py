@@ -462,7 +462,7 @@ def read_channel_maps(folder: Path, provenance: _Provenance, notes: list[str]) -
         kept = [name for name in fitted if name in maps]
         for name, image in fitted.items():
             maps.setdefault(name, image)
-        notes.append(f"FA and MD were fitted from the DTI series {dwi.name} (dipy, weighted least squares)"
+        notes.append(f"FA and MD were fitted from the DTI series {dwi.name} (dipy, log-linear least squares)"
                      + (f"; the {' and '.join(kept)} file{'s' if len(kept) > 1 else ''} of the folder were used "
                         "instead of the fit" if kept else "") + ".")
     return maps

@@ -146,7 +146,7 @@ def prepare_folder(folder: Path, spacing_mm: float, needs_ncbv: bool, channels: 
     """One case folder read (DSC only when nCBV is exported) and prepared onto a reference grid of ``spacing_mm``,
     with the extra maps the exported ``channels`` need; the reader's notes (BraTS labels mapped) join the
     preprocessing warnings."""
-    from GliomaProgressionLib.case.channels import DERIVED, missing_channel_message
+    from GliomaProgressionLib.case.channels import DERIVED, maps_needed, missing_channel_message
     from GliomaProgressionLib.case.folder import has_series, read_case
     from GliomaProgressionLib.case.preprocess import prepare_case
 
@@ -154,11 +154,10 @@ def prepare_folder(folder: Path, spacing_mm: float, needs_ncbv: bool, channels: 
         raise ValueError(f"The case folder {folder} has no DSC series, which the nCBV channel of the "
                          "channel set needs.")
     inputs = read_case(folder, with_dsc=needs_ncbv)
-    wanted = {source for name in channels for source in DERIVED.get(name, (name,))}
-    maps = {name: image for name, image in inputs.maps.items() if name in wanted}
+    maps = maps_needed(channels, inputs.maps)
     for name in channels:
         if name not in ("t1c", "flair", "ncbv") and not set(DERIVED.get(name, (name,))) <= set(maps):
-            raise ValueError(missing_channel_message(inputs.name, name, "exported channel set"))
+            raise ValueError(missing_channel_message(inputs.name, name, None))
     timing = inputs.timing
     prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc, timing.times_s if timing else None,
                             timing.te_s if timing else None, spacing_mm=spacing_mm, maps=maps)
@@ -264,7 +263,7 @@ def export_cohort(cohort: str | os.PathLike, out: str | os.PathLike, dataset_id:
     from GliomaProgressionLib.case.files import staged_output_folder
 
     report = progress or (lambda message: None)
-    names = channel_set(channels)
+    model_channels = channel_set(channels)
     if not 1 <= int(dataset_id) <= 999:
         raise ValueError(f"The dataset id must be 1..999 (nnU-Net's three digits), got {dataset_id}.")
     folders = case_folders(Path(cohort))
@@ -273,12 +272,12 @@ def export_cohort(cohort: str | os.PathLike, out: str | os.PathLike, dataset_id:
         raise ValueError("Two case folders give the same nnU-Net case name; rename one of them.")
     orders = {name: case_order(folder) for name, folder in zip(names, folders)}
     parts = split_cases(names, orders, split, test_fraction, seed)
-    label = channels.capitalize() if channels in CHANNEL_SETS else "".join(n.capitalize() for n in names)
+    label = channels.capitalize() if channels in CHANNEL_SETS else "".join(n.capitalize() for n in model_channels)
     dataset_name = name or f"Dataset{int(dataset_id):03d}_GliomaProgression{label.replace('_', '')}"
     with staged_output_folder(out) as staging:
         for sub in ("imagesTr", "labelsTr", "nelTr", "imagesTs", "labelsTs", "nelTs"):
             (staging / sub).mkdir()
-        jobs = [(str(folder), case, parts[case], str(staging), list(names), spacing_mm)
+        jobs = [(str(folder), case, parts[case], str(staging), list(model_channels), spacing_mm)
                 for folder, case in zip(folders, names)]
         rows = _run_jobs(jobs, processes, report)
         for row in rows:
@@ -294,7 +293,7 @@ def export_cohort(cohort: str | os.PathLike, out: str | os.PathLike, dataset_id:
                       "test": [row["case"] for row in exported if row["split"] == "test"],
                       "failed": [row["case"] for row in rows if row["status"] != "ok"]}
         (staging / "split.json").write_text(json.dumps(split_info, indent=2), encoding="utf-8")
-        dataset = dataset_json(dataset_name, names, len(training))
+        dataset = dataset_json(dataset_name, model_channels, len(training))
         dataset["spacing_mm"] = spacing_mm
         (staging / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
     return {"out": str(out), "dataset_name": dataset_name, "train": len(split_info["train"]),

@@ -521,6 +521,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     from GliomaProgressionLib.runs.predict import check_lesion_in_brain, predict_prepared
     from GliomaProgressionLib.case.preprocess import prepare_case
     from GliomaProgressionLib.case.registration import resample_onto
+    from GliomaProgressionLib.case.channels import maps_needed
 
     out = check_new_output_folder(Path(out))
     sweep_stale_leftovers(out.absolute().parent, out.name)
@@ -547,7 +548,8 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     timing = inputs.timing
     prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc,
                             timing.times_s if timing else None, timing.te_s if timing else None,
-                            leakage=settings.leakage, progress=progress.update, maps=inputs.maps)
+                            leakage=settings.leakage, progress=progress.update,
+                            maps=maps_needed(model.channel_names, inputs.maps))
     # Habitats right after nCBV, from the same series and masks, before the long prediction.
     dsc_lesion = lesion_on_dsc(inputs, prepared)
     habitats, habitats_skipped = case_habitats(settings, inputs, prepared, dsc_lesion, habitat_model,
