@@ -98,6 +98,7 @@ NEL are drawn within ``HABITAT_SHARE_BOUNDS`` unless given; the infiltrated shar
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -274,8 +275,9 @@ class PhantomConfig:
         if self.progression_adc_ratio <= 0 or self.progression_fa_ratio <= 0:
             raise ValueError("progression_adc_ratio and progression_fa_ratio must be positive.")
         if self.diffusion and self.fa.oedema * self.progression_fa_ratio > 1:
-            raise ValueError(f"The progression region's FA ({self.fa.oedema} x {self.progression_fa_ratio}) would "
-                             "exceed 1.")
+            raise ValueError(f"progression_fa_ratio {self.progression_fa_ratio:g} gives the progression region an FA "
+                             f"of {self.fa.oedema * self.progression_fa_ratio:g} (the oedema's {self.fa.oedema:g} "
+                             "times the ratio), above 1.")
         if set(self.diffusion_noise) != set(DIFFUSION_MAPS) or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in self.diffusion_noise.values()):
             raise ValueError(f"diffusion_noise must give a non-negative noise SD for each of {', '.join(DIFFUSION_MAPS)}, "
@@ -346,6 +348,12 @@ def _template_folder() -> Path:
 
 
 def _load_template(size: str) -> dict[str, sitk.Image]:
+    """The template images at ``size`` (read and resampled once per process: a case only reads them)."""
+    return dict(_template_images(size))
+
+
+@functools.lru_cache(maxsize=len(SIZES))
+def _template_images(size: str) -> dict[str, sitk.Image]:
     images = {}
     for name, filename in _TEMPLATE_FILES.items():
         image = sitk.Cast(sitk.ReadImage(str(_template_folder() / filename)), sitk.sitkFloat32)
