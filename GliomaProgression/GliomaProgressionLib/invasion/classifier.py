@@ -166,13 +166,26 @@ def load_classifier(folder: str | Path) -> InvasionClassifier:
     folder = Path(folder)
     try:
         description = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))
-        with np.load(folder / WEIGHTS_NPZ, allow_pickle=False) as stored:
-            weights = {name: np.array(stored[name]) for name in stored.files}
+        weights = _read_weights(folder / WEIGHTS_NPZ)
         return _classifier_from(description, weights)
     except FileNotFoundError as error:
         raise ValueError(f"The invasion model in {folder} has no {Path(error.filename).name}.") from None
     except (KeyError, TypeError, IndexError, AttributeError, json.JSONDecodeError) as error:
         raise ValueError(f"The invasion model in {folder} is malformed ({type(error).__name__}: {error}).") from None
+
+
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    """The weight arrays, read without pickle: an object array (which could run code) is refused."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: np.array(stored[name]) for name in stored.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        reason = " ".join(str(error).split())[:200]
+        raise ValueError(f"The invasion model's weights {path.name} cannot be read ({reason}).") from None
 
 
 def _classifier_from(description: dict, weights: dict[str, np.ndarray]) -> InvasionClassifier:
