@@ -222,3 +222,38 @@ def test_export_takes_a_channel_list_and_refuses_a_missing_channel(tmp_path, dif
     refused = gliomaprog("cohort", "export", cohort, "--out", tmp_path / "x", "--dataset-id", "902",
                          "--channels", "t1c,flair,adc2")
     assert_one_line_error(refused, "adc2", "not a known channel")
+
+
+def test_a_model_channel_the_case_lacks_is_named_before_the_work():
+    channels.check_channels_present("case7", ["t1c", "flair", "q"], {"t1c", "flair", "md", "fa"}, "diffusion")
+    with pytest.raises(ValueError) as refused:
+        channels.check_channels_present("case7", ["t1c", "flair", "adc"], {"t1c", "flair", "ncbv"}, "diffusion")
+    assert str(refused.value) == ("The case case7 has no ADC channel (adc), which the model 'diffusion' needs: add "
+                                  "adc.nii.gz to the case folder.")
+    with pytest.raises(ValueError, match=r"no q \(anisotropic diffusion\) channel \(q\).*md.nii.gz and fa.nii.gz"):
+        channels.check_channels_present("case7", ["q"], {"md"}, "diffusion")
+
+
+@pytest.mark.parametrize("text, message", [("adc", "not given as NAME=PATH"), ("p=p.nii.gz", "which is not a map"),
+                                           ("Tmax=t.nii.gz", "not a known channel")])
+def test_map_arguments(text, message):
+    assert channels.parse_map_argument("map_cbf=a=b.nii.gz") == ("map_cbf", __import__("pathlib").Path("a=b.nii.gz"))
+    with pytest.raises(ValueError, match=message):
+        channels.parse_map_argument(text)
+
+
+def test_the_panels_job_carries_its_maps_through_its_command(tmp_path):
+    from GliomaProgressionLib.runs.predict import PredictionJob
+
+    job = PredictionJob(tmp_path / "t1c.nii.gz", tmp_path / "flair.nii.gz", tmp_path / "lesion.nii.gz", "diffusion",
+                        tmp_path / "out", maps={"adc": tmp_path / "adc.nii.gz", "map_cbf": str(tmp_path / "c.nrrd")})
+    assert "--map=adc=" + str(tmp_path / "adc.nii.gz") in job.as_arg_list()
+    assert PredictionJob.from_arg_list(job.as_arg_list()) == job
+
+
+def test_predict_reads_a_map_given_on_its_own(tmp_path, diffusion_folder):
+    result = gliomaprog("predict", "--t1c", diffusion_folder / "t1c.nii.gz", "--flair", diffusion_folder / "flair.nii.gz",
+                        "--lesion", diffusion_folder / "lesion.nii.gz", "--model", "conventional",
+                        "--map", f"adc={tmp_path / 'absent.nii.gz'}", "--out", tmp_path / "out")
+    assert_one_line_error(result, "ADC map", "absent.nii.gz", "does not exist")
+    assert not (tmp_path / "out").exists()

@@ -83,6 +83,26 @@ def missing_channel_message(case: str, name: str, model: str | None) -> str:
             f"{channel_files(name)} to the case folder.")
 
 
+def check_channels_present(case: str, needed, present, model: str | None) -> None:
+    """One sentence for the first channel in ``needed`` that ``present`` (channel names, maps included) neither
+    holds nor can derive."""
+    available = set(present) | {name for name, sources in DERIVED.items() if set(sources) <= set(present)}
+    for name in needed:
+        if name not in available:
+            raise ValueError(missing_channel_message(case, name, model))
+
+
+def parse_map_argument(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` (``adc=adc.nii.gz``, ``map_cbf=cbf.nrrd``): a channel map given on its own."""
+    name, separator, path = str(text).partition("=")
+    if not separator or not path:
+        raise ValueError(f"The map {text!r} is not given as NAME=PATH (e.g. adc=adc.nii.gz).")
+    if name in DERIVED or name in ("t1c", "flair", "ncbv"):
+        raise ValueError(f"The map {text!r} names {name}, which is not a map ({name} comes from "
+                         f"{channel_files(name)}); give adc, fa, md or map_<name>.")
+    return check_channel_name(name, f"The map {text!r}"), Path(path)
+
+
 def maps_needed(channels: list[str] | tuple[str, ...], maps: dict) -> dict:
     """The case's maps that ``channels`` use, directly or to derive p and q from: only they are registered."""
     wanted = {source for name in channels for source in DERIVED.get(name, (name,))}

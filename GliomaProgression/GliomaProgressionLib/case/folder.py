@@ -468,6 +468,13 @@ def read_channel_maps(folder: Path, provenance: _Provenance, notes: list[str]) -
     return maps
 
 
+def read_map_file(path: Path, name: str, notes: list[str]) -> sitk.Image:
+    """One channel map given on its own (``gliomaprog predict --map``), read and checked as a case folder's."""
+    if not Path(path).exists():
+        raise ValueError(f"The {channel_modality(name)} map {path} does not exist.")
+    return _read_map(Path(path), name, _Provenance(), notes)
+
+
 def _read_map(path: Path, name: str, provenance: _Provenance, notes: list[str]) -> sitk.Image:
     what = f"{channel_modality(name)} map"
     image = sitk.Cast(_read_3d(path, name, what, provenance), sitk.sitkFloat32)

@@ -22,6 +22,10 @@ def add_commands(commands) -> None:
     predict.add_argument("--dsc-json", type=Path, help="DSC sidecar (EchoTime, RepetitionTime/FrameTimes, s)")
     predict.add_argument("--ncbv", type=Path, help="nCBV map: on the DSC grid with --dsc, else already aligned "
                                                    "with CE-T1")
+    predict.add_argument("--map", action="append", metavar="NAME=PATH", default=[],
+                         help="another channel the model names: adc, fa, md (ADC/MD in 10^-6 mm^2/s, or mm^2/s "
+                              "recognised and rescaled) or map_<name>, registered onto CE-T1 like FLAIR; p and q "
+                              "are derived from md and fa (repeat for each map)")
     predict.add_argument("--model", required=True, help="model id (see 'gliomaprog models list') or a package "
                                                         "path (.zip or folder)")
     predict.add_argument("--out", required=True, type=Path, help="new folder for the results (must not exist)")
@@ -45,12 +49,15 @@ def add_commands(commands) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.runs.predict import PredictionSettings, run_predict_files
 
+    from GliomaProgressionLib.case.channels import parse_map_argument
+
+    maps = dict(parse_map_argument(text) for text in args.map)
     settings = PredictionSettings(threshold=args.threshold, min_voxels=args.min_voxels, min_ml=args.min_ml,
                                   device=args.device, tta=args.tta)
     result = run_predict_files(args.t1c, args.flair, args.lesion, args.model, args.out, dsc=args.dsc,
                                dsc_json=args.dsc_json, ncbv=args.ncbv, settings=settings,
                                trust_model=args.trust_model, timeout_s=args.timeout,
-                               progress=StderrProgress(args.quiet))
+                               progress=StderrProgress(args.quiet), maps=maps)
     verdict = result.verdict
     print(f"{'Progression predicted' if verdict['progression_predicted'] else 'No progression predicted'}: "
           f"{verdict['predicted_volume_ml']} mL inside the non-enhancing lesion. Results in {args.out}")

@@ -257,16 +257,12 @@ def brain_on_reference(prepared: PreparedCase, given: sitk.Image | None,
 def check_model_inputs(inputs: CaseInputs, model: ModelPackage) -> None:
     """Every channel the model names must be in the case (nCBV needs the DSC series); one sentence for the first
     that is not, before the long work."""
-    from GliomaProgressionLib.case.channels import DERIVED, missing_channel_message
+    from GliomaProgressionLib.case.channels import check_channels_present
 
     if "ncbv" in model.channel_names and inputs.dsc is None:
         raise ValueError(f"The case {inputs.name} has no DSC series, which the model '{model.id}' needs for its nCBV "
                          "channel; the conventional model (CE-T1 and FLAIR only) runs without it.")
-    present = {"t1c", "flair", *inputs.maps, *(["ncbv"] if inputs.dsc is not None else [])}
-    present |= {name for name, sources in DERIVED.items() if set(sources) <= present}
-    for name in model.channel_names:
-        if name not in present:
-            raise ValueError(missing_channel_message(inputs.name, name, model.id))
+    check_channels_present(inputs.name, model.channel_names, {"t1c", "flair", "ncbv", *inputs.maps}, model.id)
 
 
 def dsc_grid(inputs: CaseInputs):

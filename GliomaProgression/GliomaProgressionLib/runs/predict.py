@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
+from GliomaProgressionLib.case.channels import parse_map_argument
 from GliomaProgressionLib.case.files import staged_output_folder, write_image, write_json
 from GliomaProgressionLib.case.preprocess import PreparedCase
 from GliomaProgressionLib.models.process import ProgressPrinter, termination_as_interrupt
@@ -164,15 +165,19 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
                       dsc_json: Path | None = None, ncbv: Path | None = None,
                       settings: PredictionSettings = PredictionSettings(), trust_model: bool = False,
                       timeout_s: float | None = None, progress: Progress | None = None,
-                      in_process: bool = False) -> PredictionResult:
+                      in_process: bool = False, maps: dict[str, Path] | None = None) -> PredictionResult:
     """``gliomaprog predict``: read, register, predict and write; checks everything before the long work. The
-    model runs in a worker process, or with ``in_process`` in this one (see ``predict_prepared``)."""
+    model runs in a worker process, or with ``in_process`` in this one (see ``predict_prepared``). ``maps``: the
+    extra channel files by channel name (adc, fa, md, map_<name>), registered onto CE-T1 like FLAIR."""
     from GliomaProgressionLib.case.files import check_new_output_folder, read_image
     from GliomaProgressionLib.case.folder import _check_lesion as check_labels  # the lesion check run makes
     from GliomaProgressionLib.models.packages import resolve_model
     from GliomaProgressionLib.case.timing import read_timing
     from GliomaProgressionLib.runs.perfusion import read_dsc
     from GliomaProgressionLib.case.preprocess import prepare_case
+    from GliomaProgressionLib.case.channels import check_channels_present, maps_needed
+    from GliomaProgressionLib.case.folder import read_map_file
+    from GliomaProgressionLib.case.registration import check_overlap
 
     report = progress or (lambda fraction, message: None)
     settings = settings.validated()
@@ -188,6 +193,11 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
               "lesion": read_image(lesion, "lesion")}
     check_labels(images["lesion"], str(lesion))  # BraTS labels with a non-enhancing part, as run checks them
     check_lesion_in_brain(images["t1c"], images["lesion"], str(lesion))
+    notes: list[str] = []
+    map_images = {name: read_map_file(path, name, notes) for name, path in (maps or {}).items()}
+    check_channels_present(Path(t1c).name, names, {"t1c", "flair", "ncbv", *map_images}, model.id)
+    for name, image in map_images.items():
+        check_overlap(images["t1c"], image, f"{name} map")
     series = timing = None
     ncbv_image = read_image(ncbv, "nCBV") if ncbv else None
     if dsc is not None and "ncbv" in names:
@@ -195,7 +205,8 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
         timing = read_timing(series.array.shape[0], dsc_json, None, None)
     prepared = prepare_case(images["t1c"], images["flair"], images["lesion"], series,
                             timing.times_s if timing else None, timing.te_s if timing else None, ncbv=ncbv_image,
-                            progress=lambda f, m: report(0.4 * f, m))
+                            progress=lambda f, m: report(0.4 * f, m), maps=maps_needed(names, map_images))
+    prepared.qc["warnings"] = notes + prepared.qc["warnings"]
     timings["preprocessing"] = time.monotonic() - started
     moment = time.monotonic()
     result = predict_prepared(prepared, model, settings, progress=lambda f, m: report(0.4 + 0.55 * f, m),
@@ -203,7 +214,7 @@ def run_predict_files(t1c: Path, flair: Path, lesion: Path, model_id: str, out: 
     timings["inference"] = time.monotonic() - moment
     write_prediction(out, prepared, result, model, settings, timings, inputs={
         "t1c": str(t1c), "flair": str(flair), "lesion": str(lesion), "dsc": str(dsc) if dsc else None,
-        "ncbv": str(ncbv) if ncbv else None})
+        "ncbv": str(ncbv) if ncbv else None, **{name: str(path) for name, path in (maps or {}).items()}})
     report(1.0, "Prediction written")
     return result
 
@@ -226,12 +237,15 @@ class PredictionJob:
     dsc_json: Path | None = None
     settings: PredictionSettings = field(default_factory=PredictionSettings)
     trust_model: bool = False
+    maps: tuple[tuple[str, Path], ...] = ()  # (channel name, file): adc, fa, md, map_<name>
 
     def __post_init__(self):  # paths given as text compare equal to the same paths read back from the arguments
         for name in ("t1c", "flair", "lesion", "out", "dsc", "dsc_json"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        maps = self.maps.items() if isinstance(self.maps, dict) else self.maps
+        object.__setattr__(self, "maps", tuple((str(name), Path(path)) for name, path in maps))
 
     def as_arg_list(self) -> list[str]:
         """The arguments ``from_arg_list`` reads back into an equal job. Each value is joined to its flag
@@ -242,6 +256,7 @@ class PredictionJob:
                   "--threshold": repr(float(settings.threshold)), "--min-voxels": int(settings.min_voxels),
                   "--min-ml": repr(float(settings.min_ml))}
         arguments = [f"{flag}={value}" for flag, value in values.items() if value is not None]
+        arguments += [f"--map={name}={path}" for name, path in self.maps]
         if settings.tta is not None:
             arguments.append("--tta" if settings.tta else "--no-tta")
         if self.trust_model:
@@ -255,7 +270,7 @@ class PredictionJob:
         settings = PredictionSettings(threshold=values.threshold, min_voxels=values.min_voxels,
                                       min_ml=values.min_ml, device=values.device, tta=values.tta)
         return cls(values.t1c, values.flair, values.lesion, values.model, values.out, values.dsc, values.dsc_json,
-                   settings, values.trust_model)
+                   settings, values.trust_model, tuple(parse_map_argument(text) for text in values.map or ()))
 
     def command(self) -> list[str]:
         """This module run by the Python that can import the extension's libraries (PythonSlicer in Slicer)."""
@@ -274,7 +289,7 @@ class PredictionJob:
         """The job in this process: prepare, predict, write ``out`` (what the started process does)."""
         return run_predict_files(self.t1c, self.flair, self.lesion, self.model, self.out, dsc=self.dsc,
                                  dsc_json=self.dsc_json, settings=self.settings, trust_model=self.trust_model,
-                                 progress=progress, in_process=True)
+                                 progress=progress, in_process=True, maps=dict(self.maps))
 
 
 class _JobParser(argparse.ArgumentParser):
@@ -289,6 +304,7 @@ def _job_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True)
     parser.add_argument("--dsc", type=Path)
     parser.add_argument("--dsc-json", type=Path)
+    parser.add_argument("--map", action="append")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--threshold", type=float, default=PredictionSettings.threshold)
     parser.add_argument("--min-voxels", type=int, default=PredictionSettings.min_voxels)
