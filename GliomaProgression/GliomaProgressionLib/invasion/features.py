@@ -222,6 +222,15 @@ def _row_percentiles(values: np.ndarray, qs: Sequence[float]) -> np.ndarray:
     return result
 
 
+def _weighted_sums(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """counts (rows, n) times weights (n,) or (columns, n), row by row: einsum's own loop rather than BLAS, whose
+    worker threads spin and slow everything else on a busy two-core machine (as DSCPerfusionLib.leakage found)."""
+    weights = np.asarray(weights, dtype=float)
+    if weights.ndim == 1:
+        return np.einsum("rn,n->r", counts.astype(float), weights)
+    return np.einsum("rn,cn->rc", counts.astype(float), np.ascontiguousarray(weights))
+
+
 def _row_bincount(codes: np.ndarray, size: int) -> np.ndarray:
     """Counts of each code 0..size-1 in each row of a 2D integer array: shape (rows, size)."""
     rows = np.arange(len(codes))[:, None] * size
@@ -240,16 +249,25 @@ def _pair_starts(radius: int, direction: tuple[int, int, int]) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
+def _unordered_pairs(bin_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gray-level pairs {a, b} (1 <= a <= b <= bin_count) and, per ordered code a * (bin_count + 1) + b, the
+    index of its unordered pair; codes with a 0 (outside the image) go to one extra index past the pairs."""
+    levels = bin_count + 1
+    a, b = np.triu_indices(bin_count)
+    a, b = a + 1, b + 1
+    index = np.full((levels, levels), len(a), dtype=np.intp)
+    index[a, b] = index[b, a] = np.arange(len(a))
+    return a.astype(float), b.astype(float), index.ravel()
+
+
+@lru_cache(maxsize=None)
 def _glcm_moments(bin_count: int) -> np.ndarray:
-    """Per pair code a * (bin_count + 1) + b, the functions of (i, j) = (a, b) whose p-weighted sums the features
-    need, symmetrised (f(a, b) + f(b, a)) so that they apply to the unsymmetric counts; 0 where a or b is 0
-    (outside the image). Columns: 1, i, i^2, i*j, (i-j)^2, 1/(1+(i-j)^2), (i+j)^2, (i+j)^3, (i+j)^4."""
-    levels = np.arange(bin_count + 1, dtype=float)
-    i, j = (grid.ravel() for grid in np.meshgrid(levels, levels, indexing="ij"))
-    inside = (i > 0) & (j > 0)
+    """Per unordered pair {i, j}: what one such pair adds to the symmetric matrix M's f-weighted sum,
+    f(i, j) + f(j, i), for f = 1, i, i^2, i*j, (i-j)^2, 1/(1+(i-j)^2), (i+j)^2, (i+j)^3, (i+j)^4, [i = j]."""
+    i, j, _ = _unordered_pairs(bin_count)
     columns = [np.ones_like(i), (i + j) / 2, (i ** 2 + j ** 2) / 2, i * j, (i - j) ** 2, 1 / (1 + (i - j) ** 2),
-               (i + j) ** 2, (i + j) ** 3, (i + j) ** 4]
-    return 2 * np.stack(columns, axis=1) * inside[:, None]
+               (i + j) ** 2, (i + j) ** 3, (i + j) ** 4, (i == j).astype(float)]
+    return 2 * np.stack(columns, axis=1)
 
 
 @lru_cache(maxsize=None)
@@ -261,41 +279,42 @@ def _count_log_count(largest: int) -> np.ndarray:
 
 def _glcm(gray: np.ndarray, centres: np.ndarray, radius: int, padded_shape, bin_count: int,
           names: Sequence[str]) -> dict[str, np.ndarray]:
-    """pyradiomics' GLCM features, each direction's symmetric normalised matrix, averaged over the directions."""
-    levels = bin_count + 1  # 0 = outside the image: its pairs are counted and then dropped
+    """pyradiomics' GLCM features, each direction's symmetric normalised matrix, averaged over the directions.
+
+    The symmetric matrix M = C + C^T is never built: the counts U of unordered pairs {i, j} hold it
+    (M_ij = M_ji = U_ij off the diagonal, M_ii = 2 U_ii), in half the memory.
+    """
+    _, _, pair_index = _unordered_pairs(bin_count)
+    pairs = _glcm_moments(bin_count).shape[0]
     totals = {name: np.zeros(len(centres)) for name in names}
     directions_counted = np.zeros(len(centres))
     for direction in _directions():
         starts = _flat(_pair_starts(radius, direction), padded_shape)
         step = int(_flat(np.array(direction), padded_shape)[0])
         first = gray[centres[:, None] + starts].astype(np.intp)
-        second = gray[centres[:, None] + starts + step]
-        counts = _row_bincount(first * levels + second, levels * levels)
-        moments = counts @ _glcm_moments(bin_count)  # p-weighted sums over the symmetric matrix, times its total
+        first *= bin_count + 1
+        first += gray[centres[:, None] + starts + step]
+        counts = _row_bincount(pair_index[first], pairs + 1)[:, :pairs]  # the last column: pairs leaving the image
+        moments = _weighted_sums(counts, _glcm_moments(bin_count).T)  # f-weighted sums over M
         has_pairs = moments[:, 0] > 0
         total = np.where(has_pairs, moments[:, 0], 1.0)
-        symmetric = None
-        if "JointEnergy" in names or "JointEntropy" in names:
-            inner = counts.reshape(-1, levels, levels)[:, 1:, 1:]
-            symmetric = (inner + inner.transpose(0, 2, 1)).reshape(len(centres), -1)
-        for name, value in _glcm_direction_features(moments[:, 1:] / total[:, None], symmetric, total,
-                                                    names).items():
+        for name, value in _glcm_direction_features(moments, counts, total, names).items():
             totals[name] += np.where(has_pairs, value, 0.0)
         directions_counted += has_pairs
     with np.errstate(invalid="ignore", divide="ignore"):
         return {name: total / directions_counted for name, total in totals.items()}
 
 
-def _glcm_direction_features(moments: np.ndarray, symmetric: np.ndarray | None, total: np.ndarray,
+def _glcm_direction_features(moments: np.ndarray, counts: np.ndarray, total: np.ndarray,
                              names) -> dict[str, np.ndarray]:
-    """One direction's features from its moments (columns of ``_glcm_moments`` after the first, divided by the
-    matrix's total) and, for energy and entropy, the symmetric matrix's integer counts (voxels, Ng*Ng).
+    """One direction's features from the moments (``_glcm_moments``' columns summed over each voxel's pairs)
+    and, for energy and entropy, the unordered pair counts (voxels, pairs); ``total`` is M's sum (> 0).
 
     The central moments are expanded into raw ones: with gray levels at most 255 and float64 sums, the
     cancellation costs less than 1e-9 of a feature's scale; a flat cube's variance comes out exactly 0.
     """
-    mean, square, product, contrast, idm, sum2, sum3, sum4 = moments.T  # mean = mu_x = mu_y (symmetric)
-    features = {"Autocorrelation": product, "Contrast": contrast, "Idm": idm}
+    _, mean, square, product, contrast, idm, sum2, sum3, sum4, diagonal = (moments / total[:, None]).T
+    features = {"Autocorrelation": product, "Contrast": contrast, "Idm": idm}  # mean = mu_x = mu_y (symmetric)
     if "Correlation" in names:
         variance = square - mean ** 2  # sigma_x * sigma_y, both equal for a symmetric matrix
         flat = variance <= 1e-9 * np.maximum(square, 1.0)  # one gray level: pyradiomics returns 1
@@ -304,11 +323,25 @@ def _glcm_direction_features(moments: np.ndarray, symmetric: np.ndarray | None, 
         centre = 2 * mean  # the mean of i + j
         features["ClusterShade"] = sum3 - 3 * centre * sum2 + 2 * centre ** 3
         features["ClusterProminence"] = sum4 - 4 * centre * sum3 + 6 * centre ** 2 * sum2 - 3 * centre ** 4
-    if symmetric is not None:
-        features["JointEnergy"] = np.einsum("ij,ij->i", symmetric, symmetric) / total ** 2
-        entropy_sum = _count_log_count(int(symmetric.max(initial=0)))[symmetric].sum(axis=1)
-        features["JointEntropy"] = np.log2(total) - entropy_sum / total  # -sum p log2 p, p = count / total
+    if "JointEnergy" in names:
+        # sum M^2 = 2 sum U^2 + 2 sum U_ii^2: the diagonal's share is counted through the diagonal mask
+        squares = counts * counts
+        diagonal_squares = squares[:, _diagonal_columns(counts.shape[1])].sum(axis=1)
+        features["JointEnergy"] = (2 * squares.sum(axis=1) + 2 * diagonal_squares) / total ** 2
+    if "JointEntropy" in names:
+        # sum M log2 M = 2 sum U log2 U + 2 sum U_ii (log2(2 U_ii) = 1 + log2 U_ii), and -sum p log2 p with
+        # p = M / total is log2(total) - sum M log2 M / total
+        entropy_sum = _count_log_count(int(counts.max(initial=0)))[counts].sum(axis=1)
+        features["JointEntropy"] = np.log2(total) - (2 * entropy_sum + diagonal * total) / total
     return {name: features[name] for name in names}
+
+
+@lru_cache(maxsize=None)
+def _diagonal_columns(pairs: int) -> np.ndarray:
+    """The columns of the unordered pairs {i, i} among ``pairs`` = n (n + 1) / 2 columns."""
+    bin_count = int(round((np.sqrt(8 * pairs + 1) - 1) / 2))
+    i, j, _ = _unordered_pairs(bin_count)
+    return np.flatnonzero(i == j)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -348,7 +381,8 @@ def _glrlm(gray: np.ndarray, centres: np.ndarray, radius: int, padded_shape, bin
     directions_counted = np.zeros(len(centres))
     for direction in _directions():
         offsets, gaps = _line_layout(radius, direction)
-        runs = _run_length_matrices(gray, centres, _flat(offsets, padded_shape), gaps, bin_count, longest)
+        runs = _run_length_matrices(gray, centres, _flat(offsets, padded_shape), (~gaps).astype(np.uint8),
+                                    bin_count, longest)
         run_count = runs.sum(axis=(1, 2))
         has_runs = run_count > 0
         for name, value in _glrlm_direction_features(runs, np.where(has_runs, run_count, 1.0), lengths,
@@ -359,19 +393,22 @@ def _glrlm(gray: np.ndarray, centres: np.ndarray, radius: int, padded_shape, bin
         return {name: total / directions_counted for name, total in totals.items()}
 
 
-def _run_length_matrices(gray, centres, offsets, gaps, bin_count, longest) -> np.ndarray:
-    """Each cube's run-length matrix along one direction: shape (voxels, bin_count, longest)."""
+def _run_length_matrices(gray, centres, offsets, keep, bin_count, longest) -> np.ndarray:
+    """Each cube's run-length matrix along one direction: shape (voxels, bin_count, longest).
+
+    A run ends where the next value differs; its length is the distance to the last change before it (a running
+    maximum of the change positions). Gaps and voxels outside the image (0) end runs and are not counted.
+    """
     sequence = gray[centres[:, None] + offsets]
-    sequence[:, gaps] = 0  # gaps and voxels outside the image (0) end runs and belong to none
-    changes = sequence[:, 1:] != sequence[:, :-1]
-    position = np.arange(sequence.shape[1])
-    starts = np.concatenate([np.ones((len(sequence), 1), bool), changes], axis=1)
-    last_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
-    ends = np.concatenate([changes, np.ones((len(sequence), 1), bool)], axis=1) & (sequence > 0)
-    rows, columns = np.nonzero(ends)
-    run_lengths = columns - last_start[rows, columns]  # length - 1
-    codes = (rows * (bin_count + 1) + sequence[rows, columns]) * longest + run_lengths
-    counts = np.bincount(codes, minlength=len(sequence) * (bin_count + 1) * longest)
+    sequence *= keep
+    value = sequence[:, 1:-1]  # the first and last entries are gaps
+    differs = sequence[:, 1:] != sequence[:, :-1]  # entry k + 1 against entry k
+    position = np.arange(1, sequence.shape[1], dtype=np.int32)
+    run_start = np.maximum.accumulate(np.where(differs, position, np.int32(0)), axis=1)[:, :-1]
+    ends = differs[:, 1:] & (value > 0)
+    not_counted = (bin_count + 1) * longest
+    codes = np.where(ends, value * np.int32(longest) + (position[:-1] - run_start), np.int32(not_counted))
+    counts = _row_bincount(codes, not_counted + 1)[:, :not_counted]
     return counts.reshape(len(sequence), bin_count + 1, longest)[:, 1:, :]
 
 
@@ -382,16 +419,16 @@ def _glrlm_direction_features(runs: np.ndarray, run_count: np.ndarray, lengths: 
     by_gray = runs.sum(axis=2)
     features = {}
     if "ShortRunEmphasis" in names:
-        features["ShortRunEmphasis"] = by_length @ (1 / lengths ** 2) / run_count
+        features["ShortRunEmphasis"] = _weighted_sums(by_length, 1 / lengths ** 2) / run_count
     if "LongRunEmphasis" in names:
-        features["LongRunEmphasis"] = by_length @ (lengths ** 2) / run_count
+        features["LongRunEmphasis"] = _weighted_sums(by_length, lengths ** 2) / run_count
     if "GrayLevelNonUniformity" in names:
-        features["GrayLevelNonUniformity"] = np.sum(by_gray.astype(float) ** 2, axis=1) / run_count
+        features["GrayLevelNonUniformity"] = np.einsum("ij,ij->i", by_gray, by_gray) / run_count
     if "RunLengthNonUniformity" in names:
-        features["RunLengthNonUniformity"] = np.sum(by_length.astype(float) ** 2, axis=1) / run_count
+        features["RunLengthNonUniformity"] = np.einsum("ij,ij->i", by_length, by_length) / run_count
     if "RunPercentage" in names:
-        features["RunPercentage"] = run_count / np.maximum(by_length @ lengths, 1.0)
-    if "RunEntropy" in names:
-        p = runs.reshape(len(runs), -1) / run_count[:, None]
-        features["RunEntropy"] = -np.sum(p * np.log2(p + EPS), axis=1)
+        features["RunPercentage"] = run_count / np.maximum(_weighted_sums(by_length, lengths), 1.0)
+    if "RunEntropy" in names:  # -sum p log2 p with p = runs / run_count
+        entropy_sum = _count_log_count(int(runs.max(initial=0)))[runs].sum(axis=(1, 2))
+        features["RunEntropy"] = np.log2(run_count) - entropy_sum / run_count
     return {name: features[name] for name in names}
