@@ -7,7 +7,7 @@ import pytest
 from GliomaProgressionLib.cli import main as cli
 from helpers import gliomaprog
 from GliomaProgressionLib.cohort.replicate import (FLAIR_VISIBLE_RATIO, flair_visible, replication_config,
-                                                   detections_by_flair_visibility)
+                                                   detections_by_group)
 from GliomaProgressionLib.models.training import cohort_config, is_positive
 
 SEEDS = range(3000, 3090)  # the committed replication's cohort
@@ -38,7 +38,7 @@ def test_sensitivity_is_split_by_flair_visibility(tmp_path):
         writer = csv.writer(handle)
         writer.writerow(["model", "case", "truth_progression", "predicted_progression", "dice"])
         writer.writerows(rows)
-    counts = detections_by_flair_visibility(tmp_path / "per_case.csv", tmp_path)
+    counts = detections_by_group(tmp_path / "per_case.csv", tmp_path)
     assert counts == {"m": {"flair_visible": {"detected": 1, "cases": 1, "mean_dice": 0.8},
                             "ncbv_only": {"detected": 1, "cases": 2, "mean_dice": 0.3}},
                       "c": {"flair_visible": {"detected": 1, "cases": 1, "mean_dice": 0.5},
@@ -57,8 +57,8 @@ def test_replicate_runs_end_to_end_on_a_tiny_cohort(tmp_path, fresh_model_cache)
     assert "| multiparametric |" in printed.stdout and "| conventional |" in printed.stdout
     record = json.loads((out / "replication.json").read_text())
     assert record["seeds"] == [3000, 3005] and record["epochs"] == 1
-    assert set(record["detected_by_flair_visibility"]) == {"multiparametric", "conventional"}
-    assert sum(g["cases"] for g in record["detected_by_flair_visibility"]["conventional"].values()) == 2  # 3004/5
+    assert set(record["detected_by_group"]) == {"multiparametric", "conventional"}
+    assert sum(g["cases"] for g in record["detected_by_group"]["conventional"].values()) == 2  # 3004/5
     for name in ("evaluation.md", "evaluation.csv", "per_case.csv", "roc.png"):
         assert (out / "evaluation" / name).stat().st_size > 0
     assert not fresh_model_cache.exists() or not list(fresh_model_cache.iterdir())  # the user's cache untouched
@@ -76,3 +76,31 @@ def test_replicate_bad_arguments_are_one_line_exit_2_and_write_nothing(tmp_path,
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.splitlines() == [error] and fragment in error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_adc_study_compares_diffusion_with_multiparametric_on_its_own_cohort():
+    from GliomaProgressionLib.cohort.export import CHANNEL_SETS
+    from GliomaProgressionLib.cohort.replicate import STUDIES, adc_group
+
+    study = STUDIES["adc"]
+    assert CHANNEL_SETS[study.channels][:-1] == CHANNEL_SETS[study.baseline]  # the baseline drops ADC only
+    groups = [adc_group(seed) for seed in SEEDS]
+    assert {"adc_only", "ncbv_only", "none"} == set(groups)
+    assert all((group == "none") == (not is_positive(seed)) for seed, group in zip(SEEDS, groups))
+    config = study.config(3000)
+    assert config.progression_flair_ratio == 1.0
+
+
+def test_paired_dice_difference_has_a_bootstrap_interval_and_a_wilcoxon_test(tmp_path):
+    from GliomaProgressionLib.cohort.replicate import paired_dice
+
+    rows = [(m, f"case_{i}", 1, 1, d) for i in range(8) for m, d in (("a", 0.6 + 0.02 * i), ("b", 0.3 + 0.01 * i))]
+    rows += [("a", "case_9", 0, 0, ""), ("b", "case_9", 0, 1, "")]
+    with open(tmp_path / "per_case.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "case", "truth_progression", "predicted_progression", "dice"])
+        writer.writerows(rows)
+    result = paired_dice(tmp_path / "per_case.csv", "a", "b")
+    assert result["cases"] == 8 and result["mean_difference"] == pytest.approx(0.335, abs=1e-3)
+    assert result["difference_ci95"][0] <= 0.335 <= result["difference_ci95"][1]
+    assert result["wilcoxon_p"] < 0.01

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from GliomaProgressionLib.cli import habitats, invasion, survival
 from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float, positive_int
+from GliomaProgressionLib.cohort.replicate import STUDIES
 from GliomaProgressionLib.models.size_weighted import ALPHA, DEFAULT_LOSS, LOSSES, WEIGHT_RANGE
 
 
@@ -32,14 +33,30 @@ def add_commands(subparsers) -> None:
 
 
 def _add_evaluate(actions) -> None:
+    from GliomaProgressionLib.cohort.ctv_evaluate import DEFAULT_STANDARD, MIN_PATIENTS, RUN_FILES, STANDARD_PLANS
+
     evaluate = actions.add_parser(
-        "evaluate", help="per-patient sensitivity, specificity, AUC, Dice and McNemar test (seed 000)",
+        "evaluate", help="per-patient sensitivity, specificity, AUC, Dice and McNemar test (seed 000); with --ctv, "
+                         "AI against standard CTVs (seed 003, paired Wilcoxon tests)",
         description="Evaluate per-case progression predictions against truth masks (same file names, same grids). "
                     "Writes evaluation.csv, evaluation.md (seed 000's Table 2 layout), evaluation.json, "
-                    "per_case.csv and roc.png into a new folder.")
-    evaluate.add_argument("--predictions", required=True, type=Path,
+                    "per_case.csv and roc.png into a new folder. With --ctv instead: compare each model's AI CTV "
+                    "with the standard CTV per patient (sensitivity, specificity, and both again when every plan "
+                    "has the standard CTV's volume, as the PREDICT-GBM benchmark) with paired Wilcoxon signed-rank "
+                    "tests; writes ctv_evaluation.csv/.md/.json, ctv_wilcoxon.csv and ctv_per_case.csv.")
+    evaluate.add_argument("--predictions", type=Path,
                           help="folder of <case>.nii.gz probability maps (0..1) or 0/1 masks")
-    evaluate.add_argument("--truth", required=True, type=Path, help="folder of <case>.nii.gz progression masks")
+    evaluate.add_argument("--truth", type=Path, help="folder of <case>.nii.gz progression masks")
+    evaluate.add_argument(
+        "--ctv", type=Path, nargs="+", metavar="RUNS",
+        help="compare CTVs instead: one folder per model, each holding one 'gliomaprog run' output per case (what "
+             "'gliomaprog run --batch' writes; the same case names in each), every case run with a recurrence "
+             f"(a recurrence.nii.gz in its case folder: the run keeps it as {RUN_FILES['recurrence']}) and the ai "
+             f"scheme; at least {MIN_PATIENTS} cases")
+    evaluate.add_argument("--standard", choices=STANDARD_PLANS, default=DEFAULT_STANDARD,
+                          help=f"with --ctv: the standard CTV the AI CTVs are compared with (default "
+                               f"{DEFAULT_STANDARD}: enhancing tumour + cavity + 15 mm; its volume is the equal "
+                               "volume)")
     evaluate.add_argument("--compare", type=Path, help="a second model's predictions: McNemar test between the two")
     evaluate.add_argument("--nel", type=Path, help="folder of <case>.nii.gz NEL masks: both are restricted to it")
     evaluate.add_argument("--min-voxels", type=non_negative_int, default=1,
@@ -154,6 +171,10 @@ def _add_replicate(actions) -> None:
     replicate.add_argument("--epochs", type=int, default=50, help="default 50 (the demo recipe)")
     replicate.add_argument("--iterations", type=int, default=20, help="iterations per epoch (default 20)")
     replicate.add_argument("--seed", type=int, default=3000, help="first phantom seed (default 3000)")
+    replicate.add_argument("--study", choices=list(STUDIES), default="seed000",
+                           help="seed000: multiparametric vs conventional on a cohort where FLAIR shows half the "
+                                "progressions; adc: + ADC vs multiparametric on a cohort where half the "
+                                "progressions show on ADC only (issue 15)")
     replicate.add_argument("--quiet", action="store_true", help="no progress lines")
     replicate.set_defaults(handler=_run_replicate)
 
@@ -197,11 +218,16 @@ def _run_replicate(args: argparse.Namespace) -> int:
 
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     _refuse_flags(_training_length_checks(args))
-    result = replicate(args.out, args.train, args.test, args.epochs, args.iterations, args.seed, log=say)
+    result = replicate(args.out, args.train, args.test, args.epochs, args.iterations, args.seed, log=say,
+                       study=args.study)
     print(result["markdown"], end="")
-    for model, groups in result["detected_by_flair_visibility"].items():
+    for model, groups in result["detected_by_group"].items():
         print(f"{model}: " + ", ".join(f"{g['detected']}/{g['cases']} detected, Dice {g['mean_dice']:.2f} "
                                        f"({group.replace('_', ' ')})" for group, g in groups.items()))
+    dice = result["paired_dice"]
+    if "mean_difference" in dice:
+        print(f"Dice difference {dice['mean_difference']:+.3f} (95% CI {dice['difference_ci95'][0]:+.3f} to "
+              f"{dice['difference_ci95'][1]:+.3f}; Wilcoxon p = {dice['wilcoxon_p']:.3g}; {dice['cases']} cases)")
     print(f"Results in {args.out} ({result['wall_time_s']:.0f} s)")
     return 0
 
@@ -209,6 +235,10 @@ def _run_replicate(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.cohort.evaluate import EvaluationSettings, evaluate_cohort
 
+    if args.ctv:
+        return _run_evaluate_ctv(args)
+    _refuse_flags((args.predictions is None or args.truth is None,
+                   "--predictions and --truth are both needed (or --ctv RUNS to compare CTVs)."))
     _refuse_flags((not 0.0 < args.threshold <= 1.0, f"--threshold must be in (0, 1], got {args.threshold}."),
                   (args.min_voxels < 1, f"--min-voxels must be at least 1, got {args.min_voxels}."))
     settings = EvaluationSettings(threshold=args.threshold, min_voxels=args.min_voxels)
@@ -219,3 +249,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_evaluate_ctv(args: argparse.Namespace) -> int:
+    from GliomaProgressionLib.cohort.ctv_evaluate import evaluate_ctvs
+
+    given = [flag for flag, value in (("--predictions", args.predictions), ("--truth", args.truth),
+                                      ("--compare", args.compare), ("--nel", args.nel)) if value is not None]
+    _refuse_flags((bool(given), f"--ctv compares the CTVs of run folders; {', '.join(given)} belong to the "
+                                "evaluation of progression maps."))
+    result = evaluate_ctvs(args.ctv, args.out, args.standard, progress=StderrProgress(args.quiet))
+    print(result["markdown"], end="")
+    print(f"Results in {args.out}")
+    return 0

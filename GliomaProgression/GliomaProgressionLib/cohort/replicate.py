@@ -22,7 +22,9 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -73,6 +75,44 @@ def replication_config(seed: int, size: str = "small"):
     return config
 
 
+def adc_study_config(seed: int):
+    from GliomaProgressionLib.phantom.synthetic import adc_replication_config
+
+    return adc_replication_config(seed)
+
+
+def flair_group(seed: int) -> str:
+    return "flair_visible" if flair_visible(seed) else "ncbv_only"
+
+
+def adc_group(seed: int) -> str:
+    from GliomaProgressionLib.phantom.synthetic import adc_replication_visibility
+
+    return {"adc": "adc_only", "ncbv": "ncbv_only", "none": "none"}[adc_replication_visibility(seed)]
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a replication compares: a model on ``channels`` against one without the last of them (same export,
+    hard links), on a phantom cohort made by ``config``; ``group`` says what shows each case's progression."""
+
+    title: str
+    channels: str  # an export channel set (cohort.export.CHANNEL_SETS)
+    model: str
+    baseline: str
+    dataset_ids: tuple[int, int]  # model, baseline
+    config: Callable
+    group: Callable
+
+
+STUDIES = {
+    "seed000": Study("Seed 000 replication: nCBV adds what FLAIR lacks", "multiparametric", "multiparametric",
+                     "conventional", (MULTIPARAMETRIC_ID, CONVENTIONAL_ID), replication_config, flair_group),
+    "adc": Study("Diffusion (issue 15): ADC adds what FLAIR and nCBV lack", "diffusion", "diffusion",
+                 "multiparametric", (822, 821), adc_study_config, adc_group),
+}
+
+
 def write_phantom_case(job: tuple) -> str:
     """One cohort case folder from a phantom seed (a worker of a process pool)."""
     import SimpleITK as sitk
@@ -81,41 +121,44 @@ def write_phantom_case(job: tuple) -> str:
     from GliomaProgressionLib.phantom.synthetic import generate_case
     from GliomaProgressionLib.models.training import is_positive
 
-    seed, index, folder = job
-    config = replication_config(seed)
+    seed, index, folder, study = job
+    study = STUDIES[study]
+    config = study.config(seed)
     case = generate_case(config)
     target = write_case(case, Path(folder) / f"case_{seed:04d}")
     if is_positive(seed):  # a negative case's infiltrated part looks like oedema and never progresses: no label
         sitk.WriteImage(flair_progression(case), str(target / "progression.nii.gz"), True)
-    meta = {"index": index, "seed": seed, "flair_visible": flair_visible(seed),
+    meta = {"index": index, "seed": seed, "group": study.group(seed), "flair_visible": flair_visible(seed),
             "progression_flair_ratio": round(config.progression_flair_ratio, 4),
-            "progression_cbv_ratio": round(config.progression_cbv_ratio, 4)}
+            "progression_cbv_ratio": round(config.progression_cbv_ratio, 4),
+            "progression_adc_ratio": round(getattr(config, "progression_adc_ratio", 1.0), 4)}
     (target / "case.json").write_text(json.dumps(meta), encoding="utf-8")
     return target.name
 
 
-def build_phantom_cohort(folder: Path, seeds: list[int], processes: int = 2, log=print) -> None:
+def build_phantom_cohort(folder: Path, seeds: list[int], processes: int = 2, log=print, study: str = "seed000") -> None:
     from multiprocessing import get_context
 
     folder.mkdir(parents=True)
-    jobs = [(seed, index, str(folder)) for index, seed in enumerate(seeds)]
+    jobs = [(seed, index, str(folder), study) for index, seed in enumerate(seeds)]
     with get_context("spawn").Pool(processes) as pool:
         for name in pool.imap_unordered(write_phantom_case, jobs):
             log(f"phantom {name}")
 
 
-def without_ncbv(source: Path, target: Path, dataset_id: int) -> Path:
-    """The conventional dataset: the multiparametric export's CE-T1 and FLAIR channels (hard links)."""
-    name = f"Dataset{dataset_id:03d}_GliomaReplicationConventional"
+def without_last_channel(source: Path, target: Path, dataset_id: int, model: str = "conventional") -> Path:
+    """The baseline dataset: the export's channels but the last (hard links; identical preprocessing)."""
+    name = f"Dataset{dataset_id:03d}_GliomaReplication{model.capitalize()}"
+    dataset = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
+    last = len(dataset["channel_names"]) - 1
     target.mkdir(parents=True)
     for sub in ("imagesTr", "labelsTr", "nelTr", "imagesTs", "labelsTs", "nelTs"):
         (target / sub).mkdir()
         for path in sorted((source / sub).glob("*.nii.gz")):
-            if not path.name.endswith("_0002.nii.gz"):
+            if not path.name.endswith(f"_{last:04d}.nii.gz"):
                 os.link(path, target / sub / path.name)
-    dataset = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
-    dataset["channel_names"] = {key: value for key, value in dataset["channel_names"].items() if key != "2"}
-    dataset["channels_gliomaprog"] = dataset["channels_gliomaprog"][:2]
+    dataset["channel_names"] = {key: value for key, value in dataset["channel_names"].items() if key != str(last)}
+    dataset["channels_gliomaprog"] = dataset["channels_gliomaprog"][:last]
     dataset["name"] = name
     (target / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
     for extra in ("qc.csv", "split.json"):
@@ -173,7 +216,7 @@ def predict_test_cases(package_zip: Path, raw: Path, out: Path) -> None:
 
 
 def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: int = 50, iterations: int = 20,
-              seed: int = 3000, log=print) -> dict:
+              seed: int = 3000, log=print, study: str = "seed000") -> dict:
     """Run the whole replication into the new folder ``out``; returns the evaluation with its Markdown table."""
     import torch
 
@@ -182,6 +225,9 @@ def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: i
     from GliomaProgressionLib.cohort.train import package_model
     from GliomaProgressionLib.case.files import staged_output_folder
 
+    if study not in STUDIES:
+        raise ValueError(f"Unknown replication study {study!r}: use {' or '.join(STUDIES)}.")
+    chosen = STUDIES[study]
     if train < 4 or test < 2:
         raise ValueError("The replication needs at least 4 training and 2 test cases.")
     if epochs < 1 or iterations < 1:
@@ -191,45 +237,74 @@ def replicate(out: str | os.PathLike, train: int = 60, test: int = 30, epochs: i
     timings = {}
     with staged_output_folder(out) as work:
         seeds = list(range(seed, seed + train + test))
-        build_phantom_cohort(work / "cohort", seeds, log=log)
+        build_phantom_cohort(work / "cohort", seeds, log=log, study=study)
         timings["cohort_s"] = round(time.monotonic() - started, 1)
-        multi = work / f"Dataset{MULTIPARAMETRIC_ID}_GliomaReplicationMultiparametric"
-        export_cohort(work / "cohort", multi, MULTIPARAMETRIC_ID, "multiparametric", "temporal",
+        model_id, baseline_id = chosen.dataset_ids
+        multi = work / f"Dataset{model_id:03d}_GliomaReplication{chosen.model.capitalize()}"
+        export_cohort(work / "cohort", multi, model_id, chosen.channels, "temporal",
                       test / (train + test), spacing_mm=SPACING_MM, processes=2, progress=log)
-        conventional = without_ncbv(multi, work / f"Dataset{CONVENTIONAL_ID}_GliomaReplicationConventional",
-                                    CONVENTIONAL_ID)
+        baseline = without_last_channel(
+            multi, work / f"Dataset{baseline_id:03d}_GliomaReplication{chosen.baseline.capitalize()}", baseline_id,
+            chosen.baseline)
         timings["export_s"] = round(time.monotonic() - started - timings["cohort_s"], 1)
         log(f"Training both models: {epochs} epochs x {iterations} iterations")
         moment = time.monotonic()
-        results = train_side_by_side({"conventional": conventional, "multiparametric": multi}, work, epochs,
-                                     iterations)
+        raws = {chosen.baseline: baseline, chosen.model: multi}
+        results = train_side_by_side(raws, work, epochs, iterations)
         timings["train_s"] = round(time.monotonic() - moment, 1)
         moment = time.monotonic()
-        raws = {"conventional": conventional, "multiparametric": multi}
         for model, folder in results.items():
-            zip_path, _ = package_model(folder, f"replication-{model}", f"Seed 000 replication: {model} "
+            zip_path, _ = package_model(folder, f"replication-{model}", f"{chosen.title}: {model} "
                                         "(synthetic)", work / "packages" / f"replication-{model}.zip", True)
             log(f"Predicting the test cases with the {model} model")
             predict_test_cases(zip_path, raws[model], work / "predictions" / model)
         timings["predict_s"] = round(time.monotonic() - moment, 1)
-        evaluation = evaluate_cohort(work / "predictions" / "multiparametric", multi / "labelsTs",
-                                     work / "evaluation", compare=work / "predictions" / "conventional",
+        evaluation = evaluate_cohort(work / "predictions" / chosen.model, multi / "labelsTs",
+                                     work / "evaluation", compare=work / "predictions" / chosen.baseline,
                                      nel=multi / "nelTs")
         timings["total_s"] = round(time.monotonic() - started, 1)
-        by_visibility = detections_by_flair_visibility(work / "evaluation" / "per_case.csv", work / "cohort")
+        by_visibility = detections_by_group(work / "evaluation" / "per_case.csv", work / "cohort")
+        dice = paired_dice(work / "evaluation" / "per_case.csv", chosen.model, chosen.baseline)
         record = {"command": " ".join(["gliomaprog", "cohort", "replicate", "--out", str(out), "--train", str(train),
                                        "--test", str(test), "--epochs", str(epochs), "--iterations", str(iterations),
-                                       "--seed", str(seed)]),
-                  "seeds": [seeds[0], seeds[-1]], "train": train, "test": test, "epochs": epochs,
+                                       "--seed", str(seed)] + (["--study", study] if study != "seed000" else [])),
+                  "study": study, "seeds": [seeds[0], seeds[-1]], "train": train, "test": test, "epochs": epochs,
                   "iterations_per_epoch": iterations, "timings": timings,
-                  "detected_by_flair_visibility": by_visibility}
+                  "detected_by_group": by_visibility, "paired_dice": dice}
         (work / "replication.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    return {**evaluation, "wall_time_s": timings["total_s"], "detected_by_flair_visibility": by_visibility}
+    return {**evaluation, "wall_time_s": timings["total_s"], "detected_by_group": by_visibility,
+            "paired_dice": dice}
 
 
-def detections_by_flair_visibility(per_case_csv: Path, cohort: Path) -> dict:
-    """Per model, the progressing test cases visible on FLAIR and those visible only on nCBV: how many were
-    detected, out of how many, and the mean Dice inside the NEL."""
+def paired_dice(per_case_csv: Path, model: str, baseline: str, seed: int = 20230101) -> dict:
+    """The mean Dice difference (model - baseline) over the progressing test cases, with a 95 % bootstrap CI
+    (``scipy.stats.bootstrap``, BCa, 2000 resamples) and the paired Wilcoxon signed-rank test."""
+    import csv
+
+    from scipy.stats import bootstrap, wilcoxon
+
+    dice: dict = {}
+    with open(per_case_csv, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["truth_progression"] == "1":
+                dice.setdefault(row["case"], {})[row["model"]] = float(row["dice"])
+    pairs = np.array([[by_model[model], by_model[baseline]] for by_model in dice.values()
+                      if model in by_model and baseline in by_model])
+    if len(pairs) < 2:
+        return {"cases": int(len(pairs))}
+    difference = pairs[:, 0] - pairs[:, 1]
+    interval = bootstrap((difference,), np.mean, n_resamples=2000, confidence_level=0.95,
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return {"cases": int(len(pairs)), "mean_model": round(float(pairs[:, 0].mean()), 3),
+            "mean_baseline": round(float(pairs[:, 1].mean()), 3),
+            "mean_difference": round(float(difference.mean()), 3),
+            "difference_ci95": [round(float(interval.low), 3), round(float(interval.high), 3)],
+            "wilcoxon_p": float(wilcoxon(pairs[:, 0], pairs[:, 1]).pvalue) if np.any(difference) else 1.0}
+
+
+def detections_by_group(per_case_csv: Path, cohort: Path) -> dict:
+    """Per model and per group of progressing test cases (what shows their progression: FLAIR, nCBV only, ADC
+    only): how many were detected, out of how many, and the mean Dice inside the NEL."""
     import csv
 
     groups: dict = {}
@@ -238,7 +313,7 @@ def detections_by_flair_visibility(per_case_csv: Path, cohort: Path) -> dict:
             if row["truth_progression"] != "1":
                 continue
             meta = json.loads((cohort / row["case"] / "case.json").read_text(encoding="utf-8"))
-            group = "flair_visible" if meta["flair_visible"] else "ncbv_only"
+            group = meta.get("group") or ("flair_visible" if meta["flair_visible"] else "ncbv_only")
             groups.setdefault(row["model"], {}).setdefault(group, []).append(row)
     return {model: {group: {"detected": sum(int(r["predicted_progression"]) for r in rows), "cases": len(rows),
                             "mean_dice": round(float(np.mean([float(r["dice"]) for r in rows])), 3)}
