@@ -25,7 +25,8 @@ def add_commands(commands) -> None:
                                                                    "fa, md or map_<name> series the model needs)")
     invasion.add_argument("--out", required=True, type=Path, help="new folder for the results (must not exist)")
     invasion.add_argument("--model", default=DEFAULT_INVASION_MODEL,
-                          help=f"invasion model id (Models.json) or package zip/folder (default {DEFAULT_INVASION_MODEL})")
+                          help=f"invasion model id (Models.json) or package zip/folder (default "
+                               f"{DEFAULT_INVASION_MODEL})")
     invasion.add_argument("--quiet", action="store_true", help="no progress lines")
     invasion.set_defaults(handler=_run_invasion)
 

@@ -243,7 +243,8 @@ def _checked_channels(channels) -> tuple[str, ...]:
 
     names = tuple(channels)
     if not names or len(set(names)) != len(names):
-        raise ValueError(f"The invasion model's channels must name each channel once, got {', '.join(names) or 'none'}.")
+        raise ValueError(f"The invasion model's channels must name each channel once, got "
+                         f"{', '.join(names) or 'none'}.")
     for name in names:
         check_channel_name(name, "A channel of the invasion model")
     return names

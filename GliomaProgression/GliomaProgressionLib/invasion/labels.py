@@ -85,7 +85,8 @@ def training_labels(lesion: np.ndarray, progression: np.ndarray, spacing_mm, bra
 
 def label_counts(labels: np.ndarray) -> dict[str, int]:
     """How many voxels each class holds (for the training record)."""
-    return {"progression": int((labels == PROGRESSION).sum()), "non_progression": int((labels == NON_PROGRESSION).sum())}
+    return {"progression": int((labels == PROGRESSION).sum()),
+            "non_progression": int((labels == NON_PROGRESSION).sum())}
 
 
 def _checked_core(lesion: np.ndarray) -> np.ndarray:

@@ -80,7 +80,7 @@ def _registry_entry(model_id: str) -> dict | None:
 
 
 def resolve_invasion_model(id_or_path: str | os.PathLike = DEFAULT_INVASION_MODEL) -> InvasionModelPackage:
-    """A shipped invasion model id (sha256-verified against Models.json), or a user's package zip or folder."""
+    """A listed invasion model id (sha256-verified against Models.json), or a user's package zip or folder."""
     from GliomaProgressionLib.models.packages import resources_folder, sha256_file
 
     entry = _registry_entry(str(id_or_path))
@@ -99,7 +99,7 @@ def resolve_invasion_model(id_or_path: str | os.PathLike = DEFAULT_INVASION_MODE
     if path.exists():
         return load_invasion_package(path, sha256_file(path) if path.is_file() else None)
     known = ", ".join(e.get("id", "?") for e in available_invasion_models()) or "none"
-    raise ValueError(f"Unknown invasion model {str(id_or_path)!r}: not a shipped invasion model id ({known}) and not a "
+    raise ValueError(f"Unknown invasion model {str(id_or_path)!r}: not a listed invasion model id ({known}) and not a "
                      "zip or folder.")
 
 
@@ -115,7 +115,8 @@ def _with_entry(package: InvasionModelPackage, entry: dict) -> InvasionModelPack
 
 
 def load_invasion_package(path: str | os.PathLike, sha256: str | None = None) -> InvasionModelPackage:
-    """A invasion model package (zip, or the folder ``save_classifier`` wrote) read safely; ValueError naming it else."""
+    """An invasion model package (zip, or the folder ``save_classifier`` wrote) read safely; ValueError naming it
+    else."""
     from GliomaProgressionLib.models.packages import _MemberReader, _open_archive, check_archive
 
     path = Path(path)
@@ -142,7 +143,7 @@ def _model_folder(root: Path, label: str) -> Path:
     """The folder of the package holding invasion_model.json (the shallowest; one only)."""
     found = sorted((p.parent for p in root.rglob(MODEL_JSON)), key=lambda p: len(p.parts))
     if not found:
-        raise ValueError(f"The invasion model package {label} has no {MODEL_JSON}; is it a invasion model?")
+        raise ValueError(f"The invasion model package {label} has no {MODEL_JSON}; is it an invasion model?")
     return found[0]
 
 

@@ -36,7 +36,6 @@ TRUTH_SOURCES = {
                    "FLAIR registration",
     "phantom": "the phantom's future-progression truth (truth/progression.nii.gz, CE-T1 grid)",
 }
-DEFAULT_CHANNEL_ORDER = ("t1c", "flair", "ncbv", "adc", "fa", "md", "p", "q")
 
 
 # --- reading and preparing a case -------------------------------------------------------------------------------
@@ -78,8 +77,11 @@ def prepare_invasion_case(case_folder: str | Path, channels, spacing_mm: float, 
 
 
 def default_channels(prepared) -> tuple[str, ...]:
-    """The channels a model is trained on unless told: those of t1c, flair, ncbv, adc, fa, md, p, q the case has."""
-    return tuple(name for name in DEFAULT_CHANNEL_ORDER if name in prepared.channels)
+    """The channels a model is trained on unless told: every named channel of ``case.channels.CHANNELS`` (t1c, flair,
+    ncbv, adc, fa, md, p, q; not the ``map_<name>`` ones) the case has."""
+    from GliomaProgressionLib.case.channels import CHANNELS
+
+    return tuple(name for name in CHANNELS if name in prepared.channels)
 
 
 def brain_on_reference(inputs, prepared):
