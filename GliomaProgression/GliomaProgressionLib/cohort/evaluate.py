@@ -323,7 +323,7 @@ def summary_row(summary: ModelSummary, settings: EvaluationSettings) -> dict:
     return row
 
 
-def _csv_text(columns: Sequence[str], rows: list[dict]) -> str:
+def csv_text(columns: Sequence[str], rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -407,9 +407,9 @@ def plot_roc(summaries: list[ModelSummary], path: Path) -> None:
 def write_results(folder: Path, summaries: list[ModelSummary], comparison: dict | None,
                   settings: EvaluationSettings, nel: bool = False) -> None:
     """evaluation.csv, evaluation.md, evaluation.json, per_case.csv and roc.png into ``folder``."""
-    (folder / "evaluation.csv").write_text(_csv_text(SUMMARY_COLUMNS, [summary_row(s, settings) for s in summaries]),
+    (folder / "evaluation.csv").write_text(csv_text(SUMMARY_COLUMNS, [summary_row(s, settings) for s in summaries]),
                                            encoding="utf-8")
-    (folder / "per_case.csv").write_text(_csv_text(CASE_COLUMNS, [r for s in summaries for r in case_rows(s)]),
+    (folder / "per_case.csv").write_text(csv_text(CASE_COLUMNS, [r for s in summaries for r in case_rows(s)]),
                                          encoding="utf-8")
     (folder / "evaluation.md").write_text(markdown_table(summaries, comparison, settings, nel),
                                             encoding="utf-8")
