@@ -9,12 +9,13 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from GliomaProgressionLib.case.channels import DIFFUSION_FILES
 from GliomaProgressionLib.case.files import read_volume
 from GliomaProgressionLib.case.geometry import sitk_from_volume
 from GliomaProgressionLib.case.registration import transform_from_ras_matrix
 from GliomaProgressionLib.phantom.folder import write_case
 from GliomaProgressionLib.phantom.synthetic import (
-    ADC_VISIBLE_ADC_RATIO, ADC_VISIBLE_FA_RATIO, DIFFUSION_MAPS, DIFFUSION_PROTOCOLS, DWI_B_VALUE, DWI_DIRECTIONS,
+    ADC_VISIBLE_ADC_RATIO, ADC_VISIBLE_FA_RATIO, DIFFUSION_PROTOCOLS, DWI_B_VALUE, DWI_DIRECTIONS,
     NCBV_VISIBLE_CBV_RATIO, PhantomConfig, adc_replication_config, adc_replication_visibility,
     diffusion_weighted_signal, gradient_scheme, prolate_tensor_eigenvalues)
 
@@ -76,9 +77,9 @@ def test_maps_on_their_own_grid_in_the_stated_units(adc_only, tmp_path):
     from GliomaProgressionLib.phantom.folder import write_diffusion
 
     maps = adc_only.diffusion
-    assert set(maps) == set(DIFFUSION_MAPS)
+    assert set(maps) == set(DIFFUSION_FILES)
     protocol = DIFFUSION_PROTOCOLS["small"]
-    for name in DIFFUSION_MAPS:
+    for name in DIFFUSION_FILES:
         assert maps[name].array.dtype == np.float32
         np.testing.assert_allclose(maps[name].spacing, protocol.spacing, atol=1e-6)
         np.testing.assert_array_equal(maps[name].ijk_to_ras, adc_only.truth["md"].ijk_to_ras)
@@ -95,11 +96,11 @@ def test_maps_on_their_own_grid_in_the_stated_units(adc_only, tmp_path):
         difference = (maps[name].array - truth_md)[brain & (truth_md > 300)]
         assert difference.std() == pytest.approx(adc_only.config.diffusion_noise[name], rel=0.1)
     write_diffusion(adc_only, tmp_path)  # what write_case writes of them
-    for name in DIFFUSION_MAPS:
+    for name in DIFFUSION_FILES:
         written = read_volume(tmp_path / f"{name}.nii.gz")
         np.testing.assert_allclose(written.ijk_to_ras, maps[name].ijk_to_ras, atol=1e-4)
         np.testing.assert_allclose(written.array, maps[name].array, rtol=1e-6)
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{name}.nii.gz" for name in DIFFUSION_MAPS)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{name}.nii.gz" for name in DIFFUSION_FILES)
 
 
 def test_progression_wedge_has_the_configured_diffusion_ratios(adc_only):
@@ -115,10 +116,11 @@ def test_progression_wedge_has_the_configured_diffusion_ratios(adc_only):
 
 
 def test_adc_only_case_hides_the_wedge_from_ncbv_and_flair(adc_only):
-    wedge, rest = _regions_on(adc_only, adc_only.truth["ncbv"], adc_only.metadata["series"]["dsc"]["ras_t1c_from_ras_series"])
+    series = adc_only.metadata["series"]
+    wedge, rest = _regions_on(adc_only, adc_only.truth["ncbv"], series["dsc"]["ras_t1c_from_ras_series"])
     ncbv, _ = _ratio_and_error(adc_only.truth["ncbv"].array, wedge, rest)
     assert ncbv == pytest.approx(1.0, abs=0.05)
-    wedge, rest = _regions_on(adc_only, adc_only.flair, adc_only.metadata["series"]["flair"]["ras_t1c_from_ras_series"])
+    wedge, rest = _regions_on(adc_only, adc_only.flair, series["flair"]["ras_t1c_from_ras_series"])
     flair, error = _ratio_and_error(adc_only.flair.array, wedge, rest)
     assert abs(flair - 1.0) < 3 * error + 0.02
     adc, _ = _ratio_and_error(adc_only.diffusion["adc"].array, *_diffusion_regions(adc_only))
@@ -164,7 +166,7 @@ def test_turning_diffusion_off_changes_nothing_else(adc_only, without_diffusion,
     with_keys = {k: v for k, v in adc_only.metadata.items() if k not in ("config", "diffusion")}
     assert with_keys == {k: v for k, v in without_diffusion.metadata.items() if k not in ("config", "diffusion")}
     folder = write_case(without_diffusion, tmp_path / "case")
-    assert not list(folder.glob("adc*")) + list(folder.glob("md*")) + list(folder.glob("fa*")) + list(folder.glob("dwi*"))
+    assert not [path for pattern in ("adc*", "md*", "fa*", "dwi*") for path in folder.glob(pattern)]
     assert not any((folder / "truth" / f"{name}.nii.gz").exists() for name in diffusion_truth)
     with pytest.raises(ValueError, match="made without diffusion") as raised:
         write_case(without_diffusion, tmp_path / "dwi", dwi=True)
@@ -176,7 +178,8 @@ def test_raw_dti_series_and_its_gradient_files(adc_only, dwi_folder):
     from dipy.reconst.dti import TensorModel
 
     folder = dwi_folder
-    assert (folder / "adc.nii.gz").is_file() and not (folder / "md.nii.gz").exists() and not (folder / "fa.nii.gz").exists()
+    assert (folder / "adc.nii.gz").is_file()
+    assert not (folder / "md.nii.gz").exists() and not (folder / "fa.nii.gz").exists()  # fitted from the series
     for name in ("t1c", "flair", "dsc", "lesion"):
         assert (folder / f"{name}.nii.gz").is_file()
     assert (folder / "truth" / "md.nii.gz").is_file() and (folder / "truth" / "truth.json").is_file()

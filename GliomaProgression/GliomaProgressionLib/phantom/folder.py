@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from GliomaProgressionLib.case.channels import DIFFUSION_FILES, DTI_SERIES
 from GliomaProgressionLib.case.files import staged_output_folder, write_json, write_text, write_volume
-from GliomaProgressionLib.phantom.synthetic import (DIFFUSION_MAPS, MNI_NOTICE, SYNTHETIC_NOTICE, SyntheticCase,
+from GliomaProgressionLib.phantom.synthetic import (MNI_NOTICE, SYNTHETIC_NOTICE, SyntheticCase,
                                                      diffusion_weighted_series)
 
 
@@ -70,11 +71,12 @@ def write_diffusion(case: SyntheticCase, folder: Path, dwi: bool = False) -> Non
     """adc, md and fa maps into ``folder``; with ``dwi``, the ADC map and the raw DTI series with its FSL gradient
     files (b-values in one row; b-vectors as three rows x, y, z, one column per volume)."""
     if not dwi:
-        for name in DIFFUSION_MAPS:
+        for name in DIFFUSION_FILES:
             write_volume(case.diffusion[name], folder / f"{name}.nii.gz")
         return
     write_volume(case.diffusion["adc"], folder / "adc.nii.gz")
     series, bvals, bvecs = diffusion_weighted_series(case)
-    write_volume(series, folder / "dwi.nii.gz")
-    write_text(" ".join(f"{b:g}" for b in bvals) + "\n", folder / "dwi.bval")
-    write_text("".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in np.asarray(bvecs).T), folder / "dwi.bvec")
+    write_volume(series, folder / f"{DTI_SERIES}.nii.gz")
+    write_text(" ".join(f"{b:g}" for b in bvals) + "\n", folder / f"{DTI_SERIES}.bval")
+    write_text("".join(" ".join(f"{v:.6f}" for v in row) + "\n" for row in np.asarray(bvecs).T),
+               folder / f"{DTI_SERIES}.bvec")

@@ -20,15 +20,16 @@ isotropic grid, every series in one head pose), ``head`` (scalp and skull kept, 
 skull-stripped brain), ``dsc=False`` (no perfusion series) and ``dsc_slices`` (a thin DSC slab through the
 tumour). ``arrival_delay_s`` and ``mtt_spread`` (a late hemisphere, uneven transit times) test leakage
 correction; with them the truth nCBV is the integral of each voxel's own curve. With every variant off, a seed
-gives the case it always gave, bit for bit.
+gives the case it always gave, bit for bit (diffusion, below, only adds its maps).
 
 Diffusion (``diffusion=True``, the default; issue 15; seed 004, Yan et al. 2020, Sci Rep; and seed 003):
 an ADC map and the DTI maps MD and FA, on a diffusion grid of their own (an EPI series: 2 x 2 x 4 mm at full size,
-2.5 x 2.5 x 4 mm small, its own slice tilt and head pose; partial volume through the same sub-voxel averaging as
-FLAIR and DSC), with Gaussian noise on each map (``diffusion_noise``, SD in map units). ADC and MD are the same
-quantity (a third of the tensor's trace: a trace-weighted ADC equals the tensor's MD), in 10^-6 mm^2/s; two maps
-because scanners give a DWI trace ADC and a DTI series separately, with their own noise. Tissue values
-(``PhantomConfig.adc`` and ``.fa``), rounded from the literature:
+2.5 x 2.5 x 4 mm small, its own slice tilt and head pose, the others' still pose when ``preprocessed``; partial
+volume through the same sub-voxel averaging as FLAIR and DSC), with Gaussian noise on each map
+(``diffusion_noise``, SD in map units). ADC and MD are the same quantity (a third of the tensor's trace: a
+trace-weighted ADC equals the tensor's MD), in 10^-6 mm^2/s; two maps because scanners give a DWI trace ADC and a
+DTI series separately, with their own noise. Tissue values (``PhantomConfig.adc`` and ``.fa``), rounded from the
+literature:
 
 ============ ======= ===== ===========================================================================
 tissue        ADC     FA    source
@@ -111,6 +112,7 @@ from scipy import ndimage
 from DSCPerfusionLib.habitats.labels import HABITAT_BY_KEY, HABITATS, REGIONS
 from DSCPerfusionLib.simulation import add_rician_noise, simulate_dsc
 
+from GliomaProgressionLib.case.channels import DIFFUSION_FILES, DIFFUSIVITIES
 from GliomaProgressionLib.phantom.acquisition import HeadPose, SeriesProtocol, acquire, acquire_labels, random_pose, series_grid
 from GliomaProgressionLib.case.geometry import Volume, ijk_to_ras_from_sitk
 
@@ -169,8 +171,11 @@ DIFFUSION_STREAM = 15  # second seed word of the diffusion series' own generator
 DWI_STREAM = 16  # second seed word of the raw DTI series' own generator (its Rician noise)
 REPLICATION_STREAM = 17  # second seed word of ``adc_replication_config``'s draws
 
-DIFFUSION_MAPS = ("adc", "md", "fa")  # the maps a case folder gets, as adc.nii.gz, md.nii.gz, fa.nii.gz
-DIFFUSION_UNITS = {"adc": "10^-6 mm^2/s", "md": "10^-6 mm^2/s", "fa": "fraction (0-1)"}
+# The maps a case folder gets (adc.nii.gz, fa.nii.gz, md.nii.gz: ``case.channels.DIFFUSION_FILES``), in the order
+# their noise is drawn from the diffusion stream: fixed here, so that a seed's maps never change with that tuple.
+DIFFUSION_MAPS = ("adc", "md", "fa")
+DIFFUSION_UNITS = {name: "10^-6 mm^2/s" if name in DIFFUSIVITIES else "fraction (0-1)"
+                   for name in DIFFUSION_MAPS}
 # The diffusion series: a 2 x 2 x 4 mm EPI at full size (a common clinical DTI protocol), coarser when small.
 DIFFUSION_PROTOCOLS = {
     "full": SeriesProtocol("diffusion", (2.0, 2.0, 4.0), (2, 2, 4), tilt_deg=8.0),
@@ -278,10 +283,10 @@ class PhantomConfig:
             raise ValueError(f"progression_fa_ratio {self.progression_fa_ratio:g} gives the progression region an FA "
                              f"of {self.fa.oedema * self.progression_fa_ratio:g} (the oedema's {self.fa.oedema:g} "
                              "times the ratio), above 1.")
-        if set(self.diffusion_noise) != set(DIFFUSION_MAPS) or any(
+        if set(self.diffusion_noise) != set(DIFFUSION_FILES) or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in self.diffusion_noise.values()):
-            raise ValueError(f"diffusion_noise must give a non-negative noise SD for each of {', '.join(DIFFUSION_MAPS)}, "
-                             f"got {self.diffusion_noise!r}.")
+            raise ValueError("diffusion_noise must give a non-negative noise SD for each of "
+                             f"{', '.join(DIFFUSION_FILES)}, got {self.diffusion_noise!r}.")
         if self.k2_enhancing < 0:
             raise ValueError(f"k2_enhancing must be zero or positive, got {self.k2_enhancing}.")
         if self.frames < 20 or self.tr_s <= 0 or self.te_s <= 0:
@@ -673,7 +678,8 @@ def _diffusion_series(config: PhantomConfig, anatomy: _Anatomy, tumour: _Tumour,
     tissue = {
         "md": _property_map(anatomy, tumour, config.adc,
                             progression_value=config.adc.oedema * config.progression_adc_ratio),
-        "fa": _property_map(anatomy, tumour, config.fa, progression_value=config.fa.oedema * config.progression_fa_ratio),
+        "fa": _property_map(anatomy, tumour, config.fa,
+                            progression_value=config.fa.oedema * config.progression_fa_ratio),
         "dwi_b0": _property_map(anatomy, tumour, config.dwi_b0),
         "brain": anatomy.brain.astype(np.float32),
     }
@@ -685,7 +691,8 @@ def _diffusion_series(config: PhantomConfig, anatomy: _Anatomy, tumour: _Tumour,
     truth = {name: np.where(brain, array / np.maximum(share, 1e-6), 0).astype(np.float32)
              for name, array in acquired.items()}
     truth["brain_diffusion"] = brain.astype(np.uint8)
-    maps = {name: _noisy_map(rng, config, truth["fa" if name == "fa" else "md"], brain, name) for name in DIFFUSION_MAPS}
+    maps = {name: _noisy_map(rng, config, truth["fa" if name == "fa" else "md"], brain, name)
+            for name in DIFFUSION_MAPS}
     return maps, truth, pose, grid
 
 
