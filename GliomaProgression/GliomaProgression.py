@@ -1,3 +1,4 @@
+import enum
 import os
 import tempfile
 from typing import Annotated
@@ -15,12 +16,14 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.util import VTKObservationMixin
 
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE
+from GliomaProgressionLib.case.channels import DERIVED, DIFFUSION_FILES, MAP_PREFIX, channel_modality
 from GliomaProgressionLib.models import process
+from GliomaProgressionLib.models.invasion_packages import SYNTHETIC_NOTICE as INVASION_SYNTHETIC_NOTICE
 from GliomaProgressionLib import dependencies
 from GliomaProgressionLib import mrml
 from GliomaProgressionLib.mrml import ALIGNED_WITH_CE_T1, ParameterNodeLifecycle
 from GliomaProgressionLib.phantom.synthetic import SIZES
-from GliomaProgressionLib.report.figure import PERFUSION_SKIPPED, PROGRESSION_NAME
+from GliomaProgressionLib.report.figure import INVASION_NAME, PERFUSION_SKIPPED, PROGRESSION_NAME
 from GliomaProgressionLib.runs.predict import DEVICES, MIN_VOXELS_RANGE, THRESHOLD_RANGE
 
 RADIOMICS_BUTTON_TEXT = "Compute nCBV features"
@@ -30,6 +33,23 @@ SAMPLE_NAME = "Synthetic glioma case"
 
 class UnregisteredMapError(ValueError):
     """An nCBV map that may not be registered to the CE-T1 the lesion was drawn on."""
+
+
+class Method(enum.Enum):
+    """The panel's two methods; the selector shows their labels (Slicer's enum connector calls ``label``)."""
+
+    NNUNET = "nnU-Net progression model"
+    INVASION = "Radiomics invasion map (Yan 2020)"
+
+    def label(self):
+        return self.value
+
+
+# What the start button says and which background job it starts, per method.
+START_TEXT = {Method.NNUNET: "Predict progression", Method.INVASION: "Map invasion"}
+JOB_KIND = {Method.NNUNET: "predict", Method.INVASION: "invasion"}
+INVASION_TOOLTIP = ("Register the series, compute the local radiomics feature maps in the peritumoral region and "
+                    "classify each voxel, in a background process.")
 
 
 #
@@ -51,7 +71,11 @@ class GliomaProgression(ScriptedLoadableModule):
             "background process (Cancel stops it and everything it started). The result is a probability heat "
             f"map, a '{PROGRESSION_NAME}' segment (p >= threshold inside the non-enhancing lesion) and a "
             "patient verdict. Without a DSC series, choose a model that uses no nCBV (the conventional demo model: "
-            "CE-T1 and FLAIR); perfusion is then skipped and the results say so. A synthetic glioma case with a "
+            "CE-T1 and FLAIR); perfusion is then skipped and the results say so. A model that names diffusion or other "
+            "maps (ADC, FA, MD, p and q from MD and FA, map_<name>) shows a selector for each; they are registered to "
+            "CE-T1 like FLAIR. The second method, the radiomics invasion map (seed 004: Yan et al. 2020), computes "
+            "local radiomics features in the peritumoral region and classifies each voxel with a small neural "
+            f"network: a probability heat map and a '{INVASION_NAME}' segment. A synthetic glioma case with a "
             "known future-progression region can be generated here or from Sample Data. The shipped demo models "
             "are trained on synthetic data - not for clinical use."
         )
@@ -137,11 +161,14 @@ _sampleJobs = set()
 
 @parameterNodeWrapper
 class GliomaProgressionParameterNode:
-    """Prediction: t1c, flair, dsc (+ echoTimeMs), lesion, model (id), device, threshold, minVoxels. dsc may be
-    None (a node parameter's default): models without an nCBV channel do not need it.
+    """Prediction: method, t1c, flair, dsc (+ echoTimeMs), lesion, model (id), device, threshold, minVoxels. dsc may
+    be None (a node parameter's default): models without an nCBV channel do not need it. The maps a model names
+    beyond these (adc, fa, md, map_<name>) and the invasion model are chosen in selectors the panel makes from the
+    model lists at run time (see GliomaProgressionWidget).
     CBV radiomics: ncbv (an nCBV map) with the same lesion.
     Synthetic case: seed, size, cavity (see GliomaProgressionLib.phantom.synthetic)."""
 
+    method: Method = Method.NNUNET
     t1c: slicer.vtkMRMLScalarVolumeNode
     flair: slicer.vtkMRMLScalarVolumeNode
     dsc: slicer.vtkMRMLSequenceNode
@@ -168,6 +195,8 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._job = None  # the running BackgroundJob (one at a time)
+        self._mapSelectors = {}  # channel name -> (label, node selector), made when a chosen model first needs it
+        self._invasionChannels = {}  # invasion model -> its channel names, or why they cannot be read (read once)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -180,11 +209,17 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         for modelId, entry in self._models.items():
             self.ui.modelComboBox.addItem(entry.get("title", modelId), modelId)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChosen)
-        self._predictToolTip = self.ui.predictButton.toolTip  # the .ui's; replaced by the reason while disabled
+        self._invasionModels = {entry["id"]: entry for entry in self.logic.availableInvasionModels()}
+        for modelId, entry in self._invasionModels.items():
+            self.ui.invasionModelComboBox.addItem(entry.get("title", modelId), modelId)
+        self.ui.invasionModelComboBox.currentIndexChanged.connect(lambda *unused: self.updateGui())
+        # the .ui's; replaced by the reason while disabled
+        self._startToolTip = {Method.NNUNET: self.ui.predictButton.toolTip, Method.INVASION: INVASION_TOOLTIP}
         self.ui.generateButton.clicked.connect(self.onGenerateButton)
         self.ui.predictButton.clicked.connect(self.onPredictButton)
         self.ui.radiomicsButton.clicked.connect(self.onRadiomicsButton)
         self.ui.progressBar.setVisible(False)
+        self.ui.channelMapsWidget.setVisible(False)
         self.observeScene()
 
     def cancelJobs(self):
@@ -201,14 +236,17 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         if parameters is None:
             return
         running = self._job.kind if self._job is not None else None  # one background job at a time
+        invasion = parameters.method == Method.INVASION
+        self._showMethodRows(invasion)
+        self._showMapSelectors(self.logic.mapsNeeded(self._chosenModelChannels(parameters)))
         blocked = self._whyPredictionCannotStart(parameters)
-        self.ui.predictButton.enabled = running == "predict" or (running is None and blocked is None)
-        self.ui.predictButton.toolTip = blocked or self._predictToolTip
+        self.ui.predictButton.enabled = running in JOB_KIND.values() or (running is None and blocked is None)
+        self.ui.predictButton.toolTip = blocked or self._startToolTip[parameters.method]
         self.ui.echoTimeSpinBox.enabled = parameters.dsc is not None
         self.ui.radiomicsButton.enabled = running == "radiomics" or (
             running is None and bool(parameters.ncbv and parameters.lesion))
         self.ui.generateButton.enabled = running in (None, "phantom")
-        self.ui.predictButton.text = "Cancel" if running == "predict" else "Predict progression"
+        self.ui.predictButton.text = "Cancel" if running in JOB_KIND.values() else START_TEXT[parameters.method]
         self.ui.radiomicsButton.text = "Cancel" if running == "radiomics" else RADIOMICS_BUTTON_TEXT
         self.ui.generateButton.text = "Cancel" if running == "phantom" else "Generate and load"
         index = self.ui.modelComboBox.findData(parameters.model)
@@ -216,11 +254,97 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
             self.ui.modelComboBox.setCurrentIndex(index)
         self.ui.modelDescriptionLabel.text = self._modelDescription(parameters)
 
+    def _showMethodRows(self, invasion):
+        """The nnU-Net model's rows, or the invasion model's: each method shows only what it uses."""
+        for widget in (self.ui.modelLabel0, self.ui.modelComboBox, self.ui.modelLabel2, self.ui.deviceComboBox,
+                       self.ui.modelLabel3, self.ui.thresholdSpinBox, self.ui.modelLabel4, self.ui.minVoxelsSpinBox):
+            widget.setVisible(not invasion)
+        self.ui.invasionModelLabel.setVisible(invasion)
+        self.ui.invasionModelComboBox.setVisible(invasion)
+
+    # --- the maps a model names (case.channels): one selector each, shown while the chosen model needs it
+
+    def _showMapSelectors(self, needed):
+        for name in needed:
+            if name not in self._mapSelectors:
+                self._mapSelectors[name] = self._newMapSelector(name)
+        for name, (label, selector) in self._mapSelectors.items():
+            label.setVisible(name in needed)
+            selector.setVisible(name in needed)
+        self.ui.channelMapsWidget.setVisible(bool(needed))
+
+    def _newMapSelector(self, name):
+        import qt
+
+        modality = channel_modality(name)
+        selector = slicer.qMRMLNodeComboBox()
+        selector.setObjectName(f"{name}MapSelector")
+        selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+        selector.showChildNodeTypes = False
+        selector.noneEnabled = True  # nothing is chosen for the user: a wrong map would be registered silently
+        selector.addEnabled = selector.removeEnabled = selector.renameEnabled = False
+        selector.toolTip = f"The {modality} map ({name}) the model uses, on its own grid: it is registered rigidly to " \
+                           "CE-T1 like FLAIR."
+        selector.setMRMLScene(slicer.mrmlScene)
+        selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda *unused: self.updateGui())
+        label = qt.QLabel(f"{modality}:")
+        self.ui.channelMapsWidget.layout().addRow(label, selector)
+        return label, selector
+
+    def chosenMaps(self, channels):
+        """The volume chosen for each map ``channels`` need (channel name -> node), chosen ones only."""
+        chosen = {name: self._mapSelectors[name][1].currentNode() for name in self.logic.mapsNeeded(channels)
+                  if name in self._mapSelectors}
+        return {name: node for name, node in chosen.items() if node is not None}
+
+    def _chosenModelChannels(self, parameters):
+        """The channel names of the chosen method's chosen model ([] when unknown or unreadable)."""
+        if parameters.method == Method.INVASION:
+            channels = self._invasionModelChannels(self.chosenInvasionModel())
+            return channels if isinstance(channels, list) else []
+        entry = self._models.get(parameters.model)
+        return self.logic.modelChannels(entry)
+
+    def chosenInvasionModel(self):
+        """The invasion model's id (or package path) in the selector, or None when none is listed."""
+        index = self.ui.invasionModelComboBox.currentIndex
+        return self.ui.invasionModelComboBox.itemData(index) if index >= 0 else None
+
+    def _invasionModelChannels(self, model):
+        """The channel names of an invasion model, or the sentence saying why they cannot be read; read once."""
+        if model is None:
+            return []
+        if model not in self._invasionChannels:
+            try:
+                self._invasionChannels[model] = self.logic.invasionModelChannels(model)
+            except ValueError as error:
+                self._invasionChannels[model] = str(error)
+        return self._invasionChannels[model]
+
+    # --- what the start button still needs
+
     def _whyPredictionCannotStart(self, parameters):
-        """One sentence saying what Predict still needs, or None when it can start."""
+        """One sentence saying what the start button still needs, or None when it can start."""
         if not (parameters.t1c and parameters.flair and parameters.lesion):
             return "Choose the CE-T1, the FLAIR and the lesion segmentation."
-        return self._missingDscSentence(parameters)
+        if parameters.method == Method.INVASION:
+            return self._whyInvasionCannotStart(parameters)
+        entry = self._models.get(parameters.model)
+        return self._missingDscSentence(parameters) or self._missingMapSentence(
+            entry.get("title", parameters.model) if entry else parameters.model, self.logic.modelChannels(entry))
+
+    def _whyInvasionCannotStart(self, parameters):
+        model = self.chosenInvasionModel()
+        if model is None:
+            return "No invasion model is installed: Models.json lists none."
+        channels = self._invasionModelChannels(model)
+        if isinstance(channels, str):
+            return channels
+        title = self._invasionModels.get(model, {}).get("title", model)
+        if "ncbv" in channels and parameters.dsc is None:
+            return (f"The invasion model '{title}' needs nCBV, which is computed from a DSC series: choose the DSC "
+                    "series.")
+        return self._missingMapSentence(title, channels)
 
     def _missingDscSentence(self, parameters):
         """Why the chosen model cannot run without the DSC series (it has an nCBV channel), or None."""
@@ -232,19 +356,50 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         return (f"The model '{entry.get('title', parameters.model)}' needs nCBV, which is computed from a DSC "
                 f"series: choose the DSC series{alternative}.")
 
+    def _missingMapSentence(self, title, channels):
+        """The first map the model needs that no selector has a volume for, in one sentence; or None."""
+        chosen = self.chosenMaps(channels)
+        for name in self.logic.mapsNeeded(channels):
+            if name not in chosen:
+                return self.logic.missingMapSentence(title, name, channels)
+        return None
+
     def _modelDescription(self, parameters):
-        # The missing DSC is said here too: a disabled button's tooltip is easy to miss.
+        # What is missing is said here too: a disabled button's tooltip is easy to miss.
+        if parameters.method == Method.INVASION:
+            model = self.chosenInvasionModel()
+            entry = self._invasionModels.get(model, {})
+            notice = INVASION_SYNTHETIC_NOTICE if entry.get("synthetic") else ""
+            reason = self._whyInvasionCannotStart(parameters) if parameters.t1c and parameters.flair and \
+                parameters.lesion else None
+            return " ".join(text for text in (entry.get("description", ""), notice, reason) if text)
         entry = self._models.get(parameters.model)
         if entry is None:
             return f"The model '{parameters.model}' is not installed."
-        return " ".join(text for text in (entry.get("description", ""), self._missingDscSentence(parameters)) if text)
+        missingMap = self._missingMapSentence(entry.get("title", parameters.model), self.logic.modelChannels(entry))
+        return " ".join(text for text in (entry.get("description", ""), self._missingDscSentence(parameters),
+                                          missingMap) if text)
 
     def onPredictButton(self):
         parameters = self._parameterNode
+        if parameters.method == Method.INVASION:
+            self._startOrCancel("invasion", "Could not start the invasion map.", self._startInvasion)
+            return
+        maps = self.chosenMaps(self.logic.modelChannels(self._models.get(parameters.model)))
         self._startOrCancel("predict", "Could not start the prediction.", lambda: self.logic.startPrediction(
             parameters.t1c, parameters.flair, parameters.lesion, parameters.model, dscNode=parameters.dsc,
             echoTimeMs=parameters.echoTimeMs, device=parameters.device, threshold=parameters.threshold,
-            minVoxels=parameters.minVoxels))
+            minVoxels=parameters.minVoxels, maps=maps))
+
+    def _startInvasion(self):
+        parameters = self._parameterNode
+        model = self.chosenInvasionModel()
+        if model is None:
+            raise ValueError("No invasion model is installed: Models.json lists none.")
+        channels = self._invasionModelChannels(model)
+        return self.logic.startInvasion(parameters.t1c, parameters.flair, parameters.lesion, model,
+                                        dscNode=parameters.dsc, echoTimeMs=parameters.echoTimeMs,
+                                        maps=self.chosenMaps(channels if isinstance(channels, list) else []))
 
     def onRadiomicsButton(self):
         self._startOrCancel("radiomics", "Could not start the nCBV feature extraction.", self._startRadiomics)
@@ -319,7 +474,7 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
             return
         with slicer.util.tryWithErrorDisplay("The background work failed.", waitCursor=True):
             {"phantom": self._loadSyntheticCase, "radiomics": self._showRadiomics,
-             "predict": self._showPrediction}[job.kind](job)
+             "predict": self._showPrediction, "invasion": self._showInvasion}[job.kind](job)
 
     def _loadSyntheticCase(self, job):
         nodes = self.logic.finishSyntheticCase(job.runner, job.folder)
@@ -341,6 +496,14 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
         self.ui.verdictLabel.text = "\n".join([self.logic.verdictText(nodes["verdict"], nodes["model"]),
                                                *(self.logic.noteLine(note) for note in nodes["notes"])])
         self.ui.statusLabel.text = f"Prediction finished; files in {job.folder}."
+
+    def _showInvasion(self, job):
+        nodes = self.logic.finishInvasion(job.runner, job.folder)
+        parameters = self.logic.getParameterNode()  # also when the module is no longer shown
+        slicer.util.setSliceViewerLayers(background=parameters.t1c, foreground=nodes["probability"],
+                                         foregroundOpacity=0.5)
+        self.ui.verdictLabel.text = self.logic.invasionText(nodes["invasion"])
+        self.ui.statusLabel.text = f"Invasion map finished; files in {job.folder}."
 
     def _cancel(self):
         if self._job is not None:
@@ -367,10 +530,12 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
     requirementsFile = None  # None: the extension's Resources/requirements.txt (tests give another)
     def missingPackages(self, kind):
-        """Packages the job ``kind`` (predict, radiomics, phantom) needs that are missing (empty outside Slicer).
-        The lists are read when asked, so that a test can change them."""
+        """Packages the job ``kind`` (predict, invasion, radiomics, phantom) needs that are missing (empty outside
+        Slicer). The lists are read when asked, so that a test can change them."""
         packages = {"predict": dependencies.PREDICT, "radiomics": dependencies.RADIOMICS,
-                    "phantom": dependencies.SYNTHETIC_CASE}
+                    "phantom": dependencies.SYNTHETIC_CASE,
+                    # scikit-learn runs the invasion classifier; until dependencies declares the invasion's list
+                    "invasion": getattr(dependencies, "INVASION", ("scikit-learn", "nibabel", "dipy"))}
         return mrml.missing_packages(packages[kind], self.requirementsFile)
 
     # --- models
@@ -389,12 +554,63 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         """Whether a model (its Models.json entry; None: unknown) has an nCBV channel, which needs a DSC series."""
         return bool(entry) and "ncbv" in [channel["name"] for channel in entry.get("channels", [])]
 
+    @staticmethod
+    def modelChannels(entry):
+        """The channel names a progression model (its Models.json entry; None: unknown, []) takes, in order."""
+        return [channel["name"] for channel in entry.get("channels", [])] if entry else []
+
+    @staticmethod
+    def mapsNeeded(channels):
+        """The maps (adc, fa, md, map_<name>) that ``channels`` need from the scene, in model order: p and q are
+        derived from MD and FA (case.channels.DERIVED), CE-T1, FLAIR and nCBV have inputs of their own."""
+        needed = []
+        for name in channels:
+            for source in DERIVED.get(name, (name,)):
+                if (source in DIFFUSION_FILES or source.startswith(MAP_PREFIX)) and source not in needed:
+                    needed.append(source)
+        return needed
+
+    @staticmethod
+    def missingMapSentence(model, name, channels):
+        """One sentence: the model needs the map ``name`` (for the derived channels among ``channels``)."""
+        modality = channel_modality(name)
+        derived = [channel for channel in channels if name in DERIVED.get(channel, ()) and channel != name]
+        purpose = f" (to derive {' and '.join(derived)})" if derived and name not in channels else ""
+        return f"The model '{model}' needs the {modality} map{purpose}: choose the {modality} volume."
+
+    def _checkMaps(self, model, channels, maps):
+        missing = [name for name in self.mapsNeeded(channels) if (maps or {}).get(name) is None]
+        if missing:
+            raise ValueError(self.missingMapSentence(model, missing[0], channels))
+        return {name: maps[name] for name in self.mapsNeeded(channels)}
+
+    # --- invasion models (seed 004)
+
+    @staticmethod
+    def availableInvasionModels():
+        from GliomaProgressionLib.models.invasion_packages import available_invasion_models
+
+        return available_invasion_models()
+
+    def invasionModelChannels(self, model):
+        """The channel names an invasion model (a listed id, or a package zip or folder) takes: from its
+        Models.json entry, else from the package (read without running anything of it). ValueError when it cannot
+        be read."""
+        from GliomaProgressionLib.models.invasion_packages import resolve_invasion_model
+
+        entry = next((e for e in self.availableInvasionModels() if e.get("id") == model), None)
+        if entry is not None and entry.get("channels"):
+            return [str(name) for name in entry["channels"]]
+        return list(resolve_invasion_model(model).model.channels)
+
     # --- prediction
 
     def startPrediction(self, t1cNode, flairNode, lesionNode, model, dscNode=None, echoTimeMs=30.0, device="auto",
-                        threshold=0.5, minVoxels=1, tta=None):
+                        threshold=0.5, minVoxels=1, tta=None, maps=None):
         """Write the inputs to a job folder and start one background process that prepares the case (registration,
-        nCBV) and runs the model (``runs.predict.PredictionJob``). Returns (process, job folder)."""
+        nCBV) and runs the model (``runs.predict.PredictionJob``). ``maps``: channel name -> volume node of the maps
+        the model names (adc, fa, md, map_<name>; MD and FA for p and q), each registered to CE-T1 by the job.
+        Returns (process, job folder)."""
         from GliomaProgressionLib.runs.predict import PredictionJob, PredictionSettings
 
         if t1cNode is None or flairNode is None or lesionNode is None:
@@ -405,6 +621,8 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         needsNcbv = self.modelNeedsNcbv(entry)
         if needsNcbv and dscNode is None:
             raise ValueError(f"The model '{model}' needs the DSC series (it uses nCBV).")
+        # A model outside Models.json (a package path): only the job can tell which maps it uses; it gets all given.
+        maps = self._checkMaps(model, self.modelChannels(entry), maps) if entry is not None else dict(maps or {})
         low, high = ECHO_TIME_MS_RANGE
         if not low <= echoTimeMs <= high:
             raise ValueError(f"The DSC echo time must be between {low:g} and {high:g} ms, got {echoTimeMs:g}.")
@@ -414,8 +632,8 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         useDsc = dscNode is not None and (needsNcbv or entry is None)
         folder = tempfile.mkdtemp(prefix="GliomaProgression-")
         try:
-            files = self._writePredictionInputs(os.path.join(folder, "inputs"), t1cNode, flairNode, lesionNode,
-                                                dscNode if useDsc else None, echoTimeMs)
+            files = self._writeCaseFolder(os.path.join(folder, "inputs"), t1cNode, flairNode, lesionNode,
+                                          dscNode if useDsc else None, echoTimeMs, maps)
             job = PredictionJob(model=str(model), out=os.path.join(folder, "results"), settings=settings, **files)
             return job.start(), folder
         except Exception:
@@ -437,9 +655,10 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         return note[0].upper() + note[1:] + "."
 
     @staticmethod
-    def _writePredictionInputs(inputs, t1cNode, flairNode, lesionNode, dscNode, echoTimeMs):
-        """The series as files for the job process (the lesion as BraTS labels on the CE-T1 grid); -> the paths
-        by PredictionJob field."""
+    def _writeCaseFolder(inputs, t1cNode, flairNode, lesionNode, dscNode, echoTimeMs, maps=None):
+        """The series as files for the job process, named as a case folder names them (``case.folder.read_case``;
+        the lesion as BraTS labels on the CE-T1 grid, each map on its own grid); -> the paths by PredictionJob
+        field (``maps``: channel name -> path, only when there are maps)."""
         from GliomaProgressionLib.case.files import write_json, write_volume
         from GliomaProgressionLib.mrml import brats_labels_from_segmentation
 
@@ -454,6 +673,10 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
             write_volume(series, files["dsc"],
                          time_spacing=float(np.median(np.diff(times))) if len(times) > 1 else 1.0)
             write_json({"EchoTime": echoTimeMs / 1000.0, "FrameTimes": [float(t) for t in times]}, files["dsc_json"])
+        if maps:
+            files["maps"] = {name: os.path.join(inputs, f"{name}.nii.gz") for name in maps}
+            for name, node in maps.items():
+                write_volume(mrml.volume_from_node(node), files["maps"][name])
         return files
 
     def finishPrediction(self, runner, folder, waitForCompletion=False, name=None):
@@ -474,20 +697,9 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         results = os.path.join(folder, "results")
         prediction = json.loads(open(os.path.join(results, "prediction.json")).read())
         name = name or "Progression"
-        probability = mrml.node_from_volume(read_volume(os.path.join(results, "progression_prob.nii.gz")),
-                                            f"{name} probability")
-        self._showAsHeatMap(probability)
-        mask = read_volume(os.path.join(results, "progression.nii.gz"))
-        from CTVPlannerLib import terminology
-        from GliomaProgressionLib.report.scene import PROGRESSION_COLOUR
-
-        segment, neoplasm = (PROGRESSION_NAME, PROGRESSION_COLOUR), terminology.entry("neoplasm")
-        segmentation = mrml.segmentation_from_labelmap(mask, {1: segment}, f"{name} predicted progression",
-                                                       terminology={1: neoplasm})
-        if segmentation.GetSegmentation().GetNumberOfSegments() == 0:  # nothing predicted: say so with an empty segment
-            emptyId = segmentation.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
-            segmentation.GetSegmentation().GetSegment(emptyId).SetTerminology(neoplasm)
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(probability)
+        probability, segmentation = self._loadHeatMapAndSegment(
+            os.path.join(results, "progression_prob.nii.gz"), os.path.join(results, "progression.nii.gz"),
+            PROGRESSION_NAME, name)
         loaded = [probability, segmentation]
         channels = [channel["name"] for channel in prediction["model"]["channels"]]
         ncbv = None
@@ -502,6 +714,25 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
                             "verdict": prediction["verdict"], "model": prediction["model"], "folder": results,
                             "notes": list(getattr(self, "_predictionNotes", []))}
         return self.loadedNodes
+
+    def _loadHeatMapAndSegment(self, probabilityPath, maskPath, segmentName, name):
+        """A probability map (0-1) as a heat-map volume '<name> probability' and its mask as a segmentation
+        '<name> <segmentName>' with that one segment (empty when nothing was found: it says so)."""
+        from CTVPlannerLib import terminology
+        from GliomaProgressionLib.case.files import read_volume
+        from GliomaProgressionLib.report.scene import PROGRESSION_COLOUR
+
+        probability = mrml.node_from_volume(read_volume(probabilityPath), f"{name} probability")
+        self._showAsHeatMap(probability)
+        mask = read_volume(maskPath)
+        segment, neoplasm = (segmentName, PROGRESSION_COLOUR), terminology.entry("neoplasm")
+        segmentation = mrml.segmentation_from_labelmap(mask, {1: segment}, f"{name} {segmentName.lower()}",
+                                                       terminology={1: neoplasm})
+        if segmentation.GetSegmentation().GetNumberOfSegments() == 0:  # nothing found: say so with an empty segment
+            emptyId = segmentation.GetSegmentation().AddEmptySegment("", segment[0], segment[1])
+            segmentation.GetSegmentation().GetSegment(emptyId).SetTerminology(neoplasm)
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(probability)
+        return probability, segmentation
 
     @staticmethod
     def _showAsHeatMap(node):
@@ -535,6 +766,80 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         """Blocking prediction (scripts and tests)."""
         runner, folder = self.startPrediction(t1cNode, flairNode, lesionNode, model, dscNode, echoTimeMs, **settings)
         return self.finishPrediction(runner, folder, waitForCompletion=True)
+
+    # --- invasion map (seed 004: Yan et al. 2020)
+
+    def startInvasion(self, t1cNode, flairNode, lesionNode, model, dscNode=None, echoTimeMs=30.0, maps=None):
+        """Write the scene's series as a case folder (the DSC series only when the model names nCBV; the maps it
+        names, ``maps``: channel name -> volume node) and start one background process that prepares the case and
+        maps invasion (``runs.invasion_job.InvasionJob``). ``model``: a listed invasion model's id or a package
+        path. Returns (process, job folder)."""
+        from GliomaProgressionLib.runs.invasion_job import InvasionJob
+
+        if t1cNode is None or flairNode is None or lesionNode is None:
+            raise ValueError("Choose the CE-T1, the FLAIR and the lesion segmentation.")
+        channels = self.invasionModelChannels(str(model))
+        useDsc = "ncbv" in channels
+        if useDsc and dscNode is None:
+            raise ValueError(f"The invasion model '{model}' needs nCBV, which is computed from a DSC series: choose "
+                             "the DSC series.")
+        low, high = ECHO_TIME_MS_RANGE
+        if useDsc and not low <= echoTimeMs <= high:
+            raise ValueError(f"The DSC echo time must be between {low:g} and {high:g} ms, got {echoTimeMs:g}.")
+        maps = self._checkMaps(model, channels, maps)
+        self._resultsBeside = t1cNode
+        folder = tempfile.mkdtemp(prefix="GliomaProgression-invasion-")
+        try:
+            case = os.path.join(folder, "case")
+            self._writeCaseFolder(case, t1cNode, flairNode, lesionNode, dscNode if useDsc else None, echoTimeMs, maps)
+            return InvasionJob(case, os.path.join(folder, "results"), str(model)).start(), folder
+        except Exception:
+            self.discardJobFolder(folder)
+            raise
+
+    def finishInvasion(self, runner, folder, waitForCompletion=False, name=None):
+        """Load a finished invasion map: heat map (0-1, on the model's feature grid) and the INVASION_NAME segment
+        (p >= the model's threshold in the peritumoral region), beside the CE-T1; ``invasion`` holds
+        invasion.json. Returns nodes."""
+        import json
+
+        from GliomaProgressionLib.runs.invasion import INVASION_JSON, LABEL_FILE, PROBABILITY_FILE
+
+        code = runner.wait() if waitForCompletion else runner.poll()
+        if code is None:
+            raise ValueError("The invasion map is still being computed.")
+        if code != 0:
+            message = runner.error_message()
+            self.discardJobFolder(folder)
+            raise ValueError(f"The invasion map failed: {message}")
+        results = os.path.join(folder, "results")
+        with open(os.path.join(results, INVASION_JSON), encoding="utf-8") as document:
+            invasion = json.load(document)
+        probability, segmentation = self._loadHeatMapAndSegment(
+            os.path.join(results, PROBABILITY_FILE), os.path.join(results, LABEL_FILE), INVASION_NAME,
+            name or "Invasion")
+        if getattr(self, "_resultsBeside", None) is not None:
+            mrml.place_beside([probability, segmentation], self._resultsBeside)
+        self.loadedNodes = {"probability": probability, "segmentation": segmentation, "invasion": invasion,
+                            "folder": results}
+        return self.loadedNodes
+
+    def mapInvasion(self, t1cNode, flairNode, lesionNode, model, dscNode=None, echoTimeMs=30.0, maps=None):
+        """Blocking invasion map (scripts and tests)."""
+        runner, folder = self.startInvasion(t1cNode, flairNode, lesionNode, model, dscNode, echoTimeMs, maps)
+        return self.finishInvasion(runner, folder, waitForCompletion=True)
+
+    @staticmethod
+    def invasionText(invasion):
+        """What the panel says of an invasion map (invasion.json): the volume at the threshold, the measures
+        against a truth when the case had one, the synthetic model's notice."""
+        text = (f"{INVASION_NAME}: {invasion['label_volume_ml']} mL of the {invasion['region_volume_ml']} mL "
+                f"peritumoral region with p >= {invasion['threshold']:g}.")
+        evaluation = invasion.get("evaluation") or {}
+        if evaluation.get("auc") is not None:
+            text += f" Against {evaluation['truth_description']}: AUC {evaluation['auc']:.2f}."
+        notice = invasion.get("model", {}).get("notice")
+        return f"{text} {notice}" if notice else text
 
     # --- CBV radiomics (seed 001)
 

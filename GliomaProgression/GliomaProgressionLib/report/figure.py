@@ -43,6 +43,7 @@ HABITATS_METHOD = ("Perfusion habitats (Yun et al. 2023, AJNR): each lesion voxe
                    "named against reference tissues")
 TARGET_NOTICE = "Target-volume proposals for review and editing by a radiation oncologist; not a treatment plan."
 PROGRESSION_NAME = "Predicted progression"
+INVASION_NAME = "Predicted invasion"  # the invasion map's segment (seed 004, Yan et al. 2020: p >= its threshold)
 PERFUSION_SKIPPED = "perfusion skipped: no DSC series"
 NCBV_RANGE = (0.0, 5.0)  # ratio to NAWM: white matter 1, grey matter ~2, enhancing tumour 3-6
 HEAT_MAP_LOWER = 0.05  # probabilities below this are transparent (report and scene)
