@@ -10,7 +10,8 @@ truth; a case without one is skipped) and labelled as in the paper (``invasion.l
 
 The cases are split by patient (``cohort.export.split_cases``, seeded random, ``test_fraction``); the classifier is
 trained on the training patients (``invasion.classifier.train_classifier``: balanced voxels per patient and class)
-and evaluated on the held-out ones, on all their labelled voxels:
+and evaluated on the held-out ones, on their labelled voxels (at most 20 000 per class and patient, drawn at
+random):
 
 - voxel accuracy and balanced accuracy at the model's threshold, pooled over the held-out patients;
 - per-patient AUC (``sklearn.metrics.roc_auc_score``; patients with both classes), their mean and a percentile 95 %
@@ -50,6 +51,7 @@ EVALUATION_FILE = "evaluation.json"
 EVALUATION_CASES_FILE = "evaluation_cases.csv"
 BOOTSTRAP_REPLICATES = 2000
 MIN_PATIENTS_FOR_CI = 3
+EVALUATION_VOXELS_PER_CLASS = 20000  # of each held-out patient, drawn at random (memory); all when fewer
 SYNTHETIC_NOTICE = "Trained on synthetic data — not for clinical use."
 METHOD = ("Yan et al. 2020, Sci Rep 10:9748: local radiomics features (first order, GLCM, GLRLM) of every map, voxel "
           "by voxel, classified by a neural network (scikit-learn MLP) trained on the progression area vs the 5-20 mm "
@@ -96,13 +98,16 @@ def train_invasion_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, 
     split = split_cases([f.name for f in folders], {}, "random", test_fraction, seed)
     say(f"Reading {len(folders)} case(s) of {cohort}: {sum(p == 'train' for p in split.values())} for training, "
         f"{sum(p == 'test' for p in split.values())} held out")
+    per_class = voxels_per_class or DEFAULT_VOXELS_PER_CLASS
     samples, failed = [], []
     for index, folder in enumerate(folders):
         where = f"[{index + 1}/{len(folders)}] {folder.name}"
         moment = time.monotonic()
         try:
-            case, channels = case_samples(folder, split[folder.name], channels, features, radius, bin_count,
-                                          spacing_mm)
+            part = split[folder.name]
+            kept = per_class if part == "train" else EVALUATION_VOXELS_PER_CLASS
+            case, channels = case_samples(folder, part, channels, features, radius, bin_count, spacing_mm, kept,
+                                          np.random.default_rng([seed, index]))
         except ValueError as error:
             reason = " ".join(str(error).split())
             failed.append({"case": folder.name, "reason": reason})
@@ -110,7 +115,7 @@ def train_invasion_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, 
             continue
         samples.append(case)
         say(f"{where} ({case.part}): {int(case.labels.sum())} progression, {int((case.labels == 0).sum())} "
-            f"non-progression voxels ({time.monotonic() - moment:.1f} s)")
+            f"non-progression voxels sampled ({time.monotonic() - moment:.1f} s)")
     training_cases = [s for s in samples if s.part == "train"]
     if not training_cases:
         first = failed[0]["reason"] if failed else "none"
@@ -125,7 +130,7 @@ def train_invasion_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, 
     model = train_classifier([(s.matrix, s.labels) for s in training_cases], channels=channels, features=features,
                              radius=radius, bin_count=bin_count, spacing_mm=spacing_mm,
                              hidden_layers=hidden_layers or DEFAULT_HIDDEN_LAYERS,
-                             voxels_per_class=voxels_per_class or DEFAULT_VOXELS_PER_CLASS, max_iter=max_iter,
+                             voxels_per_class=per_class, max_iter=max_iter,
                              seed=seed, training=record)
     say(f"Trained on {model.training['voxels']} voxels in {model.training['iterations']} iterations "
         f"(training accuracy {model.training['training_accuracy']:.3f})")
@@ -153,8 +158,12 @@ def train_invasion_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, 
             "failed": failed}
 
 
-def case_samples(folder: Path, part: str, channels, features, radius: int, bin_count: int, spacing_mm: float):
-    """(CaseSamples of one case's labelled peritumoral voxels, the channels used: ``channels`` or this case's)."""
+def case_samples(folder: Path, part: str, channels, features, radius: int, bin_count: int, spacing_mm: float,
+                 per_class: int, rng: np.random.Generator):
+    """(CaseSamples of at most ``per_class`` of one case's labelled peritumoral voxels per class, drawn at random;
+    the channels used: ``channels`` or this case's). Only the sampled voxels' features are kept: a cohort's full
+    regions would not fit in memory."""
+    from GliomaProgressionLib.invasion.classifier import balanced_sample
     from GliomaProgressionLib.invasion.labels import UNLABELLED, training_labels
     from GliomaProgressionLib.invasion.pipeline import as_arrays, region_features
     from GliomaProgressionLib.runs.invasion import (brain_on_reference, default_channels, prepare_invasion_case,
@@ -174,7 +183,9 @@ def case_samples(folder: Path, part: str, channels, features, radius: int, bin_c
     keep = in_region != UNLABELLED
     if not keep.any():
         raise ValueError(f"The case {folder.name} has no labelled voxel around its tumour.")
-    return CaseSamples(folder.name, part, matrix[keep], in_region[keep].astype(np.int8), source), tuple(channels)
+    labelled, matrix = in_region[keep].astype(np.int8), matrix[keep]
+    chosen = balanced_sample(labelled, per_class, rng)
+    return CaseSamples(folder.name, part, matrix[chosen], labelled[chosen], source), tuple(channels)
 
 
 def evaluate_held_out(model, cases: list[CaseSamples], seed: int = 0) -> dict:
