@@ -52,7 +52,7 @@ FEATURES: tuple[str, ...] = (tuple(f"firstorder_{name}" for name in FIRSTORDER) 
 
 ROBUST_PERCENTILES = (1.0, 99.0)  # the mask's intensity range that is discretised; outside it, values are clipped
 MAX_BIN_COUNT = 255  # the discretised image is uint8, 0 meaning "outside the image"
-CHUNK_VOXELS = 4096  # mask voxels computed together: the gathered arrays stay at a few tens of MB
+CHUNK_VOXELS = 8192  # mask voxels computed together: the gathered arrays stay at a few tens of MB
 EPS = np.spacing(1)  # pyradiomics' epsilon inside its logarithms
 ISOTROPY_TOLERANCE = 0.01  # relative spacing difference between axes accepted as isotropic
 
@@ -444,10 +444,10 @@ def _run_length_matrices(sequence: np.ndarray, bin_count: int, longest: int) -> 
     for row in range(1, len(run_start)):  # row by row: numpy's accumulate along the first axis is ~20 times slower
         np.maximum(run_start[row], run_start[row - 1], out=run_start[row])
     run_start = run_start[:-1]
+    # code = gray * longest + length - 1; what is not the end of a run of gray >= 1 goes to code 0 (gray 0, dropped)
     ends = differs[1:] & (value > 0)
-    not_counted = (bin_count + 1) * longest
-    codes = np.where(ends, value * np.int32(longest) + (position[:-1] - run_start), np.int32(not_counted))
-    counts = _column_bincount(codes, not_counted + 1)[:, :not_counted]
+    codes = np.where(ends, value * np.int32(longest) + (position[:-1] - run_start), np.int32(0))
+    counts = _column_bincount(codes, (bin_count + 1) * longest)
     return counts.reshape(-1, bin_count + 1, longest)[:, 1:, :]
 
 
