@@ -20,16 +20,22 @@ Testing/test_invasion_features.py checks every feature against it:
   ``binCount = bin_count`` applied to the clipped image (``numpy.histogram`` edges, ``numpy.digitize``, top
   value in the top bin): with ``maskedKernel = False`` pyradiomics bins over the whole image, whose extremes after
   clipping are the range's ends. First-order intensity features (Mean, Median, percentiles, moments) are
-  computed on the clipped intensities, as pyradiomics computes them on the image it is given.
+  computed on the clipped intensities, as pyradiomics computes them on the image it is given. (pyradiomics'
+  ``binWidth = (high - low) / bin_count`` would not give the same bins: it starts them at a multiple of the
+  width below the minimum, not at the minimum.)
 - GLCM: distance 1, the 13 directions of 3D, symmetric, each direction's matrix normalised and its features
   averaged over the directions (pyradiomics' default). GLRLM: runs along the 13 directions inside the cube,
   features averaged over the directions. No resampling, no normalisation, no weighting, voxelArrayShift 0.
 
-How it is fast: only the mask's voxels are computed, a chunk at a time. For each chunk the discretised values of
-every voxel's cube are gathered into one array per direction (pairs for the GLCM, the cube's lines for the GLRLM,
-the cube for first order), the matrices are counted with one ``numpy.bincount`` per direction for all voxels of
-the chunk, and the features are sums over those matrices; runs are found along the gathered lines with a
-running maximum of run starts. Memory stays at a few tens of MB per chunk whatever the region's size.
+How it is fast: only the mask's voxels are computed, on the mask's bounding box, a chunk of voxels at a time. Per
+chunk every voxel's cube is gathered once, as a (cube position, voxel) array of bins; per direction, the pairs
+(GLCM) and the cube's lines laid end to end (GLRLM) are rows of it. One ``numpy.bincount`` per direction counts
+every voxel's matrix at once: the GLCM as counts of unordered gray-level pairs (the symmetric matrix in half the
+memory), whose linear features are weighted sums of the counts and whose energy and entropy come from the
+integer counts; the GLRLM from each run's end, its length the distance to the last change of gray level (a
+running maximum over the line). First order sorts each cube once for its percentiles. Memory stays at a few tens
+of MB per chunk whatever the region's size; about 8 s of one core per 10^5 voxels for all 23 features
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
