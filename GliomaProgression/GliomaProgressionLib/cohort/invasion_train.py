@@ -176,7 +176,7 @@ def case_samples(folder: Path, part: str, channels, features, radius: int, bin_c
         raise ValueError(f"The case {folder.name} has no progression truth (recurrence.nii.gz, progression.nii.gz or "
                          "truth/progression.nii.gz).")
     arrays, lesion, spacing = as_arrays({name: prepared.channels[name] for name in channels}, prepared.lesion)
-    brain = brain_on_reference(inputs, prepared)
+    brain, _ = brain_on_reference(inputs, prepared)
     labels = training_labels(lesion, truth, spacing, brain)
     region, matrix = region_features(arrays, lesion, spacing, channels, features, radius, bin_count, brain)
     in_region = labels[region]

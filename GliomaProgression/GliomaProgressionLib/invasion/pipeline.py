@@ -8,10 +8,10 @@ the grid the model was trained on):
 1. **Peritumoral region** (``labels.peritumoral_region``): the non-enhancing FLAIR lesion (NEL) plus a shell of
    ``labels.MARGIN_MM`` (20 mm, the outer edge of the paper's non-progression shells) around the tumour core
    (enhancing tumour, necrosis, cavity), without the core; inside the brain when a brain mask is given.
-2. **Intensity scale**: channels in arbitrary scanner units (CE-T1, FLAIR, any ``map_<name>``) are divided by their
-   median in the case's own normal-appearing brain next to the tumour (the 5-20 mm shells outside the NEL), so that
-   first-order features mean the same across scanners; quantitative channels (nCBV, already normalised to white
-   matter; ADC, MD, p, q in 10^-6 mm^2/s; FA) keep their values.
+2. **Intensity scale**: channels in arbitrary scanner units (CE-T1, FLAIR, any ``map_<name>``) are divided by the
+   median of their positive voxels in the case's own normal-appearing brain next to the tumour (the 5-20 mm shells
+   outside the lesion, inside the brain), so that first-order features mean the same across scanners; quantitative
+   channels (nCBV, already normalised to white matter; ADC, MD, p, q in 10^-6 mm^2/s; FA) keep their values.
 3. **Features**: ``invasion.features.local_feature_maps`` on each channel the model names, in its window radius and
    bin count, over the region; a feature column is ``<channel>:<feature>``.
 4. **Probability**: the model's classifier on every region voxel; 0 outside the region. The label is the region's
@@ -33,8 +33,8 @@ from GliomaProgressionLib.invasion.labels import SHELL_MM, distance_mm, peritumo
 
 Progress = Callable[[float, str], None]
 QUANTITATIVE_CHANNELS = ("ncbv", "adc", "fa", "md", "p", "q")  # physical units, or normalised already
-REFERENCE_TISSUE = ("the case's normal-appearing brain 5-20 mm from the tumour core, outside the NEL (median "
-                    "intensity), for channels in arbitrary units")
+REFERENCE_TISSUE = ("the case's normal-appearing brain 5-20 mm from the tumour core, outside the lesion (median of "
+                    "the positive voxels), for channels in arbitrary units")
 SPACING_TOLERANCE_MM = 0.01
 
 
@@ -113,7 +113,7 @@ def normalised(name: str, array: np.ndarray, reference: np.ndarray) -> np.ndarra
     """A channel in arbitrary units divided by its median in the reference tissue; quantitative ones as they are."""
     if name in QUANTITATIVE_CHANNELS:
         return array
-    values = array[reference & np.isfinite(array)]
+    values = array[reference & np.isfinite(array) & (array > 0)]
     median = float(np.median(values)) if values.size else 0.0
     if not median > 0:
         raise ValueError(f"The {name} channel has no positive signal in the normal-appearing brain around the "
@@ -135,7 +135,7 @@ def region_features(arrays: dict[str, np.ndarray], lesion: np.ndarray, spacing, 
     region = peritumoral_region(lesion, spacing, brain)
     if not region.any():
         raise ValueError("The peritumoral region is empty: the tumour core has no NEL and no brain around it.")
-    reference = reference_tissue(lesion, spacing)
+    reference = reference_tissue(lesion, spacing) & (True if brain is None else brain)
     columns = []
     for number, name in enumerate(channels):
         stop_if_cancelled(cancel)

@@ -5,9 +5,10 @@ The case folder is read by ``case.folder.read_case`` (the DSC series only when t
 and other maps the model names, ``case.channels``) and prepared by ``case.preprocess.prepare_case`` exactly as for
 the progression model, onto the CE-T1 reference grid at the voxel size the model's features were computed on
 (1 mm unless the model was trained otherwise). ``invasion.pipeline.invasion_probability`` computes the local
-radiomics feature maps in the peritumoral region (NEL plus a 20 mm shell around the tumour core) and classifies
-every voxel. When the case holds a progression truth (``recurrence``, a ``progression`` label drawn on FLAIR, or a
-phantom's ``truth/progression``), invasion.json also measures the map against it on the paper's labels.
+radiomics feature maps in the peritumoral region (NEL plus a 20 mm shell around the tumour core, inside the brain:
+the case folder's brain mask, else the brain found in CE-T1 by ``case.brain_region``) and classifies every voxel.
+When the case holds a progression truth (``recurrence``, a ``progression`` label drawn on FLAIR, or a phantom's
+``truth/progression``), invasion.json also measures the map against it on the paper's labels.
 
 Output folder (written completely or not at all)::
 
@@ -84,15 +85,20 @@ def default_channels(prepared) -> tuple[str, ...]:
     return tuple(name for name in CHANNELS if name in prepared.channels)
 
 
-def brain_on_reference(inputs, prepared):
-    """The case's brain mask on the reference grid (bool array), or None when the folder has none."""
+def brain_on_reference(inputs, prepared) -> tuple[object, str]:
+    """(The brain as a bool array on the reference grid, where it came from): the case folder's brain mask, else the
+    brain found in CE-T1 (``case.brain_region``: the non-zero voxels of a skull-stripped series, else an estimate),
+    so that the peritumoral region does not reach into the background or the scalp."""
     import SimpleITK as sitk
 
+    from GliomaProgressionLib.case.brain_region import brain_region
     from GliomaProgressionLib.case.registration import resample_onto
 
-    if inputs.brain is None:
-        return None
-    return sitk.GetArrayFromImage(resample_onto(prepared.reference, inputs.brain, None, labels=True)) > 0
+    if inputs.brain is not None:
+        mask = resample_onto(prepared.reference, inputs.brain, None, labels=True)
+        return sitk.GetArrayFromImage(mask) > 0, "the case folder's brain mask"
+    found = brain_region(prepared.reference)
+    return sitk.GetArrayFromImage(found.mask) > 0, f"found in CE-T1 ({found.source}; case.brain_region)"
 
 
 def progression_truth(inputs, prepared) -> tuple[object, str | None]:
@@ -163,7 +169,7 @@ def run_invasion_files(case_folder: str | Path, out: str | Path, *, model_id: st
     report(0.0, "Reading and preparing the case")
     inputs, prepared = prepare_invasion_case(case_folder, model.channels, model.spacing_mm, package.id,
                                              _sub_progress(progress, 0.0, 0.3))
-    brain = brain_on_reference(inputs, prepared)
+    brain, brain_source = brain_on_reference(inputs, prepared)
     result = invasion_probability(prepared.channels, prepared.lesion, model, _sub_progress(progress, 0.3, 0.95),
                                   cancel, brain=brain)
     truth, source = progression_truth(inputs, prepared)
@@ -181,7 +187,8 @@ def run_invasion_files(case_folder: str | Path, out: str | Path, *, model_id: st
         "model": package.info(),
         "channels": list(model.channels),
         "region": "the NEL plus a 20 mm shell around the tumour core (enhancing tumour, necrosis, cavity), without "
-                  "the core" + (", inside the brain mask" if brain is not None else ""),
+                  "the core, inside the brain",
+        "brain": brain_source,
         "grid": f"CE-T1 resampled to {model.spacing_mm:g} mm isotropic voxels (the model's feature grid)",
         **{key: value for key, value in result.report.items() if key != "time_s"},
         "region_volume_ml": round(result.report["region_voxels"] * result.report["voxel_volume_ml"], 3),
