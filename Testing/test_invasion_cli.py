@@ -155,3 +155,14 @@ def test_a_nan_map_is_refused_in_one_line(cohort, trained, tmp_path, capsys):
                          trained / "invasion_test.zip", "--quiet")
     assert_one_line_error(result, "FLAIR", "16")
     _nothing_written(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("option, fragments", [
+    (("--features", "glcm_Nothing"), ("'glcm_Nothing' is not one of the local feature maps",)),
+    (("--channels", "t1c", "T2"), ("A channel of the invasion model is named 'T2'",)),
+    (("--test-fraction", "1"), ("test fraction must be at least 0 and below 1",)),
+])
+def test_invasion_train_refuses_bad_settings_before_reading_any_case(cohort, tmp_path, capsys, option, fragments):
+    result = _gliomaprog(capsys, "cohort", "invasion-train", cohort, "--out", tmp_path / "model", *option, "--quiet")
+    assert_one_line_error(result, *fragments)
+    _nothing_written(tmp_path, tmp_path / "model")
