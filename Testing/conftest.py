@@ -72,7 +72,8 @@ FULL_CASE = {"seed": 0, "size": "full"}  # the case `make demo` runs on
 
 def _read_only(case):
     """The case with every array read-only: a test that changes one must work on its own copy."""
-    for volume in (case.t1c, case.flair, case.dsc, case.lesion, *case.truth.values()):
+    for volume in (case.t1c, case.flair, case.dsc, case.lesion, *case.truth.values(),
+                   *(getattr(case, "diffusion", None) or {}).values()):
         if volume is not None:  # a case made without DSC has none
             volume.array.flags.writeable = False
     if case.frame_times_s is not None:

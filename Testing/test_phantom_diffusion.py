@@ -227,3 +227,11 @@ def test_bad_diffusion_settings_are_refused_in_one_sentence(bad):
         PhantomConfig(**bad).validated()
     message = str(raised.value)
     assert "\n" not in message and message.endswith(".") and any(name in message for name in bad)
+
+
+def test_phantom_command_refuses_dwi_without_diffusion(tmp_path):
+    from helpers import assert_one_line_error, gliomaprog
+
+    refused = gliomaprog("phantom", "--out", tmp_path / "case", "--size", "small", "--no-diffusion", "--dwi")
+    assert_one_line_error(refused, "--dwi", "--no-diffusion")
+    assert not (tmp_path / "case").exists()

@@ -34,6 +34,13 @@ def add_commands(commands) -> None:
     variants.add_argument("--with-head", action="store_true",
                           help="scalp and skull kept, as acquired (default: skull-stripped brain)")
     variants.add_argument("--no-dsc", action="store_true", help="no perfusion (DSC) series")
+    variants.add_argument("--no-diffusion", action="store_true", help="no diffusion maps (adc, md, fa)")
+    variants.add_argument("--dwi", action="store_true",
+                          help="a raw DTI series (dwi.nii.gz, dwi.bval, dwi.bvec) instead of the md and fa maps")
+    phantom.add_argument("--progression-adc-ratio", type=positive_float, default=0.80,
+                         help="ADC and MD of the future-progression region / the rest of the oedema (default 0.80)")
+    phantom.add_argument("--progression-fa-ratio", type=positive_float, default=0.93,
+                         help="FA of the future-progression region / the rest of the oedema (default 0.93)")
     variants.add_argument("--dsc-slices", type=positive_int, metavar="N",
                           help="a thin DSC slab of N slices through the tumour (default: the whole head)")
     habitats = phantom.add_argument_group("perfusion-habitat truth (Yun et al. 2023)")
@@ -58,6 +65,9 @@ def _run_phantom(args: argparse.Namespace) -> int:
     given = [flag for name, flag in SHARE_FLAGS.items() if getattr(args, name) is not None]
     if given and not args.habitats:
         raise ValueError(f"{', '.join(given)} set habitat shares; add --habitats to make the habitats.")
+    if args.no_diffusion and args.dwi:
+        raise ValueError("--dwi writes the diffusion series raw, but --no-diffusion leaves diffusion out; give one "
+                         "of them.")
     if args.scene is not None:
         _check_scene_path(args.scene)
     shares = {name: getattr(args, name) for name in SHARE_FLAGS}
@@ -65,10 +75,12 @@ def _run_phantom(args: argparse.Namespace) -> int:
                            progression_cbv_ratio=args.progression_cbv_ratio,
                            progression_flair_ratio=args.progression_flair_ratio, preprocessed=args.preprocessed,
                            head=args.with_head, dsc=not args.no_dsc, dsc_slices=args.dsc_slices,
-                           habitats=args.habitats, **shares)
+                           habitats=args.habitats, diffusion=not args.no_diffusion,
+                           progression_adc_ratio=args.progression_adc_ratio,
+                           progression_fa_ratio=args.progression_fa_ratio, **shares)
     progress = StderrProgress(args.quiet)
     case = generate_case(config, progress)
-    write_case(case, args.out)
+    write_case(case, args.out, dwi=args.dwi)
     print(f"Synthetic case written to {args.out}")
     if args.scene is not None:
         progress(1.0, "Writing the Slicer scene")
