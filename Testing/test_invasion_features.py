@@ -90,12 +90,21 @@ def test_chunking_and_feature_subsets_do_not_change_the_values(monkeypatch):
     assert len(fractions) == -(-int(mask.sum()) // 7) and fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
-def test_cancel_stops_the_computation():
+def test_cancel_stops_the_computation_between_chunks(monkeypatch):
     image, mask = _textured_volume()
+    monkeypatch.setattr(features, "CHUNK_VOXELS", 10)
     cancel = threading.Event()
-    cancel.set()
+    fractions = []
+
+    def progress(fraction, message):
+        fractions.append(fraction)
+        cancel.set()
+
     with pytest.raises(FeatureMapsCancelled):
-        local_feature_maps(image, mask, (1, 1, 1), cancel=cancel)
+        local_feature_maps(image, mask, (1, 1, 1), progress=progress, cancel=cancel)
+    assert len(fractions) == 1  # the first chunk finished, the second never started
+    with pytest.raises(FeatureMapsCancelled):
+        local_feature_maps(image, mask, (1, 1, 1), cancel=lambda: True)  # a callable works too
 
 
 def _bad(image, mask, **changes):

@@ -76,8 +76,9 @@ def local_feature_maps(image: np.ndarray, mask: np.ndarray, spacing_mm: tuple[fl
 
     ``image`` and ``mask`` are 3D arrays [k, j, i] on one isotropic grid of spacing ``spacing_mm``; ``features``
     is a subset of ``FEATURES``. Returns one float32 map of the image's shape per feature, NaN outside the mask.
-    ``progress(fraction, message)`` is told after each chunk of voxels; ``cancel`` (anything with ``is_set()``)
-    set ends the computation with ``FeatureMapsCancelled``. Bad input raises ValueError in one sentence.
+    ``progress(fraction, message)`` is told after each chunk of voxels (8192, about a second); ``cancel`` (a
+    ``threading.Event``-like with ``is_set()``, or a callable) set ends the computation with
+    ``FeatureMapsCancelled`` before the next chunk. Bad input raises ValueError in one sentence.
     """
     image, mask, names = _checked_input(image, mask, spacing_mm, radius, bin_count, features)
     box = _bounding_box(mask, radius)  # everything the cubes reach: the work is on this box only
@@ -108,7 +109,7 @@ def _feature_values(clipped, gray, mask, radius, bin_count, groups, progress, ca
     values = {f"{group}_{name}": np.empty(len(centres), dtype=np.float32)
               for group, names in groups.items() for name in names}
     for start in range(0, len(centres), CHUNK_VOXELS):
-        if cancel is not None and cancel.is_set():
+        if _cancelled(cancel):
             raise FeatureMapsCancelled("The radiomics feature maps were cancelled.")
         chunk = centres[start:start + CHUNK_VOXELS]
         stop = start + len(chunk)
@@ -129,6 +130,13 @@ def _feature_values(clipped, gray, mask, radius, bin_count, groups, progress, ca
         if progress is not None:
             progress(stop / len(centres), f"Radiomics feature maps: {stop} of {len(centres)} voxels")
     return values
+
+
+def _cancelled(cancel) -> bool:
+    """``cancel``: None, a ``threading.Event``-like with ``is_set()``, or a callable returning True to stop."""
+    if cancel is None:
+        return False
+    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
 
 
 def _checked_input(image, mask, spacing_mm, radius, bin_count, features):
