@@ -107,7 +107,7 @@ def train_invasion_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, 
             part = split[folder.name]
             kept = per_class if part == "train" else EVALUATION_VOXELS_PER_CLASS
             case, channels = case_samples(folder, part, channels, features, radius, bin_count, spacing_mm, kept,
-                                          np.random.default_rng([seed, index]))
+                                          np.random.default_rng([seed, index]), model_id)
         except ValueError as error:
             reason = " ".join(str(error).split())
             failed.append({"case": folder.name, "reason": reason})
@@ -159,7 +159,7 @@ def train_invasion_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, 
 
 
 def case_samples(folder: Path, part: str, channels, features, radius: int, bin_count: int, spacing_mm: float,
-                 per_class: int, rng: np.random.Generator):
+                 per_class: int, rng: np.random.Generator, model_id: str = "invasion-site"):
     """(CaseSamples of at most ``per_class`` of one case's labelled peritumoral voxels per class, drawn at random;
     the channels used: ``channels`` or this case's). Only the sampled voxels' features are kept: a cohort's full
     regions would not fit in memory."""
@@ -169,7 +169,7 @@ def case_samples(folder: Path, part: str, channels, features, radius: int, bin_c
     from GliomaProgressionLib.runs.invasion import (brain_on_reference, default_channels, prepare_invasion_case,
                                                     progression_truth)
 
-    inputs, prepared = prepare_invasion_case(folder, channels, spacing_mm, "being trained")
+    inputs, prepared = prepare_invasion_case(folder, channels, spacing_mm, model_id)
     channels = channels or default_channels(prepared)
     truth, source = progression_truth(inputs, prepared)
     if truth is None:
