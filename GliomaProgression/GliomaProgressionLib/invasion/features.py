@@ -309,11 +309,12 @@ def _unordered_pairs(bin_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 @lru_cache(maxsize=None)
 def _glcm_moments(bin_count: int) -> np.ndarray:
     """Per unordered pair {i, j}: what one such pair adds to the symmetric matrix M's f-weighted sum,
-    f(i, j) + f(j, i), for f = 1, i, i^2, i*j, (i-j)^2, 1/(1+(i-j)^2), (i+j)^2, (i+j)^3, (i+j)^4, [i = j]."""
+    f(i, j) + f(j, i), for f = i, i^2, i*j, 1/(1+(i-j)^2), (i+j)^3, (i+j)^4, then a row of 0 for the pairs
+    leaving the image. (M's total, (i-j)^2 and (i+j)^2 follow from these and the counts.)"""
     i, j, _ = _unordered_pairs(bin_count)
-    columns = [np.ones_like(i), (i + j) / 2, (i ** 2 + j ** 2) / 2, i * j, (i - j) ** 2, 1 / (1 + (i - j) ** 2),
-               (i + j) ** 2, (i + j) ** 3, (i + j) ** 4, (i == j).astype(float)]
-    return 2 * np.stack(columns, axis=1)
+    columns = [(i + j) / 2, (i ** 2 + j ** 2) / 2, i * j, 1 / (1 + (i - j) ** 2), (i + j) ** 3, (i + j) ** 4]
+    weights = 2 * np.stack(columns, axis=1)
+    return np.ascontiguousarray(np.concatenate([weights, np.zeros((1, len(columns)))]).T)
 
 
 @lru_cache(maxsize=None)
@@ -340,8 +341,7 @@ def _glcm(cube_gray: np.ndarray, radius: int, bin_count: int, names: Sequence[st
     unordered pairs {i, j} hold it (M_ij = M_ji = U_ij off the diagonal, M_ii = 2 U_ii), in half the memory.
     """
     _, _, pair_index = _unordered_pairs(bin_count)
-    moments_per_pair = _glcm_moments(bin_count).T
-    pairs = moments_per_pair.shape[1]
+    pairs = bin_count * (bin_count + 1) // 2
     voxels = cube_gray.shape[1]
     totals = {name: np.zeros(voxels) for name in names}
     directions_counted = np.zeros(voxels)
@@ -350,52 +350,56 @@ def _glcm(cube_gray: np.ndarray, radius: int, bin_count: int, names: Sequence[st
         codes = cube_gray[first_rows].astype(np.intp)
         codes *= bin_count + 1
         codes += cube_gray[second_rows]
-        counts = _column_bincount(pair_index[codes], pairs + 1)[:, :pairs]  # the last: pairs leaving the image
-        moments = _weighted_sums(counts, moments_per_pair)  # f-weighted sums over M
-        has_pairs = moments[:, 0] > 0
-        total = np.where(has_pairs, moments[:, 0], 1.0)
-        for name, value in _glcm_direction_features(moments, counts, total, names).items():
+        counts = _column_bincount(pair_index[codes], pairs + 1)  # the last column: pairs leaving the image
+        total = 2.0 * (len(first_rows) - counts[:, -1])  # M's sum
+        has_pairs = total > 0
+        total[~has_pairs] = 1.0
+        moments = _weighted_sums(counts, _glcm_moments(bin_count)) / total[:, None]  # sums of p(i, j) f(i, j)
+        for name, value in _glcm_direction_features(moments, counts, total, bin_count, names).items():
             totals[name] += np.where(has_pairs, value, 0.0)
         directions_counted += has_pairs
     with np.errstate(invalid="ignore", divide="ignore"):
         return {name: total / directions_counted for name, total in totals.items()}
 
 
-def _glcm_direction_features(moments: np.ndarray, counts: np.ndarray, total: np.ndarray,
+def _glcm_direction_features(moments: np.ndarray, counts: np.ndarray, total: np.ndarray, bin_count: int,
                              names) -> dict[str, np.ndarray]:
-    """One direction's features from the moments (``_glcm_moments``' columns summed over each voxel's pairs)
-    and, for energy and entropy, the unordered pair counts (voxels, pairs); ``total`` is M's sum (> 0).
+    """One direction's features from the moments (sums of p(i, j) f(i, j) for ``_glcm_moments``' f) and the
+    unordered pair counts (voxels, pairs + 1; the last column counts the pairs that leave the image); ``total``
+    is M's sum (> 0).
 
     The central moments are expanded into raw ones: with gray levels at most 255 and float64 sums, the
     cancellation costs less than 1e-9 of a feature's scale; a flat cube's variance comes out exactly 0.
     """
-    _, mean, square, product, contrast, idm, sum2, sum3, sum4, diagonal = (moments / total[:, None]).T
-    features = {"Autocorrelation": product, "Contrast": contrast, "Idm": idm}  # mean = mu_x = mu_y (symmetric)
+    mean, square, product, idm, sum3, sum4 = moments.T  # mean = mu_x = mu_y: M is symmetric
+    contrast = 2 * (square - product)  # sum p (i - j)^2
+    features = {"Autocorrelation": product, "Contrast": contrast, "Idm": idm}
     if "Correlation" in names:
         variance = square - mean ** 2  # sigma_x * sigma_y, both equal for a symmetric matrix
         flat = variance <= 1e-9 * np.maximum(square, 1.0)  # one gray level: pyradiomics returns 1
         features["Correlation"] = np.where(flat, 1.0, (product - mean ** 2) / (np.where(flat, 1.0, variance) + EPS))
     if "ClusterShade" in names or "ClusterProminence" in names:
         centre = 2 * mean  # the mean of i + j
+        sum2 = 2 * (square + product)  # sum p (i + j)^2
         features["ClusterShade"] = sum3 - 3 * centre * sum2 + 2 * centre ** 3
         features["ClusterProminence"] = sum4 - 4 * centre * sum3 + 6 * centre ** 2 * sum2 - 3 * centre ** 4
-    if "JointEnergy" in names:
-        # sum M^2 = 2 sum U^2 + 2 sum U_ii^2: the diagonal's share is counted through the diagonal mask
-        squares = counts * counts
-        diagonal_squares = squares[:, _diagonal_columns(counts.shape[1])].sum(axis=1)
-        features["JointEnergy"] = (2 * squares.sum(axis=1) + 2 * diagonal_squares) / total ** 2
+    if "JointEnergy" in names or "JointEntropy" in names:
+        on_diagonal = counts[:, _diagonal_columns(bin_count)]
+    if "JointEnergy" in names:  # sum M^2 = 2 sum U^2 + 2 sum U_ii^2
+        squares = np.einsum("ij,ij->i", counts, counts) - counts[:, -1] ** 2
+        features["JointEnergy"] = (2 * squares + 2 * np.einsum("ij,ij->i", on_diagonal, on_diagonal)) / total ** 2
     if "JointEntropy" in names:
         # sum M log2 M = 2 sum U log2 U + 2 sum U_ii (log2(2 U_ii) = 1 + log2 U_ii), and -sum p log2 p with
         # p = M / total is log2(total) - sum M log2 M / total
-        entropy_sum = _count_log_count(int(counts.max(initial=0)))[counts].sum(axis=1)
-        features["JointEntropy"] = np.log2(total) - (2 * entropy_sum + diagonal * total) / total
+        count_log_count = _count_log_count(int(counts.max(initial=0)))
+        entropy_sum = count_log_count[counts].sum(axis=1) - count_log_count[counts[:, -1]]
+        features["JointEntropy"] = np.log2(total) - (2 * entropy_sum + 2 * on_diagonal.sum(axis=1)) / total
     return {name: features[name] for name in names}
 
 
 @lru_cache(maxsize=None)
-def _diagonal_columns(pairs: int) -> np.ndarray:
-    """The columns of the unordered pairs {i, i} among ``pairs`` = n (n + 1) / 2 columns."""
-    bin_count = int(round((np.sqrt(8 * pairs + 1) - 1) / 2))
+def _diagonal_columns(bin_count: int) -> np.ndarray:
+    """The columns of the unordered pairs {i, i} among the pair counts."""
     i, j, _ = _unordered_pairs(bin_count)
     return np.flatnonzero(i == j)
 
