@@ -370,8 +370,7 @@ class GliomaProgressionWidget(ParameterNodeLifecycle, ScriptedLoadableModuleWidg
             model = self.chosenInvasionModel()
             entry = self._invasionModels.get(model, {})
             notice = INVASION_SYNTHETIC_NOTICE if entry.get("synthetic") else ""
-            reason = self._whyInvasionCannotStart(parameters) if parameters.t1c and parameters.flair and \
-                parameters.lesion else None
+            reason = self._whyInvasionCannotStart(parameters)
             return " ".join(text for text in (entry.get("description", ""), notice, reason) if text)
         entry = self._models.get(parameters.model)
         if entry is None:
