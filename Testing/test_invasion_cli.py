@@ -84,6 +84,7 @@ def test_invasion_train_writes_a_package_and_a_held_out_evaluation_better_than_c
     assert evaluation["patients"] == 1 and evaluation["patients_with_auc"] == 1
     assert evaluation["mean_patient_auc"] > 0.5 and evaluation["pooled_auc"] > 0.5
     assert evaluation["voxel_balanced_accuracy"] > 0.5
+    assert 0.5 < evaluation["mean_patient_distance_auc"] <= 1  # progression lies near the tumour: the baseline to beat
     assert evaluation["mean_patient_auc_ci95"] is None and "at least 3" in evaluation["ci_note"]
     package = load_invasion_package(trained / "invasion_test.zip")
     assert package.model.feature_names == ["t1c:firstorder_Mean", "t1c:firstorder_Median", "t1c:glcm_Contrast",

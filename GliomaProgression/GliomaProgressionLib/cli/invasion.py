@@ -98,9 +98,10 @@ def _run_invasion_train(args: argparse.Namespace) -> int:
     print(f"Invasion model '{entry['id']}' trained on {entry['training']['cases']} case(s): {record['package']} "
           f"(sha256 {entry['sha256']}); Models.json entry in {record['entry_file']}")
     if evaluation:
-        auc = evaluation["mean_patient_auc"]
-        ci = evaluation["mean_patient_auc_ci95"]
+        auc, ci = evaluation["mean_patient_auc"], evaluation["mean_patient_auc_ci95"]
+        baseline = evaluation["mean_patient_distance_auc"]
         print(f"Held out: {evaluation['patients']} patient(s), voxel accuracy {evaluation['voxel_accuracy']:.3f}, "
               f"mean per-patient AUC {'n/a' if auc is None else f'{auc:.3f}'}"
-              f"{f' (95% CI {ci[0]:.3f}-{ci[1]:.3f})' if ci else ''}")
+              f"{f' (95% CI {ci[0]:.3f}-{ci[1]:.3f})' if ci else ''}; the distance to the tumour alone: "
+              f"{'n/a' if baseline is None else f'{baseline:.3f}'}")
     return 0

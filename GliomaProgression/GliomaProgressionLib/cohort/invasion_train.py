@@ -15,7 +15,9 @@ random):
 
 - voxel accuracy and balanced accuracy at the model's threshold, pooled over the held-out patients;
 - per-patient AUC (``sklearn.metrics.roc_auc_score``; patients with both classes), their mean and a percentile 95 %
-  bootstrap CI over patients (``scipy.stats.bootstrap``, fixed seed; with 3 or more patients), and the pooled AUC.
+  bootstrap CI over patients (``scipy.stats.bootstrap``, fixed seed; with 3 or more patients), and the pooled AUC;
+- the same per-patient AUC of the distance to the tumour core alone: progression lies near the tumour, so a map
+  must beat proximity to show that the images, not the geometry, carry the information.
 
 Channels: as given, or those of t1c, flair, ncbv, adc, fa, md, p, q the first usable case has; a later case without
 one is skipped with its reason.
@@ -65,6 +67,7 @@ class CaseSamples:
     matrix: np.ndarray  # [labelled voxels, features]
     labels: np.ndarray  # 0/1
     truth: str
+    distance_mm: np.ndarray  # each voxel's distance to the tumour core: the baseline the map must beat
 
 
 def train_invasion_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, channels=None,
@@ -138,7 +141,8 @@ def train_invasion_cohort(cohort: str | os.PathLike, out: str | os.PathLike, *, 
     evaluation = evaluate_held_out(model, held_out, seed) if held_out else None
     if evaluation:
         say(f"Held out ({len(held_out)} patient(s)): voxel accuracy {evaluation['voxel_accuracy']:.3f}, mean "
-            f"per-patient AUC {_shown(evaluation['mean_patient_auc'])}")
+            f"per-patient AUC {_shown(evaluation['mean_patient_auc'])} (distance to the tumour alone: "
+            f"{_shown(evaluation['mean_patient_distance_auc'])})")
     model.training["wall_time_s"] = round(time.monotonic() - started, 1)
     meta = {"id": model_id, "title": title, "synthetic": synthetic,
             "description": (SYNTHETIC_NOTICE + " " if synthetic else "") + "Voxel-wise invasion map: " + METHOD + ".",
@@ -164,7 +168,7 @@ def case_samples(folder: Path, part: str, channels, features, radius: int, bin_c
     the channels used: ``channels`` or this case's). Only the sampled voxels' features are kept: a cohort's full
     regions would not fit in memory."""
     from GliomaProgressionLib.invasion.classifier import balanced_sample
-    from GliomaProgressionLib.invasion.labels import UNLABELLED, training_labels
+    from GliomaProgressionLib.invasion.labels import UNLABELLED, distance_mm, training_labels, tumour_core
     from GliomaProgressionLib.invasion.pipeline import as_arrays, region_features
     from GliomaProgressionLib.runs.invasion import (brain_on_reference, default_channels, prepare_invasion_case,
                                                     progression_truth)
@@ -184,8 +188,10 @@ def case_samples(folder: Path, part: str, channels, features, radius: int, bin_c
     if not keep.any():
         raise ValueError(f"The case {folder.name} has no labelled voxel around its tumour.")
     labelled, matrix = in_region[keep].astype(np.int8), matrix[keep]
+    distance = distance_mm(tumour_core(lesion), spacing)[region][keep]
     chosen = balanced_sample(labelled, per_class, rng)
-    return CaseSamples(folder.name, part, matrix[chosen], labelled[chosen], source), tuple(channels)
+    return (CaseSamples(folder.name, part, matrix[chosen], labelled[chosen], source, distance[chosen]),
+            tuple(channels))
 
 
 def evaluate_held_out(model, cases: list[CaseSamples], seed: int = 0) -> dict:
@@ -201,11 +207,13 @@ def evaluate_held_out(model, cases: list[CaseSamples], seed: int = 0) -> dict:
         rows.append({"case": case.name, "progression_voxels": int(case.labels.sum()),
                      "non_progression_voxels": int((case.labels == 0).sum()),
                      "accuracy": float((predicted == case.labels).mean()),
-                     "auc": float(roc_auc_score(case.labels, probability)) if both else None})
+                     "auc": float(roc_auc_score(case.labels, probability)) if both else None,
+                     "distance_auc": float(roc_auc_score(case.labels, -case.distance_mm)) if both else None})
         scores.append(probability)
         truths.append(case.labels)
     score, truth = np.concatenate(scores), np.concatenate(truths).astype(int)
     aucs = np.array([row["auc"] for row in rows if row["auc"] is not None])
+    baseline = [row["distance_auc"] for row in rows if row["distance_auc"] is not None]
     interval, why = None, None
     if len(aucs) >= MIN_PATIENTS_FOR_CI and np.ptp(aucs) > 0:
         result = bootstrap((aucs,), np.mean, n_resamples=BOOTSTRAP_REPLICATES, method="percentile",
@@ -223,6 +231,9 @@ def evaluate_held_out(model, cases: list[CaseSamples], seed: int = 0) -> dict:
         "pooled_auc": float(roc_auc_score(truth, score)) if pooled_both else None,
         "mean_patient_auc": float(aucs.mean()) if len(aucs) else None,
         "mean_patient_auc_ci95": interval, "ci_note": why,
+        "mean_patient_distance_auc": float(np.mean(baseline)) if baseline else None,
+        "distance_baseline": "AUC of the distance to the tumour core alone (nearer = more likely progression), on the "
+                             "same voxels: what the map must beat to show more than proximity",
         "ci_method": f"percentile bootstrap over patients (scipy.stats.bootstrap, {BOOTSTRAP_REPLICATES} resamples)",
         "cases": rows,
     }
@@ -231,7 +242,7 @@ def evaluate_held_out(model, cases: list[CaseSamples], seed: int = 0) -> dict:
 def cases_csv(evaluation: dict | None) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    columns = ("case", "progression_voxels", "non_progression_voxels", "accuracy", "auc")
+    columns = ("case", "progression_voxels", "non_progression_voxels", "accuracy", "auc", "distance_auc")
     writer.writerow(columns)
     for row in (evaluation or {}).get("cases", []):
         writer.writerow(["" if row[c] is None else (f"{row[c]:.4f}" if isinstance(row[c], float) else row[c])
