@@ -276,9 +276,10 @@ def _weighted_sums(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def _column_bincount(codes: np.ndarray, size: int) -> np.ndarray:
-    """Counts of each code 0..size-1 in each column of a 2D integer array: shape (columns, size)."""
+    """Counts of each code 0..size-1 in each column of a 2D integer array: shape (columns, size). An ``intp``
+    array of codes is used up (shifted in place) rather than copied."""
     columns = codes.shape[1]
-    shifted = codes.astype(np.intp)
+    shifted = codes.astype(np.intp, copy=False)
     shifted += np.arange(columns) * size
     return np.bincount(shifted.ravel(), minlength=columns * size).reshape(columns, size)
 
@@ -432,60 +433,65 @@ def _line_layout(radius: int, direction: tuple[int, int, int]) -> np.ndarray:
 def _glrlm(cube_gray: np.ndarray, radius: int, bin_count: int, names: Sequence[str]) -> dict[str, np.ndarray]:
     """pyradiomics' GLRLM features of each cube, per direction, averaged over the directions."""
     longest = 2 * radius + 1
-    lengths = np.arange(1, longest + 1, dtype=float)
     voxels = cube_gray.shape[1]
     totals = {name: np.zeros(voxels) for name in names}
     directions_counted = np.zeros(voxels)
     for direction in _directions():
-        runs = _run_length_matrices(cube_gray[_line_layout(radius, direction)], bin_count, longest)
-        run_count = runs.sum(axis=(1, 2))
-        has_runs = run_count > 0
-        for name, value in _glrlm_direction_features(runs, np.where(has_runs, run_count, 1.0), lengths,
-                                                     names).items():
+        counts = _run_length_counts(cube_gray[_line_layout(radius, direction)], bin_count, longest)
+        has_runs, features = _glrlm_direction_features(counts, longest, names)
+        for name, value in features.items():
             totals[name] += np.where(has_runs, value, 0.0)
         directions_counted += has_runs
     with np.errstate(invalid="ignore", divide="ignore"):
         return {name: total / directions_counted for name, total in totals.items()}
 
 
-def _run_length_matrices(sequence: np.ndarray, bin_count: int, longest: int) -> np.ndarray:
-    """Each voxel's run-length matrix from its lines laid end to end, ``sequence`` (entry, voxel): shape
-    (voxels, bin_count, longest).
+def _run_length_counts(sequence: np.ndarray, bin_count: int, longest: int) -> np.ndarray:
+    """Each voxel's run-length matrix from its lines laid end to end, ``sequence`` (entry, voxel), flattened:
+    shape (voxels, (bin_count + 1) * longest), entry gray * longest + length - 1. Gray 0's row holds only, in
+    its first entry, the count of the entries that end no run (to be dropped).
 
     A run ends where the next value differs; its length is the distance to the last change before it (a running
     maximum of the change positions). Gaps and voxels outside the image (0) end runs and are not counted.
     """
     value = sequence[1:-1]  # the first and last entries are gaps
     differs = sequence[1:] != sequence[:-1]  # entry k + 1 against entry k
-    position = np.arange(1, len(sequence), dtype=np.int32)[:, None]
-    run_start = np.where(differs, position, np.int32(0))
+    position = np.arange(1, len(sequence), dtype=np.intp)[:, None]
+    run_start = np.where(differs, position, 0)
     for row in range(1, len(run_start)):  # row by row: numpy's accumulate along the first axis is ~20 times slower
         np.maximum(run_start[row], run_start[row - 1], out=run_start[row])
-    run_start = run_start[:-1]
-    # code = gray * longest + length - 1; what is not the end of a run of gray >= 1 goes to code 0 (gray 0, dropped)
     ends = differs[1:] & (value > 0)
-    codes = np.where(ends, value * np.int32(longest) + (position[:-1] - run_start), np.int32(0))
-    counts = _column_bincount(codes, (bin_count + 1) * longest)
-    return counts.reshape(-1, bin_count + 1, longest)[:, 1:, :]
+    codes = value.astype(np.intp)
+    codes *= longest
+    codes += position[:-1]
+    codes -= run_start[:-1]
+    codes *= ends
+    return _column_bincount(codes, (bin_count + 1) * longest)
 
 
-def _glrlm_direction_features(runs: np.ndarray, run_count: np.ndarray, lengths: np.ndarray,
-                              names) -> dict[str, np.ndarray]:
-    """The features of one direction's run-length matrices (voxels, Ng, Nr); ``run_count`` their sums (>0)."""
-    by_length = runs.sum(axis=1)
-    by_gray = runs.sum(axis=2)
+def _glrlm_direction_features(counts: np.ndarray, longest: int, names) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Which voxels have runs, and the features of one direction's run-length counts (``_run_length_counts``)."""
+    not_runs = counts[:, 0]
+    by_length = counts.reshape(len(counts), -1, longest).sum(axis=1)
+    by_length[:, 0] -= not_runs
+    run_count = by_length.sum(axis=1)
+    has_runs = run_count > 0
+    run_count = np.where(has_runs, run_count, 1).astype(float)
+    lengths = np.arange(1, longest + 1, dtype=float)
     features = {}
     if "ShortRunEmphasis" in names:
         features["ShortRunEmphasis"] = _weighted_sums(by_length, 1 / lengths ** 2) / run_count
     if "LongRunEmphasis" in names:
         features["LongRunEmphasis"] = _weighted_sums(by_length, lengths ** 2) / run_count
     if "GrayLevelNonUniformity" in names:
+        by_gray = counts.reshape(len(counts), -1, longest)[:, 1:, :].sum(axis=2)
         features["GrayLevelNonUniformity"] = np.einsum("ij,ij->i", by_gray, by_gray) / run_count
     if "RunLengthNonUniformity" in names:
         features["RunLengthNonUniformity"] = np.einsum("ij,ij->i", by_length, by_length) / run_count
     if "RunPercentage" in names:
         features["RunPercentage"] = run_count / np.maximum(_weighted_sums(by_length, lengths), 1.0)
     if "RunEntropy" in names:  # -sum p log2 p with p = runs / run_count
-        entropy_sum = _count_log_count(int(runs.max(initial=0)))[runs].sum(axis=(1, 2))
+        count_log_count = _count_log_count(int(counts.max(initial=0)))
+        entropy_sum = count_log_count[counts].sum(axis=1) - count_log_count[not_runs]
         features["RunEntropy"] = np.log2(run_count) - entropy_sum / run_count
-    return {name: features[name] for name in names}
+    return has_runs, {name: features[name] for name in names}
