@@ -534,7 +534,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         packages = {"predict": dependencies.PREDICT, "radiomics": dependencies.RADIOMICS,
                     "phantom": dependencies.SYNTHETIC_CASE,
                     # scikit-learn runs the invasion classifier; until dependencies declares the invasion's list
-                    "invasion": getattr(dependencies, "INVASION", ("scikit-learn", "nibabel", "dipy"))}
+                    "invasion": dependencies.INVASION}
         return mrml.missing_packages(packages[kind], self.requirementsFile)
 
     # --- models

@@ -77,6 +77,7 @@ PREDICT = ("torch", "nnunetv2", "nibabel", "matplotlib", "dipy")
 RADIOMICS = ("radiomics", "nibabel", "matplotlib")
 SYNTHETIC_CASE = ("nilearn", "nibabel", "matplotlib")  # Generate, Sample Data
 CTV_PLANNER = ("scikit-image", "highdicom", "scikit-fmm")
+INVASION = ("scikit-learn", "nibabel", "dipy")  # the radiomics invasion map (MLP) on the case's channels
 
 # Python packages Slicer itself installs (SuperBuild/External_python-*.cmake of Slicer 5.12.3, unchanged in the
 # 5.13 preview), with the 5.12.3 versions: the names are pinned to whatever version is installed at run time;
