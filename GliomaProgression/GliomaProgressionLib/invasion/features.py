@@ -235,14 +235,11 @@ def _firstorder(values: np.ndarray, gray: np.ndarray, bin_count: int, names: Seq
     intensities, NaN beyond the image's edge; ``gray`` (cube position, voxel) their bins, 0 there."""
     values = np.sort(values, axis=1)  # NaN last; the percentiles read the sorted rows
     count = np.count_nonzero(gray, axis=0)
-    if count.min() < values.shape[1]:
-        total = np.nansum(values, axis=1)
-    else:
-        total = values.sum(axis=1)
-    mean = total / count
+    add = np.nansum if count.min() < values.shape[1] else np.sum  # NaN only in cubes the image's edge cuts
+    mean = add(values, axis=1) / count
     centred = values - mean[:, None]
     squared = centred * centred
-    m2, m3, m4 = (np.nansum(power, axis=1) / count for power in (squared, squared * centred, squared * squared))
+    m2, m3, m4 = (add(power, axis=1) / count for power in (squared, squared * centred, squared * squared))
     flat = m2 == 0
     m2_safe = np.where(flat, 1.0, m2)  # pyradiomics: a flat cube has skewness and kurtosis 0
     histogram = _column_bincount(gray, bin_count + 1)[:, 1:] / count[:, None]
