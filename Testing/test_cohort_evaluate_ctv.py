@@ -145,7 +145,7 @@ def _refusal(capsys, runs, out, *extra) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([], code, captured.out, captured.err)
 
 
-def test_bad_run_folders_are_one_line_refusals_and_write_nothing(oracle_runs, tmp_path, capsys):
+def test_bad_run_folders_are_one_line_refusals_and_write_nothing(oracle_runs, cohort, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(oracle_runs, broken)
     (broken / CASES[2] / RUN_CTV.format(key="ai")).unlink()
@@ -155,11 +155,16 @@ def test_bad_run_folders_are_one_line_refusals_and_write_nothing(oracle_runs, tm
     (broken / CASES[3] / RUN_FILES["recurrence"]).unlink()
     assert_one_line_error(_refusal(capsys, [broken], tmp_path / "b"), CASES[3], "registered/recurrence.nii.gz",
                           "recurrence mask", after_progress=True)
+    shutil.copy(oracle_runs / CASES[3] / RUN_FILES["recurrence"], broken / CASES[3] / "registered")
+    moved = np.roll(cohort[CASES[4]]["recurrence"], 2, axis=2) & cohort[CASES[4]]["brain"]
+    write_image(moved, broken / CASES[4] / RUN_FILES["recurrence"], np.uint8)
+    assert_one_line_error(_refusal(capsys, [oracle_runs, broken], tmp_path / "f"), CASES[4],
+                          "disagree on the recurrence", after_progress=True)
     shutil.rmtree(broken / CASES[3])
     assert_one_line_error(_refusal(capsys, [broken], tmp_path / "c"), "5 case(s)", f"at least {MIN_PATIENTS} patients")
     assert_one_line_error(_refusal(capsys, [oracle_runs / CASES[0]], tmp_path / "d"), "single run", "--batch")
     assert_one_line_error(_refusal(capsys, [oracle_runs], tmp_path / "e", "--truth", tmp_path), "--truth")
-    assert not any((tmp_path / name).exists() for name in "abcde")
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_a_model_that_knows_the_recurrence_covers_it_better_at_equal_volume(oracle_runs, cohort, tmp_path,

@@ -93,8 +93,9 @@ def ranked_ai_plan(labels: np.ndarray, brain: np.ndarray, probability: np.ndarra
     return plan.reshape(brain.shape)
 
 
-def case_metrics(run: CaseRun, standard: str) -> dict:
-    """{plan key: metrics} of one patient: the native plans and the plans at the standard's volume."""
+def case_metrics(run: CaseRun, standard: str, with_standard: bool = True) -> dict:
+    """{plan key: metrics} of one patient: the native plans and the plans at the standard's volume (the standard's
+    own only when ``with_standard``: it is the same in every model's runs)."""
     from CTVPlannerLib.grid import spacing_kji, voxel_volume_ml
     from CTVPlannerLib.metrics import target_metrics
 
@@ -103,7 +104,7 @@ def case_metrics(run: CaseRun, standard: str) -> dict:
     resized = {standard: run.plans[standard],
                AI_PLAN: ranked_ai_plan(run.labels, run.brain, run.probability, volume, spacing)}
     rows = {}
-    for key in (standard, AI_PLAN):
+    for key in (standard, AI_PLAN) if with_standard else (AI_PLAN,):
         native = target_metrics(run.plans[key], run.recurrence, run.brain, spacing, voxel_ml)
         equal = target_metrics(resized[key], run.recurrence, run.brain, spacing, voxel_ml)
         rows[key] = {"volume_ml": native["target_ml"], "recurrence_ml": native["recurrence_ml"],
@@ -165,6 +166,17 @@ def read_case_run(case: str, folder: Path, standard: str) -> CaseRun:
         raise ValueError(f"The probability map of case {case} holds values outside 0..1.")
     return CaseRun(case, folder, np.rint(arrays["lesion"]).astype(np.int16), brain, recurrence, probability, plans,
                    grid.ijk_to_ras)
+
+
+def same_patient(first: CaseRun, other: CaseRun) -> CaseRun:
+    """``other``, checked to hold the first model's patient: the same grid, lesion, brain and recurrence."""
+    for what in ("labels", "brain", "recurrence"):
+        if getattr(other, what).shape != getattr(first, what).shape or \
+                not np.array_equal(getattr(other, what), getattr(first, what)):
+            name = {"labels": "lesion"}.get(what, what)
+            raise ValueError(f"The runs of case {first.case} in {first.folder.parent} and {other.folder.parent} "
+                             f"disagree on the {name}; compare runs of the same cases.")
+    return other
 
 
 def model_names(runs: list[Path]) -> list[str]:
@@ -234,9 +246,11 @@ def evaluate_ctvs(runs: list[str | os.PathLike], out: str | os.PathLike, standar
     per_case = []
     for index, case in enumerate(cases):
         report(index / len(cases), f"Case {case} ({index + 1}/{len(cases)})")
-        for model, folder in zip(names, runs):
-            metrics = case_metrics(read_case_run(case, folder / case, standard), standard)
-            if model == names[0]:
+        first = read_case_run(case, runs[0] / case, standard)
+        for position, (model, folder) in enumerate(zip(names, runs)):
+            run = first if position == 0 else same_patient(first, read_case_run(case, folder / case, standard))
+            metrics = case_metrics(run, standard, with_standard=run is first)
+            if run is first:
                 per_case.append({"case": case, "plan": standard_name, **metrics[standard]})
             per_case.append({"case": case, "plan": f"AI {model}", **metrics[AI_PLAN]})
     plans = [standard_name] + [f"AI {model}" for model in names]
