@@ -9,6 +9,7 @@ from DSCPerfusionLib.ftb import FTB_THRESHOLDS
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_HELP, LEAKAGE_METHODS
 
 from GliomaProgressionLib.models.habitat_packages import DEFAULT_HABITAT_MODEL
+from GliomaProgressionLib.models.invasion_packages import DEFAULT_INVASION_MODEL
 from GliomaProgressionLib.cli.options import add_schemes_option, name_list, non_negative_int, positive_float
 from GliomaProgressionLib.runs.predict import DEVICES
 
@@ -51,6 +52,11 @@ def add_commands(subparsers) -> None:
     run.add_argument("--habitat-model", default=DEFAULT_HABITAT_MODEL, metavar="ID",
                      help=f"habitat model id (Models.json) or package path (default {DEFAULT_HABITAT_MODEL}: "
                           "trained on synthetic data - not for clinical use)")
+    run.add_argument("--invasion", nargs="?", const=DEFAULT_INVASION_MODEL, default=None, metavar="MODEL",
+                     help=f"also compute the voxel-wise radiomics invasion map (Yan 2020) into OUT/invasion/, with "
+                          f"this invasion model id (Models.json) or package path (default {DEFAULT_INVASION_MODEL}: "
+                          "trained on synthetic data - not for clinical use); off by default: its feature maps take "
+                          "tens of seconds per channel")
     run.add_argument("--batch", action="store_true", help="CASE_DIR holds one sub-folder per case")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=_run_command)
@@ -64,7 +70,7 @@ def _run_command(args: argparse.Namespace) -> int:
                            threshold=args.threshold, min_voxels=args.min_voxels, leakage=args.leakage,
                            trust_model=args.trust_model, recurrence=args.recurrence,
                            habitats=not args.no_habitats, habitat_model=args.habitat_model,
-                           ftb_thresholds=tuple(args.ftb_thresholds))
+                           ftb_thresholds=tuple(args.ftb_thresholds), invasion=args.invasion)
     if args.batch:
         rows = run_batch(args.case, args.out, settings, args.quiet)
         print(batch_summary(rows, args.out))

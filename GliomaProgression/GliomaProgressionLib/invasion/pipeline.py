@@ -129,7 +129,7 @@ def region_features(arrays: dict[str, np.ndarray], lesion: np.ndarray, spacing, 
                     cancel=None) -> tuple[np.ndarray, np.ndarray]:
     """(peritumoral region, feature matrix of its voxels in ``np.flatnonzero`` order, columns
     ``<channel>:<feature>`` for ``channels`` x ``features``)."""
-    from GliomaProgressionLib.invasion.features import local_feature_maps
+    from GliomaProgressionLib.invasion.features import FeatureMapsCancelled, local_feature_maps
 
     check_channels(arrays, channels)
     region = peritumoral_region(lesion, spacing, brain)
@@ -141,8 +141,12 @@ def region_features(arrays: dict[str, np.ndarray], lesion: np.ndarray, spacing, 
         stop_if_cancelled(cancel)
         check_finite(arrays[name], region, name)
         report = _sub_progress(progress, number / len(channels), (number + 1) / len(channels), name)
-        maps = local_feature_maps(normalised(name, arrays[name], reference), region, spacing, radius=radius,
-                                  bin_count=bin_count, features=tuple(features), progress=report, cancel=cancel)
+        try:
+            maps = local_feature_maps(normalised(name, arrays[name], reference), region, spacing, radius=radius,
+                                      bin_count=bin_count, features=tuple(features), progress=report, cancel=cancel)
+        except FeatureMapsCancelled:
+            # One exception for the callers: a cancel mid-channel means the same as one between channels.
+            raise InvasionCancelled("The invasion map was cancelled.") from None
         for feature in features:
             if feature not in maps:
                 raise ValueError(f"The local feature maps have no {feature!r}; the invasion model was trained with "

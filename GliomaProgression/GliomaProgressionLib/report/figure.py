@@ -6,7 +6,10 @@ statistics per lesion part, the mean deltaR2* curves and a table of target volum
 recurrence when one is given. A case without DSC has no nCBV row, table or curves: the page, like report.json, says
 "perfusion skipped: no DSC series" in their place. The habitats row (Yun et al. 2023: colours and names from
 ``DSCPerfusionLib.habitats.labels.HABITATS``) has beside it the fraction of the contrast-enhancing and of the
-non-enhancing lesion in each habitat; without habitats the row is left out and report.json says why.
+non-enhancing lesion in each habitat; without habitats the row is left out and report.json says why. A run with
+the invasion map (seed 004, Yan et al. 2020) has an invasion row: the probability heat map over CE-T1 with the
+predicted invasion outlined, and beside it its volume, its AUC against the recurrence when one is given, and the
+model's synthetic-data notice.
 
 Display geometry: every image is resampled (linear; labels nearest neighbour) from the reference grid onto an
 axis-aligned 1 mm grid around the brain, so axial and coronal panels are true planes whatever the acquisition's
@@ -44,7 +47,13 @@ HABITATS_METHOD = ("Perfusion habitats (Yun et al. 2023, AJNR): each lesion voxe
 TARGET_NOTICE = "Target-volume proposals for review and editing by a radiation oncologist; not a treatment plan."
 PROGRESSION_NAME = "Predicted progression"
 INVASION_NAME = "Predicted invasion"  # the invasion map's segment (seed 004, Yan et al. 2020: p >= its threshold)
+INVASION_COLOUR = (1.0, 0.25, 0.85)  # magenta: the predicted invasion's outline and segment, apart from cyan
+INVASION_DEMO_NOTICE = "Invasion model: demo model trained on synthetic data \u2014 not for clinical use"
+INVASION_METHOD = ("Invasion map (Yan et al. 2020, Sci Rep): local radiomics features (first order, GLCM, GLRLM) of "
+                   "each channel, voxel by voxel, classified by a neural network: each peritumoral voxel's probability "
+                   "of future progression")
 PERFUSION_SKIPPED = "perfusion skipped: no DSC series"
+INVASION_NOT_REQUESTED = "invasion map not requested"
 NCBV_RANGE = (0.0, 5.0)  # ratio to NAWM: white matter 1, grey matter ~2, enhancing tumour 3-6
 HEAT_MAP_LOWER = 0.05  # probabilities below this are transparent (report and scene)
 DISPLAY_SPACING_MM = 1.0
@@ -130,6 +139,20 @@ def habitats_data(results: CaseResults) -> dict:
                                  for region in REGIONS},
             "legend": {h.key: {"value": h.value, "name": h.name} for h in HABITATS},
             "model": {**package.info(), "notice": HABITAT_DEMO_NOTICE if package.synthetic else None}}
+
+
+def invasion_data(results: CaseResults) -> dict:
+    """report.json's "invasion": the map's volumes, its measures against the recurrence and the model; or that it was
+    not asked for."""
+    invasion = results.invasion
+    if invasion is None:
+        return {"skipped": INVASION_NOT_REQUESTED}
+    record, package = invasion.record, invasion.package
+    return {"method": INVASION_METHOD, "name": INVASION_NAME, "channels": record["channels"],
+            "threshold": record["threshold"], "region_volume_ml": record["region_volume_ml"],
+            "label_volume_ml": record["label_volume_ml"], "mean_probability": round(record["mean_probability"], 4),
+            "grid": record["grid"], "evaluation": record["evaluation"],
+            "model": {**package.info(), "notice": INVASION_DEMO_NOTICE if package.synthetic else None}}
 
 
 def protocol_data(results: CaseResults) -> dict:
@@ -266,6 +289,9 @@ def display_images(results: CaseResults) -> Display:
         images["recurrence"] = _on_display(results.recurrence, grid, True)
     if results.habitats is not None:
         images["habitats"] = _on_display(results.habitats.reference_labels, grid, True)
+    if results.invasion is not None:
+        images["invasion"] = _on_display(results.invasion.probability, grid, False)
+        images["invasion_label"] = _on_display(results.invasion.label, grid, True)
     targets = [(t.key, t.name, _on_display(_like(t.mask, reference), grid, True) > 0) for t in results.targets]
     lesion, focus = images["lesion"] > 0, images["progression"] > 0
     axial = _pick_slices(lesion.sum(axis=(1, 2)), focus.sum(axis=(1, 2)), 4)
@@ -300,6 +326,7 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "perfusion": perfusion_data(prepared.perfusion),
         "ftb": ftb_data(results),
         "habitats": habitats_data(results),
+        "invasion": invasion_data(results),
         "protocol": protocol_data(results),
         "registration": {name: {"final_mattes_mi": qc["final_mattes_mi"], "quality": qc.get("quality"),
                                 "warnings": qc["warnings"]}
@@ -308,7 +335,8 @@ def build_report(results: CaseResults) -> tuple[dict, Display]:
         "ctv": ctv_data(results),
         "dicom": results.dicom_files,
         "display": slice_positions(display),
-        "notices": [DEMO_NOTICE] if results.model.synthetic else [],  # the habitat model's: habitats.model.notice
+        # the habitat and invasion models' notices: habitats.model.notice, invasion.model.notice
+        "notices": [DEMO_NOTICE] if results.model.synthetic else [],
         "notes": list(results.notes),
     }
     return data, display
@@ -327,11 +355,13 @@ def perfusion_data(perfusion) -> dict:
 
 PAGE_INCHES = (18.0, 14.5)
 PAGE_DPI = 100  # 1800 x 1450 pixels: every text at least 10 pt = 14 px at 100 %
-ROWS = ("anatomy", "flair", "ncbv", "habitats", "probability", "targets")
+ROWS = ("anatomy", "flair", "ncbv", "habitats", "probability", "invasion", "targets")
+OPTIONAL_ROWS = ("ncbv", "habitats", "invasion")  # drawn when the run has them
 ROW_TITLES = {"anatomy": "CE-T1\n+ lesion", "flair": "FLAIR\n(registered)", "ncbv": "nCBV",
-              "habitats": "Perfusion\nhabitats", "probability": "Progression\nheat map", "targets": "CTV\nproposals"}
+              "habitats": "Perfusion\nhabitats", "probability": "Progression\nheat map",
+              "invasion": "Invasion\nheat map", "targets": "CTV\nproposals"}
 BACKGROUND = {"anatomy": "t1c", "flair": "flair", "ncbv": "t1c", "habitats": "t1c", "probability": "t1c",
-              "targets": "t1c"}
+              "invasion": "t1c", "targets": "t1c"}
 VERDICT_COLOURS = {True: "#b2182b", False: "#2166ac"}
 RECURRENCE_STYLE = ("white", "dashed")  # distinct from every lesion, prediction and target colour
 
@@ -343,6 +373,15 @@ def heat_map_colours():
     from matplotlib.colors import ListedColormap
 
     return ListedColormap(colormaps["YlOrRd"](np.linspace(0.15, 1.0, 256)), name="progression heat map")
+
+
+def invasion_colours():
+    """The invasion heat map: white-pink (low) to deep purple (high), so that it is never read as the progression
+    map (yellow to red) beside it."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(colormaps["RdPu"](np.linspace(0.2, 1.0, 256)), name="invasion heat map")
 
 
 def habitat_colours():
@@ -402,10 +441,17 @@ def _draw_panel(ax, display: Display, row: str, orientation: str, index: int, wi
                              interpolation="bilinear")
         _outline(ax, image("nel") > 0, LESION_SEGMENTS[2][1], 1.0)
         _outline(ax, image("progression") > 0, "cyan", 1.6)
+    elif row == "invasion":
+        probability = image("invasion")
+        overlay = np.ma.masked_where((probability < HEAT_MAP_LOWER) | (image("brain") == 0), probability)
+        mappable = ax.imshow(overlay, cmap=invasion_colours(), vmin=0.0, vmax=1.0, alpha=0.8, origin=origin,
+                             interpolation="bilinear")
+        _outline(ax, lesion > 0, "white", 0.9)
+        _outline(ax, image("invasion_label") > 0, INVASION_COLOUR, 1.6)
     else:
         for key, _, mask in display.targets:
             _outline(ax, _plane(mask, orientation, index), TARGET_COLOURS.get(key.replace("ptv_", ""), "w"))
-    if "recurrence" in display.images and row in ("probability", "targets"):
+    if "recurrence" in display.images and row in ("probability", "invasion", "targets"):
         _outline(ax, image("recurrence") > 0, RECURRENCE_STYLE[0], 1.6, RECURRENCE_STYLE[1])
     ax.set_xticks([])
     ax.set_yticks([])
@@ -428,11 +474,13 @@ def _lines_for(row: str, display: Display) -> list[tuple[str, object, str]]:
         lines = [("lesion outline", "white", "solid")]
     elif row == "probability":
         lines = [("non-enhancing lesion", LESION_SEGMENTS[2][1], "solid"), ("p \u2265 0.5 inside it", "cyan", "solid")]
+    elif row == "invasion":
+        lines = [("lesion outline", "white", "solid"), (INVASION_NAME.lower(), INVASION_COLOUR, "solid")]
     elif row == "targets":
         star = " *" if display.demo_model else ""
         lines = [(name + (star if key in ("ai", "boost") else ""), TARGET_COLOURS.get(key.replace("ptv_", ""), "w"),
                   "solid") for key, name, _ in display.targets]
-    if "recurrence" in display.images and row in ("probability", "targets"):
+    if "recurrence" in display.images and row in ("probability", "invasion", "targets"):
         lines.append(("recurrence (reference)", *RECURRENCE_STYLE))
     return lines
 
@@ -448,8 +496,8 @@ def _row_key(fig, cell, row: str, mappable, display: Display, data: dict) -> Non
     if mappable is not None:
         bar = fig.colorbar(mappable, cax=key.inset_axes([0.08, 0.84, 0.8, 0.08]), orientation="horizontal")
         bar.ax.tick_params(labelsize=10)
-        bar.set_label("nCBV (ratio to NAWM, unitless)" if row == "ncbv" else "probability of progression (0\u20131)",
-                      fontsize=10.5)
+        bar.set_label({"ncbv": "nCBV (ratio to NAWM, unitless)", "invasion": "probability of invasion (0\u20131)"}
+                      .get(row, "probability of progression (0\u20131)"), fontsize=10.5)
         top = 0.56
     if row == "flair":
         verdict = _registration_verdict("flair", data["registration"]["flair"]) if "flair" in data["registration"] \
@@ -458,17 +506,41 @@ def _row_key(fig, cell, row: str, mappable, display: Display, data: dict) -> Non
                  fontsize=10, va="center", transform=key.transAxes)
     if row == "habitats":
         _habitat_key(key, data["habitats"])
+    if row == "invasion":
+        _invasion_key(key, data["invasion"])
+        top = 0.56
     lines = _lines_for(row, display)
     if lines:
         # White outlines get a dark edge in the legend, or they would vanish on the white page.
         edge = [patheffects.withStroke(linewidth=4.5, foreground="0.3")]
         handles = [Line2D([], [], color=c, lw=2.5, ls=s, label=n, path_effects=edge if c == "white" else None)
                    for n, c, s in lines]
-        key.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, top), fontsize=9.5, frameon=False,
+        where = (0.58, top) if row == "invasion" else (0.0, top)  # its numbers take the left half
+        key.legend(handles=handles, loc="upper left", bbox_to_anchor=where, fontsize=9.5, frameon=False,
                    handlelength=1.6, labelspacing=0.35, borderaxespad=0.0)
     if row == "probability" and display.demo_model:
         key.text(0.02, 0.0, "Demo model trained on synthetic\ndata \u2014 not for clinical use", color="#b2182b",
                  fontsize=9, fontweight="bold", transform=key.transAxes, va="bottom")
+
+
+def invasion_lines(invasion: dict) -> list[str]:
+    """The invasion map's numbers as the page shows them: volume, threshold and the AUC against the recurrence."""
+    lines = [f"{invasion['label_volume_ml']:.1f} mL at p \u2265 {invasion['threshold']:g}",
+             f"of a {invasion['region_volume_ml']:.0f} mL peritumoral region"]
+    evaluation = invasion.get("evaluation") or {}
+    if evaluation.get("auc") is not None:
+        lines.append(f"AUC vs recurrence {evaluation['auc']:.2f}")
+    elif evaluation:
+        lines.append("AUC vs recurrence: n/a (one class)")
+    return lines
+
+
+def _invasion_key(ax, invasion: dict) -> None:
+    ax.text(0.02, 0.56, "\n".join(invasion_lines(invasion)), fontsize=9.5, va="top", transform=ax.transAxes,
+            linespacing=1.35)
+    if invasion["model"]["synthetic"]:
+        ax.text(0.02, 0.0, "Demo invasion model trained on\nsynthetic data \u2014 not for clinical use",
+                color="#b2182b", fontsize=9, fontweight="bold", transform=ax.transAxes, va="bottom")
 
 
 def _habitat_key(ax, habitats: dict) -> None:
@@ -510,8 +582,8 @@ def _percent(fraction) -> str:
 
 
 def montage_rows(display: Display) -> tuple[str, ...]:
-    """The montage's rows: without nCBV (no DSC series) or habitats, their rows are left out."""
-    return tuple(row for row in ROWS if row not in ("ncbv", "habitats") or row in display.images)
+    """The montage's rows: without nCBV (no DSC series), habitats or an invasion map, their rows are left out."""
+    return tuple(row for row in ROWS if row not in OPTIONAL_ROWS or row in display.images)
 
 
 def _montage(fig, cells, display: Display, data: dict) -> None:

@@ -8,7 +8,9 @@ Content, under one patient/study in the subject hierarchy:
   (the name and segment tags the CTV Planner module looks for, so its edit protection and comparison table work
   on them), "Recurrence" when given and "Perfusion habitats" when the run found them (one segment per habitat
   present, names and colours from ``DSCPerfusionLib.habitats.labels.HABITATS``; hidden at first, since it would
-  cover the heat map);
+  cover the heat map); with the invasion map (seed 004), its probability ("Invasion probability", colour table
+  "Invasion heat map", hidden at first) and the segmentation "Predicted invasion" (``report.figure.INVASION_NAME``,
+  outlined in ``INVASION_COLOUR``);
 - acquired grids under the registration transforms ("FLAIR to CE-T1", "DSC to CE-T1"), so they overlay the
   reference exactly as the pipeline aligned them: the acquired CE-T1 and FLAIR, the DSC series (a sequence with a
   browser), nCBV, rCBV and K2 on the DSC grid and the NAWM reference region;
@@ -42,8 +44,9 @@ from GliomaProgressionLib import mrml
 from GliomaProgressionLib.case.files import read_volume
 from GliomaProgressionLib.case.folder import has_series, locate_series, read_dsc_series, read_series
 from GliomaProgressionLib.case.geometry import Volume, volume_from_sitk
-from GliomaProgressionLib.report.figure import (HEAT_MAP_LOWER, PROGRESSION_NAME, TARGET_COLOURS, curve_name,
-                                                heat_map_colours, region_share)
+from GliomaProgressionLib.report.figure import (HEAT_MAP_LOWER, INVASION_COLOUR, INVASION_NAME, PROGRESSION_NAME,
+                                                TARGET_COLOURS, curve_name, heat_map_colours, invasion_colours,
+                                                invasion_lines, region_share)
 
 if TYPE_CHECKING:
     from GliomaProgressionLib.runs.chain import CaseResults
@@ -176,7 +179,22 @@ def reference_nodes(results: CaseResults, scene) -> dict:
     nodes["ctv"] = _ctv_proposals(results, nodes["t1c"], reference.ijk_to_ras, scene)
     if results.habitats is not None:
         nodes["habitats"] = habitat_segmentation(results.habitats.reference_labels, nodes["t1c"], scene)
+    if results.invasion is not None:
+        nodes.update(invasion_nodes(results.invasion, nodes["t1c"], scene))
     return nodes
+
+
+def invasion_nodes(invasion, reference_node, scene) -> dict:
+    """The invasion map (reference grid): its probability under the "Invasion heat map" colour table, not shown at
+    first (the progression heat map is), and the segmentation "Predicted invasion" as outlines."""
+    probability = _volume(invasion.probability, "Invasion probability", scene, decimals=3)
+    colours = colour_table(scene, "Invasion heat map", invasion_colours(), transparent_first=True)
+    _show_with(probability, colours, 0.0, 1.0, HEAT_MAP_LOWER)
+    label = volume_from_sitk(invasion.label)
+    segmentation = _segmentation(label.array > 0, label.ijk_to_ras, INVASION_NAME, (INVASION_NAME, INVASION_COLOUR),
+                                 "neoplasm", scene, reference_node)
+    segmentation.GetDisplayNode().SetOpacity2DFill(0.0)  # an outline: the anatomy and heat maps stay visible
+    return {"invasion_probability": probability, "invasion_colours": colours, "invasion": segmentation}
 
 
 def habitat_segmentation(labels: sitk.Image, reference_node, scene):
@@ -246,6 +264,12 @@ def table_nodes(data: dict, results: CaseResults, scene) -> dict:
         f"{habitats['model']['id']})")
     if not habitats.get("skipped") and habitats["model"]["notice"]:
         verdict_rows["Habitat model notice"] = habitats["model"]["notice"]
+    invasion = data["invasion"]
+    verdict_rows["Invasion map"] = invasion.get("skipped") or (
+        f"the segmentation '{INVASION_NAME}' and the volume 'Invasion probability' (invasion model "
+        f"{invasion['model']['id']}): " + "; ".join(invasion_lines(invasion)))
+    if not invasion.get("skipped") and invasion["model"]["notice"]:
+        verdict_rows["Invasion model notice"] = invasion["model"]["notice"]
     for index, note in enumerate(data.get("notes", [])):
         verdict_rows[f"Note {index + 1}"] = note
     nodes = {"verdict": mrml.table_from_columns({"Item": list(verdict_rows), "Value": [str(v) for v in

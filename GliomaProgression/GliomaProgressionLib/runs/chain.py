@@ -6,7 +6,9 @@ and compute nCBV (``preprocess.prepare_case``; a case without DSC skips perfusio
 report, report.json and scene say so), then the perfusion habitats (Yun et al. 2023: ``DSCPerfusionLib.habitats``
 on the DSC series, the lesion carried onto the DSC grid and the perfusion step's masks, brought onto the CE-T1 grid
 by the DSC registration, as nCBV; skipped, with the reason in report.json, without DSC or without both a
-contrast-enhancing and a non-enhancing lesion) -> progression model (``predict_run.predict_prepared``) -> write
+contrast-enhancing and a non-enhancing lesion) -> progression model (``predict_run.predict_prepared``) -> the
+invasion map when asked for (``--invasion``; seed 004, Yan et al. 2020: ``invasion.pipeline`` on the channels the
+invasion model names, resampled onto the model's feature grid, the map brought back onto the reference grid) -> write
 the intermediates of the modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
 SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
 ``report.json``, written last with every other file's size and SHA-256, so a folder whose files match its
@@ -19,6 +21,8 @@ Output folder (written completely or not at all)::
     habitats/     what ``gliomaprog habitats`` writes (habitat maps on the CE-T1 and DSC grids, habitats.json;
                   absent when the habitats were skipped)
     prediction/   what ``gliomaprog predict`` writes (reference grid)
+    invasion/     what ``gliomaprog invasion`` writes (probability, label, invasion.json), on the reference grid;
+                  only with ``--invasion``
     ctv/          what ``gliomaprog ctv`` writes (reference grid)
     rtstruct/     RTSTRUCT.dcm and SEG.dcm (on the DICOM CE-T1's own instances; else with MR/, the series they
                   reference)
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
 
     from GliomaProgressionLib.case.folder import CaseInputs
     from GliomaProgressionLib.models.habitat_packages import HabitatModelPackage
+    from GliomaProgressionLib.models.invasion_packages import InvasionModelPackage
     from GliomaProgressionLib.models.packages import ModelPackage
     from GliomaProgressionLib.runs.predict import PredictionResult
     from GliomaProgressionLib.case.preprocess import PreparedCase
@@ -70,6 +75,7 @@ STAGES = {
     "read": "Reading and checking the series",
     "prepare": "Registration, nCBV and perfusion habitats",
     "predict": "Progression prediction",
+    "invasion": "Invasion map (voxel-wise radiomics)",
     "save": "Writing registered series, perfusion maps and prediction",
     "ctv": "CTV proposals",
     "dicom": "RTSTRUCT and SEG export",
@@ -85,6 +91,7 @@ BATCH_CSV = "batch.csv"
 # Why a run has no habitats/ (report.json's habitats.skipped; the lesion's reasons are worded by habitat_skip_reason).
 HABITATS_NOT_REQUESTED = "perfusion habitats skipped: not requested"
 HABITATS_NO_DSC = "perfusion habitats skipped: no DSC series"
+INVASION_FOLDER = "invasion"
 BATCH_COLUMNS = ("case", "status", "message", "progression_predicted", "predicted_volume_ml", "elapsed_s",
                  "output")
 
@@ -106,6 +113,8 @@ class RunSettings:
     habitats: bool = True  # perfusion habitats when the case has DSC and a CEL and a NEL
     habitat_model: str = DEFAULT_HABITAT_MODEL  # id in Models.json, or a package zip/folder
     ftb_thresholds: tuple[float, float] = FTB_THRESHOLDS  # nCBV: low < LOW <= intermediate <= HIGH < high
+    # The invasion map (seed 004) costs tens of seconds per channel: only when asked, with this model (id or path).
+    invasion: str | None = None
 
     def prediction_settings(self):
         from GliomaProgressionLib.runs.predict import PredictionSettings
@@ -162,6 +171,11 @@ class StageProgress:
         since it changes what the results mean."""
         print(f"[{self.case}] note: {text}", file=self.stream, flush=True)
 
+    def skip(self, stage: str) -> None:
+        """A stage this run does not take (the invasion map unless asked for): 0 s in the timings, no line."""
+        self._close()
+        self.timings[stage] = 0.0
+
     def finish(self) -> dict[str, float]:
         self._close()
         self.timings["total"] = round(self.clock() - self.started, 2)
@@ -205,6 +219,16 @@ class CaseHabitats:
 
 
 @dataclass
+class CaseInvasion:
+    """The invasion map of the case (seed 004): computed on the model's feature grid, kept on the reference grid."""
+
+    package: InvasionModelPackage
+    probability: sitk.Image  # float32, P(future progression) in the peritumoral region, 0 elsewhere
+    label: sitk.Image  # uint8, 1 where the probability reaches the model's threshold
+    record: dict  # invasion.json's content
+
+
+@dataclass
 class CaseResults:
     """Everything the report and the scene show; arrays on the reference grid unless said otherwise."""
 
@@ -222,6 +246,7 @@ class CaseResults:
     dsc_lesion: np.ndarray | None = None  # lesion labels carried onto the DSC grid (FTB and habitats), once
     habitats: CaseHabitats | None = None
     habitats_skipped: str | None = None  # why there are none (one sentence), else None
+    invasion: CaseInvasion | None = None  # only when the run was asked for it
 
 
 # --- stages ------------------------------------------------------------------------------------------------------
@@ -263,6 +288,124 @@ def check_model_inputs(inputs: CaseInputs, model: ModelPackage) -> None:
         raise ValueError(f"The case {inputs.name} has no DSC series, which the model '{model.id}' needs for its nCBV "
                          "channel; the conventional model (CE-T1 and FLAIR only) runs without it.")
     check_channels_present(inputs.name, model.channel_names, {"t1c", "flair", "ncbv", *inputs.maps}, model.id)
+
+
+def check_invasion_inputs(inputs: CaseInputs, package: InvasionModelPackage) -> None:
+    """Every channel the invasion model names must be in the case: one sentence for the first that is not, before
+    the long work (nCBV comes from the DSC series)."""
+    from GliomaProgressionLib.case.channels import check_channels_present
+
+    present = {"t1c", "flair", *inputs.maps} | ({"ncbv"} if inputs.dsc is not None else set())
+    check_channels_present(inputs.name, package.model.channels, present, package.id)
+
+
+def channels_to_register(inputs: CaseInputs, model: ModelPackage, invasion: InvasionModelPackage | None) -> dict:
+    """The case's maps the progression and the invasion models use: only they are registered."""
+    from GliomaProgressionLib.case.channels import maps_needed
+
+    names = list(model.channel_names) + (list(invasion.model.channels) if invasion is not None else [])
+    return maps_needed(names, inputs.maps)
+
+
+def on_model_grid(prepared: PreparedCase, names, brain: sitk.Image, recurrence: sitk.Image | None,
+                  spacing_mm: float):
+    """(grid, the channels ``names``, lesion, brain, recurrence) on the isotropic grid of ``spacing_mm`` the
+    invasion model's local windows were measured on; the reference grid itself when it already is that grid. The
+    channels are resampled linearly from the reference grid (same orientation and field of view), labels by nearest
+    neighbour."""
+    from GliomaProgressionLib.case.registration import isotropic_reference, resample_onto
+    from GliomaProgressionLib.invasion.pipeline import SPACING_TOLERANCE_MM
+
+    reference = prepared.reference
+    if all(abs(v - spacing_mm) <= SPACING_TOLERANCE_MM for v in reference.GetSpacing()):
+        return reference, {name: prepared.channels[name] for name in names}, prepared.lesion, brain, recurrence
+    grid = isotropic_reference(reference, spacing_mm)
+    channels = {name: resample_onto(grid, prepared.channels[name], None) for name in names}
+    labels = [None if image is None else resample_onto(grid, image, None, labels=True)
+              for image in (prepared.lesion, brain, recurrence)]
+    return grid, channels, *labels
+
+
+def case_invasion(prepared: PreparedCase, brain: sitk.Image, recurrence: sitk.Image | None,
+                  package: InvasionModelPackage, progress: Callable[[float, str], None], cancel=None) -> CaseInvasion:
+    """The invasion map of the prepared case (``invasion.pipeline.invasion_probability`` on the model's grid, in the
+    run's brain), measured against the recurrence when there is one (the paper's labels: progression area vs the
+    5-20 mm non-progression shells), and brought back onto the reference grid (probability linear, label nearest
+    neighbour)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from GliomaProgressionLib.invasion.labels import training_labels
+    from GliomaProgressionLib.invasion.pipeline import invasion_probability
+    from GliomaProgressionLib.runs.invasion import LABEL_FILE, PROBABILITY_FILE, TRUTH_SOURCES, measures
+
+    started = time.monotonic()
+    model = package.model
+    grid, channels, lesion, brain_grid, truth = on_model_grid(prepared, model.channels, brain, recurrence,
+                                                                model.spacing_mm)
+    brain_array = sitk.GetArrayFromImage(brain_grid) > 0
+    result = invasion_probability(channels, lesion, model, progress, cancel, brain=brain_array)
+    evaluation = None
+    if truth is not None:
+        spacing = tuple(float(v) for v in grid.GetSpacing()[::-1])
+        labels = training_labels(sitk.GetArrayFromImage(lesion), sitk.GetArrayFromImage(truth) > 0, spacing,
+                                 brain_array)
+        evaluation = {"truth": "recurrence", "truth_description": TRUTH_SOURCES["recurrence"],
+                      **measures(result.probability, labels, model.threshold)}
+    probability, label = (_image_like(result.probability.astype(np.float32), grid),
+                          _image_like(result.label.astype(np.uint8), grid))
+    if grid is not prepared.reference:
+        probability = sitk.Resample(probability, prepared.reference, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                    sitk.sitkFloat32)
+        label = sitk.Resample(label, prepared.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                              sitk.sitkUInt8)
+    record = {
+        "software": "GliomaProgression invasion map (Yan et al. 2020, Sci Rep 10:9748)",
+        "model": package.info(),
+        "channels": list(model.channels),
+        "region": "the NEL plus a 20 mm shell around the tumour core (enhancing tumour, necrosis, cavity), without "
+                  "the core, inside the run's brain mask",
+        "grid": (f"features on {model.spacing_mm:g} mm isotropic voxels (the model's grid), from the run's registered "
+                 "channels; the maps written on the CE-T1 reference grid (probability linear, label nearest "
+                 "neighbour)"),
+        **{key: value for key, value in result.report.items() if key != "time_s"},
+        "region_volume_ml": round(result.report["region_voxels"] * result.report["voxel_volume_ml"], 3),
+        "label_volume_ml": round(result.report["label_voxels"] * result.report["voxel_volume_ml"], 3),
+        "evaluation": evaluation,
+        "timings_s": {"map": result.report["time_s"], "total": round(time.monotonic() - started, 3)},
+        "outputs": [PROBABILITY_FILE, LABEL_FILE],
+    }
+    return CaseInvasion(package, probability, label, record)
+
+
+def _image_like(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(grid)
+    return image
+
+
+def write_invasion_outputs(folder: Path, invasion: CaseInvasion, inputs: dict[str, str]) -> None:
+    """invasion/: the files ``gliomaprog invasion`` writes, on the reference grid."""
+    from GliomaProgressionLib.case.files import write_image, write_json
+    from GliomaProgressionLib.runs.invasion import INVASION_JSON, LABEL_FILE, OUTPUT_FILES, PROBABILITY_FILE
+
+    folder.mkdir()
+    write_image(invasion.probability, folder / PROBABILITY_FILE)
+    write_image(invasion.label, folder / LABEL_FILE)
+    write_json({**invasion.record, "inputs": inputs, "outputs": list(OUTPUT_FILES)}, folder / INVASION_JSON)
+
+
+def invasion_maps() -> dict[str, str]:
+    """report.json's word on the invasion files a run writes."""
+    from GliomaProgressionLib.runs.invasion import INVASION_JSON, LABEL_FILE, PROBABILITY_FILE
+
+    return {f"{INVASION_FOLDER}/{PROBABILITY_FILE}": "P(future progression) in the peritumoral region, CE-T1 "
+                                                     "reference grid",
+            f"{INVASION_FOLDER}/{LABEL_FILE}": "1 where the probability reaches the model's threshold",
+            f"{INVASION_FOLDER}/{INVASION_JSON}": "model, channels, region, volumes and the measures against the "
+                                                  "recurrence"}
 
 
 def dsc_grid(inputs: CaseInputs):
@@ -394,6 +537,8 @@ def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> 
     write_prediction(staging / "prediction", prepared, results.prediction, results.model,
                      results.settings.prediction_settings(), {"inference": timings.get("predict", 0.0)},
                      inputs=inputs.sources)
+    if results.invasion is not None:
+        write_invasion_outputs(staging / INVASION_FOLDER, results.invasion, inputs.sources)
     if inputs.converted:
         (staging / "converted").mkdir()
         for name, image in inputs.converted.items():
@@ -517,7 +662,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     from GliomaProgressionLib.runs.predict import check_lesion_in_brain, predict_prepared
     from GliomaProgressionLib.case.preprocess import prepare_case
     from GliomaProgressionLib.case.registration import resample_onto
-    from GliomaProgressionLib.case.channels import maps_needed
+    from GliomaProgressionLib.models.invasion_packages import resolve_invasion_model
 
     out = check_new_output_folder(Path(out))
     sweep_stale_leftovers(out.absolute().parent, out.name)
@@ -537,6 +682,10 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     # A missing or tampered habitat model fails now, not after the long work.
     wants_habitats = settings.habitats and inputs.dsc is not None
     habitat_model = resolve_habitat_model(settings.habitat_model) if wants_habitats else None
+    # The invasion model too, and every channel it names: a missing one fails here, in one sentence.
+    invasion_model = resolve_invasion_model(settings.invasion) if settings.invasion is not None else None
+    if invasion_model is not None:
+        check_invasion_inputs(inputs, invasion_model)
     notes = inputs.notes + ([] if inputs.dsc is not None else [report.PERFUSION_SKIPPED])
     for note in notes:
         progress.note(note)
@@ -545,7 +694,7 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc,
                             timing.times_s if timing else None, timing.te_s if timing else None,
                             leakage=settings.leakage, progress=progress.update,
-                            maps=maps_needed(model.channel_names, inputs.maps))
+                            maps=channels_to_register(inputs, model, invasion_model))
     # Habitats right after nCBV, from the same series and masks, before the long prediction.
     dsc_lesion = lesion_on_dsc(inputs, prepared)
     habitats, habitats_skipped = case_habitats(settings, inputs, prepared, dsc_lesion, habitat_model,
@@ -559,8 +708,15 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     recurrence = (resample_onto(prepared.reference, inputs.recurrence, None, labels=True) > 0
                   if inputs.recurrence is not None else None)
     brain = brain_on_reference(prepared, inputs.brain, inputs.dsc.ijk_to_ras if inputs.dsc is not None else None)
+    invasion = None
+    if invasion_model is not None:
+        progress.start("invasion")
+        invasion = case_invasion(prepared, brain, recurrence, invasion_model, progress.update)
+    else:
+        progress.skip("invasion")
     results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence, notes=notes,
-                          dsc_lesion=dsc_lesion, habitats=habitats, habitats_skipped=habitats_skipped)
+                          dsc_lesion=dsc_lesion, habitats=habitats, habitats_skipped=habitats_skipped,
+                          invasion=invasion)
     with staged_output_folder(out) as staging:
         mark_owner(staging)
         progress.start("save")
@@ -573,6 +729,8 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
         data, display = report.build_report(results)
         if results.habitats is not None:
             data["habitats"]["maps"] = habitat_maps()
+        if results.invasion is not None:
+            data["invasion"]["maps"] = invasion_maps()
         report.render_report(data, display, staging / "report.png")
         progress.start("scene")
         case_scene.write_case_scene(staging / "scene.mrb", data, results)

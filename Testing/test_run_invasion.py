@@ -1,0 +1,138 @@
+"""``gliomaprog run --invasion``: the invasion map (seed 004, Yan et al. 2020) as a step of the whole chain.
+
+One run of the shared small case (its phantom truth as the recurrence, habitats off) with a tiny invasion model made
+here: one channel (ADC), two first-order features, trained on made-up feature rows in which progression has the
+lower mean ADC, as in the phantom and in the paper. The feature maps of that model take a second or two, so the
+test checks the plumbing: files under invasion/, report.json's entry and checksums, the report's invasion row, the
+scene's heat map and "Predicted invasion" segment, and the refusal of a case without the model's channel.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers import assert_one_line_error, gliomaprog
+from GliomaProgressionLib import mrml
+from GliomaProgressionLib.invasion.classifier import train_classifier
+from GliomaProgressionLib.models.invasion_packages import package_invasion_model
+from GliomaProgressionLib.report import figure
+from GliomaProgressionLib.runs import chain
+from GliomaProgressionLib.runs.invasion import INVASION_JSON, LABEL_FILE, OUTPUT_FILES, PROBABILITY_FILE
+
+TINY_ID = "tiny-invasion"
+FEATURES = ("firstorder_Mean", "firstorder_Variance")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A package whose classifier calls low mean ADC progression (2 mm grid, radius 1)."""
+    rng = np.random.default_rng(0)
+    patients = []
+    for _ in range(3):
+        labels = np.repeat([1, 0], 60)
+        mean = np.where(labels == 1, rng.normal(620.0, 40.0, labels.size), rng.normal(820.0, 40.0, labels.size))
+        patients.append((np.stack([mean, rng.normal(900.0, 200.0, labels.size)], axis=1), labels))
+    model = train_classifier(patients, channels=("adc",), features=FEATURES, radius=1, bin_count=8, spacing_mm=2.0,
+                             hidden_layers=(4,), max_iter=200, seed=0)
+    out = tmp_path_factory.mktemp("tiny-invasion") / "tiny_invasion.zip"
+    package_invasion_model(model, out, {"id": TINY_ID, "title": "Tiny test invasion model", "synthetic": True})
+    return out
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory, small_case_folder) -> Path:
+    target = tmp_path_factory.mktemp("invasion-run") / "case"
+    shutil.copytree(small_case_folder, target, ignore=shutil.ignore_patterns("truth"))
+    shutil.copy(small_case_folder / "truth" / "progression.nii.gz", target / "recurrence.nii.gz")
+    return target
+
+
+@pytest.fixture(scope="module")
+def run(case, tiny_model, tmp_path_factory):
+    """The run, in this process, with the report's rows recorded as the page is drawn."""
+    import torch
+
+    torch.set_num_threads(1)
+    drawn = {}
+    original = figure.render_report
+
+    def recording(data, display, path):
+        drawn["rows"] = figure.montage_rows(display)
+        drawn["invasion_image"] = display.images.get("invasion")
+        return original(data, display, path)
+
+    out = tmp_path_factory.mktemp("invasion-out") / "out"
+    settings = chain.RunSettings(habitats=False, invasion=str(tiny_model))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(figure, "render_report", recording)
+        data = chain.run_case(case, out, settings, chain.StageProgress("case", quiet=True))
+    return {"out": out, "data": data, "drawn": drawn,
+            "report": json.loads((out / chain.REPORT_JSON).read_text(encoding="utf-8"))}
+
+
+def test_the_invasion_files_are_written_on_the_reference_grid_and_checksummed(run):
+    out, report = run["out"], run["report"]
+    folder = out / chain.INVASION_FOLDER
+    assert sorted(p.name for p in folder.iterdir()) == sorted(OUTPUT_FILES)
+    for name in OUTPUT_FILES:
+        key = f"{chain.INVASION_FOLDER}/{name}"
+        assert report["output_files"][key]["sha256"] == chain._file_record(out / key)["sha256"], key
+    assert chain.is_complete(out)
+    reference = sitk.ReadImage(str(out / "registered" / "t1c.nii.gz"))
+    probability = sitk.ReadImage(str(folder / PROBABILITY_FILE))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / LABEL_FILE))) > 0
+    assert probability.GetSize() == reference.GetSize()
+    assert np.allclose(probability.GetSpacing(), reference.GetSpacing())
+    values = sitk.GetArrayFromImage(probability)
+    assert 0.0 <= values.min() and values.max() <= 1.0 and (values > 0).sum() > 1000
+    assert label.any() and (values[label] > 0).all()  # the label lies where the map is
+    record = json.loads((folder / INVASION_JSON).read_text(encoding="utf-8"))
+    assert record["channels"] == ["adc"] and record["model"]["id"] == TINY_ID
+    assert str(out.parent) not in (folder / INVASION_JSON).read_text(encoding="utf-8"), "no machine path"
+
+
+def test_report_json_records_the_map_and_its_measures_against_the_recurrence(run):
+    report = run["report"]
+    invasion = report["invasion"]
+    assert "skipped" not in invasion and invasion["name"] == figure.INVASION_NAME
+    assert invasion["model"]["synthetic"] and "not for clinical use" in invasion["model"]["notice"]
+    assert 0 < invasion["label_volume_ml"] < invasion["region_volume_ml"]
+    evaluation = invasion["evaluation"]
+    assert evaluation["truth"] == "recurrence"
+    assert evaluation["progression_voxels"] > 0 and evaluation["non_progression_voxels"] > 0
+    assert 0.0 <= evaluation["auc"] <= 1.0
+    assert set(invasion["maps"]) == {f"{chain.INVASION_FOLDER}/{name}" for name in OUTPUT_FILES}
+    assert report["timings_s"]["invasion"] > 0
+
+
+def test_the_report_draws_the_invasion_row(run):
+    rows = run["drawn"]["rows"]
+    assert "invasion" in rows and rows.index("invasion") == rows.index("probability") + 1
+    assert (run["drawn"]["invasion_image"] > figure.HEAT_MAP_LOWER).any()
+
+
+def test_the_scene_holds_the_invasion_heat_map_and_segment(run, tmp_path):
+    scene = mrml.read_scene_bundle(run["out"] / "scene.mrb", tmp_path / "cache")
+    heat_map = scene.GetFirstNodeByName("Invasion probability")
+    assert heat_map is not None and heat_map.GetDisplayNode().GetColorNode().GetName() == "Invasion heat map"
+    node = scene.GetFirstNodeByName(figure.INVASION_NAME)
+    segmentation = node.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        [figure.INVASION_NAME]
+    assert np.allclose(segmentation.GetNthSegment(0).GetColor(), figure.INVASION_COLOUR, atol=1e-3)
+
+
+def test_a_case_without_the_models_channel_is_refused_before_the_work(case, tiny_model, tmp_path):
+    without_adc = tmp_path / "no_adc"
+    shutil.copytree(case, without_adc)
+    (without_adc / "adc.nii.gz").unlink()
+    out = tmp_path / "out"
+    result = gliomaprog("run", without_adc, "--out", out, "--invasion", tiny_model, "--quiet", timeout=120)
+    assert_one_line_error(result, "no_adc", "ADC", TINY_ID)
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
