@@ -8,6 +8,7 @@ file's budget is a minute. ``cohort export`` and ``run`` have their own end-to-e
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import zipfile
@@ -32,6 +33,8 @@ SHAPE = (34, 42, 34)  # k, j, i
 IJK_TO_RAS = np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
 CASES = [f"case_{index:04d}" for index in range(MIN_PATIENTS)]
 DATASET = "Dataset906_CtvCompare"
+# Each process of nnU-Net's worker pools imports torch and nnU-Net anew: one is enough for six tiny cases.
+ONE_PROCESS = {"nnUNet_def_n_proc": "1"}
 
 
 # --- a tiny cohort ----------------------------------------------------------------------------------------------
@@ -211,7 +214,8 @@ def test_train_with_the_size_weighted_loss_predict_and_compare_the_ctvs(tmp_path
     write_raw_dataset(tmp_path, cohort)
     run = subprocess.run([*GLIOMAPROG, "cohort", "train", str(tmp_path / DATASET), "--out", str(tmp_path / "sw"),
                           "--epochs", "1", "--iterations", "1", "--device", "cpu", "--threads", "1", "--loss",
-                          "size-weighted"], capture_output=True, text=True, timeout=900)
+                          "size-weighted"], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, **ONE_PROCESS})
     assert run.returncode == 0, run.stderr[-2000:]
     assert "size-weighted loss" in run.stdout
     record = json.loads((tmp_path / "sw" / "cohort_train.json").read_text())

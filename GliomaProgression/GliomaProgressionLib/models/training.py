@@ -223,8 +223,10 @@ def plan_and_preprocess_dataset(dataset_id: int, name: str, work: Path, small: b
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
 
+    # nnU-Net's own variable for its worker pools (set_nnunet_environment's default: 2, the cores we plan for).
+    processes = max(1, int(os.environ.get("nnUNet_def_n_proc", "2")))
     try:
-        extract_fingerprint_dataset(dataset_id, num_processes=2, check_dataset_integrity=True,
+        extract_fingerprint_dataset(dataset_id, num_processes=processes, check_dataset_integrity=True,
                                     show_progress_bar=False)
     except (AssertionError, FileNotFoundError, RuntimeError) as error:  # nnU-Net's integrity check
         raise ValueError(f"nnU-Net's integrity check rejected {name}: {' '.join(str(error).split())}") from None
@@ -234,7 +236,7 @@ def plan_and_preprocess_dataset(dataset_id: int, name: str, work: Path, small: b
     planned = plans["configurations"]["3d_fullres"]
     plans["configurations"] = {CONFIGURATION: custom_configuration(planned, spacing_mm) if small else planned}
     plans_file.write_text(json.dumps(plans, indent=2))
-    preprocess_dataset(dataset_id, PLANS_NAME, (CONFIGURATION,), (2,), show_progress_bar=False)
+    preprocess_dataset(dataset_id, PLANS_NAME, (CONFIGURATION,), (processes,), show_progress_bar=False)
     return plans
 
 
