@@ -202,15 +202,17 @@ def test_bad_maps_are_refused_in_one_sentence(tmp_path, diffusion_folder, proble
 
 
 def test_export_takes_a_channel_list_and_refuses_a_missing_channel(tmp_path, diffusion_folder, small_case_folder):
+    import json
+
+    from GliomaProgressionLib.cohort.export import export_cohort
+
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     shutil.copytree(diffusion_folder, cohort / "with_adc")
     _without_diffusion(small_case_folder, cohort / "without_adc")
     out = tmp_path / "Dataset901_Diffusion"
-    result = gliomaprog("cohort", "export", cohort, "--out", out, "--dataset-id", "901",
-                        "--channels", "t1c,flair,adc,q", "--spacing-mm", "2")
-    assert result.returncode == 0, result.stderr
-    import json
+    summary = export_cohort(cohort, out, 901, "t1c,flair,adc,q", spacing_mm=3.0)
+    assert summary["failed"] == ["without_adc"]
 
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["channels_gliomaprog"] == ["t1c", "flair", "adc", "q"]
@@ -251,9 +253,12 @@ def test_the_panels_job_carries_its_maps_through_its_command(tmp_path):
     assert PredictionJob.from_arg_list(job.as_arg_list()) == job
 
 
-def test_predict_reads_a_map_given_on_its_own(tmp_path, diffusion_folder):
-    result = gliomaprog("predict", "--t1c", diffusion_folder / "t1c.nii.gz", "--flair", diffusion_folder / "flair.nii.gz",
-                        "--lesion", diffusion_folder / "lesion.nii.gz", "--model", "conventional",
-                        "--map", f"adc={tmp_path / 'absent.nii.gz'}", "--out", tmp_path / "out")
-    assert_one_line_error(result, "ADC map", "absent.nii.gz", "does not exist")
+def test_predict_reads_a_map_given_on_its_own(tmp_path, diffusion_folder, capsys):
+    from GliomaProgressionLib.cli.main import main
+
+    code = main(["predict", "--t1c", str(diffusion_folder / "t1c.nii.gz"), "--flair",
+                 str(diffusion_folder / "flair.nii.gz"), "--lesion", str(diffusion_folder / "lesion.nii.gz"),
+                 "--model", "conventional", "--map", f"adc={tmp_path / 'absent.nii.gz'}", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "ADC map" in error[0] and "absent.nii.gz does not exist" in error[0]
     assert not (tmp_path / "out").exists()

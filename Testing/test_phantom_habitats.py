@@ -214,7 +214,7 @@ def test_impossible_habitat_configs_are_refused_in_one_sentence(config, words):
 def test_command_line_passes_habitats_and_shares(monkeypatch, tmp_path, capsys):
     made = []
     monkeypatch.setattr(synthetic, "generate_case", lambda config, progress=None: made.append(config) or config)
-    monkeypatch.setattr("GliomaProgressionLib.phantom.folder.write_case", lambda case, out: out)
+    monkeypatch.setattr("GliomaProgressionLib.phantom.folder.write_case", lambda case, out, dwi=False: out)
     assert main(["phantom", "--out", str(tmp_path / "a"), "--size", "small", "--quiet", "--habitats",
                  "--perinecrotic-share", "0.3", "--infiltrated-share", "0.25"]) == 0
     assert made[0].habitats and made[0].perinecrotic_share == 0.3 and made[0].infiltrated_share == 0.25
