@@ -10,7 +10,7 @@ PIP_INSTALL := $(PIP) install --quiet --constraint constraints.txt
 STAMP := $(VENV)/.installed
 DEMO := demo_output
 
-.PHONY: all venv test test-main test-replicate test-slicer test-fast test-fast-main test-fast-slicer panels demo demo-habitat-model clean
+.PHONY: all venv test test-main test-replicate test-slicer test-fast test-fast-main test-fast-slicer panels demo demo-habitat-model demo-invasion-model clean
 
 all: test
 
@@ -120,6 +120,31 @@ demo-habitat-model: $(STAMP)
 	$(PY) -m GliomaProgressionLib.models.habitat_packages register $(HABITAT_DEMO)/model/models_entry.json \
 		$(HABITAT_DEMO)/model/habitats_demo.zip
 	@cat $(HABITAT_DEMO)/model/models_entry.json
+
+# The shipped invasion-map demo model (seed 004, Yan et al. 2020), trained on synthetic data - not for clinical use:
+# 12 small phantom cases of the ADC replication cohort (phantom.synthetic.adc_replication_config: the progression
+# wedge shows on ADC only in seeds 5006-5018's "adc" cases, on nCBV only in the others; no seed whose wedge shows
+# nowhere), gliomaprog cohort invasion-train on CE-T1, FLAIR, nCBV and ADC at 2 mm (4 patients held out, seed 0),
+# then the package copied to GliomaProgression/Resources/models/invasion_demo.zip and its entry (sha256, training
+# record, held-out evaluation) put in Models.json. About 10 min on 2 loaded CPU cores. One thread per process: the
+# same weights every time (the zip's bytes differ only by the recorded wall time).
+INVASION_DEMO := build/invasion_demo
+INVASION_SEEDS := 5000 5001 5002 5004 5005 5006 5008 5009 5012 5014 5017 5018
+demo-invasion-model: $(STAMP)
+	@rm -rf $(INVASION_DEMO)
+	@mkdir -p $(INVASION_DEMO)
+	@echo "Generating $(words $(INVASION_SEEDS)) small phantom cases of the ADC replication cohort"
+	OMP_NUM_THREADS=1 $(PY) -c "import sys; from pathlib import Path; \
+		from GliomaProgressionLib.cohort.replicate import build_phantom_cohort; \
+		build_phantom_cohort(Path('$(INVASION_DEMO)/cohort'), [int(s) for s in sys.argv[1:]], study='adc')" \
+		$(INVASION_SEEDS)
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/gliomaprog cohort invasion-train \
+		$(INVASION_DEMO)/cohort --out $(INVASION_DEMO)/model --channels t1c flair ncbv adc --spacing 2 \
+		--test-fraction 0.3 --seed 0 --id invasion-demo --synthetic \
+		--title "Demo: invasion map (Yan 2020), trained on synthetic data — not for clinical use"
+	$(PY) -m GliomaProgressionLib.models.invasion_packages register $(INVASION_DEMO)/model/models_entry.json \
+		$(INVASION_DEMO)/model/invasion_demo.zip
+	@cat $(INVASION_DEMO)/model/evaluation.json
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache *.egg-info

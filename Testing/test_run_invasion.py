@@ -1,10 +1,11 @@
 """``gliomaprog run --invasion``: the invasion map (seed 004, Yan et al. 2020) as a step of the whole chain.
 
-One run of the shared small case (its phantom truth as the recurrence, habitats off) with a tiny invasion model made
-here: one channel (ADC), two first-order features, trained on made-up feature rows in which progression has the
-lower mean ADC, as in the phantom and in the paper. The feature maps of that model take a second or two, so the
-test checks the plumbing: files under invasion/, report.json's entry and checksums, the report's invasion row, the
-scene's heat map and "Predicted invasion" segment, and the refusal of a case without the model's channel.
+One run of the shared small case (its phantom truth as the recurrence; without its DSC series, so with the
+conventional model, and one CTV scheme: the cheapest whole run) with a tiny invasion model made here: one channel
+(ADC), two first-order features, trained on made-up feature rows in which progression has the lower mean ADC, as
+in the phantom and in the paper. Its feature maps take a second or two; the test checks the plumbing: the files
+under invasion/, report.json's entry and checksums, the report's invasion row, the scene's heat map and "Predicted
+invasion" segment, and the refusal of a case without the model's channel.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory, small_case_folder) -> Path:
     target = tmp_path_factory.mktemp("invasion-run") / "case"
-    shutil.copytree(small_case_folder, target, ignore=shutil.ignore_patterns("truth"))
+    shutil.copytree(small_case_folder, target, ignore=shutil.ignore_patterns("truth", "dsc*"))
     shutil.copy(small_case_folder / "truth" / "progression.nii.gz", target / "recurrence.nii.gz")
     return target
 
@@ -68,7 +69,7 @@ def run(case, tiny_model, tmp_path_factory):
         return original(data, display, path)
 
     out = tmp_path_factory.mktemp("invasion-out") / "out"
-    settings = chain.RunSettings(habitats=False, invasion=str(tiny_model))
+    settings = chain.RunSettings(model="conventional", schemes=("estro",), invasion=str(tiny_model))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(figure, "render_report", recording)
         data = chain.run_case(case, out, settings, chain.StageProgress("case", quiet=True))
@@ -76,6 +77,7 @@ def run(case, tiny_model, tmp_path_factory):
             "report": json.loads((out / chain.REPORT_JSON).read_text(encoding="utf-8"))}
 
 
+@pytest.mark.slow
 def test_the_invasion_files_are_written_on_the_reference_grid_and_checksummed(run):
     out, report = run["out"], run["report"]
     folder = out / chain.INVASION_FOLDER
@@ -97,6 +99,7 @@ def test_the_invasion_files_are_written_on_the_reference_grid_and_checksummed(ru
     assert str(out.parent) not in (folder / INVASION_JSON).read_text(encoding="utf-8"), "no machine path"
 
 
+@pytest.mark.slow
 def test_report_json_records_the_map_and_its_measures_against_the_recurrence(run):
     report = run["report"]
     invasion = report["invasion"]
@@ -111,12 +114,14 @@ def test_report_json_records_the_map_and_its_measures_against_the_recurrence(run
     assert report["timings_s"]["invasion"] > 0
 
 
+@pytest.mark.slow
 def test_the_report_draws_the_invasion_row(run):
     rows = run["drawn"]["rows"]
     assert "invasion" in rows and rows.index("invasion") == rows.index("probability") + 1
     assert (run["drawn"]["invasion_image"] > figure.HEAT_MAP_LOWER).any()
 
 
+@pytest.mark.slow
 def test_the_scene_holds_the_invasion_heat_map_and_segment(run, tmp_path):
     scene = mrml.read_scene_bundle(run["out"] / "scene.mrb", tmp_path / "cache")
     heat_map = scene.GetFirstNodeByName("Invasion probability")

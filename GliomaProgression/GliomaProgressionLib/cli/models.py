@@ -12,7 +12,8 @@ def add_commands(commands) -> None:
     """``models list|install|verify``."""
     models = commands.add_parser("models", help="list, install and verify progression model packages")
     actions = models.add_subparsers(dest="action", required=True, parser_class=Parser)
-    actions.add_parser("list", help="the progression and habitat models this installation knows").set_defaults(handler=_run_models_list)
+    listing = actions.add_parser("list", help="the progression, habitat and invasion models this installation knows")
+    listing.set_defaults(handler=_run_models_list)
     install = actions.add_parser("install", help="install a model package (.zip or nnU-Net results folder)")
     install.add_argument("package", type=Path)
     install.add_argument("--sha256", help="expected checksum of the zip")
@@ -25,6 +26,7 @@ def add_commands(commands) -> None:
 
 def _run_models_list(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.models.habitat_packages import available_habitat_models
+    from GliomaProgressionLib.models.invasion_packages import available_invasion_models
     from GliomaProgressionLib.models.packages import available_models
 
     for entry in available_models():
@@ -32,6 +34,8 @@ def _run_models_list(args: argparse.Namespace) -> int:
         print(f"{entry['id']}\t{entry.get('title', '')}\t[{channels}]")
     for entry in available_habitat_models():  # used by gliomaprog habitats / run --habitat-model
         print(f"{entry['id']}\t{entry.get('title', '')}\t[habitats: dsc, lesion]")
+    for entry in available_invasion_models():  # used by gliomaprog invasion / run --invasion
+        print(f"{entry['id']}\t{entry.get('title', '')}\t[invasion: {', '.join(entry.get('channels', []))}]")
     return 0
 
 
