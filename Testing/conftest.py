@@ -36,7 +36,7 @@ def pytest_ignore_collect(collection_path, config):
 # the short files fill the gaps, instead of one worker ending with a long file alone.
 LONG_FILES = ("test_cohort_replicate.py", "test_training.py", "test_cohort_train.py", "test_no_dsc_and_brats.py",
               "test_run_case.py", "test_registration.py", "test_inference.py", "test_cohort_export.py",
-              "test_phantom_variants_run.py")
+              "test_phantom_variants_run.py", "test_cohort_evaluate_ctv.py", "test_invasion_cli.py", "test_channels.py")
 
 
 def pytest_collection_modifyitems(config, items):
