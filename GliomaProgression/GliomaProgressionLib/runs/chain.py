@@ -82,6 +82,7 @@ STAGES = {
     "report": "Report",
     "scene": "Slicer scene",
 }
+OPTIONAL_STAGES = ("invasion",)  # counted in "stage k/N" only when the run takes them (StageProgress.take)
 REPORT_JSON = "report.json"
 OWNER_MARKER = ".gliomaprog-owner"  # in a staging folder: the run that writes it (models.process.owner_token)
 STAGING = ".partial-"  # in the names of case.files.staged_output_folder's staging folders
@@ -146,6 +147,11 @@ class StageProgress:
         self._stage: str | None = None
         self._stage_started = self.started
         self._last_line = (0.0, "")
+        self._taken: set[str] = set()
+
+    def take(self, stage: str) -> None:
+        """Count an optional stage (``OPTIONAL_STAGES``) in "stage k/N": call before the first line."""
+        self._taken.add(stage)
 
     def start(self, stage: str) -> None:
         self._close()
@@ -190,7 +196,7 @@ class StageProgress:
         self._last_line = (self.clock(), kind)
         if self.quiet:
             return
-        keys = list(STAGES)
+        keys = [key for key in STAGES if key not in OPTIONAL_STAGES or key in self._taken]
         position = f"{keys.index(self._stage) + 1}/{len(keys)}" if self._stage in keys else "-"
         print(f"[{self.case} {position} {_clock(self.clock() - self.started)}] {text}", file=self.stream,
               flush=True)
@@ -667,6 +673,8 @@ def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = R
     out = check_new_output_folder(Path(out))
     sweep_stale_leftovers(out.absolute().parent, out.name)
     progress = progress or StageProgress(Path(case_folder).name)
+    if settings.invasion is not None:
+        progress.take("invasion")
     prediction_settings = settings.prediction_settings()
     parse_schemes(list(settings.schemes) if settings.schemes else None, True)  # a bad name fails before the work
     checked_thresholds(settings.ftb_thresholds)
