@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 _PROGRESS_LINE = re.compile(r"^\[\s*(\d+)%\]\s+(.*?)(?:\s+\([\d.]+ s\))?$")
@@ -157,6 +158,33 @@ def termination_as_interrupt():
 
 JOB_FOLDER_PREFIX = "gliomaprog-job-"  # + owner token + "-" + random: a run's own temporary folder
 _OWNER_TOKEN = re.compile(r"([0-9a-f]{8})-(\d+)-(\d+|x)")
+
+
+def run_job_process(run: Callable[[ProgressPrinter], object]) -> int:
+    """The body of a panel's job process (``python -m ...``): ``run`` the job with progress lines on stdout; 0 when
+    it finished; otherwise a last line ``ERROR: <message>`` (after the traceback only for an unexpected failure) and
+    exit code 2 for bad input, 143 when cancelled (SIGTERM, what the panel's Cancel sends; 130 for Ctrl+C), 1 for
+    anything else."""
+    try:
+        with termination_as_interrupt():  # the panel's Cancel sends SIGTERM: clean up as for Ctrl+C
+            run(ProgressPrinter(sys.stdout))
+    except KeyboardInterrupt as interruption:
+        print("ERROR: cancelled; nothing was written.", flush=True)
+        return getattr(interruption, "exit_code", 130)
+    except ValueError as error:  # expected: bad input
+        print(f"ERROR: {' '.join(str(error).split())}", flush=True)
+        return 2
+    except OSError as error:  # expected: a file that cannot be read or written
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"ERROR: {error.strerror or error}{where}.", flush=True)
+        return 2
+    except Exception as error:
+        import traceback
+
+        traceback.print_exc(file=sys.stdout)
+        print(f"ERROR: {' '.join(str(error).split()) or type(error).__name__}", flush=True)
+        return 1
+    return 0
 
 
 def _host_tag() -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from GliomaProgressionLib.models.invasion_packages import DEFAULT_INVASION_MODEL
-from GliomaProgressionLib.models.process import ProgressPrinter, termination_as_interrupt
+from GliomaProgressionLib.models.process import run_job_process
 
 Progress = Callable[[float, str], None]
 JOB_MODULE = "GliomaProgressionLib.runs.invasion_job"  # this module, as the Slicer module's job process runs it
@@ -89,29 +89,9 @@ def _job_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The job process: 0 when the map is written; otherwise a last line ``ERROR: <message>`` (after the traceback
-    only for an unexpected failure) and exit code 2 for bad input, 143 when cancelled (SIGTERM, what the panel's
-    Cancel sends; 130 for Ctrl+C), 1 for anything else."""
-    try:
-        with termination_as_interrupt():  # the panel's Cancel sends SIGTERM: clean up as for Ctrl+C
-            InvasionJob.from_arg_list(sys.argv[1:] if argv is None else argv).run(ProgressPrinter(sys.stdout))
-    except KeyboardInterrupt as interruption:
-        print("ERROR: cancelled; nothing was written.", flush=True)
-        return getattr(interruption, "exit_code", 130)
-    except ValueError as error:  # expected: bad input
-        print(f"ERROR: {' '.join(str(error).split())}", flush=True)
-        return 2
-    except OSError as error:  # expected: a file that cannot be read or written
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"ERROR: {error.strerror or error}{where}.", flush=True)
-        return 2
-    except Exception as error:
-        import traceback
-
-        traceback.print_exc(file=sys.stdout)
-        print(f"ERROR: {' '.join(str(error).split()) or type(error).__name__}", flush=True)
-        return 1
-    return 0
+    """The job process (``models.process.run_job_process``: exit codes and the last ``ERROR:`` line)."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return run_job_process(lambda progress: InvasionJob.from_arg_list(arguments).run(progress))
 
 
 if __name__ == "__main__":  # nothing may run on import: the module also holds the job's parameter object
