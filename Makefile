@@ -142,6 +142,11 @@ demo-invasion-model: $(STAMP)
 		$(INVASION_DEMO)/cohort --out $(INVASION_DEMO)/model --channels t1c flair ncbv adc --spacing 2 \
 		--test-fraction 0.3 --seed 0 --id invasion-demo --synthetic \
 		--title "Demo: invasion map (Yan 2020), trained on synthetic data — not for clinical use"
+	$(PY) -c "import json, sys; path = sys.argv[1]; entry = json.load(open(path, encoding='utf-8')); \
+		entry['training'].update(phantom_seeds=[int(s) for s in sys.argv[2:]], phantom_size='small', \
+		phantom_config='phantom.synthetic.adc_replication_config', recipe='make demo-invasion-model'); \
+		json.dump(entry, open(path, 'w', encoding='utf-8'), indent=2, ensure_ascii=False)" \
+		$(INVASION_DEMO)/model/models_entry.json $(INVASION_SEEDS)
 	$(PY) -m GliomaProgressionLib.models.invasion_packages register $(INVASION_DEMO)/model/models_entry.json \
 		$(INVASION_DEMO)/model/invasion_demo.zip
 	@cat $(INVASION_DEMO)/model/evaluation.json
