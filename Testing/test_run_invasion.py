@@ -5,7 +5,8 @@ conventional model, and one CTV scheme: the cheapest whole run) with a tiny inva
 (ADC), two first-order features, trained on made-up feature rows in which progression has the lower mean ADC, as
 in the phantom and in the paper. Its feature maps take a second or two; the test checks the plumbing: the files
 under invasion/, report.json's entry and checksums, the report's invasion row, the scene's heat map and "Predicted
-invasion" segment, and the refusal of a case without the model's channel.
+invasion" segment, and the refusal of a case without the model's channel. The nnU-Net worker (half the run's time,
+tested in test_run_case and test_models) returns a flat probability here: the invasion map does not use it.
 """
 
 from __future__ import annotations
@@ -54,12 +55,18 @@ def case(tmp_path_factory, small_case_folder) -> Path:
     return target
 
 
+def flat_probability(channels, model, **options):
+    """In place of the nnU-Net worker: probability 0.1 everywhere on the channels' grid."""
+    image = sitk.Image(channels[0].GetSize(), sitk.sitkFloat32) + 0.1
+    image.CopyInformation(channels[0])
+    return image
+
+
 @pytest.fixture(scope="module")
 def run(case, tiny_model, tmp_path_factory):
     """The run, in this process, with the report's rows recorded as the page is drawn."""
-    import torch
+    from GliomaProgressionLib.models import inference
 
-    torch.set_num_threads(1)
     drawn = {}
     original = figure.render_report
 
@@ -72,6 +79,7 @@ def run(case, tiny_model, tmp_path_factory):
     settings = chain.RunSettings(model="conventional", schemes=("estro",), invasion=str(tiny_model))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(figure, "render_report", recording)
+        patch.setattr(inference, "run_prediction", flat_probability)
         data = chain.run_case(case, out, settings, chain.StageProgress("case", quiet=True))
     return {"out": out, "data": data, "drawn": drawn,
             "report": json.loads((out / chain.REPORT_JSON).read_text(encoding="utf-8"))}
@@ -138,6 +146,7 @@ def test_a_case_without_the_models_channel_is_refused_before_the_work(case, tiny
     shutil.copytree(case, without_adc)
     (without_adc / "adc.nii.gz").unlink()
     out = tmp_path / "out"
-    result = gliomaprog("run", without_adc, "--out", out, "--invasion", tiny_model, "--quiet", timeout=120)
+    result = gliomaprog("run", without_adc, "--out", out, "--model", "conventional", "--invasion", tiny_model,
+                        "--quiet", timeout=120)
     assert_one_line_error(result, "no_adc", "ADC", TINY_ID)
     assert not out.exists() and not list(tmp_path.glob(".out*"))
