@@ -150,3 +150,23 @@ def test_a_case_without_the_models_channel_is_refused_before_the_work(case, tiny
                         "--quiet", timeout=120)
     assert_one_line_error(result, "no_adc", "ADC", TINY_ID)
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_cancel_inside_a_channels_feature_maps_ends_as_invasion_cancelled(monkeypatch):
+    """The pipeline checks between channels, the feature maps between chunks: both end as InvasionCancelled."""
+    from GliomaProgressionLib.invasion import features, pipeline
+
+    monkeypatch.setattr(features, "CHUNK_VOXELS", 50)
+    lesion = np.zeros((24, 24, 24), np.int16)
+    lesion[9:15, 9:15, 9:15] = 2  # NEL
+    lesion[11:13, 11:13, 11:13] = 3  # enhancing core
+    adc = np.random.default_rng(0).normal(800.0, 50.0, lesion.shape).astype(np.float32)
+    checks = []
+
+    def cancel():  # the pipeline's own check first (not yet), then the feature maps' (now)
+        checks.append(1)
+        return len(checks) > 1
+
+    with pytest.raises(pipeline.InvasionCancelled):
+        pipeline.region_features({"adc": adc}, lesion, (2.0, 2.0, 2.0), ("adc",), FEATURES, 1, 8, cancel=cancel)
+    assert len(checks) == 2
