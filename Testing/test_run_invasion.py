@@ -127,6 +127,10 @@ def test_the_report_draws_the_invasion_row(run):
     rows = run["drawn"]["rows"]
     assert "invasion" in rows and rows.index("invasion") == rows.index("probability") + 1
     assert (run["drawn"]["invasion_image"] > figure.HEAT_MAP_LOWER).any()
+    page = sitk.GetArrayFromImage(sitk.ReadImage(str(run["out"] / "report.png")))[..., :3].astype(int)
+    outline = np.round(255 * np.array(figure.INVASION_COLOUR)).astype(int)
+    # The predicted invasion's outline and legend (a page without the map has none of this colour).
+    assert (np.abs(page - outline).max(axis=-1) <= 8).sum() > 200
 
 
 @pytest.mark.slow

@@ -355,6 +355,9 @@ def perfusion_data(perfusion) -> dict:
 
 PAGE_INCHES = (18.0, 14.5)
 PAGE_DPI = 100  # 1800 x 1450 pixels: every text at least 10 pt = 14 px at 100 %
+PAGE_ROWS = 6  # montage rows PAGE_INCHES holds; each further row (the invasion map's) makes the page taller
+ROW_INCHES = 1.65  # a montage row's height on the page
+GRID_TOP, GRID_BOTTOM = 0.93, 0.075  # the page's share (of its height) under the title and above the footer
 ROWS = ("anatomy", "flair", "ncbv", "habitats", "probability", "invasion", "targets")
 OPTIONAL_ROWS = ("ncbv", "habitats", "invasion")  # drawn when the run has them
 ROW_TITLES = {"anatomy": "CE-T1\n+ lesion", "flair": "FLAIR\n(registered)", "ncbv": "nCBV",
@@ -475,7 +478,7 @@ def _lines_for(row: str, display: Display) -> list[tuple[str, object, str]]:
     elif row == "probability":
         lines = [("non-enhancing lesion", LESION_SEGMENTS[2][1], "solid"), ("p \u2265 0.5 inside it", "cyan", "solid")]
     elif row == "invasion":
-        lines = [("lesion outline", "white", "solid"), (INVASION_NAME.lower(), INVASION_COLOUR, "solid")]
+        lines = [(INVASION_NAME.lower(), INVASION_COLOUR, "solid")]  # the white lesion outline: as in the nCBV row
     elif row == "targets":
         star = " *" if display.demo_model else ""
         lines = [(name + (star if key in ("ai", "boost") else ""), TARGET_COLOURS.get(key.replace("ptv_", ""), "w"),
@@ -515,7 +518,7 @@ def _row_key(fig, cell, row: str, mappable, display: Display, data: dict) -> Non
         edge = [patheffects.withStroke(linewidth=4.5, foreground="0.3")]
         handles = [Line2D([], [], color=c, lw=2.5, ls=s, label=n, path_effects=edge if c == "white" else None)
                    for n, c, s in lines]
-        where = (0.58, top) if row == "invasion" else (0.0, top)  # its numbers take the left half
+        where = (0.55, top) if row == "invasion" else (0.0, top)  # its numbers take the left half
         key.legend(handles=handles, loc="upper left", bbox_to_anchor=where, fontsize=9.5, frameon=False,
                    handlelength=1.6, labelspacing=0.35, borderaxespad=0.0)
     if row == "probability" and display.demo_model:
@@ -525,22 +528,21 @@ def _row_key(fig, cell, row: str, mappable, display: Display, data: dict) -> Non
 
 def invasion_lines(invasion: dict) -> list[str]:
     """The invasion map's numbers as the page shows them: volume, threshold and the AUC against the recurrence."""
-    lines = [f"{invasion['label_volume_ml']:.1f} mL at p \u2265 {invasion['threshold']:g}",
-             f"of a {invasion['region_volume_ml']:.0f} mL peritumoral region"]
+    lines = [f"{invasion['label_volume_ml']:.1f} mL at p \u2265 {invasion['threshold']:g}"]
     evaluation = invasion.get("evaluation") or {}
     if evaluation.get("auc") is not None:
-        lines.append(f"AUC vs recurrence {evaluation['auc']:.2f}")
+        lines.append(f"recurrence AUC {evaluation['auc']:.2f}")
     elif evaluation:
-        lines.append("AUC vs recurrence: n/a (one class)")
+        lines.append("recurrence AUC n/a")
     return lines
 
 
 def _invasion_key(ax, invasion: dict) -> None:
-    ax.text(0.02, 0.56, "\n".join(invasion_lines(invasion)), fontsize=9.5, va="top", transform=ax.transAxes,
-            linespacing=1.35)
+    ax.text(0.02, 0.56, "\n".join(invasion_lines(invasion)), fontsize=9, va="top", transform=ax.transAxes,
+            linespacing=1.3)
     if invasion["model"]["synthetic"]:
         ax.text(0.02, 0.0, "Demo invasion model trained on\nsynthetic data \u2014 not for clinical use",
-                color="#b2182b", fontsize=9, fontweight="bold", transform=ax.transAxes, va="bottom")
+                color="#b2182b", fontsize=8.5, fontweight="bold", transform=ax.transAxes, va="bottom")
 
 
 def _habitat_key(ax, habitats: dict) -> None:
@@ -789,7 +791,10 @@ def render_report(data: dict, display: Display, path: Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.gridspec import GridSpec
 
-    fig = Figure(figsize=PAGE_INCHES, dpi=PAGE_DPI, facecolor="white")
+    rows = len(montage_rows(display))
+    extra = max(rows - PAGE_ROWS, 0)
+    fig = Figure(figsize=(PAGE_INCHES[0], PAGE_INCHES[1] + extra * ROW_INCHES / (GRID_TOP - GRID_BOTTOM)), dpi=PAGE_DPI,
+                 facecolor="white")
     FigureCanvasAgg(fig)
     fig.text(0.015, 0.988, f"GliomaProgression report \u2014 {data['case']}", fontsize=20, fontweight="bold", va="top")
     habitats = "" if data["habitats"].get("skipped") else "perfusion habitats, "
@@ -800,8 +805,8 @@ def render_report(data: dict, display: Display, path: Path) -> Path:
         subtitle = ("Pre-operative CE-T1 and FLAIR (perfusion skipped: no DSC series): predicted progression inside "
                     "the non-enhancing lesion, and target-volume proposals")
     fig.text(0.015, 0.96, subtitle, fontsize=12, va="top")
-    outer = GridSpec(2, 2, figure=fig, left=0.045, right=0.985, top=0.93, bottom=0.075, width_ratios=[2.05, 1.0],
-                     height_ratios=[5.0, 1.3], wspace=0.06, hspace=0.13)
+    outer = GridSpec(2, 2, figure=fig, left=0.045, right=0.985, top=GRID_TOP, bottom=GRID_BOTTOM,
+                     width_ratios=[2.05, 1.0], height_ratios=[5.0 * max(rows, PAGE_ROWS) / PAGE_ROWS, 1.3], wspace=0.06, hspace=0.13)
     panels = len(display.axial) + len(display.coronal)
     montage = outer[0, 0].subgridspec(len(montage_rows(display)), panels + 1, wspace=0.03, hspace=0.05,
                                       width_ratios=[1.0] * panels + [2.15])
