@@ -229,9 +229,9 @@ def test_trusted_package_loads_only_when_asked(cache, tmp_path):
         models.resolve_model(str(archive))
 
 
-def test_models_list_names_the_progression_and_the_habitat_models(capsys):
+def test_models_list_names_the_progression_habitat_and_invasion_models(capsys):
     from GliomaProgressionLib.cli import main as cli
 
     assert cli.main(["models", "list"]) == 0
     ids = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
-    assert ids == ["conventional", "multiparametric", "habitats-demo"]
+    assert ids == ["conventional", "multiparametric", "habitats-demo", "invasion-demo"]
