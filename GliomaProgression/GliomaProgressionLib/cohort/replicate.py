@@ -121,8 +121,8 @@ def write_phantom_case(job: tuple) -> str:
     from GliomaProgressionLib.phantom.synthetic import generate_case
     from GliomaProgressionLib.models.training import is_positive
 
-    seed, index, folder, study = job
-    study = STUDIES[study]
+    seed, index, folder, *chosen = job  # (seed, index, folder[, study]): the seed-000 cohort by default
+    study = STUDIES[chosen[0] if chosen else "seed000"]
     config = study.config(seed)
     case = generate_case(config)
     target = write_case(case, Path(folder) / f"case_{seed:04d}")
