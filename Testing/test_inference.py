@@ -306,3 +306,39 @@ def test_the_job_writes_each_channel_once_starts_no_process_and_leaves_what_the_
     assert (results / "progression_prob.nii.gz").is_file() and (results / "progression.nii.gz").is_file()
     prediction = json.loads((results / "prediction.json").read_text())
     assert prediction["settings"]["device"] == "cpu" and "progression_predicted" in prediction["verdict"]
+
+
+def test_a_prediction_leaves_no_progress_hook_behind():
+    """nnU-Net's progress bar is replaced for one call only: a later prediction must not report to a caller that
+    has gone (in the suite, a test's closed output stream raised "I/O operation on closed file")."""
+    from nnunetv2.inference import predict_from_raw_data
+
+    from GliomaProgressionLib.models import worker
+
+    original = predict_from_raw_data.tqdm
+
+    class Stop(Exception):
+        pass
+
+    class Predictor:  # stands in for nnU-Net's predictor up to the sliding window, which fails here on purpose
+        plans_manager = dataset_json = configuration_manager = None
+
+        def predict_logits_from_preprocessed_data(self, data):
+            assert predict_from_raw_data.tqdm is not original  # the caller's bar during the call
+            raise Stop
+
+    class Adapter:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __next__(self):
+            import numpy as np
+
+            return {"data": np.zeros((1, 2, 2, 2), np.float32)}
+
+    import SimpleITK as sitk
+    from unittest import mock
+
+    with mock.patch("nnunetv2.inference.data_iterators.PreprocessAdapterFromNpy", Adapter), pytest.raises(Stop):
+        worker.predict_probability(Predictor(), [sitk.Image(2, 2, 2, sitk.sitkFloat32)], progress=lambda f, m: None)
+    assert predict_from_raw_data.tqdm is original

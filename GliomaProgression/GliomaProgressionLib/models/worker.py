@@ -502,15 +502,21 @@ def predict_probability(predictor, images: list, progress: Progress | None = Non
     data = np.stack([sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32)) for image in images])
     spacing = list(reference.GetSpacing())[::-1]
     properties = {"spacing": spacing}
-    if progress is not None:
-        predict_from_raw_data.tqdm = _progress_bar(progress)
     tell(0.12, "Preprocessing (crop, normalise, resample to the model's spacing)")
     adapter = PreprocessAdapterFromNpy([data], [None], [properties], [None], predictor.plans_manager,
                                        predictor.dataset_json, predictor.configuration_manager,
                                        num_threads_in_multithreaded=1, verbose=False)
     item = next(adapter)  # preprocessed here: no process pool, so no process beyond the caller's
     tell(0.2, f"Sliding window on {tuple(item['data'].shape[1:])} voxels")
-    logits = predictor.predict_logits_from_preprocessed_data(item["data"]).cpu()
+    # nnU-Net's progress bar is its module's tqdm: replaced for this call only, so that no later prediction in
+    # this process reports to a caller that has gone (a closed stream, a finished panel).
+    original_bar = predict_from_raw_data.tqdm
+    if progress is not None:
+        predict_from_raw_data.tqdm = _progress_bar(progress)
+    try:
+        logits = predictor.predict_logits_from_preprocessed_data(item["data"]).cpu()
+    finally:
+        predict_from_raw_data.tqdm = original_bar
     tell(0.88, "Resampling the probabilities onto the input grid")
     _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
         logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
