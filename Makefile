@@ -40,7 +40,7 @@ test: $(STAMP)
 
 # Two workers, a test file each at a time (module fixtures stay in one process): 470 s instead of 660 s on 2 cores.
 test-main: $(STAMP)
-	$(call run_pytest,,-n 2 --dist loadfile -m "not replicate")
+	$(call run_pytest,,-n 2 --dist loadfile -m "not replicate" --durations=25)
 
 # The cohort replication end to end on a tiny cohort (~3 min on 2 cores): its parts are tested in make test, the
 # whole command here, to keep make test within 15 minutes. Run it when cohort/replicate.py or what it calls changes.

@@ -223,6 +223,6 @@ def test_inputs_are_recorded_relative_to_the_case_folder(tmp_path, small_case_fo
     inputs = read_case(case, recurrence=outside, with_dsc=False)
     recorded = chain.recorded_inputs(inputs.sources, inputs.folder)
     assert recorded == {"t1c": "DICOM folder t1c", "flair": "flair.nii.gz", "lesion": "lesion.nii.gz",
-                        "recurrence": "follow-up.nii.gz", "adc": "adc.nii.gz", "fa": "fa.nii.gz", "md": "md.nii.gz"}
+                        "recurrence": "follow-up.nii.gz"}
     text = json.dumps(recorded)
     assert str(tmp_path) not in text and not any(os.path.isabs(v.split()[-1]) for v in recorded.values())

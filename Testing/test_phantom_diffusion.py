@@ -38,7 +38,7 @@ def adc_only(synthetic_case):
 
 @pytest.fixture(scope="module")
 def without_diffusion(synthetic_case):
-    return synthetic_case(**_changed_fields(adc_replication_config(ADC_ONLY_SEED)), diffusion=False)
+    return synthetic_case(**{**_changed_fields(adc_replication_config(ADC_ONLY_SEED)), "diffusion": False})
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +224,7 @@ def test_tensor_signal_model_gives_back_md_and_fa():
                                  {"diffusion_noise": {"adc": 40.0, "md": -1.0, "fa": 0.03}}])
 def test_bad_diffusion_settings_are_refused_in_one_sentence(bad):
     with pytest.raises(ValueError) as raised:
-        PhantomConfig(**bad).validated()
+        PhantomConfig(diffusion=True, **bad).validated()
     message = str(raised.value)
     assert "\n" not in message and message.endswith(".") and any(name in message for name in bad)
 

@@ -54,10 +54,10 @@ def test_with_head_keeps_scalp_and_skull_around_the_same_tumour(stripped, with_h
 def test_a_case_without_dsc_has_no_dsc_files_or_dsc_truth(tmp_path):
     case = _case(dsc=False)
     assert case.dsc is None and case.frame_times_s is None and case.metadata["dsc"] is None
-    assert sorted(case.truth) == ["brain", "brain_diffusion", "dwi_b0", "fa", "md", "progression"]
+    assert sorted(case.truth) == ["brain", "progression"]
     folder = write_case(case, tmp_path / "case")
-    assert sorted(path.name for path in folder.iterdir()) == ["NOTICE.txt", "adc.nii.gz", "fa.nii.gz", "flair.nii.gz",
-                                                               "lesion.nii.gz", "md.nii.gz", "t1c.nii.gz", "truth"]
+    assert sorted(path.name for path in folder.iterdir()) == ["NOTICE.txt", "flair.nii.gz", "lesion.nii.gz",
+                                                               "t1c.nii.gz", "truth"]
 
 
 @pytest.mark.parametrize("slices", [1, 2])

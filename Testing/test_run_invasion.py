@@ -48,10 +48,15 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory, small_case_folder) -> Path:
+def case(tmp_path_factory, synthetic_case) -> Path:
+    from GliomaProgressionLib.phantom.folder import write_case
+
+    from conftest import SMALL_CASE
+
+    written = write_case(synthetic_case(**SMALL_CASE, diffusion=True), tmp_path_factory.mktemp("written") / "case")
     target = tmp_path_factory.mktemp("invasion-run") / "case"
-    shutil.copytree(small_case_folder, target, ignore=shutil.ignore_patterns("truth", "dsc*"))
-    shutil.copy(small_case_folder / "truth" / "progression.nii.gz", target / "recurrence.nii.gz")
+    shutil.copytree(written, target, ignore=shutil.ignore_patterns("truth", "dsc*"))
+    shutil.copy(written / "truth" / "progression.nii.gz", target / "recurrence.nii.gz")
     return target
 
 

@@ -22,7 +22,8 @@ tumour). ``arrival_delay_s`` and ``mtt_spread`` (a late hemisphere, uneven trans
 correction; with them the truth nCBV is the integral of each voxel's own curve. With every variant off, a seed
 gives the case it always gave, bit for bit (diffusion, below, only adds its maps).
 
-Diffusion (``diffusion=True``, the default; issue 15; seed 004, Yan et al. 2020, Sci Rep; and seed 003):
+Diffusion (``diffusion=True``; off by default in the library, which most tests and the progression cohorts
+use without it, on by default in ``gliomaprog phantom``; issue 15; seed 004, Yan et al. 2020, Sci Rep; and seed 003):
 an ADC map and the DTI maps MD and FA, on a diffusion grid of their own (an EPI series: 2 x 2 x 4 mm at full size,
 2.5 x 2.5 x 4 mm small, its own slice tilt and head pose, the others' still pose when ``preprocessed``; partial
 volume through the same sub-voxel averaging as FLAIR and DSC), with Gaussian noise on each map
@@ -255,7 +256,7 @@ class PhantomConfig:
     head: bool = False
     dsc: bool = True
     dsc_slices: int | None = None
-    diffusion: bool = True  # ADC, MD and FA maps (issue 15)
+    diffusion: bool = False  # ADC, MD and FA maps (issue 15); `gliomaprog phantom` turns them on
     # Transit-time variants, off by default (issue 13): the bolus reaches the tumour's hemisphere this much
     # later (s), and each voxel's MTT is scaled by exp(mtt_spread * z), z a smooth unit-SD field (CBF scaled
     # inversely, CBV kept). With either on, the nCBV truth is the integral of each voxel's own curve.
@@ -833,7 +834,7 @@ def adc_replication_config(seed: int, size: str = "small") -> PhantomConfig:
         shows = {"progression_cbv_ratio": float(rng.uniform(*NCBV_VISIBLE_CBV_RATIO))}
     else:
         shows = {}
-    return PhantomConfig(seed=seed, size=size, **{**looks_like_oedema, **shows}).validated()
+    return PhantomConfig(seed=seed, size=size, diffusion=True, **{**looks_like_oedema, **shows}).validated()
 
 
 # --- scalp and skull ----------------------------------------------------------------------------------------
