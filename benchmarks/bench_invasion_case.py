@@ -38,7 +38,7 @@ def main() -> int:
     from GliomaProgressionLib.runs.invasion import prepare_invasion_case
 
     with tempfile.TemporaryDirectory() as work:
-        folder = write_case(generate_case(PhantomConfig(seed=0, size="full")), Path(work) / "case")
+        folder = write_case(generate_case(PhantomConfig(seed=0, size="full", diffusion=True)), Path(work) / "case")
         started = time.perf_counter()
         _, prepared = prepare_invasion_case(folder, CHANNELS, 1.0)
         preparation_s = time.perf_counter() - started
