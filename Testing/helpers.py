@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 
 # The ``gliomaprog`` console script, run with this interpreter (the project's environment) as ``python -m``.
 GLIOMAPROG = (sys.executable, "-m", "GliomaProgressionLib.cli.main")
@@ -38,3 +39,28 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str, 
             assert fragment.lower() in lines[0].lower(), lines[0]
         else:
             assert fragment in lines[0], lines[0]
+
+
+@dataclass
+class Outcome:
+    """What a command run in this process gave: as ``subprocess.CompletedProcess`` names it."""
+
+    returncode: int
+    stderr: str
+    stdout: str
+
+
+def gliomaprog_here(capsys, *arguments) -> Outcome:
+    """``gliomaprog ARGUMENTS`` in this process (``cli.main``), its output taken from pytest's ``capsys``: for
+    commands whose import and start-up would cost more than their work."""
+    from GliomaProgressionLib.cli import main as cli
+
+    code = cli.main([str(a) for a in arguments])
+    captured = capsys.readouterr()
+    return Outcome(code, captured.err, captured.out)
+
+
+def assert_nothing_written(parent, out) -> None:
+    """Neither the output nor a staging folder beside it (``.partial-``) is left behind."""
+    assert not out.exists()
+    assert not [p for p in parent.iterdir() if ".partial-" in p.name]

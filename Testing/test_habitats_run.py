@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import assert_one_line_error
+from helpers import assert_nothing_written, assert_one_line_error, gliomaprog_here
 
 from GliomaProgressionLib.case.preprocess import lesion_by_volume_on_dsc
-from GliomaProgressionLib.cli import main as cli
 from GliomaProgressionLib.runs import habitats as run
 
 HABITAT_CASE = {"seed": 3, "size": "small", "habitats": True}
@@ -31,22 +30,6 @@ def _array(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-class Outcome:
-    def __init__(self, code, err, out):
-        self.returncode, self.stderr, self.stdout = code, err, out
-
-
-def _gliomaprog(capsys, *arguments) -> Outcome:
-    code = cli.main([str(a) for a in arguments])
-    captured = capsys.readouterr()
-    return Outcome(code, captured.err, captured.out)
-
-
-def _nothing_written(parent, out) -> None:
-    assert not out.exists()
-    assert not [p for p in parent.iterdir() if ".partial-" in p.name]
-
-
 def adjusted_rand_index(truth: np.ndarray, found: np.ndarray, labelled_only: bool = False) -> float:
     """ARI over the truth's habitat voxels (a voxel left out counts as 0), or over those both label."""
     from sklearn.metrics import adjusted_rand_score
@@ -60,7 +43,7 @@ def test_habitats_end_to_end_on_the_phantom(habitat_case, tmp_path, capsys):
     from DSCPerfusionLib.habitats.labels import HABITAT_BY_KEY, HABITAT_BY_VALUE
 
     out = tmp_path / "habitats"
-    result = _gliomaprog(capsys, "habitats", habitat_case, "--out", out, "--quiet")
+    result = gliomaprog_here(capsys, "habitats", habitat_case, "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr
     assert "synthetic" in result.stdout.lower() and str(out) in result.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(run.OUTPUT_FILES)
@@ -92,9 +75,9 @@ def test_no_dsc_is_refused_in_one_line(habitat_case, tmp_path, capsys):
     case = _copy_case(habitat_case, tmp_path / "case")
     (case / "dsc.nii.gz").unlink()
     (case / "dsc.json").unlink()
-    result = _gliomaprog(capsys, "habitats", case, "--out", tmp_path / "out")
+    result = gliomaprog_here(capsys, "habitats", case, "--out", tmp_path / "out")
     assert_one_line_error(result, "need a DSC series", "has none")
-    _nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
 
 
 @pytest.mark.parametrize("removed, region", [(3, "CEL"), (2, "NEL")])
@@ -106,9 +89,9 @@ def test_a_lesion_without_cel_or_nel_is_refused_in_one_line(habitat_case, tmp_pa
     changed = sitk.GetImageFromArray(array)
     changed.CopyInformation(lesion)
     sitk.WriteImage(changed, str(case / "lesion.nii.gz"))
-    result = _gliomaprog(capsys, "habitats", case, "--out", tmp_path / "out", "--quiet")
+    result = gliomaprog_here(capsys, "habitats", case, "--out", tmp_path / "out", "--quiet")
     assert_one_line_error(result, f"label {removed}, the {region}", "lesion")
-    _nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
 
 
 def test_too_few_cel_voxels_on_the_dsc_grid_are_refused_in_one_line(habitat_case, tmp_path, capsys):
@@ -123,9 +106,9 @@ def test_too_few_cel_voxels_on_the_dsc_grid_are_refused_in_one_line(habitat_case
     changed = sitk.GetImageFromArray(array)
     changed.CopyInformation(lesion)
     sitk.WriteImage(changed, str(case / "lesion.nii.gz"))
-    result = _gliomaprog(capsys, "habitats", case, "--out", tmp_path / "out", "--alignment", "scanner", "--quiet")
+    result = gliomaprog_here(capsys, "habitats", case, "--out", tmp_path / "out", "--alignment", "scanner", "--quiet")
     assert_one_line_error(result, "The CEL has", "voxels on the DSC grid", "at least")
-    _nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
 
 
 def test_a_tampered_or_unknown_model_is_refused_before_any_work(habitat_case, tmp_path, capsys, monkeypatch):
@@ -140,12 +123,12 @@ def test_a_tampered_or_unknown_model_is_refused_before_any_work(habitat_case, tm
     data[len(data) // 2] ^= 0xFF
     package.write_bytes(bytes(data))
     monkeypatch.setenv("GLIOMAPROG_RESOURCES", str(resources))
-    result = _gliomaprog(capsys, "habitats", habitat_case, "--out", tmp_path / "out")
+    result = gliomaprog_here(capsys, "habitats", habitat_case, "--out", tmp_path / "out")
     assert_one_line_error(result, package.name, "tampered")
-    _nothing_written(tmp_path, tmp_path / "out")
-    result = _gliomaprog(capsys, "habitats", habitat_case, "--out", tmp_path / "out", "--model", "no-such-model")
+    assert_nothing_written(tmp_path, tmp_path / "out")
+    result = gliomaprog_here(capsys, "habitats", habitat_case, "--out", tmp_path / "out", "--model", "no-such-model")
     assert_one_line_error(result, "Unknown habitat model 'no-such-model'", DEFAULT_HABITAT_MODEL)
-    _nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -157,7 +140,7 @@ def test_habitats_train_writes_a_package_that_loads_and_runs(habitat_case, tmp_p
     (cohort / "case_a").symlink_to(habitat_case, target_is_directory=True)
     (cohort / "not_a_case").mkdir()  # no t1c: not listed
     out = tmp_path / "model"
-    result = _gliomaprog(capsys, "cohort", "habitats-train", cohort, "--out", out, "--epochs", "1", "--k-max", "3",
+    result = gliomaprog_here(capsys, "cohort", "habitats-train", cohort, "--out", out, "--epochs", "1", "--k-max", "3",
                          "--id", "tiny-test", "--title", "Tiny", "--synthetic", "--alignment", "scanner", "--quiet")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["models_entry.json", "tiny_test.zip", "training.json"]
@@ -180,9 +163,9 @@ def test_habitats_train_refuses_a_cohort_without_usable_case(habitat_case, tmp_p
     cohort = tmp_path / "cohort"
     case = _copy_case(habitat_case, cohort / "case_a")
     (case / "dsc.nii.gz").unlink()
-    result = _gliomaprog(capsys, "cohort", "habitats-train", cohort, "--out", tmp_path / "model", "--quiet")
+    result = gliomaprog_here(capsys, "cohort", "habitats-train", cohort, "--out", tmp_path / "model", "--quiet")
     assert_one_line_error(result, "No case of the cohort", "need a DSC series")
-    _nothing_written(tmp_path, tmp_path / "model")
+    assert_nothing_written(tmp_path, tmp_path / "model")
 
 
 def test_lesion_reaches_the_dsc_grid_by_the_label_filling_most_of_each_voxel():

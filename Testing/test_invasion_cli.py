@@ -7,31 +7,18 @@ the workflow and that the held-out AUC beats chance, not the model's quality."""
 
 import json
 import shutil
-from collections import namedtuple
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import assert_one_line_error
+from helpers import assert_nothing_written, assert_one_line_error, gliomaprog_here
 
 from GliomaProgressionLib.cli import main as cli
 
-Outcome = namedtuple("Outcome", "returncode stderr stdout")
 SEEDS = (1, 2)
 FAST = ("--channels", "t1c", "flair", "--spacing", "3", "--radius", "1", "--features", "firstorder_Mean",
         "firstorder_Median", "glcm_Contrast", "--max-iter", "60", "--voxels-per-class", "150", "--test-fraction", "0.5")
-
-
-def _gliomaprog(capsys, *arguments) -> Outcome:
-    code = cli.main([str(a) for a in arguments])
-    captured = capsys.readouterr()
-    return Outcome(code, captured.err, captured.out)
-
-
-def _nothing_written(parent, out) -> None:
-    assert not out.exists()
-    assert not [p for p in parent.iterdir() if ".partial-" in p.name]
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +84,7 @@ def test_invasion_writes_the_documented_files_for_a_listed_model(cohort, trained
     held_out = next(name for name, part in json.loads((trained / "training.json").read_text())
                     ["split_of_cases"].items() if part == "test")
     out = tmp_path / "out"
-    result = _gliomaprog(capsys, "invasion", cohort / held_out, "--out", out, "--model", "invasion-test", "--quiet")
+    result = gliomaprog_here(capsys, "invasion", cohort / held_out, "--out", out, "--model", "invasion-test", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "not for clinical use" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["invasion.json", "invasion_label.nii.gz",
@@ -117,15 +104,15 @@ def test_invasion_writes_the_documented_files_for_a_listed_model(cohort, trained
 
 
 def test_an_unknown_or_tampered_model_is_refused_before_any_work(cohort, listed, tmp_path, capsys):
-    result = _gliomaprog(capsys, "invasion", cohort / "case1", "--out", tmp_path / "out", "--model", "no-such-model")
+    result = gliomaprog_here(capsys, "invasion", cohort / "case1", "--out", tmp_path / "out", "--model", "no-such-model")
     assert_one_line_error(result, "Unknown invasion model 'no-such-model'", "invasion-test")
-    _nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
     data = bytearray(listed.read_bytes())
     data[len(data) // 2] ^= 0xFF
     listed.write_bytes(bytes(data))
-    result = _gliomaprog(capsys, "invasion", cohort / "case1", "--out", tmp_path / "out", "--model", "invasion-test")
+    result = gliomaprog_here(capsys, "invasion", cohort / "case1", "--out", tmp_path / "out", "--model", "invasion-test")
     assert_one_line_error(result, listed.name, "tampered")
-    _nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
 
 
 def test_a_channel_the_case_lacks_is_refused_in_one_line(cohort, tmp_path, capsys):
@@ -138,10 +125,10 @@ def test_a_channel_the_case_lacks_is_refused_in_one_line(cohort, tmp_path, capsy
                              features=("firstorder_Mean",), radius=1, bin_count=16, spacing_mm=3.0,
                              hidden_layers=(4,), max_iter=5)
     package, _ = package_invasion_model(model, tmp_path / "needs_ncbv.zip", {"id": "needs-ncbv", "title": "t"})
-    result = _gliomaprog(capsys, "invasion", cohort / "case1", "--out", tmp_path / "out", "--model", package)
+    result = gliomaprog_here(capsys, "invasion", cohort / "case1", "--out", tmp_path / "out", "--model", package)
     assert_one_line_error(result, "case1 has no nCBV channel (ncbv)", "'needs-ncbv'", "DSC series",
                           after_progress=True)
-    _nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
 
 
 def test_a_nan_map_is_refused_in_one_line(cohort, trained, tmp_path, capsys):
@@ -152,10 +139,10 @@ def test_a_nan_map_is_refused_in_one_line(cohort, trained, tmp_path, capsys):
     changed = sitk.GetImageFromArray(array)
     changed.CopyInformation(flair)
     sitk.WriteImage(changed, str(case / "flair.nii.gz"))
-    result = _gliomaprog(capsys, "invasion", case, "--out", tmp_path / "out", "--model",
+    result = gliomaprog_here(capsys, "invasion", case, "--out", tmp_path / "out", "--model",
                          trained / "invasion_test.zip", "--quiet")
     assert_one_line_error(result, "FLAIR", "16")
-    _nothing_written(tmp_path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
 
 
 @pytest.mark.parametrize("option, fragments", [
@@ -164,6 +151,6 @@ def test_a_nan_map_is_refused_in_one_line(cohort, trained, tmp_path, capsys):
     (("--test-fraction", "1"), ("test fraction must be at least 0 and below 1",)),
 ])
 def test_invasion_train_refuses_bad_settings_before_reading_any_case(cohort, tmp_path, capsys, option, fragments):
-    result = _gliomaprog(capsys, "cohort", "invasion-train", cohort, "--out", tmp_path / "model", *option, "--quiet")
+    result = gliomaprog_here(capsys, "cohort", "invasion-train", cohort, "--out", tmp_path / "model", *option, "--quiet")
     assert_one_line_error(result, *fragments)
-    _nothing_written(tmp_path, tmp_path / "model")
+    assert_nothing_written(tmp_path, tmp_path / "model")
