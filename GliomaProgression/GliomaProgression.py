@@ -678,6 +678,18 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
                 write_volume(mrml.volume_from_node(node), files["maps"][name])
         return files
 
+    def _jobResults(self, runner, folder, waitForCompletion, running, failed):
+        """The results folder of a background job that has ended; ValueError ``running`` while it has not, and
+        ``failed: <its last error line>`` (the job folder removed) when it ended badly."""
+        code = runner.wait() if waitForCompletion else runner.poll()
+        if code is None:
+            raise ValueError(running)
+        if code != 0:
+            message = runner.error_message()
+            self.discardJobFolder(folder)
+            raise ValueError(f"{failed}: {message}")
+        return os.path.join(folder, "results")
+
     def finishPrediction(self, runner, folder, waitForCompletion=False, name=None):
         """Load a finished prediction: heat map (0-1), the PROGRESSION_NAME segment, verdict, and the notes
         about perfusion (PERFUSION_SKIPPED without a DSC series). Returns nodes."""
@@ -686,14 +698,8 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
         from GliomaProgressionLib import mrml
         from GliomaProgressionLib.case.files import read_volume
 
-        code = runner.wait() if waitForCompletion else runner.poll()
-        if code is None:
-            raise ValueError("The prediction is still running.")
-        if code != 0:
-            message = runner.error_message()
-            self.discardJobFolder(folder)
-            raise ValueError(f"The prediction failed: {message}")
-        results = os.path.join(folder, "results")
+        results = self._jobResults(runner, folder, waitForCompletion, "The prediction is still running.",
+                                   "The prediction failed")
         prediction = json.loads(open(os.path.join(results, "prediction.json")).read())
         name = name or "Progression"
         probability, segmentation = self._loadHeatMapAndSegment(
@@ -804,14 +810,8 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
 
         from GliomaProgressionLib.runs.invasion import INVASION_JSON, LABEL_FILE, PROBABILITY_FILE
 
-        code = runner.wait() if waitForCompletion else runner.poll()
-        if code is None:
-            raise ValueError("The invasion map is still being computed.")
-        if code != 0:
-            message = runner.error_message()
-            self.discardJobFolder(folder)
-            raise ValueError(f"The invasion map failed: {message}")
-        results = os.path.join(folder, "results")
+        results = self._jobResults(runner, folder, waitForCompletion, "The invasion map is still being computed.",
+                                   "The invasion map failed")
         with open(os.path.join(results, INVASION_JSON), encoding="utf-8") as document:
             invasion = json.load(document)
         probability, segmentation = self._loadHeatMapAndSegment(
