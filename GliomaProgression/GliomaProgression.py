@@ -16,7 +16,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.util import VTKObservationMixin
 
 from DSCPerfusionLib.signal import ECHO_TIME_MS_RANGE
-from GliomaProgressionLib.case.channels import DERIVED, DIFFUSION_FILES, MAP_PREFIX, channel_modality
+from GliomaProgressionLib.case.channels import DERIVED, channel_modality, map_sources
 from GliomaProgressionLib.models import process
 from GliomaProgressionLib.models.invasion_packages import SYNTHETIC_NOTICE as INVASION_SYNTHETIC_NOTICE
 from GliomaProgressionLib import dependencies
@@ -562,12 +562,7 @@ class GliomaProgressionLogic(ScriptedLoadableModuleLogic):
     def mapsNeeded(channels):
         """The maps (adc, fa, md, map_<name>) that ``channels`` need from the scene, in model order: p and q are
         derived from MD and FA (case.channels.DERIVED), CE-T1, FLAIR and nCBV have inputs of their own."""
-        needed = []
-        for name in channels:
-            for source in DERIVED.get(name, (name,)):
-                if (source in DIFFUSION_FILES or source.startswith(MAP_PREFIX)) and source not in needed:
-                    needed.append(source)
-        return needed
+        return map_sources(channels)
 
     @staticmethod
     def missingMapSentence(model, name, channels):

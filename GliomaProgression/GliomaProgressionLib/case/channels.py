@@ -103,9 +103,20 @@ def parse_map_argument(text: str) -> tuple[str, Path]:
     return check_channel_name(name, f"The map {text!r}"), Path(path)
 
 
+def map_sources(channels) -> list[str]:
+    """The maps (adc, fa, md, map_<name>) that ``channels`` take from the case, in model order: p and q from MD and
+    FA; CE-T1, FLAIR and nCBV have series of their own."""
+    needed = []
+    for name in channels:
+        for source in DERIVED.get(name, (name,)):
+            if (source in DIFFUSION_FILES or source.startswith(MAP_PREFIX)) and source not in needed:
+                needed.append(source)
+    return needed
+
+
 def maps_needed(channels: list[str] | tuple[str, ...], maps: dict) -> dict:
     """The case's maps that ``channels`` use, directly or to derive p and q from: only they are registered."""
-    wanted = {source for name in channels for source in DERIVED.get(name, (name,))}
+    wanted = set(map_sources(channels))
     return {name: image for name, image in maps.items() if name in wanted}
 
 

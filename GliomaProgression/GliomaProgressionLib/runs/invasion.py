@@ -53,7 +53,7 @@ def prepare_invasion_case(case_folder: str | Path, channels, spacing_mm: float, 
                           progress: Progress | None = None):
     """(CaseInputs, PreparedCase) of a case folder with every channel in ``channels`` (None: all it can give) on the
     CE-T1 reference grid of ``spacing_mm``; a channel it cannot give is refused in one sentence."""
-    from GliomaProgressionLib.case.channels import CHANNELS, DERIVED, missing_channel_message
+    from GliomaProgressionLib.case.channels import CHANNELS, DERIVED, maps_needed, missing_channel_message
     from GliomaProgressionLib.case.folder import has_series, read_case
     from GliomaProgressionLib.case.preprocess import prepare_case
 
@@ -63,9 +63,7 @@ def prepare_invasion_case(case_folder: str | Path, channels, spacing_mm: float, 
         raise ValueError(missing_channel_message(folder.name, "ncbv", model_name))
     inputs = read_case(folder, with_dsc=needs_dsc)
     # Only the maps the channels use are registered (without channels: the named ones a default model takes).
-    wanted = set(CHANNELS) if channels is None else {source for name in channels
-                                                     for source in DERIVED.get(name, (name,))}
-    maps = {name: image for name, image in inputs.maps.items() if name in wanted}
+    maps = maps_needed(CHANNELS if channels is None else channels, inputs.maps)
     for name in channels or ():
         if name not in ("t1c", "flair", "ncbv") and not set(DERIVED.get(name, (name,))) <= set(maps):
             raise ValueError(missing_channel_message(inputs.name, name, model_name))
