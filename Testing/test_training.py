@@ -84,3 +84,21 @@ def test_shipped_package_contents(model_id):
     assert training_info["epochs"] * training_info["iterations_per_epoch"] >= 100
     evaluation = entry.get("evaluation")
     assert evaluation is not None and evaluation["cases"] >= 10 and evaluation["negatives"] >= 1
+
+
+def test_nnunet_preprocessing_pools_run_as_threads_inside_the_context_only():
+    """The small-dataset shortcut of ``plan_and_preprocess_dataset``: nnU-Net's three pools become thread pools
+    (the same API, ``_pool`` liveness included) and are processes again afterwards, even after an error."""
+    import importlib
+    import multiprocessing
+    from multiprocessing.pool import ThreadPool
+
+    modules = [importlib.import_module(name) for name in training.NNUNET_POOL_MODULES]
+    with pytest.raises(KeyError):
+        with training.nnunet_pools_as_threads():
+            for module in modules:
+                with module.multiprocessing.get_context("spawn").Pool(2) as pool:
+                    assert isinstance(pool, ThreadPool) and all(worker.is_alive() for worker in pool._pool)
+                    assert pool.starmap(divmod, [(7, 2)]) == [(3, 1)]
+            raise KeyError("an nnU-Net error inside")
+    assert all(module.multiprocessing is multiprocessing for module in modules)

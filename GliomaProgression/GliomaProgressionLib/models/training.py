@@ -26,6 +26,7 @@ which ``make demo-models`` runs):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -215,19 +216,81 @@ def custom_configuration(configuration: dict, spacing_mm: float = SPACING_MM) ->
     return configuration
 
 
+# Up to this many training cases, nnU-Net's integrity check, fingerprint and preprocessing run their workers as
+# threads of this process (see nnunet_pools_as_threads).
+THREADED_PREPROCESSING_MAX_CASES = 24
+# The nnU-Net 2.8 modules that start a pool of spawned processes for those three steps.
+NNUNET_POOL_MODULES = ("nnunetv2.experiment_planning.verify_dataset_integrity",
+                       "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor",
+                       "nnunetv2.preprocessing.preprocessors.default_preprocessor")
+
+
+@contextlib.contextmanager
+def nnunet_pools_as_threads():
+    """Each of nnU-Net's three preprocessing pools spawns processes that import torch and nnU-Net anew, about
+    10 s per pool on two cores; for a few small cases that import costs more than the work, so the same workers
+    run as threads here (the pools' API, ``_pool`` liveness checks included, is ``multiprocessing``'s)."""
+    import importlib
+    import multiprocessing.pool
+    from types import SimpleNamespace
+
+    threads = SimpleNamespace(get_context=lambda method=None: SimpleNamespace(Pool=multiprocessing.pool.ThreadPool))
+    modules = [importlib.import_module(name) for name in NNUNET_POOL_MODULES]
+    originals = [module.multiprocessing for module in modules]
+    for module in modules:
+        module.multiprocessing = threads
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module.multiprocessing = original
+
+
+# nnU-Net samples 10^8 foreground voxels for its intensity statistics, shared among the cases with replacement: a
+# 6-case dataset draws 17 M per case from a few thousand voxels (30 s here). This cap is nnU-Net's own share for a
+# 100-case dataset; the statistics serve CT normalisation only, which the product's MR channels never use.
+FOREGROUND_SAMPLES_PER_CASE = 10 ** 6
+
+
+def fingerprint_extractor_class():
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+    class CappedFingerprintExtractor(DatasetFingerprintExtractor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.num_foreground_voxels_for_intensitystats = min(
+                self.num_foreground_voxels_for_intensitystats, FOREGROUND_SAMPLES_PER_CASE * len(self.dataset))
+
+    return CappedFingerprintExtractor
+
+
+def count_training_cases(dataset_id: int) -> int:
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    labels = Path(nnUNet_raw) / convert_id_to_dataset_name(dataset_id) / "labelsTr"
+    return sum(1 for _ in labels.glob("*.nii.gz"))
+
+
 def plan_and_preprocess_dataset(dataset_id: int, name: str, work: Path, small: bool = True,
                                 spacing_mm: float = SPACING_MM) -> dict:
     """nnU-Net's fingerprint (with its integrity check), planner, then the small plan (or nnU-Net's own
     3d_fullres when ``small`` is false) under CONFIGURATION, and preprocessing. Shared by the demo recipe and
     ``gliomaprog cohort train``; returns the plans."""
+    few_cases = count_training_cases(dataset_id) <= THREADED_PREPROCESSING_MAX_CASES
+    with nnunet_pools_as_threads() if few_cases else contextlib.nullcontext():
+        return _plan_and_preprocess(dataset_id, name, work, small, spacing_mm)
+
+
+def _plan_and_preprocess(dataset_id: int, name: str, work: Path, small: bool, spacing_mm: float) -> dict:
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
 
     # nnU-Net's own variable for its worker pools (set_nnunet_environment's default: 2, the cores we plan for).
     processes = max(1, int(os.environ.get("nnUNet_def_n_proc", "2")))
     try:
-        extract_fingerprint_dataset(dataset_id, num_processes=processes, check_dataset_integrity=True,
-                                    show_progress_bar=False)
+        extract_fingerprint_dataset(dataset_id, fingerprint_extractor_class(), num_processes=processes,
+                                    check_dataset_integrity=True, show_progress_bar=False)
     except (AssertionError, FileNotFoundError, RuntimeError) as error:  # nnU-Net's integrity check
         raise ValueError(f"nnU-Net's integrity check rejected {name}: {' '.join(str(error).split())}") from None
     plan_experiment_dataset(dataset_id)
