@@ -350,9 +350,9 @@ def test_stage_progress_shows_stage_elapsed_and_eta():
     now[0] = 20.0
     timings = progress.finish()
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "[case7 1/8 0:00] Reading and checking the series"
-    assert lines[1] == "[case7 3/8 0:03] Progression prediction"
-    assert lines[2] == "[case7 3/8 0:13]  25% Sliding window 3/12 (stage 0:10, about 0:30 left)"
+    assert lines[0] == "[case7 1/7 0:00] Reading and checking the series"
+    assert lines[1] == "[case7 3/7 0:03] Progression prediction"
+    assert lines[2] == "[case7 3/7 0:13]  25% Sliding window 3/12 (stage 0:10, about 0:30 left)"
     assert timings == {"read": 3.0, "predict": 17.0, "total": 20.0}
 
 

@@ -73,16 +73,16 @@ if TYPE_CHECKING:
 
 STAGES = {
     "read": "Reading and checking the series",
-    "prepare": "Registration, nCBV and perfusion habitats",
+    "prepare": "Registration and nCBV",
+    "habitats": "Perfusion habitats",
     "predict": "Progression prediction",
     "invasion": "Invasion map (voxel-wise radiomics)",
-    "save": "Writing registered series, perfusion maps and prediction",
     "ctv": "CTV proposals",
     "dicom": "RTSTRUCT and SEG export",
     "report": "Report",
     "scene": "Slicer scene",
 }
-OPTIONAL_STAGES = ("invasion",)  # counted in "stage k/N" only when the run takes them (StageProgress.take)
+OPTIONAL_STAGES = ("habitats", "invasion")  # counted in "stage k/N" only when the run takes them (StageProgress.take)
 REPORT_JSON = "report.json"
 OWNER_MARKER = ".gliomaprog-owner"  # in a staging folder: the run that writes it (models.process.owner_token)
 STAGING = ".partial-"  # in the names of case.files.staged_output_folder's staging folders
@@ -236,15 +236,18 @@ class CaseInvasion:
 
 @dataclass
 class CaseResults:
-    """Everything the report and the scene show; arrays on the reference grid unless said otherwise."""
+    """The case as the stages (``runs.stages``) fill it in, and everything the report and the scene show; arrays on
+    the reference grid unless said otherwise. The cohort workflow keeps it in a checkpoint between its rules."""
 
     inputs: CaseInputs
-    prepared: PreparedCase
-    prediction: PredictionResult
-    model: ModelPackage
     settings: RunSettings
-    brain: sitk.Image
-    recurrence: sitk.Image | None
+    model: ModelPackage
+    habitat_model: HabitatModelPackage | None = None  # None: no habitats asked for, or no DSC
+    invasion_model: InvasionModelPackage | None = None  # None: no invasion map asked for
+    prepared: PreparedCase | None = None  # from the prepare stage on
+    brain: sitk.Image | None = None
+    recurrence: sitk.Image | None = None
+    prediction: PredictionResult | None = None  # from the predict stage on
     targets: list[TargetMask] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # label mapping, perfusion skipped: report.json, page, scene
     ctv_report: dict = field(default_factory=dict)
@@ -253,6 +256,8 @@ class CaseResults:
     habitats: CaseHabitats | None = None
     habitats_skipped: str | None = None  # why there are none (one sentence), else None
     invasion: CaseInvasion | None = None  # only when the run was asked for it
+    data: dict | None = None  # report.json's content, from the report stage on
+    display: object = None  # what the report page shows (report.build_report), for the scene
 
 
 # --- stages ------------------------------------------------------------------------------------------------------
@@ -514,15 +519,14 @@ def write_registered(folder: Path, results: CaseResults) -> None:
                folder / "registration.json")
 
 
-def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> None:
-    """perfusion/, habitats/, prediction/, registered/ and converted/: what the modules' commands would write."""
+def write_prepared_outputs(staging: Path, results: CaseResults) -> None:
+    """registered/, perfusion/ (with DSC) and converted/ (series read from DICOM): what the modules' commands would
+    write."""
     from DSCPerfusionLib.pipeline import PerfusionOptions
 
     from GliomaProgressionLib.case.files import write_image
     from GliomaProgressionLib.case.folder import dsc_sidecar_header
-    from GliomaProgressionLib.runs.habitats import HABITATS_FOLDER, write_habitat_outputs
     from GliomaProgressionLib.runs.perfusion import write_perfusion_outputs
-    from GliomaProgressionLib.runs.predict import write_prediction
 
     inputs, prepared = results.inputs, results.prepared
     write_registered(staging / "registered", results)
@@ -535,20 +539,19 @@ def write_module_outputs(staging: Path, results: CaseResults, timings: dict) -> 
                                 lesion_labels=labels if labels.any() else None,
                                 header=dsc_sidecar_header(inputs.folder),
                                 ftb_thresholds=results.settings.ftb_thresholds)
-    if results.habitats is not None:
-        write_habitat_outputs(results.habitats.result, dsc_grid(inputs), prepared.reference, staging / HABITATS_FOLDER,
-                              results.habitats.package.info(), registration=prepared.registrations["dsc"],
-                              alignment="registration", inputs=dict(inputs.sources),
-                              elapsed_s=results.habitats.elapsed_s)
-    write_prediction(staging / "prediction", prepared, results.prediction, results.model,
-                     results.settings.prediction_settings(), {"inference": timings.get("predict", 0.0)},
-                     inputs=inputs.sources)
-    if results.invasion is not None:
-        write_invasion_outputs(staging / INVASION_FOLDER, results.invasion, inputs.sources)
     if inputs.converted:
         (staging / "converted").mkdir()
         for name, image in inputs.converted.items():
             write_image(image, staging / "converted" / f"{name}.nii.gz")
+
+
+def write_habitats(staging: Path, results: CaseResults) -> None:
+    from GliomaProgressionLib.runs.habitats import HABITATS_FOLDER, write_habitat_outputs
+
+    inputs, prepared = results.inputs, results.prepared
+    write_habitat_outputs(results.habitats.result, dsc_grid(inputs), prepared.reference, staging / HABITATS_FOLDER,
+                          results.habitats.package.info(), registration=prepared.registrations["dsc"],
+                          alignment="registration", inputs=dict(inputs.sources), elapsed_s=results.habitats.elapsed_s)
 
 
 def plan_ctvs(staging: Path, results: CaseResults, progress: StageProgress) -> None:
@@ -656,95 +659,21 @@ def _structures(results: CaseResults, source) -> tuple[list, list[str]]:
 
 def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = RunSettings(),
              progress: StageProgress | None = None) -> dict:
-    """Run one case into the new folder ``out`` (all or nothing); returns what report.json holds."""
-    from GliomaProgressionLib.report import scene as case_scene
-    from GliomaProgressionLib.report import figure as report
-    from GliomaProgressionLib.case.dicom_source import read_source_series
-    from GliomaProgressionLib.case.folder import has_series, read_case
-    from GliomaProgressionLib.runs.ctv import parse_schemes
+    """Run one case into the new folder ``out`` (all or nothing); returns what report.json holds. The stages are
+    ``runs.stages``' functions, the ones the cohort workflow runs one rule each."""
     from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder
-    from GliomaProgressionLib.models.habitat_packages import resolve_habitat_model
-    from GliomaProgressionLib.models.packages import resolve_model
-    from GliomaProgressionLib.runs.predict import check_lesion_in_brain, predict_prepared
-    from GliomaProgressionLib.case.preprocess import prepare_case
-    from GliomaProgressionLib.case.registration import resample_onto
-    from GliomaProgressionLib.models.invasion_packages import resolve_invasion_model
+    from GliomaProgressionLib.runs import stages
 
     out = check_new_output_folder(Path(out))
     sweep_stale_leftovers(out.absolute().parent, out.name)
     progress = progress or StageProgress(Path(case_folder).name)
-    if settings.invasion is not None:
-        progress.take("invasion")
-    prediction_settings = settings.prediction_settings()
-    parse_schemes(list(settings.schemes) if settings.schemes else None, True)  # a bad name fails before the work
-    checked_thresholds(settings.ftb_thresholds)
-    progress.start("read")
-    # DSC is optional: read when the folder has it (nCBV for the report even with the conventional model)
-    inputs = read_case(case_folder, settings.recurrence, with_dsc=has_series(case_folder, "dsc"))
-    check_lesion_in_brain(inputs.t1c, inputs.lesion, inputs.sources["lesion"], inputs.brain,
-                          inputs.sources.get("brain"))
-    inputs.sources = recorded_inputs(inputs.sources, inputs.folder)
-    read_source_series(inputs.folder, inputs.t1c)  # a DICOM CE-T1 the RT objects cannot reference fails now
-    model = resolve_model(settings.model, trust=settings.trust_model)
-    check_model_inputs(inputs, model)
-    # A missing or tampered habitat model fails now, not after the long work.
-    wants_habitats = settings.habitats and inputs.dsc is not None
-    habitat_model = resolve_habitat_model(settings.habitat_model) if wants_habitats else None
-    # The invasion model too, and every channel it names: a missing one fails here, in one sentence.
-    invasion_model = resolve_invasion_model(settings.invasion) if settings.invasion is not None else None
-    if invasion_model is not None:
-        check_invasion_inputs(inputs, invasion_model)
-    notes = inputs.notes + ([] if inputs.dsc is not None else [report.PERFUSION_SKIPPED])
-    for note in notes:
-        progress.note(note)
-    progress.start("prepare")
-    timing = inputs.timing
-    prepared = prepare_case(inputs.t1c, inputs.flair, inputs.lesion, inputs.dsc,
-                            timing.times_s if timing else None, timing.te_s if timing else None,
-                            leakage=settings.leakage, progress=progress.update,
-                            maps=channels_to_register(inputs, model, invasion_model))
-    # Habitats right after nCBV, from the same series and masks, before the long prediction.
-    dsc_lesion = lesion_on_dsc(inputs, prepared)
-    habitats, habitats_skipped = case_habitats(settings, inputs, prepared, dsc_lesion, habitat_model,
-                                               lambda fraction, message: progress.update(0.9 + 0.1 * fraction,
-                                                                                         message))
-    if habitats_skipped not in (None, HABITATS_NOT_REQUESTED, HABITATS_NO_DSC):  # those two say nothing new
-        notes.append(habitats_skipped)
-        progress.note(habitats_skipped)
-    progress.start("predict")
-    prediction = predict_prepared(prepared, model, prediction_settings, progress=progress.update)
-    recurrence = (resample_onto(prepared.reference, inputs.recurrence, None, labels=True) > 0
-                  if inputs.recurrence is not None else None)
-    brain = brain_on_reference(prepared, inputs.brain, inputs.dsc.ijk_to_ras if inputs.dsc is not None else None)
-    invasion = None
-    if invasion_model is not None:
-        progress.start("invasion")
-        invasion = case_invasion(prepared, brain, recurrence, invasion_model, progress.update)
-    else:
-        progress.skip("invasion")
-    results = CaseResults(inputs, prepared, prediction, model, settings, brain, recurrence, notes=notes,
-                          dsc_lesion=dsc_lesion, habitats=habitats, habitats_skipped=habitats_skipped,
-                          invasion=invasion)
+    case = stages.read_case_stage(case_folder, settings, progress)  # every check before the long work
     with staged_output_folder(out) as staging:
         mark_owner(staging)
-        progress.start("save")
-        write_module_outputs(staging, results, progress.timings)
-        progress.start("ctv")
-        plan_ctvs(staging, results, progress)
-        progress.start("dicom")
-        results.dicom_files = export_dicom_structures(staging / "rtstruct", results)
-        progress.start("report")
-        data, display = report.build_report(results)
-        if results.habitats is not None:
-            data["habitats"]["maps"] = habitat_maps()
-        if results.invasion is not None:
-            data["invasion"]["maps"] = invasion_maps()
-        report.render_report(data, display, staging / "report.png")
-        progress.start("scene")
-        case_scene.write_case_scene(staging / "scene.mrb", data, results)
-        data["timings_s"] = progress.finish()
-        finish_output_folder(staging, data)
-    return data
+        stages.run_stages(case, staging, progress)
+        case.data["timings_s"] = progress.finish()
+        finish_output_folder(staging, case.data)
+    return case.data
 
 
 def summary_line(data: dict, out: Path) -> str:
