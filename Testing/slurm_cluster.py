@@ -1,10 +1,11 @@
 """A real one-node SLURM cluster for the tests: munged, slurmctld and slurmd on this machine, every file (config,
 key, sockets, state, logs) in one folder, every daemon stopped by its PID on exit.
 
-    with slurm_cluster(folder) as cluster:
+    with slurm_cluster() as cluster:  # or slurm_cluster(folder): at most 70 characters, for its Unix sockets
         subprocess.run(["sbatch", "--wrap", "hostname"], env={**os.environ, **cluster.env})
+        subprocess.run(["snakemake", *cluster.snakemake_options()], env={**os.environ, **cluster.env})
 
-Nothing is written outside ``folder``: clients find the cluster through ``SLURM_CONF`` (in ``cluster.env``).
+Nothing is written outside the folder: clients find the cluster through ``SLURM_CONF`` (in ``cluster.env``).
 Debian's ``slurm-wlm`` and ``munge`` packages provide the programs; ``slurm_programs_missing()`` says when they
 are not there.
 """
@@ -18,6 +19,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +28,10 @@ from typing import Iterator
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "srun", "sinfo", "scancel", "scontrol")
 PARTITION = "debug"
-# A Unix socket path holds at most 107 bytes; slurmd puts "<node>_<job>.<step>" sockets in its spool folder.
-LONGEST_FOLDER = 60
+# Not this machine's name (slurmd -N takes any): slurmd makes sockets named after it, and the name stays short.
+NODE = "node1"
+# A Unix socket path holds at most 107 bytes; slurmd makes "<folder>/spool/node1_<job>.<step>" sockets (34 more).
+LONGEST_FOLDER = 70
 START_TIMEOUT = 30.0
 STOP_GRACE = 5.0
 # A cap on every daemon's life (coreutils `timeout`, ending in SIGKILL): a test run killed outright leaves no
@@ -72,6 +76,17 @@ class SlurmCluster:
                  "slurmd": self.folder / "slurmd.pid"}
         return {name: int(path.read_text().split()[0]) for name, path in files.items() if path.exists()}
 
+    def snakemake_options(self, jobs: int = 2) -> list[str]:
+        """snakemake's options to run a workflow through this cluster (executor plugin snakemake-executor-plugin-slurm).
+        """
+        return ["--executor", "slurm", "--jobs", str(jobs),
+                # The default status command, sacct, needs slurmdbd, which this cluster lacks: snakemake would wait
+                # for ever (and ignore SIGTERM).
+                "--slurm-status-command", "squeue",
+                # The first status check after 1 s instead of 40 s; later ones follow the executor's own back-off.
+                "--slurm-init-seconds-before-status-checks", "1",
+                "--default-resources", f"slurm_partition={self.partition}", "mem_mb=500", "runtime=5"]
+
     def run(self, *command: str, timeout: float = 30, **options) -> subprocess.CompletedProcess:
         """A client command (sinfo, squeue, sbatch, ...) against this cluster, its output captured as text."""
         return subprocess.run(command, env={**os.environ, **self.env}, capture_output=True, text=True,
@@ -84,16 +99,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _node_name() -> str:
-    # slurmctld only accepts a SlurmctldHost that names this machine.
-    return socket.gethostname().split(".")[0]
-
-
 def _slurm_conf(folder: Path, node: str) -> str:
     cpus = max(2, os.cpu_count() or 1)
     return f"""\
 ClusterName=testcluster
-SlurmctldHost={node}(127.0.0.1)
+# slurmctld runs only where SlurmctldHost names the machine it is on; "localhost" does on every machine.
+SlurmctldHost=localhost(127.0.0.1)
+MailProg=/bin/true
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 SlurmUser=root
@@ -215,30 +227,44 @@ def _stop(cluster: SlurmCluster) -> None:
         process.wait()
 
 
-@contextlib.contextmanager
-def slurm_cluster(folder: str | os.PathLike) -> Iterator[SlurmCluster]:
-    """A running one-node SLURM cluster with its files in ``folder``; every daemon stopped on exit, also after an
-    error in the body."""
-    folder = Path(folder).resolve()
+def _configured(folder: Path) -> SlurmCluster:
+    for part in ("state", "spool"):
+        (folder / part).mkdir(exist_ok=True)
+    conf = folder / "slurm.conf"
+    conf.write_text(_slurm_conf(folder, NODE))
+    env = {"SLURM_CONF": str(conf), "PATH": os.pathsep.join([str(_srun_wrapper(folder)), os.environ.get("PATH", "")])}
+    return SlurmCluster(folder=folder, partition=PARTITION, env=env, node=NODE)
+
+
+def _check_folder(folder: Path) -> None:
     if len(str(folder)) > LONGEST_FOLDER:
         raise ValueError(f"SLURM test cluster folder {folder} is longer than {LONGEST_FOLDER} characters, "
                          "too long for the Unix sockets made in it.")
+
+
+@contextlib.contextmanager
+def slurm_cluster(folder: str | os.PathLike | None = None) -> Iterator[SlurmCluster]:
+    """A running one-node SLURM cluster with its files in ``folder``; every daemon stopped on exit, also after an
+    error in the body. Without a folder: a new one in the system's temporary folder (short enough for the cluster's
+    Unix sockets, where pytest's may not be), removed on exit."""
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="slurm-") as temporary:
+            with slurm_cluster(temporary) as cluster:
+                yield cluster
+        return
+    folder = Path(folder).resolve()
+    _check_folder(folder)
     missing = slurm_programs_missing()
     if missing:
         raise RuntimeError(missing)
     folder.mkdir(parents=True, exist_ok=True)
-    for part in ("state", "spool"):
-        (folder / part).mkdir(exist_ok=True)
-    node = _node_name()
-    conf = folder / "slurm.conf"
-    conf.write_text(_slurm_conf(folder, node))
-    env = {"SLURM_CONF": str(conf), "PATH": os.pathsep.join([str(_srun_wrapper(folder)), os.environ.get("PATH", "")])}
-    cluster = SlurmCluster(folder=folder, partition=PARTITION, env=env, node=node)
+    cluster = _configured(folder)
+    conf = cluster.env["SLURM_CONF"]
     try:
         cluster.daemons["munged"] = _start_munged(folder)
         _wait_for("munge socket", (folder / "munge" / "munge.socket").exists, cluster)
-        cluster.daemons["slurmctld"] = _start("slurmctld", [_program("slurmctld"), "-D", "-i", "-f", str(conf)], folder)
-        cluster.daemons["slurmd"] = _start("slurmd", [_program("slurmd"), "-D", "-N", node, "-f", str(conf)], folder)
+        cluster.daemons["slurmctld"] = _start("slurmctld", [_program("slurmctld"), "-D", "-i", "-f", conf], folder)
+        cluster.daemons["slurmd"] = _start("slurmd", [_program("slurmd"), "-D", "-N", NODE, "-f", conf], folder)
         _wait_for("idle node", lambda: _node_state(cluster) == "idle", cluster)
         yield cluster
     finally:

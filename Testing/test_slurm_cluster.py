@@ -1,8 +1,9 @@
 """The one-node SLURM test cluster (slurm_cluster.py) and snakemake's SLURM executor on it.
 
-snakemake runs with ``--slurm-status-command squeue``: the default, sacct, needs slurmdbd, which the test cluster
-does not run (without it snakemake waits forever). The successful and the failing workflow run side by side on one
-cluster: each takes 25-35 s, mostly the executor's waits between status checks, so together they take one's time.
+snakemake runs with the cluster's options (SlurmCluster.snakemake_options: the squeue status command, as the
+cluster has no slurmdbd for sacct). The successful and the failing workflow run side by side on one
+cluster: each takes 25-35 s, mostly the executor's waits between status checks, so together they take one's time
+(the failing one's 35 s: after a failed job the executor sleeps out its 21 s status interval before it exits).
 """
 
 import os
@@ -69,28 +70,30 @@ def _wait_for_file(path: Path, timeout: float) -> bool:
     return path.exists()
 
 
-def test_cluster_runs_a_batch_job_and_stops_every_daemon(tmp_path_factory):
+def test_cluster_runs_a_batch_job_and_stops_every_daemon():
     _require_slurm()
-    folder = tmp_path_factory.mktemp("slurm")
-    with slurm_cluster(folder) as cluster:
+    with slurm_cluster() as cluster:
         groups = cluster.pids
         daemons = cluster.daemon_pids()
-        submitted = cluster.run("sbatch", f"--partition={cluster.partition}", "--wrap", "hostname > out", cwd=folder)
+        submitted = cluster.run("sbatch", f"--partition={cluster.partition}", "--wrap", "hostname > out",
+                                cwd=cluster.folder)
         assert submitted.returncode == 0, submitted.stderr
-        assert _wait_for_file(folder / "out", timeout=30), "the batch job wrote no file within 30 s"
-    assert (folder / "out").read_text().strip()
+        assert _wait_for_file(cluster.folder / "out", timeout=30), "the batch job wrote no file within 30 s"
+        assert (cluster.folder / "out").read_text().strip()
     assert sorted(daemons) == ["munged", "slurmctld", "slurmd"]
     assert [name for name, pid in daemons.items() if not _is_gone(pid)] == []
     assert [name for name, pgid in groups.items() if not _group_is_gone(pgid)] == []
+    assert not cluster.folder.exists()
 
 
-def test_cluster_stops_every_daemon_when_the_body_raises(tmp_path_factory):
+def test_cluster_stops_every_daemon_when_the_body_raises():
     _require_slurm()
     with pytest.raises(KeyError):
-        with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        with slurm_cluster() as cluster:
             groups = cluster.pids
             raise KeyError("the body failed")
     assert [name for name, pgid in groups.items() if not _group_is_gone(pgid)] == []
+    assert not cluster.folder.exists()
 
 
 def test_cluster_refuses_a_folder_too_long_for_its_sockets(tmp_path):
@@ -99,22 +102,14 @@ def test_cluster_refuses_a_folder_too_long_for_its_sockets(tmp_path):
             pass
 
 
-def _snakemake_command(partition: str) -> list[str]:
-    return [str(SNAKEMAKE), "--executor", "slurm", "--jobs", "2",
-            "--slurm-status-command", "squeue",
-            # The first status check after 1 s instead of 40 s; later ones follow the executor's own back-off.
-            "--slurm-init-seconds-before-status-checks", "1",
-            "--default-resources", f"slurm_partition={partition}", "mem_mb=500", "runtime=5"]
-
-
 def _start_workflow(folder: Path, snakefile: str, cluster) -> subprocess.Popen:
     folder.mkdir()
     (folder / "Snakefile").write_text(snakefile)
     # snakemake's caches stay in the test's folder, not in the home folder.
     env = {**os.environ, **cluster.env, "XDG_CACHE_HOME": str(folder / "cache")}
     with open(folder / "snakemake.log", "wb") as log:
-        return subprocess.Popen(_snakemake_command(cluster.partition), cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen([str(SNAKEMAKE), *cluster.snakemake_options()], cwd=folder, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _finish(process: subprocess.Popen, deadline: float) -> int | None:
@@ -132,7 +127,7 @@ def workflow_runs(tmp_path_factory) -> dict[str, tuple[int | None, Path]]:
     """Both workflows run side by side on one cluster: {name: (exit code or None after a timeout, folder)}."""
     _require_slurm()
     runs = tmp_path_factory.mktemp("workflows")
-    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+    with slurm_cluster() as cluster:
         started = {name: (_start_workflow(runs / name, snakefile, cluster), runs / name)
                    for name, snakefile in (("two_rules", TWO_RULES), ("failing", FAILING_RULE))}
         deadline = time.monotonic() + RUN_TIMEOUT
