@@ -55,11 +55,15 @@ def _is_gone(pid: int) -> bool:
     return False
 
 
-def _group_is_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
+def _group_is_gone(pgid: int, timeout: float = 3.0) -> bool:
+    # A killed process that init has not reaped yet still counts as a member for a moment.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
     return False
 
 
