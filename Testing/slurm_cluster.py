@@ -37,7 +37,9 @@ STOP_GRACE = 5.0
 # A cap on every daemon's life (coreutils `timeout`, ending in SIGKILL): a test run killed outright leaves no
 # daemon behind for longer than this.
 LIFETIME_SECONDS = 1800
-CLUSTER_MEMORY_MB = 4096
+# Room for the largest rule of the cohort workflow (8 GB, declared for a 1 mm brain); SLURM does not enforce it here
+# (no cgroup plugin), and config_overrides keeps it from being measured.
+CLUSTER_MEMORY_MB = 16384
 MEMORY_PER_CPU_MB = 1024
 
 

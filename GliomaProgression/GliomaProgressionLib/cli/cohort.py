@@ -1,6 +1,7 @@
-"""``gliomaprog cohort evaluate|export|train|package|replicate|habitats-train|survival``: the cohort-study commands.
+"""``gliomaprog cohort evaluate|export|train|package|replicate|habitats-train|survival|workflow``: the cohort-study commands.
 
-``habitats-train`` and ``survival`` are declared with the habitat commands (``cli/habitats.py``, ``cli/survival.py``).
+``habitats-train`` and ``survival`` are declared with the habitat commands (``cli/habitats.py``, ``cli/survival.py``),
+``workflow`` in ``cli/workflow.py``.
 
 The science modules are imported by the handlers, so building the parser stays quick.
 """
@@ -11,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from GliomaProgressionLib.cli import habitats, invasion, survival
+from GliomaProgressionLib.cli import habitats, invasion, survival, workflow
 from GliomaProgressionLib.cli.options import StderrProgress, non_negative_int, positive_float, positive_int
 from GliomaProgressionLib.cohort.replicate import STUDIES
 from GliomaProgressionLib.models.size_weighted import ALPHA, DEFAULT_LOSS, LOSSES, WEIGHT_RANGE
@@ -30,6 +31,7 @@ def add_commands(subparsers) -> None:
     habitats.add_cohort_actions(actions)
     invasion.add_cohort_actions(actions)
     survival.add_cohort_actions(actions)
+    workflow.add_cohort_actions(actions)
 
 
 def _add_evaluate(actions) -> None:

@@ -8,11 +8,11 @@ on the DSC series, the lesion carried onto the DSC grid and the perfusion step's
 by the DSC registration, as nCBV; skipped, with the reason in report.json, without DSC or without both a
 contrast-enhancing and a non-enhancing lesion) -> progression model (``predict_run.predict_prepared``) -> the
 invasion map when asked for (``--invasion``; seed 004, Yan et al. 2020: ``invasion.pipeline`` on the channels the
-invasion model names, resampled onto the model's feature grid, the map brought back onto the reference grid) -> write
-the intermediates of the modules -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
+invasion model names, resampled onto the model's feature grid, the map brought back onto the reference grid) -> CTV proposals and their metrics (``ctv_run.run_ctv_files``) -> RTSTRUCT and
 SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
 ``report.json``, written last with every other file's size and SHA-256, so a folder whose files match its
-report.json is a complete result.
+report.json is a complete result. Each stage is a function of ``runs.stages`` and writes its own
+intermediates (the modules' commands' outputs); the cohort workflow (``runs.workflow``) runs the same functions.
 
 Output folder (written completely or not at all)::
 
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
-from DSCPerfusionLib.ftb import FTB_THRESHOLDS, checked_thresholds
+from DSCPerfusionLib.ftb import FTB_THRESHOLDS
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
 
 from GliomaProgressionLib.models.habitat_packages import DEFAULT_HABITAT_MODEL

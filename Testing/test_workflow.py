@@ -1,0 +1,294 @@
+"""Issue 16's acceptance: ``gliomaprog cohort workflow`` (the Snakefile of ``runs/workflow.py``) on three small phantom
+cases with the local profile gives what ``gliomaprog run`` gives on each; killed midway and run again it does only
+the rest; a failing case is reported while the others complete; and the same workflow runs through a real one-node
+SLURM cluster (``slurm_cluster``).
+
+The three cases are small phantoms cropped to a 64 mm slab around the tumour (a partial-coverage acquisition): the
+chain's cost scales with the 1 mm reference grid, and the suite's 15 minutes hold the workflow, three runs to compare
+with and a SLURM run only that way. One has no DSC (no perfusion, no habitats rule); a fourth case lacks its FLAIR.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from GliomaProgressionLib.cli import main as cli
+from GliomaProgressionLib.runs import workflow
+from GliomaProgressionLib.runs.chain import REPORT_JSON, is_complete
+from slurm_cluster import slurm_cluster, slurm_programs_missing
+
+GOOD = {"dsc_a": {"seed": 3}, "dsc_b": {"seed": 4}, "no_dsc": {"seed": 5, "dsc": False}}
+BROKEN = "no_flair"
+SLAB_MM = 64.0  # superior-inferior extent kept around the tumour
+SETTINGS = ["--model", "conventional"]  # runs with and without DSC
+WORKFLOW_TIMEOUT = 900
+# What differs between two runs of the same case by nature, not by result: clocks, dates, generated DICOM UIDs.
+VOLATILE_KEYS = {"timings_s", "created", "elapsed_s", "seconds", "inference", "output_files", "perfusion_s",
+                 "habitats_s", "started"}
+
+
+# --- the cohort ------------------------------------------------------------------------------------------------
+
+
+def crop_to_slab(folder: Path, centre_s_mm: float) -> None:
+    """Every series of the case cut to the slab |S - centre| <= SLAB_MM / 2 (whole slices, its own grid kept)."""
+    for path in sorted(folder.glob("*.nii.gz")):
+        image = nib.load(path)
+        s_of_slice = image.affine[2, 2] * np.arange(image.shape[2]) + image.affine[2, 3]
+        keep = np.flatnonzero(np.abs(s_of_slice - centre_s_mm) <= SLAB_MM / 2)
+        nib.save(image.slicer[:, :, keep[0]:keep[-1] + 1], path)
+
+
+def write_cropped_case(synthetic_case, folder: Path, seed: int, dsc: bool = True) -> None:
+    from GliomaProgressionLib.phantom.folder import write_case
+
+    write_case(synthetic_case(seed=seed, size="small", dsc=dsc), folder)
+    shutil.rmtree(folder / "truth")
+    lesion = nib.load(folder / "lesion.nii.gz")
+    slices = np.flatnonzero(np.asarray(lesion.dataobj).any(axis=(0, 1)))
+    centre = lesion.affine[2, 2] * slices.mean() + lesion.affine[2, 3]
+    crop_to_slab(folder, centre)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, synthetic_case):
+    root = tmp_path_factory.mktemp("workflow") / "cohort"
+    for name, spec in GOOD.items():
+        write_cropped_case(synthetic_case, root / name, spec["seed"], spec.get("dsc", True))
+    shutil.copytree(root / "no_dsc", root / BROKEN)
+    (root / BROKEN / "flair.nii.gz").unlink()
+    return root
+
+
+def gliomaprog_workflow(cohort: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "GliomaProgressionLib.cli.main", "cohort", "workflow",
+                             str(cohort), "--out", str(out), "--cores", "2", *SETTINGS, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+
+
+def finish(process: subprocess.Popen, timeout: float = WORKFLOW_TIMEOUT) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"the workflow did not end within {timeout} s:\n{err[-3000:]}")
+    return process.returncode, out, err
+
+
+def wait_for_first_complete_case(out: Path, process: subprocess.Popen, timeout: float = WORKFLOW_TIMEOUT) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        done = [name for name in GOOD if is_complete(out / name)]
+        if done:
+            return done[0]
+        time.sleep(0.5)
+    pytest.fail("no case completed before the workflow ended or timed out")
+
+
+def benchmark_stamps(out: Path) -> dict[str, float]:
+    return {str(path.relative_to(out)): path.stat().st_mtime
+            for path in (out / workflow.WORKFLOW_DIR / "benchmarks").rglob("*.tsv")}
+
+
+@pytest.fixture(scope="module")
+def resumed(cohort):
+    """The workflow stopped (SIGTERM) as soon as its first case is complete, what it left, then run again."""
+    out = cohort.parent / "out"
+    process = gliomaprog_workflow(cohort, out)
+    first = wait_for_first_complete_case(out, process)
+    os.killpg(process.pid, signal.SIGTERM)
+    killed_code, _, killed_err = finish(process, timeout=120)
+    after_kill = {"complete": [name for name in GOOD if is_complete(out / name)],
+                  "folders": sorted(p.name for p in out.iterdir()),
+                  "benchmarks": benchmark_stamps(out),
+                  "report_mtime": {name: (out / name / REPORT_JSON).stat().st_mtime
+                                   for name in GOOD if is_complete(out / name)}}
+    code, stdout, stderr = finish(gliomaprog_workflow(cohort, out))
+    return {"out": out, "first": first, "killed_code": killed_code, "killed_err": killed_err,
+            "after_kill": after_kill, "code": code, "stdout": stdout, "stderr": stderr}
+
+
+@pytest.fixture(scope="module")
+def runs(cohort, resumed):
+    """``gliomaprog run`` on each good case, in this process, after the workflow (never beside it: two cores)."""
+    folder = cohort.parent / "runs"
+    for name in GOOD:
+        assert cli.main(["run", str(cohort / name), "--out", str(folder / name), "--quiet", *SETTINGS]) == 0
+    return folder
+
+
+# --- comparing two results of one case ---------------------------------------------------------------------------
+
+
+def same_json(first, second, where: str = "") -> list[str]:
+    """Where two JSON values differ beyond 1e-3 (relative) in a number, volatile keys ignored."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        if set(first) != set(second):
+            return [f"{where}: keys {sorted(set(first) ^ set(second))}"]
+        return [d for key in first if key not in VOLATILE_KEYS for d in same_json(first[key], second[key],
+                                                                                  f"{where}/{key}")]
+    if isinstance(first, list) and isinstance(second, list):
+        if len(first) != len(second):
+            return [f"{where}: {len(first)} vs {len(second)} items"]
+        return [d for index, (a, b) in enumerate(zip(first, second)) for d in same_json(a, b, f"{where}[{index}]")]
+    if isinstance(first, (int, float)) and isinstance(second, (int, float)) and not isinstance(first, bool):
+        return [] if abs(first - second) <= 1e-3 * max(1.0, abs(first), abs(second)) else [f"{where}: {first} vs {second}"]
+    return [] if first == second else [f"{where}: {first!r} vs {second!r}"]
+
+
+def same_image(first: Path, second: Path) -> list[str]:
+    """Same grid; labels agreeing in all but 0.01 % of voxels, intensities within 1e-3 of their range: two runs of
+    one case differ by that much (ITK's multithreaded registration metric sums in a varying order)."""
+    a, b = sitk.ReadImage(str(first)), sitk.ReadImage(str(second))
+    if a.GetSize() != b.GetSize() or not np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4) or \
+            not np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6):
+        return [f"{first.name}: grid"]
+    x, y = sitk.GetArrayViewFromImage(a).astype(float), sitk.GetArrayViewFromImage(b).astype(float)
+    if np.issubdtype(sitk.GetArrayViewFromImage(a).dtype, np.integer):
+        return [] if np.mean(x != y) <= 1e-4 else [f"{first.name}: {np.mean(x != y):.2%} of voxels differ"]
+    scale = max(float(np.ptp(x)), 1e-6)
+    return [] if np.abs(x - y).max() <= 1e-3 * scale else [f"{first.name}: max difference {np.abs(x - y).max()}"]
+
+
+def differences(run: Path, flow: Path) -> list[str]:
+    found = []
+    for path in sorted(p for p in run.rglob("*") if p.is_file() and p.name != workflow.PROVENANCE_JSON):
+        name = path.relative_to(run).as_posix()
+        other = flow / name
+        if not other.is_file():
+            found.append(f"{name}: missing from the workflow's output")
+        elif name.endswith((".nii.gz", ".nrrd")):
+            found += [f"{name}: {d}" for d in same_image(path, other)]
+        elif name.endswith(".json"):
+            found += [f"{name}{d}" for d in same_json(json.loads(path.read_text()), json.loads(other.read_text()))]
+        elif name.endswith(".mrb"):
+            with zipfile.ZipFile(path) as a, zipfile.ZipFile(other) as b:
+                if sorted(a.namelist()) != sorted(b.namelist()):
+                    found.append(f"{name}: different members")
+    return found
+
+
+# --- the tests ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_killed_workflow_leaves_only_complete_cases_and_the_rerun_does_only_the_rest(resumed):
+    out, after_kill = resumed["out"], resumed["after_kill"]
+    assert resumed["first"] in after_kill["complete"]
+    for name in GOOD:  # a case folder after the kill is a complete result or absent: nothing half-written
+        assert is_complete(out / name) or name not in after_kill["folders"] or \
+            not any((out / name).iterdir()), name
+    assert len(after_kill["complete"]) < len(GOOD), "the kill came too late to test a resume"
+    for name, mtime in after_kill["report_mtime"].items():  # complete cases were not run again
+        assert (out / name / REPORT_JSON).stat().st_mtime == mtime, name
+    now = benchmark_stamps(out)
+    redone = [rule for rule, mtime in after_kill["benchmarks"].items() if now[rule] != mtime]
+    assert not redone, f"rules run again after the kill: {redone}"
+    assert all(is_complete(out / name) for name in GOOD)
+    assert not list((out / workflow.WORKFLOW_DIR / "work").rglob("*.checkpoint"))  # temp checkpoints gone
+
+
+@pytest.mark.slow
+def test_a_failing_case_is_reported_in_one_sentence_and_the_others_complete(resumed):
+    assert resumed["code"] == 2, resumed["stderr"][-3000:]
+    rows = {row["case"]: row for row in
+            __import__("csv").DictReader(open(resumed["out"] / workflow.COHORT_CSV, newline=""))}
+    assert set(rows) == set(GOOD) | {BROKEN}
+    assert all(rows[name]["status"] == "complete" for name in GOOD)
+    assert rows[BROKEN]["status"] == "failed" and "FLAIR" in rows[BROKEN]["message"]
+    assert "Traceback" not in rows[BROKEN]["message"]
+    assert resumed["stdout"].strip().startswith(f"Workflow: {len(GOOD)} complete, 1 failed ({BROKEN}: ")
+    qc = (resumed["out"] / workflow.QC_CSV).read_text().splitlines()
+    assert qc[0].split(",") == list(workflow.QC_COLUMNS) and len(qc) == 1 + len(GOOD)
+
+
+@pytest.mark.slow
+def test_the_workflow_gives_what_gliomaprog_run_gives_on_each_case(resumed, runs):
+    out = resumed["out"]
+    for name in GOOD:
+        assert differences(runs / name, out / name) == [], name
+        extra = {p.relative_to(out / name).as_posix() for p in (out / name).rglob("*") if p.is_file()} - \
+            {p.relative_to(runs / name).as_posix() for p in (runs / name).rglob("*") if p.is_file()}
+        assert extra == {workflow.PROVENANCE_JSON}, name
+    assert not (out / "no_dsc" / "habitats").exists() and (out / "dsc_a" / "habitats").is_dir()
+
+
+@pytest.mark.slow
+def test_each_rule_records_its_provenance_and_its_benchmark(resumed):
+    out = resumed["out"]
+    provenance = json.loads((out / "dsc_a" / workflow.PROVENANCE_JSON).read_text())
+    rules = [record["rule"] for record in provenance["rules"]]
+    assert rules == ["prepare", "habitats", "predict", "ctv", "dicom", "report", "scene"]
+    record = provenance["rules"][2]
+    assert record["models"]["progression"]["id"] == "conventional" and len(record["models"]["progression"]
+                                                                         ["sha256"]) == 64
+    assert record["software"]["snakemake"] == "9.27.1" and record["software"]["nnunetv2"]
+    assert record["settings"]["model"] == "conventional" and record["seconds"] > 0
+    no_dsc = json.loads((out / "no_dsc" / workflow.PROVENANCE_JSON).read_text())
+    assert [r["rule"] for r in no_dsc["rules"]][:2] == ["prepare", "predict"]  # no DSC: no habitats rule
+    assert no_dsc["rules"][1]["stages"] == ["habitats", "predict"]  # passed through, recorded as skipped
+    for name in GOOD:
+        stages = {p.stem for p in (out / workflow.WORKFLOW_DIR / "benchmarks" / name).glob("*.tsv")}
+        assert {"prepare", "predict", "ctv", "dicom", "report", "scene", "case"} <= stages
+
+
+def test_bad_requests_fail_in_one_sentence_before_snakemake_starts(tmp_path, capsys):
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    for arguments, fragment in (
+            ([str(tmp_path / "missing"), "--out", str(tmp_path / "o")], "does not exist"),
+            ([str(tmp_path / "cases"), "--out", str(tmp_path / "o")], "has no sub-folder"),
+            ([str(tmp_path), "--out", str(tmp_path / "a_file")], "is a file"),
+    ):
+        assert cli.main(["cohort", "workflow", *arguments]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and fragment in error[0] and "Traceback" not in error[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_settings_travel_to_the_rules_and_unknown_config_is_refused():
+    from GliomaProgressionLib.runs.chain import RunSettings
+
+    settings = RunSettings(model="conventional", schemes=("rtog", "ai"), ftb_thresholds=(0.9, 1.8), invasion="x")
+    assert workflow.settings_from_config(json.loads(json.dumps(workflow.settings_to_config(settings)))) == settings
+    with pytest.raises(ValueError, match="unknown key"):
+        workflow.settings_from_config({"cases": "c", "modle": "x"})
+
+
+# --- on a real SLURM cluster ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_workflow_runs_through_a_real_slurm_cluster(cohort, resumed, tmp_path):
+    """One case (no DSC: seven rules) and the cohort rule, each rule a SLURM job on a one-node cluster started here;
+    the result is the local workflow's."""
+    missing = slurm_programs_missing()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    one = tmp_path / "cohort"
+    shutil.copytree(cohort / "no_dsc", one / "no_dsc")
+    with slurm_cluster() as cluster:
+        options = [f"--snakemake-args=--default-resources slurm_partition={cluster.partition} runtime=10 "
+                   "--seconds-between-status-checks 1 --slurm-init-seconds-before-status-checks 1"]
+        process = gliomaprog_workflow(one, tmp_path / "out", "--profile", "slurm", *options,
+                                      env={**cluster.env, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+        code, stdout, stderr = finish(process, timeout=600)
+    assert code == 0, stderr[-3000:]
+    assert stdout.strip().startswith("Workflow: 1 complete, 0 failed")
+    provenance = json.loads((tmp_path / "out" / "no_dsc" / workflow.PROVENANCE_JSON).read_text())
+    assert all(record["slurm_job_id"] for record in provenance["rules"])  # every rule ran as a SLURM job
+    assert differences(resumed["out"] / "no_dsc", tmp_path / "out" / "no_dsc") == []
