@@ -32,7 +32,7 @@ ALLOWED = {
     "mrml": {"CTVPlannerLib", "case", "models", "dependencies"},
     "report": {"DSCPerfusionLib", "CTVPlannerLib", "case", "models", "mrml"},
     "runs": {"DSCPerfusionLib", "CTVPlannerLib", "case", "models", "report", "invasion"},
-    "cohort": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom", "models", "runs", "invasion"},
+    "cohort": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom", "models", "report", "runs", "invasion"},
     "cli": {"DSCPerfusionLib", "CTVPlannerLib", "case", "phantom", "models", "mrml", "report", "runs", "cohort",
             "invasion"},
 }

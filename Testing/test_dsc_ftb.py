@@ -124,11 +124,11 @@ def test_inverted_ftb_thresholds_are_refused_before_the_work(small_case_folder, 
 def test_run_takes_the_ftb_thresholds_to_the_perfusion_folder_and_the_report(tmp_path, monkeypatch):
     from GliomaProgressionLib.cli import main as cli
     from GliomaProgressionLib.report.figure import ftb_data
-    from GliomaProgressionLib.runs import chain
+    from GliomaProgressionLib.runs import stages
 
     seen = []
-    monkeypatch.setattr(chain, "run_case", lambda case, out, settings, progress: seen.append(settings) or {})
-    monkeypatch.setattr(chain, "summary_line", lambda data, out: "")
+    monkeypatch.setattr(stages, "run_case", lambda case, out, settings, progress: seen.append(settings) or {})
+    monkeypatch.setattr(stages, "summary_line", lambda data, out: "")
     assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "out"), "--ftb-thresholds", "1.2", "2.5"]) == 0
     assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert [settings.ftb_thresholds for settings in seen] == [(1.2, 2.5), FTB_THRESHOLDS]

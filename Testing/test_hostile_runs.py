@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from helpers import GLIOMAPROG, assert_one_line_error
 from GliomaProgressionLib.cli import main as cli
 from GliomaProgressionLib.models import process
-from GliomaProgressionLib.runs import chain
+from GliomaProgressionLib.runs import batch, chain
 
 ON_LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc/self")
 
@@ -300,11 +300,11 @@ def _fake_run_case(case, out, settings=None, progress=None):
 @pytest.fixture
 def batch_folders(tmp_path, monkeypatch):
     """A folder of two cases and a batch output where both are complete; ``run_case`` faked."""
-    monkeypatch.setattr(chain, "run_case", _fake_run_case)
+    monkeypatch.setattr(batch, "run_case", _fake_run_case)
     cases, out = tmp_path / "cases", tmp_path / "out"
     for name in ("a", "b"):
         (cases / name).mkdir(parents=True)
-    chain.run_batch(cases, out, chain.RunSettings(), quiet=True)
+    batch.run_batch(cases, out, chain.RunSettings(), quiet=True)
     assert chain.is_complete(out / "a") and chain.is_complete(out / "b")
     return cases, out
 
@@ -319,7 +319,7 @@ def test_resume_skips_a_complete_case_and_redoes_a_truncated_one(batch_folders):
     ncbv.write_bytes(ncbv.read_bytes()[:1000])  # a copy cut short
     assert not chain.is_complete(out / "a")
     before = (out / "b" / "made_by").read_text()
-    rows = chain.run_batch(cases, out, chain.RunSettings(), quiet=True)
+    rows = batch.run_batch(cases, out, chain.RunSettings(), quiet=True)
     assert _statuses(rows) == {"a": "complete", "b": "skipped"}
     assert chain.is_complete(out / "a") and (out / "b" / "made_by").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["a", "b", chain.BATCH_CSV]  # nothing set aside is left
@@ -338,7 +338,7 @@ def test_resume_redoes_a_case_with_a_missing_file_without_mixing_old_and_new(bat
     cases, out = batch_folders
     (out / "a" / "scene.mrb").unlink()
     (out / "a" / "left_by_the_old_run.txt").write_text("old")
-    rows = chain.run_batch(cases, out, chain.RunSettings(), quiet=True)
+    rows = batch.run_batch(cases, out, chain.RunSettings(), quiet=True)
     assert _statuses(rows)["a"] == "complete", rows
     assert chain.is_complete(out / "a")
     assert not (out / "a" / "left_by_the_old_run.txt").exists()
@@ -352,8 +352,8 @@ def test_a_failed_redo_puts_the_old_output_back(batch_folders, monkeypatch):
     def failing(case, target, settings=None, progress=None):
         raise ValueError("The CE-T1 file is damaged.")
 
-    monkeypatch.setattr(chain, "run_case", failing)
-    rows = chain.run_batch(cases, out, chain.RunSettings(), quiet=True)
+    monkeypatch.setattr(batch, "run_case", failing)
+    rows = batch.run_batch(cases, out, chain.RunSettings(), quiet=True)
     assert _statuses(rows)["a"] == "failed"
     assert sorted(p.relative_to(out / "a") for p in (out / "a").rglob("*")) == kept
     assert sorted(p.name for p in out.iterdir()) == ["a", "b", chain.BATCH_CSV]
@@ -364,7 +364,7 @@ def test_a_folder_that_is_no_result_is_left_alone(batch_folders):
     shutil.rmtree(out / "a")
     (out / "a").mkdir()
     (out / "a" / "notes.txt").write_text("mine")
-    rows = chain.run_batch(cases, out, chain.RunSettings(), quiet=True)
+    rows = batch.run_batch(cases, out, chain.RunSettings(), quiet=True)
     row = next(row for row in rows if row["case"] == "a")
     assert row["status"] == "failed" and str(out / "a") in row["message"] and "report.json" in row["message"]
     assert (out / "a" / "notes.txt").read_text() == "mine"
@@ -398,7 +398,7 @@ def test_resume_sweeps_staging_folders_of_ended_runs_only(batch_folders):
     elsewhere = _partial(out, "a", "0000zzzz-1-1")  # another machine's (or unreadable): cannot be proved stale
     set_aside = out / f".b.replaced-{_ended_owner()}"
     set_aside.mkdir()
-    chain.run_batch(cases, out, chain.RunSettings(), quiet=True)
+    batch.run_batch(cases, out, chain.RunSettings(), quiet=True)
     assert not ended.exists() and not reused.exists() and not set_aside.exists()
     assert running.exists() and unmarked.exists() and elsewhere.exists()
 

@@ -15,7 +15,7 @@ from CTVPlannerLib.schemes import ENHANCING, SNFH
 
 from GliomaProgressionLib.cli import main as cli
 from GliomaProgressionLib.report.figure import habitats_data
-from GliomaProgressionLib.runs import chain
+from GliomaProgressionLib.runs import chain, stages
 
 
 def _case(dsc: bool = True, lesion_values=(ENHANCING, SNFH)):
@@ -49,8 +49,8 @@ def test_each_reason_for_no_habitats_is_one_sentence_naming_what_is_missing():
 
 def test_the_command_line_turns_habitats_off_and_names_the_habitat_model(monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(chain, "run_case", lambda case, out, settings, progress: seen.append(settings) or {})
-    monkeypatch.setattr(chain, "summary_line", lambda data, out: "")
+    monkeypatch.setattr(stages, "run_case", lambda case, out, settings, progress: seen.append(settings) or {})
+    monkeypatch.setattr(stages, "summary_line", lambda data, out: "")
     assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert cli.main(["run", str(tmp_path), "--out", str(tmp_path / "out"), "--no-habitats", "--habitat-model",
                      "site.zip", "--quiet"]) == 0

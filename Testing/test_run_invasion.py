@@ -24,7 +24,7 @@ from GliomaProgressionLib import mrml
 from GliomaProgressionLib.invasion.classifier import train_classifier
 from GliomaProgressionLib.models.invasion_packages import package_invasion_model
 from GliomaProgressionLib.report import figure
-from GliomaProgressionLib.runs import chain
+from GliomaProgressionLib.runs import chain, stages
 from GliomaProgressionLib.runs.invasion import INVASION_JSON, LABEL_FILE, OUTPUT_FILES, PROBABILITY_FILE
 
 TINY_ID = "tiny-invasion"
@@ -85,7 +85,7 @@ def run(case, tiny_model, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(figure, "render_report", recording)
         patch.setattr(inference, "run_prediction", flat_probability)
-        data = chain.run_case(case, out, settings, chain.StageProgress("case", quiet=True))
+        data = stages.run_case(case, out, settings, chain.StageProgress("case", quiet=True))
     return {"out": out, "data": data, "drawn": drawn,
             "report": json.loads((out / chain.REPORT_JSON).read_text(encoding="utf-8"))}
 

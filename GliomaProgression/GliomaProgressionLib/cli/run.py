@@ -30,7 +30,9 @@ def add_commands(subparsers) -> None:
     run.add_argument("--out", required=True, type=Path,
                      help="new folder for the results (with --batch: the batch folder; complete cases are skipped)")
     add_run_settings(run)
-    run.add_argument("--batch", action="store_true", help="CASE_DIR holds one sub-folder per case")
+    run.add_argument("--batch", action="store_true",
+                     help="CASE_DIR holds one sub-folder per case, run one after another on this machine (for "
+                          "parallel jobs, resume by stage or a SLURM cluster: gliomaprog cohort workflow)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=_run_command)
 
@@ -79,7 +81,9 @@ def run_settings(args: argparse.Namespace):
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from GliomaProgressionLib.runs.chain import StageProgress, batch_summary, run_batch, run_case, summary_line
+    from GliomaProgressionLib.runs.batch import batch_summary, run_batch
+    from GliomaProgressionLib.runs.chain import StageProgress
+    from GliomaProgressionLib.runs.stages import run_case, summary_line
 
     settings = run_settings(args)
     if args.batch:

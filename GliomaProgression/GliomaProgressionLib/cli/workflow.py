@@ -1,5 +1,5 @@
 """``gliomaprog cohort workflow``: the per-case chain of ``gliomaprog run`` as a Snakemake workflow, on this machine
-or on a SLURM cluster (``runs.workflow``)."""
+or on a SLURM cluster (``cohort.workflow``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from GliomaProgressionLib.cli.options import positive_int
 from GliomaProgressionLib.cli.run import add_run_settings, run_settings
-from GliomaProgressionLib.runs.workflow import PROFILES
+from GliomaProgressionLib.cohort.workflow import PROFILES
 
 
 def add_cohort_actions(actions) -> None:
@@ -43,7 +43,7 @@ def add_cohort_actions(actions) -> None:
 
 
 def _run_workflow(args: argparse.Namespace) -> int:
-    from GliomaProgressionLib.runs.workflow import run_workflow
+    from GliomaProgressionLib.cohort.workflow import run_workflow
 
     code, summary = run_workflow(args.cohort, args.out, run_settings(args), profile=args.profile, cores=args.cores,
                                  jobs=args.jobs, unlock=args.unlock, quiet=args.quiet,

@@ -12,7 +12,7 @@ invasion model names, resampled onto the model's feature grid, the map brought b
 SEG (``CTVPlannerLib.dicom_export``) -> ``report.png`` (``report``) -> ``scene.mrb`` (``case_scene``) ->
 ``report.json``, written last with every other file's size and SHA-256, so a folder whose files match its
 report.json is a complete result. Each stage is a function of ``runs.stages`` and writes its own
-intermediates (the modules' commands' outputs); the cohort workflow (``runs.workflow``) runs the same functions.
+intermediates (the modules' commands' outputs); the cohort workflow (``cohort.workflow``) runs the same functions.
 
 Output folder (written completely or not at all)::
 
@@ -29,7 +29,7 @@ Output folder (written completely or not at all)::
     converted/    series that were read from DICOM folders, as NIfTI
     report.png  report.json  scene.mrb
 
-``--batch`` runs every sub-folder of a folder of cases into ``OUT/<case>``, continues past a failing case, records
+``--batch`` (``runs.batch``) runs every sub-folder of a folder of cases into ``OUT/<case>``, continues past a failing case, records
 each case's outcome in ``OUT/batch.csv`` and skips cases whose output is already complete (resume, by content); an
 incomplete output is set aside while its case runs again. Staging folders and set-aside outputs of runs that were
 killed are removed once their owner has provably ended (same host, process gone).
@@ -38,10 +38,8 @@ killed are removed once their owner has provably ended (same host, process gone)
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import hashlib
-import io
 import json
 import os
 import re
@@ -93,6 +91,10 @@ BATCH_CSV = "batch.csv"
 HABITATS_NOT_REQUESTED = "perfusion habitats skipped: not requested"
 HABITATS_NO_DSC = "perfusion habitats skipped: no DSC series"
 INVASION_FOLDER = "invasion"
+# When the workflow is the better tool (run --batch says it; README "Running a cohort" has the numbers).
+BATCH_OR_WORKFLOW = ("--batch runs the cases one after another on this machine; 'gliomaprog cohort workflow' runs "
+                     "them as parallel jobs (faster with two or more cores), resumes a killed run from its last "
+                     "finished stage and runs on SLURM clusters.")
 BATCH_COLUMNS = ("case", "status", "message", "progression_predicted", "predicted_volume_ml", "elapsed_s",
                  "output")
 
@@ -657,41 +659,7 @@ def _structures(results: CaseResults, source) -> tuple[list, list[str]]:
     return structures, skipped
 
 
-def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = RunSettings(),
-             progress: StageProgress | None = None) -> dict:
-    """Run one case into the new folder ``out`` (all or nothing); returns what report.json holds. The stages are
-    ``runs.stages``' functions, the ones the cohort workflow runs one rule each."""
-    from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder
-    from GliomaProgressionLib.runs import stages
-
-    out = check_new_output_folder(Path(out))
-    sweep_stale_leftovers(out.absolute().parent, out.name)
-    progress = progress or StageProgress(Path(case_folder).name)
-    case = stages.read_case_stage(case_folder, settings, progress)  # every check before the long work
-    with staged_output_folder(out) as staging:
-        mark_owner(staging)
-        stages.run_stages(case, staging, progress)
-        case.data["timings_s"] = progress.finish()
-        finish_output_folder(staging, case.data)
-    return case.data
-
-
-def summary_line(data: dict, out: Path) -> str:
-    verdict = data["verdict"]
-    outcome = (f"progression predicted ({verdict['predicted_volume_ml']:.1f} mL inside the non-enhancing lesion)"
-               if verdict["progression_predicted"] else "no progression predicted")
-    from CTVPlannerLib.lesion import LESION_SEGMENTS
-    from GliomaProgressionLib.case.preprocess import NEL_LABEL
-
-    nel = data["ncbv"]["regions"].get(LESION_SEGMENTS[NEL_LABEL][0], {})
-    ncbv = f"; NEL nCBV mean {nel['mean']:.2f}" if nel.get("mean") is not None else ""
-    if data["ncbv"].get("skipped"):
-        ncbv = f"; {data['ncbv']['skipped']}"
-    return (f"{data['case']}: {outcome}{ncbv}; {len(data['ctv']['targets'])} target volumes; "
-            f"{data['timings_s']['total']:.0f} s. Report: {out / 'report.png'}  Scene: {out / 'scene.mrb'}")
-
-
-# --- batch ---------------------------------------------------------------------------------------------------
+# --- output folders: complete or absent ------------------------------------------------------------------------
 
 
 def _file_record(path: Path) -> dict:
@@ -801,94 +769,3 @@ def replacing_incomplete_output(target: Path):
             os.replace(aside, target)
         raise
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def case_folders(cases: Path, out: Path) -> list[Path]:
-    """The sub-folders of ``cases`` (hidden ones and the output folder excluded), in name order."""
-    from GliomaProgressionLib.case.folder import locate_series
-
-    if not cases.is_dir():
-        raise ValueError(f"The folder of cases {cases} does not exist.")
-    if locate_series(cases, "t1c") is not None:
-        raise ValueError(f"{cases} is a case folder itself (it holds t1c), not a folder of case folders.")
-    found = [p for p in sorted(cases.iterdir()) if p.is_dir() and not p.name.startswith(".")
-             and p.resolve() != out.resolve()]
-    if not found:
-        raise ValueError(f"The folder of cases {cases} has no sub-folder (one per case).")
-    return found
-
-
-def _write_batch_csv(path: Path, rows: list[dict]) -> None:
-    """Rewritten after every case (a temporary file renamed over it): an interrupted batch keeps its record."""
-    from GliomaProgressionLib.case.files import write_text
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=BATCH_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(buffer.getvalue(), path)
-
-
-def _row(case: Path, status: str, message: str, output: Path, data: dict | None, elapsed: float) -> dict:
-    verdict = (data or {}).get("verdict", {})
-    return {"case": case.name, "status": status, "message": message,
-            "progression_predicted": verdict.get("progression_predicted", ""),
-            "predicted_volume_ml": verdict.get("predicted_volume_ml", ""), "elapsed_s": f"{elapsed:.1f}",
-            "output": str(output)}
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"
-
-
-def run_one_of_batch(case: Path, target: Path, settings: RunSettings, quiet: bool) -> dict:
-    started = time.monotonic()
-    if is_complete(target):
-        data = json.loads((target / REPORT_JSON).read_text(encoding="utf-8"))
-        return _row(case, "skipped", "output already complete", target, data, 0.0)
-    try:
-        with replacing_incomplete_output(target):
-            data = run_case(case, target, settings, StageProgress(case.name, quiet=quiet))
-    except KeyboardInterrupt:
-        raise
-    except Exception as error:  # a failing case must not stop the batch; the reason goes to batch.csv
-        message = _one_line(error)
-        print(f"gliomaprog run: {case.name}: error: {message}", file=sys.stderr, flush=True)
-        return _row(case, "failed", message, target, None, time.monotonic() - started)
-    if not quiet:
-        print(summary_line(data, target), flush=True)
-    return _row(case, "complete", "", target, data, time.monotonic() - started)
-
-
-def run_batch(cases: Path, out: Path, settings: RunSettings, quiet: bool = False) -> list[dict]:
-    """Every case folder of ``cases`` into ``out/<case>``; returns the rows of batch.csv."""
-    if settings.recurrence is not None:
-        raise ValueError("One recurrence mask cannot serve a batch of cases; put a recurrence file in each case "
-                         "folder.")
-    folders = case_folders(cases, out)
-    out.mkdir(parents=True, exist_ok=True)
-    sweep_stale_leftovers(out)
-    rows: list[dict] = []
-    for index, case in enumerate(folders):
-        if not quiet:
-            print(f"[batch] case {index + 1}/{len(folders)}: {case.name}{_batch_eta(rows, len(folders) - index)}",
-                  file=sys.stderr, flush=True)
-        rows.append(run_one_of_batch(case, out / case.name, settings, quiet))
-        _write_batch_csv(out / BATCH_CSV, rows)
-    return rows
-
-
-def _batch_eta(rows: list[dict], remaining: int) -> str:
-    done = [float(row["elapsed_s"]) for row in rows if row["status"] == "complete"]
-    if not done:
-        return ""
-    return f" (about {_clock(sum(done) / len(done) * remaining)} left for {remaining} case(s))"
-
-
-def batch_summary(rows: list[dict], out: Path) -> str:
-    counts = {status: sum(row["status"] == status for row in rows) for status in ("complete", "skipped", "failed")}
-    return (f"Batch: {counts['complete']} complete, {counts['skipped']} skipped (already complete), "
-            f"{counts['failed']} failed. Outcomes in {out / BATCH_CSV}")
-
-

@@ -1,8 +1,8 @@
 """The stages of one case's run, each a function of the case so far (``chain.CaseResults``), the folder its files go
 to and the run's progress.
 
-``gliomaprog run`` (``chain.run_case``) calls them in order, in memory, into one staging folder. The cohort workflow
-(``runs.workflow``, one Snakemake rule per stage) calls the same functions, keeping the case in a checkpoint
+``gliomaprog run`` (``run_case``, below) calls them in order, in memory, into one staging folder. The cohort workflow
+(``cohort.workflow``, one Snakemake rule per stage) calls the same functions, keeping the case in a checkpoint
 between its rules: both write the same files.
 
 Each stage writes only the entries ``STAGE_FILES`` gives it, and removes them first: a stage run again after an
@@ -19,9 +19,10 @@ from typing import Callable
 from GliomaProgressionLib.runs.chain import (HABITATS_NO_DSC, HABITATS_NOT_REQUESTED, INVASION_FOLDER, CaseResults,
                                              RunSettings, StageProgress, brain_on_reference, case_habitats,
                                              case_invasion, channels_to_register, check_invasion_inputs,
-                                             check_model_inputs, export_dicom_structures, habitat_maps,
-                                             invasion_maps, lesion_on_dsc, plan_ctvs, recorded_inputs,
-                                             write_habitats, write_invasion_outputs, write_prepared_outputs)
+                                             check_model_inputs, export_dicom_structures, finish_output_folder,
+                                             habitat_maps, invasion_maps, lesion_on_dsc, mark_owner, plan_ctvs,
+                                             recorded_inputs, sweep_stale_leftovers, write_habitats,
+                                             write_invasion_outputs, write_prepared_outputs)
 
 # What each stage writes in the case's folder (report.json is the run's last word, written after them all).
 STAGE_FILES = {
@@ -189,3 +190,39 @@ def run_stage(stage: str, case: CaseResults, folder: Path, progress: StageProgre
 def run_stages(case: CaseResults, folder: Path, progress: StageProgress) -> None:
     for stage in CASE_STAGES:
         run_stage(stage, case, folder, progress)
+
+
+# --- gliomaprog run ------------------------------------------------------------------------------------------
+
+
+def run_case(case_folder: str | Path, out: str | Path, settings: RunSettings = RunSettings(),
+             progress: StageProgress | None = None) -> dict:
+    """Run one case into the new folder ``out`` (all or nothing); returns what report.json holds. The stages are
+    ``runs.stages``' functions, the ones the cohort workflow runs one rule each."""
+    from GliomaProgressionLib.case.files import check_new_output_folder, staged_output_folder
+
+    out = check_new_output_folder(Path(out))
+    sweep_stale_leftovers(out.absolute().parent, out.name)
+    progress = progress or StageProgress(Path(case_folder).name)
+    case = read_case_stage(case_folder, settings, progress)  # every check before the long work
+    with staged_output_folder(out) as staging:
+        mark_owner(staging)
+        run_stages(case, staging, progress)
+        case.data["timings_s"] = progress.finish()
+        finish_output_folder(staging, case.data)
+    return case.data
+
+
+def summary_line(data: dict, out: Path) -> str:
+    verdict = data["verdict"]
+    outcome = (f"progression predicted ({verdict['predicted_volume_ml']:.1f} mL inside the non-enhancing lesion)"
+               if verdict["progression_predicted"] else "no progression predicted")
+    from CTVPlannerLib.lesion import LESION_SEGMENTS
+    from GliomaProgressionLib.case.preprocess import NEL_LABEL
+
+    nel = data["ncbv"]["regions"].get(LESION_SEGMENTS[NEL_LABEL][0], {})
+    ncbv = f"; NEL nCBV mean {nel['mean']:.2f}" if nel.get("mean") is not None else ""
+    if data["ncbv"].get("skipped"):
+        ncbv = f"; {data['ncbv']['skipped']}"
+    return (f"{data['case']}: {outcome}{ncbv}; {len(data['ctv']['targets'])} target volumes; "
+            f"{data['timings_s']['total']:.0f} s. Report: {out / 'report.png'}  Scene: {out / 'scene.mrb'}")

@@ -96,7 +96,7 @@ def settings_from_config(config: dict) -> RunSettings:
 
 def case_folders(cases: Path, out: Path) -> list[Path]:
     """``run --batch``'s case folders, none named like one of OUT's own entries."""
-    from GliomaProgressionLib.runs.chain import case_folders as batch_case_folders
+    from GliomaProgressionLib.runs.batch import case_folders as batch_case_folders
 
     folders = batch_case_folders(cases, out)
     clash = [folder.name for folder in folders if folder.name in RESERVED_NAMES]
@@ -253,8 +253,9 @@ def run_rule(stage: str, case_folder: Path, settings: RunSettings, previous: Pat
 
 
 def assemble_case(case: str, previous: Path, out: Path) -> None:
-    """The case folder as ``gliomaprog run`` writes it (all or nothing), plus provenance.json; then the case's
-    working files go."""
+    """The case folder as ``gliomaprog run`` writes it (all or nothing), plus provenance.json. Its files are hard
+    links to the case's working files, which stay until the cohort rule: should Snakemake not see this job end, it
+    runs it again from them."""
     from GliomaProgressionLib.case.files import staged_output_folder, write_json
     from GliomaProgressionLib.runs.chain import finish_output_folder, mark_owner
 
@@ -268,7 +269,6 @@ def assemble_case(case: str, previous: Path, out: Path) -> None:
         data = checkpoint.case.data
         data["timings_s"] = {**checkpoint.timings, "total": round(sum(checkpoint.timings.values()), 2)}
         finish_output_folder(staging, data)
-    shutil.rmtree(files, ignore_errors=True)
 
 
 # --- the cohort ---------------------------------------------------------------------------------------------------
@@ -286,7 +286,8 @@ def failure_message(out: Path, case: str) -> str:
 
 
 def cohort_rows(out: Path, cases: list[str]) -> list[dict]:
-    from GliomaProgressionLib.runs.chain import REPORT_JSON, _row, is_complete
+    from GliomaProgressionLib.runs.batch import _row
+    from GliomaProgressionLib.runs.chain import REPORT_JSON, is_complete
 
     rows = []
     for case in cases:
@@ -358,8 +359,12 @@ def summary_line(rows: list[dict], out: Path, evaluation: str = "") -> str:
 
 
 def aggregate(cases_dir: Path, out: Path) -> str:
-    """The cohort rule: the tables and, with truth, the CTV evaluation; returns the summary line."""
+    """The cohort rule: the tables and, with truth, the CTV evaluation; returns the summary line. Every case job
+    has ended by now, so the cases' working files go."""
     rows = write_cohort_tables(cases_dir, out)
+    for row in rows:
+        if row["status"] == "complete":
+            shutil.rmtree((out / files_folder(row["case"])).parent, ignore_errors=True)
     complete = [row["case"] for row in rows if row["status"] == "complete"]
     evaluation = evaluate_when_truth(out, complete) if len(complete) == len(rows) else \
         "CTV evaluation skipped: some cases failed"
@@ -466,7 +471,7 @@ def run_workflow(cases: Path, out: Path, settings: RunSettings, profile: str = "
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m GliomaProgressionLib.runs.workflow",
+    parser = argparse.ArgumentParser(prog="python -m GliomaProgressionLib.cohort.workflow",
                                      description="One job of the cohort workflow (run by its Snakefile).")
     jobs = parser.add_subparsers(dest="job", required=True)
     stage = jobs.add_parser("stage")
