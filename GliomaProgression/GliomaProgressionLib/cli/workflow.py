@@ -32,6 +32,9 @@ def add_cohort_actions(actions) -> None:
     workflow.add_argument("--cores", type=positive_int,
                           help="local profile: cores the jobs share (default: all of this machine's)")
     workflow.add_argument("--jobs", type=positive_int, help="jobs at once (slurm: jobs queued at once)")
+    workflow.add_argument("--one-job-per-case", action="store_true",
+                          help="each case's rules run one after another inside one job (Snakemake group jobs): on a "
+                               "cluster, fewer and longer jobs, each asking the largest of its rules' resources")
     workflow.add_argument("--unlock", action="store_true",
                           help="remove the lock a killed workflow run left on OUT, then run")
     workflow.add_argument("--snakemake-args", default="", metavar="'ARGS'",
@@ -47,6 +50,7 @@ def _run_workflow(args: argparse.Namespace) -> int:
 
     code, summary = run_workflow(args.cohort, args.out, run_settings(args), profile=args.profile, cores=args.cores,
                                  jobs=args.jobs, unlock=args.unlock, quiet=args.quiet,
-                                 snakemake_args=shlex.split(args.snakemake_args))
+                                 snakemake_args=shlex.split(args.snakemake_args),
+                                 one_job_per_case=args.one_job_per_case)
     print(summary)
     return code

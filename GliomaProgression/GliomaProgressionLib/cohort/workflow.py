@@ -62,6 +62,7 @@ RULE_RESOURCES = {
     "cohort": {"threads": 1, "mem_mb": 4000, "runtime": 30},
 }
 PROVENANCE_SOFTWARE = ("snakemake", "snakemake-executor-plugin-slurm")
+CASE_RULES = ("prepare", "habitats", "predict", "invasion", "ctv", "dicom", "report", "scene", "case")
 
 
 # --- settings -------------------------------------------------------------------------------------------------
@@ -401,7 +402,7 @@ def check_workflow_request(cases: Path, out: Path, settings: RunSettings, profil
 
 
 def snakemake_command(cases: Path, out: Path, config_file: Path, profile: str, cores: int | None,
-                      jobs: int | None, extra: list[str] = ()) -> list[str]:
+                      jobs: int | None, extra: list[str] = (), one_job_per_case: bool = False) -> list[str]:
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(out),
                "--profile", str(PROFILES_DIR / profile), "--configfile", str(config_file),
                "--config", f"cases={cases.absolute()}"]
@@ -409,6 +410,8 @@ def snakemake_command(cases: Path, out: Path, config_file: Path, profile: str, c
         command += ["--cores", str(cores or os.cpu_count() or 1)]
     if jobs is not None:
         command += ["--jobs", str(jobs)]
+    if one_job_per_case:  # Snakemake's group jobs: a case's chain is one connected group, so one cluster job
+        command += ["--groups", *(f"{rule}=case" for rule in CASE_RULES)]
     return command + list(extra)
 
 
@@ -443,7 +446,7 @@ def run_snakemake(command: list[str], quiet: bool) -> tuple[int, str]:
 
 def run_workflow(cases: Path, out: Path, settings: RunSettings, profile: str = "local", cores: int | None = None,
                  jobs: int | None = None, unlock: bool = False, quiet: bool = False,
-                 snakemake_args: list[str] = ()) -> tuple[int, str]:
+                 snakemake_args: list[str] = (), one_job_per_case: bool = False) -> tuple[int, str]:
     """Run (or resume) the workflow over a folder of cases; returns the exit code (0 every case complete, 2 some
     failed) and the summary line. cohort.csv always ends up listing every case."""
     check_workflow_request(cases, out, settings, profile, cores, jobs)
@@ -454,8 +457,8 @@ def run_workflow(cases: Path, out: Path, settings: RunSettings, profile: str = "
                                      True)
         if code != 0:
             raise ValueError(f"Snakemake could not unlock {out}: {output.strip().splitlines()[-1:]}")
-    code, output = run_snakemake(snakemake_command(cases, out, config_file, profile, cores, jobs, snakemake_args),
-                                 quiet)
+    code, output = run_snakemake(snakemake_command(cases, out, config_file, profile, cores, jobs, snakemake_args,
+                                                   one_job_per_case), quiet)
     if code != 0 and LOCKED in output:
         raise ValueError(f"The output folder {out} is locked by another workflow run; if none is running (one was "
                          "killed), run again with --unlock.")
