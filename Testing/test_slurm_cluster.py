@@ -1,14 +1,9 @@
-"""The one-node SLURM test cluster (slurm_cluster.py) and snakemake's SLURM executor on it.
-
-snakemake runs with the cluster's options (SlurmCluster.snakemake_options: the squeue status command, as the
-cluster has no slurmdbd for sacct). The successful and the failing workflow run side by side on one
-cluster: each takes 25-35 s, mostly the executor's waits between status checks, so together they take one's time
-(the failing one's 35 s: after a failed job the executor sleeps out its 21 s status interval before it exits).
+"""The one-node SLURM test cluster (slurm_cluster.py): it starts, runs a batch job, and every daemon it started is
+gone afterwards, even when the body raised. Snakemake's SLURM executor on it is tested with the product's own
+workflow (test_workflow.py: the rest of a stopped cohort run, a failing case among them).
 """
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -104,57 +99,3 @@ def test_cluster_refuses_a_folder_too_long_for_its_sockets(tmp_path):
     with pytest.raises(ValueError, match="too long for the Unix sockets"):
         with slurm_cluster(tmp_path / ("x" * 80)):
             pass
-
-
-def _start_workflow(folder: Path, snakefile: str, cluster) -> subprocess.Popen:
-    folder.mkdir()
-    (folder / "Snakefile").write_text(snakefile)
-    # snakemake's caches stay in the test's folder, not in the home folder.
-    env = {**os.environ, **cluster.env, "XDG_CACHE_HOME": str(folder / "cache")}
-    with open(folder / "snakemake.log", "wb") as log:
-        return subprocess.Popen([str(SNAKEMAKE), *cluster.snakemake_options()], cwd=folder, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _finish(process: subprocess.Popen, deadline: float) -> int | None:
-    """The exit code, or None when the run outlived the deadline (then its whole process group is killed)."""
-    try:
-        return process.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        return None
-
-
-@pytest.fixture(scope="module")
-def workflow_runs(tmp_path_factory) -> dict[str, tuple[int | None, Path]]:
-    """Both workflows run side by side on one cluster: {name: (exit code or None after a timeout, folder)}."""
-    _require_slurm()
-    runs = tmp_path_factory.mktemp("workflows")
-    with slurm_cluster() as cluster:
-        started = {name: (_start_workflow(runs / name, snakefile, cluster), runs / name)
-                   for name, snakefile in (("two_rules", TWO_RULES), ("failing", FAILING_RULE))}
-        deadline = time.monotonic() + RUN_TIMEOUT
-        return {name: (_finish(process, deadline), folder) for name, (process, folder) in started.items()}
-
-
-def _log(folder: Path) -> str:
-    return (folder / "snakemake.log").read_text(errors="replace")[-3000:]
-
-
-@pytest.mark.slow
-def test_snakemake_runs_a_two_rule_workflow_on_slurm(workflow_runs):
-    code, folder = workflow_runs["two_rules"]
-    assert code == 0, _log(folder)
-    assert (folder / "a.txt").read_text() == "hello from slurm\n"
-    assert (folder / "b.txt").read_text() == "HELLO FROM SLURM\n"
-    assert "submitted with SLURM jobid" in _log(folder)
-
-
-@pytest.mark.slow
-def test_snakemake_reports_a_failing_rule_on_slurm(workflow_runs):
-    code, folder = workflow_runs["failing"]
-    assert code is not None, f"snakemake still ran after {RUN_TIMEOUT:.0f} s: {_log(folder)}"
-    assert code != 0, _log(folder)
-    assert "Error in rule fails" in _log(folder)
-    assert not (folder / "never.txt").exists()
