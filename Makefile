@@ -38,9 +38,11 @@ endef
 test: $(STAMP)
 	@$(MAKE) --no-print-directory -j3 -O test-main test-slicer-5.12.3 test-slicer-main
 
-# Two workers, a test file each at a time (module fixtures stay in one process): 470 s instead of 660 s on 2 cores.
+# Three workers on two cores, a test file each at a time (module fixtures stay in one process): the end-to-end
+# tests spend much of their time waiting on child processes (nnU-Net workers, Snakemake jobs, SLURM status checks),
+# so a third worker fills cores two would leave idle (CI's 1075 s with two workers used 1.5 cores on average).
 test-main: $(STAMP)
-	$(call run_pytest,,-n 2 --dist loadfile -m "not replicate" --durations=25)
+	$(call run_pytest,,-n 3 --dist loadfile -m "not replicate" --durations=25)
 
 # The cohort replication end to end on a tiny cohort (~3 min on 2 cores): its parts are tested in make test, the
 # whole command here, to keep make test within 15 minutes. Run it when cohort/replicate.py or what it calls changes.
