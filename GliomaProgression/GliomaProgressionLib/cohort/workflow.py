@@ -183,17 +183,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def software_versions() -> dict:
-    from importlib import metadata
+    from GliomaProgressionLib.report.figure import SOFTWARE, software_versions as versions_of
 
-    from GliomaProgressionLib.report.figure import software_versions as run_software
-
-    versions = run_software()
-    for name in PROVENANCE_SOFTWARE:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return versions_of((*SOFTWARE, *PROVENANCE_SOFTWARE))
 
 
 def models_used(case) -> dict:

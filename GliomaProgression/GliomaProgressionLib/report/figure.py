@@ -64,9 +64,9 @@ SOFTWARE = ("gliomaprogression", "numpy", "scipy", "SimpleITK", "torch", "nnunet
 # --- numbers -----------------------------------------------------------------------------------------------
 
 
-def software_versions() -> dict[str, str | None]:
+def software_versions(names=SOFTWARE) -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in SOFTWARE:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
