@@ -322,3 +322,18 @@ def test_the_rest_of_the_workflow_ran_through_a_real_slurm_cluster(resumed):
     assert all(len(jobs) <= 1 for jobs in jobs_of.values()), jobs_of  # at most one SLURM job per case
     assert any(jobs_of.values()), jobs_of  # stage rules ran inside SLURM jobs
     assert list((out / ".snakemake" / "slurm_logs").rglob("*.log"))
+
+
+def test_the_cohort_rule_says_why_it_did_not_evaluate_the_ctvs(tmp_path):
+    """``cohort evaluate --ctv`` runs only when every complete case has its recurrence (the truth) and there are
+    enough cases; otherwise cohort.csv's summary line says which of the two was missing."""
+    from GliomaProgressionLib.cohort.ctv_evaluate import MIN_PATIENTS, RUN_FILES
+
+    names = [f"case{index}" for index in range(MIN_PATIENTS - 1)]
+    for name in names:
+        (tmp_path / name / RUN_FILES["recurrence"]).parent.mkdir(parents=True)
+    assert "not every case has a recurrence" in workflow.evaluate_when_truth(tmp_path, names)
+    for name in names:
+        (tmp_path / name / RUN_FILES["recurrence"]).write_bytes(b"")
+    assert f"at least {MIN_PATIENTS} needed" in workflow.evaluate_when_truth(tmp_path, names)
+    assert not (tmp_path / workflow.CTV_EVALUATION).exists()
