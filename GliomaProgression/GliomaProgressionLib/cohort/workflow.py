@@ -235,7 +235,7 @@ def run_rule(stage: str, case_folder: Path, settings: RunSettings, previous: Pat
     folder.mkdir(parents=True, exist_ok=True)
     stages = stages_after(checkpoint.stage, stage)
     for name in stages:
-        run_stage(name, checkpoint.case, folder, progress)
+        run_stage(name, checkpoint.case, folder, progress, in_job=True)
     timings = progress.finish()
     timings.pop("total")
     checkpoint.timings.update(timings)

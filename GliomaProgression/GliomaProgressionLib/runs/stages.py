@@ -116,14 +116,16 @@ def habitats_stage(case: CaseResults, folder: Path, progress: StageProgress) -> 
         write_habitats(folder, case)
 
 
-def predict_stage(case: CaseResults, folder: Path, progress: StageProgress) -> None:
-    """The progression model on the registered channels: prediction/."""
+def predict_stage(case: CaseResults, folder: Path, progress: StageProgress, in_process: bool = False) -> None:
+    """The progression model on the registered channels: prediction/. nnU-Net runs in a worker process (cancel,
+    time limit), or with ``in_process`` in this one, when it is itself a job (a workflow rule)."""
     from GliomaProgressionLib.runs.predict import predict_prepared, write_prediction
 
     progress.start("predict")
     started = time.monotonic()
     settings = case.settings.prediction_settings()
-    case.prediction = predict_prepared(case.prepared, case.model, settings, progress=progress.update)
+    case.prediction = predict_prepared(case.prepared, case.model, settings, progress=progress.update,
+                                       in_process=in_process)
     write_prediction(folder / "prediction", case.prepared, case.prediction, case.model, settings,
                      {"inference": round(time.monotonic() - started, 2)}, inputs=case.inputs.sources)
 
@@ -182,9 +184,14 @@ def clear_stage_files(folder: Path, stage: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def run_stage(stage: str, case: CaseResults, folder: Path, progress: StageProgress) -> None:
+def run_stage(stage: str, case: CaseResults, folder: Path, progress: StageProgress, in_job: bool = False) -> None:
+    """One stage, its earlier files cleared first; ``in_job``: this process is a job of its own (a workflow rule),
+    so the prediction needs no second process (nor a second torch import)."""
     clear_stage_files(folder, stage)
-    CASE_STAGES[stage](case, folder, progress)
+    if stage == "predict":
+        predict_stage(case, folder, progress, in_process=in_job)
+    else:
+        CASE_STAGES[stage](case, folder, progress)
 
 
 def run_stages(case: CaseResults, folder: Path, progress: StageProgress) -> None:
