@@ -31,8 +31,9 @@ def add_commands(subparsers) -> None:
                      help="new folder for the results (with --batch: the batch folder; complete cases are skipped)")
     add_run_settings(run)
     run.add_argument("--batch", action="store_true",
-                     help="CASE_DIR holds one sub-folder per case, run one after another on this machine (for "
-                          "parallel jobs, resume by stage or a SLURM cluster: gliomaprog cohort workflow)")
+                     help="CASE_DIR holds one sub-folder per case, run one after another on this machine (the "
+                          "fastest way on a few cores; to resume by stage, or for many cores or a SLURM cluster: "
+                          "gliomaprog cohort workflow)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.set_defaults(handler=_run_command)
 

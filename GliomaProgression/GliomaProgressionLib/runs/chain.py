@@ -92,9 +92,9 @@ HABITATS_NOT_REQUESTED = "perfusion habitats skipped: not requested"
 HABITATS_NO_DSC = "perfusion habitats skipped: no DSC series"
 INVASION_FOLDER = "invasion"
 # When the workflow is the better tool (run --batch says it; README "Running a cohort" has the numbers).
-BATCH_OR_WORKFLOW = ("--batch runs the cases one after another on this machine; 'gliomaprog cohort workflow' runs "
-                     "them as parallel jobs (faster with two or more cores), resumes a killed run from its last "
-                     "finished stage and runs on SLURM clusters.")
+BATCH_OR_WORKFLOW = ("--batch runs the cases one after another on this machine (the fastest way on a few cores); "
+                     "'gliomaprog cohort workflow' resumes a killed run from its last finished stage, records each "
+                     "stage's provenance and runs the cases as parallel jobs on many cores or a SLURM cluster.")
 BATCH_COLUMNS = ("case", "status", "message", "progression_predicted", "predicted_volume_ml", "elapsed_s",
                  "output")
 
