@@ -48,7 +48,9 @@ QC_COLUMNS = ("case", "flair_registration", "dsc_registration", "warnings", "not
 # Names OUT uses for itself: a case folder may not take them.
 RESERVED_NAMES = (COHORT_CSV, QC_CSV, CTV_EVALUATION)
 # What each rule asks of the machine or the cluster: threads, memory (MB) and wall time (minutes) for a 1 mm
-# brain; the prediction also takes a GPU when the settings ask for CUDA.
+# brain; the prediction also takes a GPU when the settings ask for CUDA. Measured peaks with the demo models are
+# 0.5-1.2 GB per rule (benchmarks/bench_workflow.py); the room above them is for full-size series and a site's own
+# nnU-Net model, which may need several GB to predict a 1 mm brain.
 RULE_RESOURCES = {
     "prepare": {"threads": 2, "mem_mb": 6000, "runtime": 30},
     "habitats": {"threads": 1, "mem_mb": 3000, "runtime": 20},
