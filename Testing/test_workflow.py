@@ -7,6 +7,7 @@ The three cases are small phantoms cropped to a 48 mm slab around the tumour (a 
 chain's cost scales with the 1 mm reference grid, and the suite's 15 minutes hold the workflow, three runs to compare
 with and a SLURM run only that way. One has no DSC (no perfusion, no habitats rule); a fourth case lacks its FLAIR.
 """
+import base64
 import json
 import os
 import shutil
@@ -103,6 +104,17 @@ def wait_for_first_complete_case(out: Path, process: subprocess.Popen, timeout: 
     pytest.fail("no case completed before the workflow ended or timed out")
 
 
+def cancelled_rules(out: Path) -> set[str]:
+    """The benchmark files of the jobs the stop cancelled: Snakemake marks their outputs incomplete (file names are
+    the outputs' paths in URL-safe base64)."""
+    cancelled = set()
+    for marker in (out / ".snakemake" / "incomplete").glob("*"):
+        output = Path(base64.urlsafe_b64decode(marker.name).decode())
+        case, rule = (output.parent.name, output.stem) if output.suffix == ".checkpoint" else (output.name, "case")
+        cancelled.add(f"{workflow.WORKFLOW_DIR}/benchmarks/{case}/{rule}.tsv")
+    return cancelled
+
+
 def benchmark_stamps(out: Path) -> dict[str, float]:
     return {str(path.relative_to(out)): path.stat().st_mtime
             for path in (out / workflow.WORKFLOW_DIR / "benchmarks").rglob("*.tsv")}
@@ -130,7 +142,8 @@ def resumed(cohort):
     killed_code, _, killed_err = finish(process, timeout=120)
     after_kill = {"complete": [name for name in GOOD if is_complete(out / name)],
                   "folders": sorted(p.name for p in out.iterdir()),
-                  "benchmarks": benchmark_stamps(out),
+                  "benchmarks": {rule: mtime for rule, mtime in benchmark_stamps(out).items()
+                                 if rule not in cancelled_rules(out)},  # the rules that had ended
                   "report_mtime": {name: (out / name / REPORT_JSON).stat().st_mtime
                                    for name in GOOD if is_complete(out / name)}}
     slurm_missing = slurm_programs_missing()

@@ -225,6 +225,8 @@ def run_rule(stage: str, case_folder: Path, settings: RunSettings, previous: Pat
     from GliomaProgressionLib.runs.stages import read_case_stage, run_stage
 
     started, clock = time.time(), time.monotonic()
+    for stale in output.parent.glob(f".{output.name}.partial-*"):  # left by a job of this rule that was killed
+        stale.unlink()
     progress = StageProgress(case_folder.name)
     if previous is None:
         checkpoint = Checkpoint(read_case_stage(case_folder, settings, progress), "read")
@@ -252,11 +254,12 @@ def assemble_case(case: str, previous: Path, out: Path) -> None:
     links to the case's working files, which stay until the cohort rule: should Snakemake not see this job end, it
     runs it again from them."""
     from GliomaProgressionLib.case.files import staged_output_folder, write_json
-    from GliomaProgressionLib.runs.chain import finish_output_folder, mark_owner
+    from GliomaProgressionLib.runs.chain import finish_output_folder, mark_owner, sweep_stale_leftovers
 
     checkpoint = load_checkpoint(previous)
     files = Path(files_folder(case))
     target = out / case
+    sweep_stale_leftovers(out, case)  # the staging folder of an earlier job of this rule that was killed
     with staged_output_folder(target) as staging:
         mark_owner(staging)
         shutil.copytree(files, staging, dirs_exist_ok=True, copy_function=os.link)
@@ -418,13 +421,14 @@ def write_workflow_config(out: Path, settings: RunSettings) -> Path:
 
 
 def run_snakemake(command: list[str], quiet: bool) -> tuple[int, str]:
-    """Snakemake in a child process; SIGTERM to this process stops it cleanly (it ends its jobs and marks their
-    outputs incomplete). Returns its exit code and the end of its output."""
+    """Snakemake in a child process; SIGTERM to this process stops it as Ctrl-C does: Snakemake cancels its running
+    jobs and marks their outputs incomplete. (Snakemake 9.27's own SIGTERM handler takes a lock its scheduler may
+    hold at that moment, and then hangs for ever.) Returns its exit code and the end of its output."""
     import signal
     import subprocess
 
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGINT))
     tail: list[str] = []
     try:
         for line in child.stdout:
