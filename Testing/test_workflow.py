@@ -73,11 +73,12 @@ def cohort(tmp_path_factory, synthetic_case):
     return root
 
 
-def gliomaprog_workflow(cohort: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+def gliomaprog_workflow(cohort: Path, out: Path, *extra: str, env: dict | None = None,
+                        cores: int = 2) -> subprocess.Popen:
     """The command in a session of its own, its output into files (a pipe nobody reads would fill and stall it)."""
     logs = out.parent / f"{out.name}-{time.monotonic_ns()}"
     process = subprocess.Popen([sys.executable, "-m", "GliomaProgressionLib.cli.main", "cohort", "workflow",
-                                str(cohort), "--out", str(out), "--cores", "2", *SETTINGS, *extra],
+                                str(cohort), "--out", str(out), "--cores", str(cores), *SETTINGS, *extra],
                                stdout=open(f"{logs}.out", "w"), stderr=open(f"{logs}.err", "w"),
                                start_new_session=True, env={**os.environ, **(env or {})})
     process.logs = logs
@@ -136,7 +137,9 @@ def resumed(cohort):
     """The workflow on this machine stopped (SIGTERM) as soon as its first case is complete, what it left, then the
     rest: through a real SLURM cluster when its programs are installed (always on CI), else locally again."""
     out = cohort.parent / "out"
-    process = gliomaprog_workflow(cohort, out)
+    # One job at a time: when the first case is complete the others are still under way, however slow the machine
+    # (with two, on a busy CI machine all three cases once ended together, before the stop).
+    process = gliomaprog_workflow(cohort, out, cores=1)
     first = wait_for_first_complete_case(out, process)
     process.send_signal(signal.SIGTERM)  # as `kill` would: the command stops Snakemake, which stops its jobs
     killed_code, _, killed_err = finish(process, timeout=120)
