@@ -21,8 +21,6 @@ result, and a stage run again clears its own files first (``stages.clear_stage_f
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import pickle
@@ -312,16 +310,6 @@ def qc_row(folder: Path) -> dict:
             "warnings": " | ".join(data.get("warnings") or []), "notes": " | ".join(data.get("notes") or [])}
 
 
-def write_csv(path: Path, columns, rows: list[dict]) -> None:
-    from GliomaProgressionLib.case.files import write_text
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(buffer.getvalue(), path)
-
-
 def evaluate_when_truth(out: Path, complete: list[str]) -> str:
     """``cohort evaluate --ctv`` over the complete cases when every one has a recurrence (the truth) and there are
     enough of them; else the reason it did not run."""
@@ -341,6 +329,7 @@ def evaluate_when_truth(out: Path, complete: list[str]) -> str:
 
 def write_cohort_tables(cases_dir: Path, out: Path) -> list[dict]:
     """cohort.csv (every case: complete, or failed with its reason) and cohort_qc.csv (the complete ones)."""
+    from GliomaProgressionLib.runs.batch import write_csv
     from GliomaProgressionLib.runs.chain import BATCH_COLUMNS
 
     rows = cohort_rows(out, [folder.name for folder in case_folders(cases_dir, out)])

@@ -33,15 +33,20 @@ def case_folders(cases: Path, out: Path) -> list[Path]:
     return found
 
 
-def _write_batch_csv(path: Path, rows: list[dict]) -> None:
-    """Rewritten after every case (a temporary file renamed over it): an interrupted batch keeps its record."""
+def write_csv(path: Path, columns, rows: list[dict]) -> None:
+    """A table written to a temporary file renamed over ``path``: an interrupted run keeps its last record."""
     from GliomaProgressionLib.case.files import write_text
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=BATCH_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     write_text(buffer.getvalue(), path)
+
+
+def _write_batch_csv(path: Path, rows: list[dict]) -> None:
+    """Rewritten after every case."""
+    write_csv(path, BATCH_COLUMNS, rows)
 
 
 def _row(case: Path, status: str, message: str, output: Path, data: dict | None, elapsed: float) -> dict:
