@@ -137,8 +137,8 @@ def resumed(cohort):
     """The workflow on this machine stopped (SIGTERM) as soon as its first case is complete, what it left, then the
     rest: through a real SLURM cluster when its programs are installed (always on CI), else locally again."""
     out = cohort.parent / "out"
-    # One job at a time: when the first case is complete the others are still under way, however slow the machine
-    # (with two, on a busy CI machine all three cases once ended together, before the stop).
+    # One job at a time, and the workflow prefers later stages (workflow.RULE_PRIORITY): a case is finished before
+    # the next one starts, so when the first is complete the others have not, however slow the machine.
     process = gliomaprog_workflow(cohort, out, cores=1)
     first = wait_for_first_complete_case(out, process)
     process.send_signal(signal.SIGTERM)  # as `kill` would: the command stops Snakemake, which stops its jobs
@@ -235,6 +235,7 @@ def test_the_killed_workflow_leaves_only_complete_cases_and_the_rerun_does_only_
     out, after_kill = resumed["out"], resumed["after_kill"]
     for name in GOOD:
         assert name not in after_kill["folders"] or name in after_kill["complete"], name
+    assert after_kill["complete"] == [resumed["first"]], "one case at a time: only the first was complete"
     done = after_kill["benchmarks"]
     assert done and len(done) < len(benchmark_stamps(out)), "the kill came too early or too late to test a resume"
     for name, mtime in after_kill["report_mtime"].items():  # complete cases were not run again

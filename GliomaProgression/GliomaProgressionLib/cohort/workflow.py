@@ -63,6 +63,10 @@ RULE_RESOURCES = {
 }
 PROVENANCE_SOFTWARE = ("snakemake", "snakemake-executor-plugin-slurm")
 CASE_RULES = ("prepare", "habitats", "predict", "invasion", "ctv", "dicom", "report", "scene", "case")
+# Later stages first: a case is finished before the next one starts where cores allow it, so results arrive case by
+# case, a stopped run has lost at most the cases under way, and few temporary checkpoints (~170 MB each for a 1 mm
+# brain) exist at once. Snakemake's default would run every case's prepare before any predict.
+RULE_PRIORITY = {rule: position for position, rule in enumerate(CASE_RULES)}
 
 
 # --- settings -------------------------------------------------------------------------------------------------
