@@ -35,9 +35,11 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage import measure
 
@@ -50,9 +52,10 @@ RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
 MANUFACTURER = "GliomaProgression"
 SOFTWARE = "CTVPlanner 0.1.0"
-# Vertices closer than this (in pixels) to the line through their neighbours are dropped: marching squares puts
-# one vertex per pixel edge, most of them on straight runs.
-CONTOUR_TOLERANCE_PX = 0.05
+# A vertex whose two edges turn by less than this (cross product of the unit edge directions) is dropped: marching
+# squares puts one vertex per pixel edge, most of them inside straight runs, which lose nothing by going.
+COLLINEAR_TOLERANCE = 1e-6
+CONTOUR_DATA = 0x30060050
 RT_ROI_TYPES = ("CTV", "PTV", "GTV", "ORGAN", "AVOIDANCE", "EXTERNAL", "CONTROL")
 
 
@@ -263,16 +266,38 @@ def match_source_series(datasets: list[Dataset], shape: tuple[int, int, int], ij
 # --- RTSTRUCT --------------------------------------------------------------------------------------------
 
 
+def without_collinear_vertices(outline: np.ndarray) -> np.ndarray:
+    """The closed outline ``outline`` (first vertex not repeated) without the vertices that lie on the straight
+    line through their neighbours: the same polygon, exactly."""
+    edges = np.roll(outline, -1, axis=0) - outline
+    directions = edges / np.maximum(np.linalg.norm(edges, axis=1, keepdims=True), 1e-12)
+    incoming = np.roll(directions, 1, axis=0)
+    turn = incoming[:, 0] * directions[:, 1] - incoming[:, 1] * directions[:, 0]
+    straight = (np.abs(turn) < COLLINEAR_TOLERANCE) & (np.sum(incoming * directions, axis=1) > 0)
+    return outline[~straight]
+
+
 def slice_contours(mask_2d: np.ndarray) -> list[np.ndarray]:
     """Closed outlines (marching squares, level 0.5) of a 2D mask ``[j, i]`` as arrays of (i, j) vertices,
     first vertex not repeated."""
     padded = np.pad(np.asarray(mask_2d, dtype=np.float32), 1)
     outlines = []
     for contour in measure.find_contours(padded, 0.5):
-        contour = measure.approximate_polygon(contour, CONTOUR_TOLERANCE_PX)[:-1] - 1.0
+        contour = without_collinear_vertices(contour[:-1]) - 1.0
         if len(contour) >= 3:
             outlines.append(contour[:, ::-1])  # (row j, column i) -> (i, j)
     return outlines
+
+
+def _contour_data(points: np.ndarray) -> RawDataElement:
+    """Contour Data as the bytes of its DS values (three decimals, um: each within the 16 characters of a DS).
+
+    Written raw, as pydicom keeps what it reads: a list of strings would become one validated DSfloat object per
+    coordinate, ~2 s for the contours of a small case.
+    """
+    value = "\\".join(f"{v:.3f}" for v in np.asarray(points, float).ravel()).encode("ascii")
+    value += b" " * (len(value) % 2)  # DICOM values have even length, DS padded with a space
+    return RawDataElement(Tag(CONTOUR_DATA), "DS", len(value), value, 0, False, True)
 
 
 def _contour_item(points_ijk: np.ndarray, lps: np.ndarray, image: Dataset) -> Dataset:
@@ -284,8 +309,7 @@ def _contour_item(points_ijk: np.ndarray, lps: np.ndarray, image: Dataset) -> Da
     item.ContourImageSequence = Sequence([reference])
     item.ContourGeometricType = "CLOSED_PLANAR"
     item.NumberOfContourPoints = len(points)
-    # Three decimals (um) keep every value within the 16 characters of a DS.
-    item.ContourData = [f"{v:.3f}" for v in points.ravel()]
+    item[CONTOUR_DATA] = _contour_data(points)
     return item
 
 
