@@ -1,14 +1,22 @@
-"""What many test files of the main suite share: the ``gliomaprog`` command line run in a child process, and the
-check of its one-line errors. The synthetic-case fixtures (``small_case``, ``small_case_folder``, ``full_case``)
-are in ``conftest.py``; ``conftest.py`` also puts this folder on ``sys.path``, so ``from helpers import ...`` works.
+"""What many test files of the main suite share: the ``gliomaprog`` command line run in a child process, the check
+of its one-line errors, and the cut of a case folder to a slab around its lesion (``crop_case_to_lesion``) for the
+end-to-end runs, which need the lesion and its surroundings, not the whole head. The synthetic-case fixtures
+(``small_case``, ``small_case_folder``, ``full_case``) are in ``conftest.py``; ``conftest.py`` also puts this folder
+on ``sys.path``, so ``from helpers import ...`` works.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.affines import apply_affine
 
 # The ``gliomaprog`` console script, run with this interpreter (the project's environment) as ``python -m``.
 GLIOMAPROG = (sys.executable, "-m", "GliomaProgressionLib.cli.main")
@@ -64,3 +72,95 @@ def assert_nothing_written(parent, out) -> None:
     """Neither the output nor a staging folder beside it (``.partial-``) is left behind."""
     assert not out.exists()
     assert not [p for p in parent.iterdir() if ".partial-" in p.name]
+
+
+# --- small cases for end-to-end runs: the phantom cut to a slab around its lesion ---------------------------------
+
+# A whole small head costs a `gliomaprog run` about a minute; a slab around the lesion a fraction of it and still
+# holds what the chain needs: the whole lesion and recurrence, white matter beside them, every series' own grid.
+SLAB_MM = 48.0  # the least superior-inferior extent kept around the lesion
+LESION_MARGIN_MM = 5.0  # kept above and below the lesion when the lesion is taller than SLAB_MM allows
+# Label files whose every non-zero voxel must survive a crop: a cut lesion or truth would change what a run proves.
+LABEL_FILES = ("lesion.nii.gz", "recurrence.nii.gz", "progression.nii.gz")
+
+
+def _slice_centres_s(image) -> np.ndarray:
+    """The superior coordinate of the in-plane centre of each slice (third axis): for an oblique grid the centre
+    of the field of view, not the corner voxel, stands for the slice."""
+    i, j = (image.shape[0] - 1) / 2, (image.shape[1] - 1) / 2
+    row = image.affine[2]
+    return row[0] * i + row[1] * j + row[2] * np.arange(image.shape[2]) + row[3]
+
+
+def _slab_slices(image, centre_s_mm: float, slab_mm: float, points=None) -> tuple[int, int]:
+    """First and last slice (inclusive) of ``image`` kept: those whose centre lies within |S - centre| <=
+    slab_mm / 2, widened to every slice that holds one of ``points`` (world RAS, N x 3)."""
+    axis = image.affine[:3, 2]
+    if abs(axis[2]) < 0.7 * np.linalg.norm(axis):
+        raise ValueError("The series' third axis is not superior-inferior, so its slices cannot be cut to an S slab.")
+    keep = np.flatnonzero(np.abs(_slice_centres_s(image) - centre_s_mm) <= slab_mm / 2)
+    low, high = (int(keep[0]), int(keep[-1])) if keep.size else (image.shape[2], -1)
+    if points is not None and len(points):
+        k = (np.linalg.inv(image.affine) @ np.c_[points, np.ones(len(points))].T)[2]
+        low = min(low, max(int(np.floor(k.min())), 0))
+        high = max(high, min(int(np.ceil(k.max())), image.shape[2] - 1))
+    if low > high:
+        raise ValueError("The slab holds no slice of a series of the case.")
+    return low, high
+
+
+def _crop_folder(folder: Path, centre_s_mm: float, slab_mm: float, points=None) -> None:
+    for path in sorted(Path(folder).rglob("*.nii.gz")):
+        image = nib.load(path)
+        low, high = _slab_slices(image, centre_s_mm, slab_mm, points)
+        if (low, high) == (0, image.shape[2] - 1):
+            continue
+        before = _label_voxels(path, image)
+        cropped = image.slicer[:, :, low:high + 1]  # whole slices; a 4D series keeps every frame
+        nib.save(cropped, path)
+        if before is not None and _label_voxels(path, nib.load(path)) != before:
+            raise ValueError(f"The slab cuts {path.name}: widen it.")
+
+
+def _label_voxels(path: Path, image) -> int | None:
+    return int(np.count_nonzero(np.asarray(image.dataobj))) if path.name in LABEL_FILES else None
+
+
+def crop_to_slab(folder, centre_s_mm: float, slab_mm: float = SLAB_MM) -> None:
+    """Every series of the case folder (each ``*.nii.gz`` in it and in its subfolders, e.g. ``truth/``) cut, in
+    place, to the slices whose centre lies in the slab |S - centre_s_mm| <= slab_mm / 2. Whole slices: each
+    series keeps its own in-plane grid, spacing and orientation (its affine only moves to the first slice kept),
+    so registration and resampling work as on the uncut case; a DSC series (4D) is cut on its third axis and keeps
+    every frame. A lesion, recurrence or progression file cut by the slab is a ValueError."""
+    _crop_folder(Path(folder), centre_s_mm, slab_mm)
+
+
+def crop_case_to_lesion(folder, slab_mm: float = SLAB_MM, margin_mm: float = LESION_MARGIN_MM) -> tuple[float, float]:
+    """The case folder cut in place (as ``crop_to_slab``) to a slab centred on its lesion (``lesion.nii.gz``):
+    ``slab_mm`` tall, or the lesion's height plus ``margin_mm`` above and below if that is more. Each series also
+    keeps every slice through which the lesion passes (an oblique grid's slices are tilted against the slab), so
+    the lesion lies wholly inside every series. Returns the slab's centre and height (mm)."""
+    folder = Path(folder)
+    lesion = nib.load(folder / "lesion.nii.gz")
+    voxels = np.argwhere(np.asarray(lesion.dataobj) != 0)
+    if not len(voxels):
+        raise ValueError(f"The lesion of {folder.name} is empty, so there is no slab around it.")
+    points = apply_affine(lesion.affine, voxels)
+    low, high = points[:, 2].min(), points[:, 2].max()
+    centre, height = (low + high) / 2, max(slab_mm, high - low + 2 * margin_mm)
+    _crop_folder(folder, centre, height, points)
+    return float(centre), float(height)
+
+
+def write_cropped_case(synthetic_case, folder, seed: int, dsc: bool = True, keep_truth: bool = False) -> Path:
+    """The small synthetic case of ``seed`` (``synthetic_case`` is conftest's fixture) written to ``folder`` and
+    cut to the slab around its lesion (``crop_case_to_lesion``); its ``truth/`` folder, cut too, only with
+    ``keep_truth`` (as a cohort's case folders have none)."""
+    from GliomaProgressionLib.phantom.folder import write_case
+
+    folder = Path(folder)
+    write_case(synthetic_case(seed=seed, size="small", dsc=dsc), folder)
+    if not keep_truth:
+        shutil.rmtree(folder / "truth")
+    crop_case_to_lesion(folder)
+    return folder
