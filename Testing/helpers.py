@@ -7,6 +7,9 @@ on ``sys.path``, so ``from helpers import ...`` works.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
 import shutil
 import subprocess
@@ -66,6 +69,31 @@ def gliomaprog_here(capsys, *arguments) -> Outcome:
     code = cli.main([str(a) for a in arguments])
     captured = capsys.readouterr()
     return Outcome(code, captured.err, captured.out)
+
+
+def gliomaprog_in_process(*arguments, env: dict | None = None) -> Outcome:
+    """``gliomaprog ARGUMENTS`` in this process, what it prints captured, ``env`` set only while it runs: for
+    module fixtures (no ``capsys`` there) and commands whose interpreter start-up and imports (1-3 s of CPU a
+    child) would cost more than their work. The command's own exit code and stderr are checked as ``gliomaprog``'s
+    are; a traceback would fail the test as the exception itself."""
+    from GliomaProgressionLib.cli import main as cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update({name: str(value) for name, value in (env or {}).items()})
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = cli.main([str(a) for a in arguments])
+            except SystemExit as exit_:  # argparse's usage errors
+                code = exit_.code
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return Outcome(code, stderr.getvalue(), stdout.getvalue())
 
 
 def assert_nothing_written(parent, out) -> None:

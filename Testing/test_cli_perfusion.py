@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, gliomaprog_in_process
 
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD
 from GliomaProgressionLib.case.files import read_volume, write_json, write_volume
@@ -20,7 +20,7 @@ def case_folder(small_case_folder):
 @pytest.fixture(scope="module")
 def computed(case_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("perfusion-out") / "maps"
-    result = gliomaprog("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--dsc-json", case_folder / "dsc.json",
+    result = gliomaprog_in_process("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--dsc-json", case_folder / "dsc.json",
                         "--lesion", case_folder / "lesion.nii.gz", "--out", out)
     assert result.returncode == 0, result.stderr
     return out
@@ -67,7 +67,7 @@ def _bad_series(tmp_path, array, ijk_to_ras, name="bad.nii.gz"):
 def _run_on(tmp_path, dsc, *extra, sidecar=None):
     arguments = ["perfusion", "--dsc", dsc, "--out", tmp_path / "out"]
     arguments += ["--dsc-json", sidecar] if sidecar else ["--tr", "1.5", "--te", "0.03"]
-    return gliomaprog(*arguments, *extra)
+    return gliomaprog_in_process(*arguments, *extra)
 
 
 def test_3d_series_is_refused(tmp_path, case_folder):
@@ -82,7 +82,7 @@ def test_too_few_frames(tmp_path, case_folder):
 
 
 def test_missing_timing(tmp_path, case_folder):
-    result = gliomaprog("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--out", tmp_path / "out")
+    result = gliomaprog_in_process("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--out", tmp_path / "out")
     _assert_refused(result, "timing")
     sidecar = write_json({"RepetitionTime": 1.5}, tmp_path / "no-te.json")
     _assert_refused(_run_on(tmp_path, case_folder / "dsc.nii.gz", sidecar=sidecar), "echo time")
@@ -123,7 +123,7 @@ def test_no_bolus(tmp_path, case_folder):
 
 @pytest.mark.slow
 def test_cbf_mtt_ttp_on_request(case_folder, tmp_path):
-    result = gliomaprog("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--dsc-json", case_folder / "dsc.json",
+    result = gliomaprog_in_process("perfusion", "--dsc", case_folder / "dsc.nii.gz", "--dsc-json", case_folder / "dsc.json",
                         "--cbf", "--out", tmp_path / "maps")
     assert result.returncode == 0, result.stderr
     cbf = read_volume(tmp_path / "maps" / "cbf.nii.gz").array

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from GliomaProgressionLib.cohort.evaluate import (EvaluationSettings, bootstrap_auc_interval,
                                                   evaluate_cohort, mcnemar_exact, roc_auc, wilson_interval)
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, gliomaprog_in_process
 
 SHAPE = (6, 6, 6)
 
@@ -150,7 +150,7 @@ def test_min_voxels_and_threshold_change_the_verdicts(cohort):
 @pytest.mark.slow
 def test_cli_writes_the_tables_and_the_roc_plot(cohort):
     out = cohort / "evaluation"
-    result = gliomaprog("cohort", "evaluate", "--predictions", cohort / "multiparametric", "--truth",
+    result = gliomaprog_in_process("cohort", "evaluate", "--predictions", cohort / "multiparametric", "--truth",
                          cohort / "truth", "--compare", cohort / "conventional", "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["evaluation.csv", "evaluation.json", "evaluation.md",
@@ -180,7 +180,7 @@ def test_degenerate_cohorts_give_documented_values_and_no_nan(cohort):
         _save(_map([(v, 1) for v in TRUTH_VOXELS]), only / "truth" / f"{case}.nii.gz")
         _save(_map([(TRUTH_VOXELS[0], 1.0)]), only / "pred" / f"{case}.nii.gz")  # a 0/1 mask works too
     out = only / "out"
-    result = gliomaprog("cohort", "evaluate", "--predictions", only / "pred", "--truth", only / "truth", "--out",
+    result = gliomaprog_in_process("cohort", "evaluate", "--predictions", only / "pred", "--truth", only / "truth", "--out",
                          out, "--quiet")
     assert result.returncode == 0, result.stderr
     data = json.loads((out / "evaluation.json").read_text())["models"][0]
@@ -221,7 +221,7 @@ def _break(cohort, problem):
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(cohort, problem, extra, fragment):
     _break(cohort, problem)
     out = cohort / "out"
-    result = gliomaprog("cohort", "evaluate", "--predictions", cohort / "multiparametric", "--truth",
+    result = gliomaprog_in_process("cohort", "evaluate", "--predictions", cohort / "multiparametric", "--truth",
                          cohort / "truth", "--out", out, "--quiet", *extra)
     assert_one_line_error(result, fragment)
     assert not out.exists() and not list(cohort.glob(".out.partial-*"))
@@ -230,7 +230,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(cohort, problem, extra,
 def test_an_existing_output_folder_is_refused(cohort):
     (cohort / "out").mkdir()
     (cohort / "out" / "keep.txt").write_text("keep")
-    result = gliomaprog("cohort", "evaluate", "--predictions", cohort / "multiparametric", "--truth",
+    result = gliomaprog_in_process("cohort", "evaluate", "--predictions", cohort / "multiparametric", "--truth",
                          cohort / "truth", "--out", cohort / "out", "--quiet")
     assert_one_line_error(result, "already exists")
     assert [p.name for p in (cohort / "out").iterdir()] == ["keep.txt"]

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, gliomaprog_in_process
 
 from GliomaProgressionLib.case.files import read_volume, write_volume
 from GliomaProgressionLib.case.geometry import Volume
@@ -20,7 +20,7 @@ def phantom_case(small_case_folder):
 def ctv_run(phantom_case, tmp_path_factory):
     out = tmp_path_factory.mktemp("ctv-out") / "ctv"
     truth = phantom_case / "truth"
-    result = gliomaprog("ctv", "--lesion", phantom_case / "lesion.nii.gz", "--brain", truth / "brain.nii.gz",
+    result = gliomaprog_in_process("ctv", "--lesion", phantom_case / "lesion.nii.gz", "--brain", truth / "brain.nii.gz",
                         "--progression", truth / "progression.nii.gz", "--recurrence", truth / "progression.nii.gz",
                         "--image", phantom_case / "t1c.nii.gz", "--ptv-mm", 3, "--out", out)
     assert result.returncode == 0, result.stderr
@@ -55,7 +55,7 @@ def test_ctv_writes_one_mask_per_target_and_the_report(phantom_case, ctv_run):
 def test_metrics_command_prints_the_same_metrics_as_json(phantom_case, ctv_run):
     out, _ = ctv_run
     truth = phantom_case / "truth"
-    result = gliomaprog("metrics", "--target", out / "ctv_eortc.nii.gz", "--recurrence",
+    result = gliomaprog_in_process("metrics", "--target", out / "ctv_eortc.nii.gz", "--recurrence",
                         truth / "progression.nii.gz", "--brain", truth / "brain.nii.gz")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
@@ -99,7 +99,7 @@ def small(tmp_path_factory):
 
 
 def _ctv(small, out, *extra, lesion="lesion", brain="brain"):
-    return gliomaprog("ctv", "--lesion", small / f"{lesion}.nii.gz", "--brain", small / f"{brain}.nii.gz",
+    return gliomaprog_in_process("ctv", "--lesion", small / f"{lesion}.nii.gz", "--brain", small / f"{brain}.nii.gz",
                       "--out", out, "--quiet", *extra)
 
 
@@ -150,7 +150,7 @@ def test_an_existing_output_folder_is_never_overwritten(small, tmp_path):
 
 @pytest.mark.slow
 def test_metrics_refuses_a_recurrence_on_another_grid(small):
-    result = gliomaprog("metrics", "--target", small / "lesion.nii.gz", "--recurrence",
+    result = gliomaprog_in_process("metrics", "--target", small / "lesion.nii.gz", "--recurrence",
                         small / "recurrence_other_grid.nii.gz", "--brain", small / "brain.nii.gz")
     assert_one_line_error(result, "recurrence", "--resample")
 
@@ -176,5 +176,5 @@ def test_the_schemes_help_lists_the_planners_schemes():
     from CTVPlannerLib.schemes import SCHEMES
 
     for command in ("ctv", "run"):
-        result = gliomaprog(command, "--help")
+        result = gliomaprog_in_process(command, "--help")
         assert ", ".join(SCHEMES) in " ".join(result.stdout.split()), command

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, gliomaprog_in_process
 
 from DSCPerfusionLib.ftb import FTB_CLASSES, FTB_KEYS, FTB_THRESHOLDS, WHOLE_LESION, classify, fractions, lesion_ftb
 
@@ -76,7 +76,7 @@ def with_acquisition(small_case_folder, tmp_path_factory):
     sidecar.update(MagneticFieldStrength=3.0, FlipAngle=60.0, PreloadDose=0.1, BolusDose=0.1)
     (folder / "dsc.json").write_text(json.dumps(sidecar))
     out = folder.parent / "maps"
-    result = gliomaprog("perfusion", "--dsc", folder / "dsc.nii.gz", "--dsc-json", folder / "dsc.json",
+    result = gliomaprog_in_process("perfusion", "--dsc", folder / "dsc.nii.gz", "--dsc-json", folder / "dsc.json",
                         "--lesion", folder / "lesion.nii.gz", "--ftb-thresholds", "1.2", "2.5", "--out", out)
     assert result.returncode == 0, result.stderr
     return folder, out
@@ -115,7 +115,7 @@ def test_protocol_qa_in_perfusion_json(with_acquisition):
 
 def test_inverted_ftb_thresholds_are_refused_before_the_work(small_case_folder, tmp_path):
     out = tmp_path / "maps"
-    result = gliomaprog("perfusion", "--dsc", small_case_folder / "dsc.nii.gz", "--dsc-json",
+    result = gliomaprog_in_process("perfusion", "--dsc", small_case_folder / "dsc.nii.gz", "--dsc-json",
                         small_case_folder / "dsc.json", "--ftb-thresholds", "2", "1", "--out", out)
     assert_one_line_error(result, "FTB threshold")
     assert not out.exists()
@@ -139,7 +139,7 @@ def test_run_takes_the_ftb_thresholds_to_the_perfusion_folder_and_the_report(tmp
 
 def test_run_refuses_inverted_ftb_thresholds_before_the_work(small_case_folder, tmp_path):
     out = tmp_path / "run"
-    result = gliomaprog("run", small_case_folder, "--out", out, "--ftb-thresholds", "2", "1", "--no-habitats")
+    result = gliomaprog_in_process("run", small_case_folder, "--out", out, "--ftb-thresholds", "2", "1", "--no-habitats")
     assert_one_line_error(result, "FTB threshold")
     assert not out.exists()
 

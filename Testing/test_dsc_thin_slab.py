@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from DSCPerfusionLib.brainmask import open_within_slab
 from DSCPerfusionLib.pipeline import PerfusionOptions, compute_perfusion
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, gliomaprog_in_process
 
 SLAB_SLICES = (1, 2, 3)
 MIN_DICE = 0.99
@@ -120,13 +120,13 @@ def test_many_slice_phantom_maps_are_unchanged(synthetic_case):
 
 def test_cli_phantom_writes_a_two_slice_dsc_series(tmp_path):
     out = tmp_path / "case"
-    result = gliomaprog("phantom", "--size", "small", "--dsc-slices", "2", "--quiet", "--out", out)
+    result = gliomaprog_in_process("phantom", "--size", "small", "--dsc-slices", "2", "--quiet", "--out", out)
     assert result.returncode == 0, result.stderr
     series = nib.load(out / "dsc.nii.gz")
     assert series.ndim == 4 and series.shape[2] == 2  # (x, y, z, time)
 
 
 def test_cli_phantom_refuses_dsc_slices_without_dsc(tmp_path):
-    result = gliomaprog("phantom", "--size", "small", "--no-dsc", "--dsc-slices", "2", "--out", tmp_path / "case")
+    result = gliomaprog_in_process("phantom", "--size", "small", "--no-dsc", "--dsc-slices", "2", "--out", tmp_path / "case")
     assert_one_line_error(result, "--dsc-slices", "--no-dsc")
     assert not (tmp_path / "case").exists()

@@ -11,7 +11,7 @@ import yaml
 
 from GliomaProgressionLib.cohort.radiomics_features import (default_settings_file, expected_feature_names, extract_cohort,
                                                      make_extractor)
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, gliomaprog_in_process
 
 SHAPE = (20, 24, 24)  # k, j, i: small so that the wavelet extraction takes about a second per region
 
@@ -136,7 +136,7 @@ def test_cli_reads_a_cohort_in_the_run_layout(tmp_path):
     case = tmp_path / "cohort" / "patient7"
     _write_case(case / "registered", seed=3)
     out = tmp_path / "cohort.csv"
-    result = gliomaprog("radiomics", "extract", "--cohort", tmp_path / "cohort", "--out", out, "--quiet")
+    result = gliomaprog_in_process("radiomics", "extract", "--cohort", tmp_path / "cohort", "--out", out, "--quiet")
     assert result.returncode == 0, result.stderr
     rows = _read(out)
     assert [row["case"] for row in rows] == ["patient7"] and float(rows[0]["seconds"]) > 0
@@ -156,7 +156,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, problem, frag
         sitk.WriteImage(image, str(case / "ncbv.nii.gz"))
     else:
         out.write_text("keep me")
-    result = gliomaprog("radiomics", "extract", "--case-dir", case, "--out", out, "--quiet")
+    result = gliomaprog_in_process("radiomics", "extract", "--case-dir", case, "--out", out, "--quiet")
     assert_one_line_error(result, fragment)
     assert (out.read_text() == "keep me") if problem == "exists" else not out.exists()
     assert not list(tmp_path.glob(".out.csv*"))

@@ -9,7 +9,7 @@ import pytest
 
 from GliomaProgressionLib.cohort import radiomics_model
 from GliomaProgressionLib.cohort.radiomics_model import ModelSettings, cross_validate, run_model
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, gliomaprog_in_process
 
 INFORMATIVE = 4  # the first columns carry the class; the rest are noise
 
@@ -98,7 +98,7 @@ def test_feature_selection_keeps_the_informative_columns():
 def test_cli_writes_every_output(tmp_path):
     features, labels = _write(tmp_path, *_table(3))
     out = tmp_path / "model"
-    result = gliomaprog("radiomics", "model", "--features", features, "--labels", labels, "--out", out,
+    result = gliomaprog_in_process("radiomics", "model", "--features", features, "--labels", labels, "--out", out,
                          "--features-kept", "8", "--seed", "3")
     assert result.returncode == 0, result.stderr
     assert {p.name for p in out.iterdir()} == {"folds.csv", "predictions.csv", "selected_features.csv",
@@ -136,7 +136,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, problem, frag
     if problem == "exists":
         out.mkdir()
         (out / "keep.txt").write_text("keep me")
-    result = gliomaprog("radiomics", "model", "--features", features, "--labels", labels, "--out", out,
+    result = gliomaprog_in_process("radiomics", "model", "--features", features, "--labels", labels, "--out", out,
                          "--features-kept", kept)
     assert_one_line_error(result, fragment)
     assert [p.name for p in out.iterdir()] == ["keep.txt"] if problem == "exists" else not out.exists()
