@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import zipfile
+from dataclasses import replace
 
 import pytest
 import SimpleITK as sitk
@@ -15,11 +16,24 @@ from GliomaProgressionLib.cli import main as cli
 
 from GliomaProgressionLib.models import packages as models
 from GliomaProgressionLib.cohort.export import export_cohort
-from GliomaProgressionLib.cohort.replicate import write_phantom_case
+from GliomaProgressionLib.cohort.replicate import flair_progression, replication_config
+from GliomaProgressionLib.models.training import is_positive
+from GliomaProgressionLib.phantom.folder import write_case
+from GliomaProgressionLib.phantom.synthetic import generate_case
 from helpers import gliomaprog
 
 SEEDS = (3000, 3001, 3002, 3003, 3004, 3005)  # 3003: the cohort recipe's case without progression
 DATASET = "Dataset902_TrainTest"
+
+
+def _write_case_without_dsc(seed: int, index: int, folder):
+    """``write_phantom_case``'s case folder (same CE-T1, FLAIR, lesion, progression label and index) without its
+    DSC series: a conventional export never reads it, and writing it was most of the cohort's making time."""
+    case = generate_case(replace(replication_config(seed), dsc=False))
+    target = write_case(case, folder / f"case_{seed:04d}")
+    if is_positive(seed):
+        sitk.WriteImage(flair_progression(case), str(target / "progression.nii.gz"), True)
+    (target / "case.json").write_text(json.dumps({"index": index, "seed": seed}), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +41,7 @@ def cohort(tmp_path_factory):
     """Six phantom cases exported as CE-T1 + FLAIR on a 2 mm grid (all training cases) into an nnU-Net raw folder."""
     root = tmp_path_factory.mktemp("train")
     for index, seed in enumerate(SEEDS):
-        write_phantom_case((seed, index, str(root / "cohort")))
+        _write_case_without_dsc(seed, index, root / "cohort")
     export_cohort(root / "cohort", root / "nnunet_raw" / DATASET, 902, "conventional", spacing_mm=2.0)
     return root
 
