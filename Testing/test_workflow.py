@@ -3,9 +3,9 @@ cases with the local profile gives what ``gliomaprog run`` gives on each; killed
 the rest; a failing case is reported while the others complete; and the same workflow runs through a real one-node
 SLURM cluster (``slurm_cluster``).
 
-The three cases are small phantoms cropped to a 48 mm slab around the tumour (a partial-coverage acquisition): the
-chain's cost scales with the 1 mm reference grid, and the suite's 15 minutes hold the workflow, three runs to compare
-with and a SLURM run only that way. One has no DSC (no perfusion, no habitats rule); a fourth case lacks its FLAIR.
+The three cases are small phantoms cut to a slab around the tumour (``helpers.crop_case_to_lesion``, as a
+partial-coverage acquisition would be): the chain's cost scales with the 1 mm reference grid, and the suite's 15
+minutes hold the workflow, three runs to compare with and a SLURM run only that way. One has no DSC (no perfusion, no habitats rule); a fourth case lacks its FLAIR.
 """
 import base64
 import json
@@ -18,7 +18,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -26,11 +25,11 @@ import SimpleITK as sitk
 from GliomaProgressionLib.cli import main as cli
 from GliomaProgressionLib.cohort import workflow
 from GliomaProgressionLib.runs.chain import REPORT_JSON, is_complete
+from helpers import write_cropped_case
 from slurm_cluster import slurm_cluster, slurm_programs_missing
 
 GOOD = {"dsc_a": {"seed": 3}, "dsc_b": {"seed": 4}, "no_dsc": {"seed": 5, "dsc": False}}
 BROKEN = "no_flair"
-SLAB_MM = 48.0  # superior-inferior extent kept around the tumour
 # The conventional model runs with and without DSC; two CTV schemes (the standard and the AI-adapted) keep the
 # export, report and scene of each case short.
 SETTINGS = ["--model", "conventional", "--schemes", "eortc,ai"]
@@ -41,26 +40,6 @@ VOLATILE_KEYS = {"timings_s", "created", "elapsed_s", "seconds", "inference", "o
 
 
 # --- the cohort ------------------------------------------------------------------------------------------------
-
-
-def crop_to_slab(folder: Path, centre_s_mm: float) -> None:
-    """Every series of the case cut to the slab |S - centre| <= SLAB_MM / 2 (whole slices, its own grid kept)."""
-    for path in sorted(folder.glob("*.nii.gz")):
-        image = nib.load(path)
-        s_of_slice = image.affine[2, 2] * np.arange(image.shape[2]) + image.affine[2, 3]
-        keep = np.flatnonzero(np.abs(s_of_slice - centre_s_mm) <= SLAB_MM / 2)
-        nib.save(image.slicer[:, :, keep[0]:keep[-1] + 1], path)
-
-
-def write_cropped_case(synthetic_case, folder: Path, seed: int, dsc: bool = True) -> None:
-    from GliomaProgressionLib.phantom.folder import write_case
-
-    write_case(synthetic_case(seed=seed, size="small", dsc=dsc), folder)
-    shutil.rmtree(folder / "truth")
-    lesion = nib.load(folder / "lesion.nii.gz")
-    slices = np.flatnonzero(np.asarray(lesion.dataobj).any(axis=(0, 1)))
-    centre = lesion.affine[2, 2] * slices.mean() + lesion.affine[2, 3]
-    crop_to_slab(folder, centre)
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +271,18 @@ def test_each_rule_records_its_provenance_and_its_benchmark(resumed):
     for name in GOOD:
         stages = {p.stem for p in (out / workflow.WORKFLOW_DIR / "benchmarks" / name).glob("*.tsv")}
         assert {"prepare", "predict", "ctv", "dicom", "report", "scene", "case"} <= stages
+
+
+def test_snakemake_heeds_the_forwarded_stop_even_when_started_with_sigint_ignored():
+    """A shell script's background job inherits SIGINT ignored; the stop (SIGTERM, forwarded as SIGINT) must still
+    reach Snakemake as KeyboardInterrupt, or the run goes on to its end (seen in a fresh-clone CI run)."""
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code, output = workflow.run_snakemake(probe, quiet=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (code, output.strip()) == (0, "True")
 
 
 def test_bad_requests_fail_in_one_sentence_before_snakemake_starts(tmp_path, capsys):

@@ -413,6 +413,15 @@ def write_workflow_config(out: Path, settings: RunSettings) -> Path:
     return write_json(settings_to_config(settings), path)
 
 
+def _heeding_sigint() -> None:
+    """In Snakemake's process before it starts: SIGINT back to its default. A command started in the background by
+    a shell script inherits SIGINT ignored, and Python then never turns it into KeyboardInterrupt: the stop above
+    would go unheard and the workflow run on to its end."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_snakemake(command: list[str], quiet: bool) -> tuple[int, str]:
     """Snakemake in a child process; SIGTERM to this process stops it as Ctrl-C does: Snakemake cancels its running
     jobs and marks their outputs incomplete. (Snakemake 9.27's own SIGTERM handler takes a lock its scheduler may
@@ -420,7 +429,8 @@ def run_snakemake(command: list[str], quiet: bool) -> tuple[int, str]:
     import signal
     import subprocess
 
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=_heeding_sigint if os.name == "posix" else None)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGINT))
     tail: list[str] = []
     try:
