@@ -1,6 +1,7 @@
 """``gliomaprog cohort export``: phantom case folders -> a valid nnU-Net v2 raw dataset with QC and split."""
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -179,11 +180,17 @@ def test_dicom_case_exports_the_same_dataset_as_its_nifti_twin(cohort, exported,
 
 @pytest.mark.slow
 def test_conventional_export_neither_needs_nor_reads_the_dsc(cohort, tmp_path):
+    # A case with its DSC, the same case without and the broken one: the negative case would only repeat the first.
+    subset = tmp_path / "cohort"
+    for name in (f"case_{POSITIVE:04d}", "case_nodsc", "case_broken"):
+        shutil.copytree(cohort / name, subset / name, copy_function=os.link)
     out = tmp_path / "Dataset905_Conventional"
-    summary = cohort_export.export_cohort(cohort, out, 905, "conventional", spacing_mm=2.0)
+    summary = cohort_export.export_cohort(subset, out, 905, "conventional", spacing_mm=2.0)
     with open(out / "qc.csv", newline="") as handle:
         rows = {row["case"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {f"case_{POSITIVE:04d}", "case_nodsc", "case_broken"}
     assert rows["case_nodsc"]["status"] == "ok" and summary["failed"] == ["case_broken"]
+    assert rows[f"case_{POSITIVE:04d}"]["status"] == "ok"
     assert all(row["dsc_mattes_mi"] == "" and row["nawm_voxels"] == "" for row in rows.values())
     assert sorted(p.name for p in (out / "imagesTr").glob("case_nodsc_*")) == ["case_nodsc_0000.nii.gz",
                                                                                "case_nodsc_0001.nii.gz"]
