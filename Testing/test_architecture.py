@@ -7,6 +7,7 @@ only ``if TYPE_CHECKING:`` blocks are left out, as they never run). docs/ARCHITE
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -90,10 +91,11 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
     return found - {name}
 
 
-def import_graph() -> dict[str, set[str]]:
+@functools.cache  # the sources do not change while the tests run: parsed once, not once per part
+def import_graph() -> dict[str, frozenset[str]]:
     table = modules()
     known = set(table)
-    return {name: imported_modules(name, path, known) for name, path in table.items()}
+    return {name: frozenset(imported_modules(name, path, known)) for name, path in table.items()}
 
 
 def part_of(module: str) -> str:
