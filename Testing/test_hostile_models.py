@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, crop_case_to_lesion, gliomaprog
 
 from GliomaProgressionLib.models import packages
 
@@ -116,7 +116,9 @@ def test_run_refuses_cyclic_plans_of_a_real_case(tmp_path, small_case_folder):
     cache = tmp_path / "cache"
     package = _package(tmp_path, "cycle", {"plans.json": _cyclic_plans(1)})
     environment = {**os.environ, "GLIOMAPROG_MODELS_DIR": str(cache)}
-    result = gliomaprog("run", small_case_folder, "--model", package, "--out", tmp_path / "run", "--quiet",
+    case = shutil.copytree(small_case_folder, tmp_path / "case", ignore=shutil.ignore_patterns("truth"))
+    crop_case_to_lesion(case)  # the lesion and its surroundings are what the run reads before the model
+    result = gliomaprog("run", case, "--model", package, "--out", tmp_path / "run", "--quiet",
                         "--no-habitats", timeout=60, env=environment)  # refused at prediction: habitats are not it
     assert_one_line_error(result, package.name, "cycle", after_progress=True)
     assert _nothing_installed(cache) and not (tmp_path / "run").exists()
