@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -268,9 +269,35 @@ def test_the_job_process_fails_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture(scope="module")
+def slab_case_folder(small_case_folder, tmp_path_factory):
+    """The small case folder cut to a slab of slices around the lesion (15 mm either side), every series by its
+    own grid: what the job test checks (files written, processes, progress, results) does not depend on the
+    head's extent, and half the slices halve the registrations and the sliding window."""
+    folder = tmp_path_factory.mktemp("slab") / "case"
+    folder.mkdir()
+    shutil.copy(small_case_folder / "dsc.json", folder / "dsc.json")
+    lesion = sitk.ReadImage(str(small_case_folder / "lesion.nii.gz"))
+    slices = np.nonzero(sitk.GetArrayViewFromImage(lesion).any(axis=(1, 2)))[0]
+    low, high = sorted(_slice_height(lesion, k) for k in (slices.min(), slices.max()))
+    for name in ("t1c", "flair", "dsc", "lesion"):
+        image = sitk.ReadImage(str(small_case_folder / f"{name}.nii.gz"))
+        kept = [k for k in range(image.GetSize()[2]) if low - 15.0 <= _slice_height(image, k) <= high + 15.0]
+        slab = slice(kept[0], kept[-1] + 1)
+        sitk.WriteImage(image[:, :, slab] if image.GetDimension() == 3 else image[:, :, slab, :],
+                        str(folder / f"{name}.nii.gz"))
+    return folder
+
+
+def _slice_height(image: sitk.Image, k: int) -> float:
+    """The S coordinate (LPS z) of slice ``k``'s centre."""
+    centre = [(image.GetSize()[0] - 1) / 2, (image.GetSize()[1] - 1) / 2, float(k)]
+    return image.TransformContinuousIndexToPhysicalPoint(centre + [0.0] * (image.GetDimension() - 3))[2]
+
+
 @pytest.mark.slow
 def test_the_job_writes_each_channel_once_starts_no_process_and_leaves_what_the_module_reads(
-        small_case_folder, multiparametric, tmp_path, monkeypatch, capsys):
+        slab_case_folder, multiparametric, tmp_path, monkeypatch, capsys):
     """The job process's main, run here from the job's argument list: every image it writes is counted, starting
     a process fails (no second hop), and its progress lines and results are what the panel reads."""
     from GliomaProgressionLib.runs.predict import main as job_main
@@ -294,7 +321,7 @@ def test_the_job_writes_each_channel_once_starts_no_process_and_leaves_what_the_
 
     monkeypatch.setattr(sitk.ImageFileWriter, "Execute", counting)
     monkeypatch.setattr(subprocess, "Popen", no_process)
-    assert job_main(_job(small_case_folder, tmp_path / "results").as_arg_list()) == 0, capsys.readouterr().out
+    assert job_main(_job(slab_case_folder, tmp_path / "results").as_arg_list()) == 0, capsys.readouterr().out
     channels = [name for name in written if name.startswith((".case_", "case_"))]
     assert len(channels) == 3 and len(set(channels)) == 3, written
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
