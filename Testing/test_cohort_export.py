@@ -16,12 +16,37 @@ from GliomaProgressionLib.cohort.replicate import write_phantom_case
 POSITIVE, NEGATIVE = 3000, 3003  # cohort_config: seed % 4 == 3 is a case without progression
 
 
+def _slab(case, folder):
+    """The phantom case folder cut to the slices within 15 mm of its lesion, each series by its own grid: what
+    these tests check (layout, labels, QC, the DICOM twin) does not need the whole head, and half the slices
+    halve the DICOM files and the registrations."""
+    folder.mkdir(parents=True)
+    for path in case.glob("*.json"):
+        shutil.copy(path, folder / path.name)
+    lesion = sitk.ReadImage(str(case / "lesion.nii.gz"))
+    slices = np.nonzero(sitk.GetArrayViewFromImage(lesion).any(axis=(1, 2)))[0]
+    low, high = sorted(_slice_height(lesion, k) for k in (slices.min(), slices.max()))
+    for path in case.glob("*.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        kept = [k for k in range(image.GetSize()[2]) if low - 15.0 <= _slice_height(image, k) <= high + 15.0]
+        cut = slice(kept[0], kept[-1] + 1)
+        sitk.WriteImage(image[:, :, cut] if image.GetDimension() == 3 else image[:, :, cut, :], str(folder / path.name))
+
+
+def _slice_height(image: sitk.Image, k: int) -> float:
+    """The S coordinate (LPS z) of slice ``k``'s centre."""
+    centre = [(image.GetSize()[0] - 1) / 2, (image.GetSize()[1] - 1) / 2, float(k)]
+    return image.TransformContinuousIndexToPhysicalPoint(centre + [0.0] * (image.GetDimension() - 3))[2]
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Two good cases, a case without DSC and a case with a truncated CE-T1, with indices for a temporal split."""
     folder = tmp_path_factory.mktemp("cohort")
-    write_phantom_case((POSITIVE, 0, str(folder)))
-    write_phantom_case((NEGATIVE, 4, str(folder)))
+    whole = tmp_path_factory.mktemp("whole")
+    for seed, index in ((POSITIVE, 0), (NEGATIVE, 4)):
+        write_phantom_case((seed, index, str(whole)))
+        _slab(whole / f"case_{seed:04d}", folder / f"case_{seed:04d}")
     no_dsc = shutil.copytree(folder / f"case_{POSITIVE:04d}", folder / "case_nodsc")
     (no_dsc / "dsc.nii.gz").unlink()
     (no_dsc / "case.json").write_text(json.dumps({"index": 1}))
