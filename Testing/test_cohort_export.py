@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from dicom_writing import write_dicom_dsc, write_dicom_series
+from helpers import crop_case_to_lesion
 from GliomaProgressionLib.cli import main as cli
 from GliomaProgressionLib.cohort import export as cohort_export
 from GliomaProgressionLib.cohort.replicate import write_phantom_case
@@ -20,23 +21,7 @@ def _slab(case, folder):
     """The phantom case folder cut to the slices within 15 mm of its lesion, each series by its own grid: what
     these tests check (layout, labels, QC, the DICOM twin) does not need the whole head, and half the slices
     halve the DICOM files and the registrations."""
-    folder.mkdir(parents=True)
-    for path in case.glob("*.json"):
-        shutil.copy(path, folder / path.name)
-    lesion = sitk.ReadImage(str(case / "lesion.nii.gz"))
-    slices = np.nonzero(sitk.GetArrayViewFromImage(lesion).any(axis=(1, 2)))[0]
-    low, high = sorted(_slice_height(lesion, k) for k in (slices.min(), slices.max()))
-    for path in case.glob("*.nii.gz"):
-        image = sitk.ReadImage(str(path))
-        kept = [k for k in range(image.GetSize()[2]) if low - 15.0 <= _slice_height(image, k) <= high + 15.0]
-        cut = slice(kept[0], kept[-1] + 1)
-        sitk.WriteImage(image[:, :, cut] if image.GetDimension() == 3 else image[:, :, cut, :], str(folder / path.name))
-
-
-def _slice_height(image: sitk.Image, k: int) -> float:
-    """The S coordinate (LPS z) of slice ``k``'s centre."""
-    centre = [(image.GetSize()[0] - 1) / 2, (image.GetSize()[1] - 1) / 2, float(k)]
-    return image.TransformContinuousIndexToPhysicalPoint(centre + [0.0] * (image.GetDimension() - 3))[2]
+    crop_case_to_lesion(shutil.copytree(case, folder), slab_mm=0.0, margin_mm=15.0)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from GliomaProgressionLib.cohort.replicate import flair_progression, replication
 from GliomaProgressionLib.models.training import is_positive
 from GliomaProgressionLib.phantom.folder import write_case
 from GliomaProgressionLib.phantom.synthetic import generate_case
-from helpers import gliomaprog
+from helpers import crop_case_to_lesion, gliomaprog
 
 SEEDS = (3000, 3001, 3002, 3003, 3004, 3005)  # 3003: the cohort recipe's case without progression
 DATASET = "Dataset902_TrainTest"
@@ -93,20 +93,10 @@ def _slab(case, folder):
     round trip checks that the installed package predicts, which half the slices show at half the registration
     and sliding-window cost."""
     folder.mkdir()
-    lesion = sitk.ReadImage(str(case / "lesion.nii.gz"))
-    slices = np.nonzero(sitk.GetArrayViewFromImage(lesion).any(axis=(1, 2)))[0]
-    low, high = sorted(_slice_height(lesion, k) for k in (slices.min(), slices.max()))
     for name in ("t1c", "flair", "lesion"):
-        image = sitk.ReadImage(str(case / f"{name}.nii.gz"))
-        kept = [k for k in range(image.GetSize()[2]) if low - 15.0 <= _slice_height(image, k) <= high + 15.0]
-        sitk.WriteImage(image[:, :, kept[0]:kept[-1] + 1], str(folder / f"{name}.nii.gz"))
+        shutil.copy(case / f"{name}.nii.gz", folder / f"{name}.nii.gz")
+    crop_case_to_lesion(folder, slab_mm=0.0, margin_mm=15.0)
     return folder
-
-
-def _slice_height(image: sitk.Image, k: int) -> float:
-    """The S coordinate (LPS z) of slice ``k``'s centre."""
-    return image.TransformContinuousIndexToPhysicalPoint([(image.GetSize()[0] - 1) / 2,
-                                                         (image.GetSize()[1] - 1) / 2, float(k)])[2]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import crop_case_to_lesion
 
 from GliomaProgressionLib.models import inference
 
@@ -271,28 +272,13 @@ def test_the_job_process_fails_in_one_line(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def slab_case_folder(small_case_folder, tmp_path_factory):
-    """The small case folder cut to a slab of slices around the lesion (15 mm either side), every series by its
-    own grid: what the job test checks (files written, processes, progress, results) does not depend on the
-    head's extent, and half the slices halve the registrations and the sliding window."""
-    folder = tmp_path_factory.mktemp("slab") / "case"
-    folder.mkdir()
-    shutil.copy(small_case_folder / "dsc.json", folder / "dsc.json")
-    lesion = sitk.ReadImage(str(small_case_folder / "lesion.nii.gz"))
-    slices = np.nonzero(sitk.GetArrayViewFromImage(lesion).any(axis=(1, 2)))[0]
-    low, high = sorted(_slice_height(lesion, k) for k in (slices.min(), slices.max()))
-    for name in ("t1c", "flair", "dsc", "lesion"):
-        image = sitk.ReadImage(str(small_case_folder / f"{name}.nii.gz"))
-        kept = [k for k in range(image.GetSize()[2]) if low - 15.0 <= _slice_height(image, k) <= high + 15.0]
-        slab = slice(kept[0], kept[-1] + 1)
-        sitk.WriteImage(image[:, :, slab] if image.GetDimension() == 3 else image[:, :, slab, :],
-                        str(folder / f"{name}.nii.gz"))
+    """The small case folder cut to the slices within 15 mm of its lesion, every series by its own grid: what the
+    job test checks (files written, processes, progress, results) does not depend on the head's extent, and half
+    the slices halve the registrations and the sliding window."""
+    folder = shutil.copytree(small_case_folder, tmp_path_factory.mktemp("slab") / "case",
+                             ignore=shutil.ignore_patterns("truth"))
+    crop_case_to_lesion(folder, slab_mm=0.0, margin_mm=15.0)
     return folder
-
-
-def _slice_height(image: sitk.Image, k: int) -> float:
-    """The S coordinate (LPS z) of slice ``k``'s centre."""
-    centre = [(image.GetSize()[0] - 1) / 2, (image.GetSize()[1] - 1) / 2, float(k)]
-    return image.TransformContinuousIndexToPhysicalPoint(centre + [0.0] * (image.GetDimension() - 3))[2]
 
 
 @pytest.mark.slow
