@@ -40,9 +40,12 @@ test: $(STAMP)
 
 # Three workers on two cores, a test file each at a time (module fixtures stay in one process): the end-to-end
 # tests spend much of their time waiting on child processes (nnU-Net workers, Snakemake jobs, SLURM status checks),
-# so a third worker fills cores two would leave idle (CI's 1075 s with two workers used 1.5 cores on average).
+# so a third worker fills cores two would leave idle (CI's 1075 s with two workers used 1.5 cores on average; four
+# workers were slower than three). Files are handed out in the order conftest.LONG_FILES gives them, longest first
+# (--no-loadscope-reorder): pytest-xdist would otherwise start with the files that hold the most tests, and the
+# workflow's five-minute file, which holds few, would start last and end alone.
 test-main: $(STAMP)
-	$(call run_pytest,,-n 3 --dist loadfile -m "not replicate" --durations=25)
+	$(call run_pytest,,-n 3 --dist loadfile --no-loadscope-reorder -m "not replicate" --durations=25)
 
 # The cohort replication end to end on a tiny cohort (~3 min on 2 cores): its parts are tested in make test, the
 # whole command here, to keep make test within 15 minutes. Run it when cohort/replicate.py or what it calls changes.
@@ -67,7 +70,7 @@ test-fast: $(STAMP)
 	@$(MAKE) --no-print-directory -j2 -O test-fast-main test-fast-slicer
 
 test-fast-main: $(STAMP)
-	$(call run_pytest,,-n 2 --dist loadfile -m "not slow" -x -q)
+	$(call run_pytest,,-n 2 --dist loadfile --no-loadscope-reorder -m "not slow" -x -q)
 
 test-fast-slicer: $(STAMP)
 	$(call run_pytest,GLIOMAPROG_SLICER_VERSION=5.12.3,Testing/slicer_app -m "not slow" -x -q)

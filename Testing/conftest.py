@@ -31,13 +31,14 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
-# The test files that take over a minute of one worker (measured with --durations, heaviest first). Only the order
+# The test files that keep a worker longest (measured with --durations in make test, heaviest first). Only the order
 # changes: pytest-xdist hands out whole files (--dist loadfile) in collection order, so these start at once and
 # the short files fill the gaps, instead of one worker ending with a long file alone.
-LONG_FILES = ("test_workflow.py", "test_run_case.py", "test_cohort_export.py", "test_cohort_train.py",
-              "test_registration.py", "test_no_dsc_and_brats.py", "test_channels.py", "test_run_invasion.py",
-              "test_phantom_variants_run.py", "test_inference.py", "test_phantom.py", "test_dependencies.py",
-              "test_cohort_evaluate_ctv.py", "test_training.py", "test_invasion_cli.py", "test_cohort_replicate.py")
+LONG_FILES = ("test_workflow.py", "test_registration.py", "test_cohort_train.py", "test_cohort_export.py",
+              "test_run_case.py", "test_inference.py", "test_channels.py", "test_no_dsc_and_brats.py", "test_phantom.py",
+              "test_dependencies.py", "test_hostile_models.py", "test_hostile_runs.py", "test_cli.py",
+              "test_phantom_variants_run.py", "test_cohort_evaluate_ctv.py", "test_models.py", "test_run_invasion.py",
+              "test_cohort_replicate.py")
 
 
 def pytest_collection_modifyitems(config, items):

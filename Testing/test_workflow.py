@@ -28,7 +28,8 @@ from GliomaProgressionLib.runs.chain import REPORT_JSON, is_complete
 from helpers import write_cropped_case
 from slurm_cluster import slurm_cluster, slurm_programs_missing
 
-GOOD = {"dsc_a": {"seed": 3}, "dsc_b": {"seed": 4}, "no_dsc": {"seed": 5, "dsc": False}}
+# Seeds whose lesions are among the shortest superior-inferior (61-63 mm): the slabs, and the runs, stay small.
+GOOD = {"dsc_a": {"seed": 3}, "dsc_b": {"seed": 10}, "no_dsc": {"seed": 22, "dsc": False}}
 BROKEN = "no_flair"
 # The conventional model runs with and without DSC; two CTV schemes (the standard and the AI-adapted) keep the
 # export, report and scene of each case short.
