@@ -35,6 +35,7 @@ BROKEN = "no_flair"
 # export, report and scene of each case short.
 SETTINGS = ["--model", "conventional", "--schemes", "eortc,ai"]
 WORKFLOW_TIMEOUT = 900
+CASE_JOB_FINISHED = "(Rule: case)"  # Snakemake 9's log line "Finished jobid: N (Rule: case)"
 # What differs between two runs of the same case by nature, not by result: clocks, dates, generated DICOM UIDs.
 VOLATILE_KEYS = {"timings_s", "created", "elapsed_s", "seconds", "inference", "output_files", "perfusion_s",
                  "habitats_s", "started", "total_time_s"}
@@ -76,10 +77,12 @@ def finish(process: subprocess.Popen, timeout: float = WORKFLOW_TIMEOUT) -> tupl
 
 
 def wait_for_first_complete_case(out: Path, process: subprocess.Popen, timeout: float = WORKFLOW_TIMEOUT) -> str:
+    """The first case whose folder is complete and whose ``case`` job Snakemake has recorded as finished (its log
+    says so a moment after the folder is written: a stop in between has Snakemake assemble that case again)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         done = [name for name in GOOD if is_complete(out / name)]
-        if done:
+        if done and CASE_JOB_FINISHED in Path(f"{process.logs}.err").read_text():
             return done[0]
         time.sleep(0.5)
     pytest.fail("no case completed before the workflow ended or timed out")
