@@ -2,31 +2,21 @@
 tables that are not tables, links whose target is gone. Each must end in one sentence naming the file and what is
 wrong (exit 2 from the command line), before any long work and with nothing written.
 
-The command line runs in this process (``_cli``): a child process would cost seconds of imports per input, and
-``main`` is what the console script calls. One child-process run checks that the two agree.
+The command line runs in this process (``helpers.gliomaprog_here``): a child process would cost seconds of imports
+per input, and ``main`` is what the console script calls. One child-process run checks that the two agree.
 """
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, gliomaprog
+from helpers import assert_one_line_error, gliomaprog, gliomaprog_here
 
 from GliomaProgressionLib.case.files import read_json_object, write_volume
 from GliomaProgressionLib.case.geometry import Volume
 
 FRAMES = 12
 GOOD_TIMES = [1.5 * frame for frame in range(FRAMES)]
-
-
-def _cli(capsys, *arguments) -> subprocess.CompletedProcess:
-    """``gliomaprog ARGUMENTS`` run by its ``main`` in this process, in the shape ``assert_one_line_error`` reads."""
-    from GliomaProgressionLib.cli.main import main
-
-    code = main([str(argument) for argument in arguments])
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(arguments, code, captured.out, captured.err)
 
 
 def _one_sentence_naming(error: pytest.ExceptionInfo, path, *fragments: str) -> None:
@@ -140,7 +130,7 @@ def test_equal_frame_times_are_refused_when_the_case_folder_is_read(tmp_path, ti
 def test_perfusion_refuses_a_wrong_sidecar_in_one_line(tmp_path, capsys, tiny_dsc, content, fragments):
     sidecar = _write_sidecar(tmp_path, content, "sidecar.json")
     out = tmp_path / "out"
-    result = _cli(capsys, "perfusion", "--dsc", tiny_dsc, "--dsc-json", sidecar, "--out", out, "--quiet")
+    result = gliomaprog_here(capsys, "perfusion", "--dsc", tiny_dsc, "--dsc-json", sidecar, "--out", out, "--quiet")
     assert_one_line_error(result, str(sidecar), *fragments)
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
 
@@ -215,14 +205,15 @@ def test_run_refuses_a_broken_link_in_one_line(tmp_path, capsys):
     case = tmp_path / "case"
     case.mkdir()
     link = _dangling(case, "t1c.nii.gz")
-    result = _cli(capsys, "run", case, "--out", tmp_path / "out", "--quiet")
+    result = gliomaprog_here(capsys, "run", case, "--out", tmp_path / "out", "--quiet")
     assert_one_line_error(result, str(link), "broken link")
     assert not (tmp_path / "out").exists()
 
 
 def test_perfusion_refuses_a_broken_sidecar_link(tmp_path, capsys, tiny_dsc):
     link = _dangling(tmp_path, "sidecar.json")
-    result = _cli(capsys, "perfusion", "--dsc", tiny_dsc, "--dsc-json", link, "--out", tmp_path / "out", "--quiet")
+    result = gliomaprog_here(capsys, "perfusion", "--dsc", tiny_dsc, "--dsc-json", link, "--out", tmp_path / "out",
+                             "--quiet")
     assert_one_line_error(result, str(link), "broken link")
 
 
@@ -294,6 +285,7 @@ def test_a_good_table_keeps_its_numbers_and_its_missing_values(tmp_path):
 def test_radiomics_model_refuses_a_bad_table_in_one_line(tmp_path, capsys, problem):
     lines, fragments = BAD_FEATURES[problem]
     features, out = _table(tmp_path, lines), tmp_path / "model"
-    result = _cli(capsys, "radiomics", "model", "--features", features, "--labels", _labels(tmp_path), "--out", out)
+    result = gliomaprog_here(capsys, "radiomics", "model", "--features", features, "--labels", _labels(tmp_path),
+                             "--out", out)
     assert_one_line_error(result, str(features), *fragments)
     assert not out.exists() and not list(tmp_path.glob(".model.partial-*"))
