@@ -62,13 +62,10 @@ class Outcome:
 
 
 def gliomaprog_here(capsys, *arguments) -> Outcome:
-    """``gliomaprog ARGUMENTS`` in this process (``cli.main``), its output taken from pytest's ``capsys``: for
-    commands whose import and start-up would cost more than their work."""
-    from GliomaProgressionLib.cli import main as cli
-
-    code = cli.main([str(a) for a in arguments])
-    captured = capsys.readouterr()
-    return Outcome(code, captured.err, captured.out)
+    """``gliomaprog ARGUMENTS`` in this process (``gliomaprog_in_process``), for tests that hold ``capsys``: what
+    the test printed before is cleared first, so the outcome holds only the command's output."""
+    capsys.readouterr()
+    return gliomaprog_in_process(*arguments)
 
 
 def gliomaprog_in_process(*arguments, env: dict | None = None) -> Outcome:
@@ -138,6 +135,11 @@ def _slab_slices(image, centre_s_mm: float, slab_mm: float, points=None) -> tupl
 
 
 def _crop_folder(folder: Path, centre_s_mm: float, slab_mm: float, points=None) -> None:
+    """Every series of the case folder (each ``*.nii.gz`` in it and in its subfolders, e.g. ``truth/``) cut, in
+    place, to the slices whose centre lies in the slab |S - centre_s_mm| <= slab_mm / 2. Whole slices: each
+    series keeps its own in-plane grid, spacing and orientation (its affine only moves to the first slice kept),
+    so registration and resampling work as on the uncut case; a DSC series (4D) is cut on its third axis and keeps
+    every frame. A lesion, recurrence or progression file cut by the slab is a ValueError."""
     for path in sorted(Path(folder).rglob("*.nii.gz")):
         image = nib.load(path)
         low, high = _slab_slices(image, centre_s_mm, slab_mm, points)
@@ -154,17 +156,8 @@ def _label_voxels(path: Path, image) -> int | None:
     return int(np.count_nonzero(np.asarray(image.dataobj))) if path.name in LABEL_FILES else None
 
 
-def crop_to_slab(folder, centre_s_mm: float, slab_mm: float = SLAB_MM) -> None:
-    """Every series of the case folder (each ``*.nii.gz`` in it and in its subfolders, e.g. ``truth/``) cut, in
-    place, to the slices whose centre lies in the slab |S - centre_s_mm| <= slab_mm / 2. Whole slices: each
-    series keeps its own in-plane grid, spacing and orientation (its affine only moves to the first slice kept),
-    so registration and resampling work as on the uncut case; a DSC series (4D) is cut on its third axis and keeps
-    every frame. A lesion, recurrence or progression file cut by the slab is a ValueError."""
-    _crop_folder(Path(folder), centre_s_mm, slab_mm)
-
-
 def crop_case_to_lesion(folder, slab_mm: float = SLAB_MM, margin_mm: float = LESION_MARGIN_MM) -> tuple[float, float]:
-    """The case folder cut in place (as ``crop_to_slab``) to a slab centred on its lesion (``lesion.nii.gz``):
+    """The case folder cut in place (every series, ``_crop_folder``) to a slab centred on its lesion (``lesion.nii.gz``):
     ``slab_mm`` tall, or the lesion's height plus ``margin_mm`` above and below if that is more. Each series also
     keeps every slice through which the lesion passes (an oblique grid's slices are tilted against the slab), so
     the lesion lies wholly inside every series. Returns the slab's centre and height (mm)."""
