@@ -72,9 +72,15 @@ import numpy as np
 from scipy.integrate import trapezoid
 
 from .aif import AIFSelection, roughness, select_aif
+from .residue_fit import fit_gamma_residues
 from .signal import validate_times
 
 Discretisation = Literal["linear", "rectangular"]
+Method = Literal["osvd", "ssvd", "gamma-fit"]
+# How CBF is estimated: block-circulant SVD with the oscillation rule, standard SVD, or a least-squares fit
+# of a gamma transit-time residue (``residue_fit``).
+METHODS = ("osvd", "ssvd", "gamma-fit")
+DEFAULT_METHOD = "osvd"
 
 # Thresholds (fractions of the largest singular value) tried by oSVD, smallest first. Wu 2003 and
 # dsc-mri-toolbox step 5 % .. 95 % by 5 %; the extra 1-4 % steps let high-SNR voxels with short MTT keep
@@ -126,13 +132,14 @@ class PerfusionMaps:
 
     cbf: 6000 x max residue (ml/100 ml/min for concentration curves, relative otherwise).
     cbv: 100 x trapz(tissue)/trapz(AIF) (ml/100 ml, same caveat).
-    mtt_s: cbv/cbf x 60, seconds (0 where cbf <= 0).
+    mtt_s: cbv/cbf x 60 for the SVD methods, the fitted residue's mean transit time for "gamma-fit"
+      (seconds; 0 where cbf <= 0).
     ttp_s: time of the tissue curve's maximum, on the ``times_s`` axis (s).
-    tmax_s: time of the residue maximum after the AIF (s); oSVD gives negative values for tissue that
-      precedes the AIF.
-    threshold: truncation used per voxel (fraction of the largest singular value).
+    tmax_s: time of the residue maximum after the AIF (s); oSVD and the fit give negative values for tissue
+      that precedes the AIF.
+    threshold: truncation used per voxel (fraction of the largest singular value); NaN for "gamma-fit".
     aif: (T,) AIF used. aif_selection: the automatic selection, or None when an AIF was given.
-    method: "osvd" or "ssvd".
+    method: one of METHODS.
     """
 
     cbf: np.ndarray
@@ -429,12 +436,21 @@ def _maps_from_residues(
     return flow, cbv, mtt, ttp, result.peak_lag_s, result.threshold
 
 
+def _fitted_maps(curves: np.ndarray, aif: np.ndarray, times: np.ndarray, dt_s: float,
+                 discretisation: Discretisation) -> tuple[np.ndarray, ...]:
+    """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold (each (N,)) of a gamma-residue fit of tissue curves (T, N)."""
+    fit = fit_gamma_residues(curves, aif, dt_s, discretisation)
+    cbv = 100.0 * trapezoid(curves, x=times, axis=0) / trapezoid(aif, x=times)
+    ttp = times[np.argmax(curves, axis=0)]
+    return FLOW_SCALE * fit.flow, cbv, fit.mtt_s, ttp, fit.delay_s, np.full(fit.flow.size, np.nan)
+
+
 def perfusion_maps(
     delta_r2s: np.ndarray,
     times_s: np.ndarray,
     brain_mask: np.ndarray,
     aif: np.ndarray | AIFSelection | None = None,
-    method: Literal["osvd", "ssvd"] = "osvd",
+    method: Method = DEFAULT_METHOD,
     *,
     oi_limit: float = DEFAULT_OI_LIMIT,
     thresholds: tuple[float, ...] | np.ndarray = DEFAULT_OSVD_THRESHOLDS,
@@ -445,20 +461,35 @@ def perfusion_maps(
 
     ``times_s``: (T,) uniformly spaced frame times (s). ``aif``: (T,) curve in the units of the tissue curves,
     an ``AIFSelection``, or None for automatic selection (``select_aif``). ``method``: "osvd" (block-circulant,
-    oscillation-index rule) or "ssvd" (fixed ``ssvd_threshold``). Units and meaning: module docstring.
-    Voxels outside ``brain_mask`` are 0 in every map.
+    oscillation-index rule), "ssvd" (fixed ``ssvd_threshold``) or "gamma-fit" (``residue_fit``). Units and
+    meaning: module docstring. Voxels outside ``brain_mask`` are 0 in every map.
     """
     series = np.asarray(delta_r2s)
     if series.ndim < 2:
         raise ValueError(f"delta_r2s must be (T, ...) with at least one spatial axis, got shape {series.shape}.")
     times = validate_times(times_s, series.shape[0])
     dt = uniform_frame_interval(times)
-    if method not in ("osvd", "ssvd"):
-        raise ValueError(f"method must be 'osvd' or 'ssvd', got {method!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
     mask = _validated_mask(brain_mask, series.shape[1:])
     brain = np.asarray(series[:, mask], dtype=np.float64)  # (T, N) brain voxels only
     arterial, selection = _resolve_aif(aif, series, times, mask)
     brain, arterial = _validated_curves(brain, arterial)
+    if method == "gamma-fit":
+        outputs = _fitted_maps(brain, arterial, times, dt, discretisation)
+    else:
+        outputs = _svd_maps(brain, arterial, times, dt, method, discretisation, oi_limit, thresholds, ssvd_threshold)
+    maps = []
+    for values in outputs:
+        volume = np.zeros(mask.shape)
+        volume[mask] = values
+        maps.append(volume)
+    return PerfusionMaps(*maps, aif=arterial, aif_selection=selection, method=method)
+
+
+def _svd_maps(brain: np.ndarray, arterial: np.ndarray, times: np.ndarray, dt: float, method: str,
+              discretisation: Discretisation, oi_limit: float, thresholds, ssvd_threshold: float) -> list[np.ndarray]:
+    """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold (each (N,)) by oSVD or sSVD, block by block."""
     circulant = method == "osvd"
     kernel = _kernel(arterial, dt, circulant, discretisation)
     if circulant:
@@ -467,15 +498,9 @@ def perfusion_maps(
     else:
         level = _validated_thresholds([ssvd_threshold])[0]
         solve = lambda curves: _ssvd_block(kernel, curves, level, dt)  # noqa: E731
-
     outputs = [np.zeros(brain.shape[1]) for _ in range(6)]
     for start in range(0, brain.shape[1], _VOXEL_BLOCK):
         curves = brain[:, start : start + _VOXEL_BLOCK]
         for output, values in zip(outputs, _maps_from_residues(solve(curves), curves, arterial, times)):
             output[start : start + _VOXEL_BLOCK] = values
-    maps = []
-    for values in outputs:
-        volume = np.zeros(mask.shape)
-        volume[mask] = values
-        maps.append(volume)
-    return PerfusionMaps(*maps, aif=arterial, aif_selection=selection, method=method)
+    return outputs

@@ -1,0 +1,118 @@
+"""CBF by a least-squares gamma-residue fit (``DSCPerfusionLib.residue_fit``, issue 13 item 2): the OSIPI
+concentration cases within 10 %, sub-frame delays, a model curve recovered exactly, and bad input.
+
+Numbers quoted as "observed" are measured; the tables behind them are in docs/dsc-cbf-validation.md
+(benchmarks/validate_cbf.py).
+"""
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from DSCPerfusionLib.deconvolution import METHODS, perfusion_maps
+from DSCPerfusionLib.residue_fit import _ResidueTable, _log_grid, fit_gamma_residues, gamma_residue
+from DSCPerfusionLib.simulation import gamma_variate_aif, tissue_delta_r2s
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "dsc_reference"
+OSIPI = [case for case in json.loads((REFERENCE / "cases.json").read_text())["cases"] if case["group"] == "osipi_csv"]
+TR_S = 1.5
+TIMES = np.arange(60) * TR_S
+MEASURED_AIF = gamma_variate_aif(TIMES)
+# Grey matter, white matter, slow white matter, enhancing tumour: (CBV ml/100 ml, CBF ml/100 ml/min).
+CBV = np.array([4.0, 2.0, 2.1, 7.0])
+CBF = np.array([60.0, 22.0, 18.0, 85.0])
+
+
+def _osipi_errors(discretisation: str) -> np.ndarray:
+    """CBF error (%) of the gamma fit on the 14 OSIPI concentration cases, with their known AIF."""
+    errors = []
+    for case in OSIPI:
+        arrays = np.load(REFERENCE / case["file"])
+        maps = perfusion_maps(arrays["C_tis"][:, None], arrays["t"], np.ones(1, bool), aif=arrays["C_aif"],
+                              method="gamma-fit", discretisation=discretisation)
+        errors.append(100.0 * (maps.cbf[0] / case["reference"]["cbf_ml_per_100ml_per_min"] - 1.0))
+    return np.array(errors)
+
+
+def test_osipi_cbf_within_10_percent_on_all_14_with_the_generators_rule():
+    """The issue's acceptance. Observed (rectangular, the generator's rule): -3.6 .. +6.9 %, median |e| 1.5 %."""
+    errors = _osipi_errors("rectangular")
+    assert errors.size == 14
+    assert np.all(np.abs(errors) <= 10.0)
+    assert np.median(np.abs(errors)) <= 3.0
+
+
+def test_the_linear_rule_does_not_match_rectangle_rule_data():
+    """The discretisation must match the signal model: the linear rule reads the OSIPI curves (made with the
+    rectangle rule) too high. Observed +1 .. +28 %, 4/14 within 10 %."""
+    errors = _osipi_errors("linear")
+    assert np.median(errors) > 8.0
+
+
+@pytest.mark.parametrize("discretisation", ["linear", "rectangular"])
+def test_a_model_curve_is_recovered_exactly(discretisation):
+    """A curve the model itself makes (grid point: MTT, shape 4, delay 2 frames) gives back its parameters."""
+    table = _ResidueTable(MEASURED_AIF.size, TR_S, _log_grid(), np.array([1.0, 4.0]), discretisation)
+    row = int(np.flatnonzero((table.shape == 4.0) & (np.abs(table.mtt_s - 5.0) < 0.05))[0])
+    curve = 0.01 * table.models(MEASURED_AIF, np.array([row]), np.array([2.0])).curves[0]
+    fit = fit_gamma_residues(curve[:, None], MEASURED_AIF, TR_S, discretisation, shapes=(1.0, 4.0))
+    assert fit.flow[0] == pytest.approx(0.01, rel=1e-9)
+    assert (fit.mtt_s[0], fit.shape[0], fit.delay_s[0]) == (table.mtt_s[row], 4.0, 2.0 * TR_S)
+
+
+def test_the_residue_is_the_survival_function_of_gamma_transit_times():
+    """Shape 1 is exp(-t/MTT); every shape starts at 1, is 0 before 0, and has mean transit time MTT."""
+    lags = np.linspace(0.0, 400.0, 400001)
+    np.testing.assert_allclose(gamma_residue(lags[:100], 4.0, 1.0), np.exp(-lags[:100] / 4.0), rtol=1e-12)
+    for shape in (1.0, 5.0, 100.0):
+        values = gamma_residue(lags, 6.0, shape)
+        assert values[0] == 1.0 and gamma_residue(np.array([-0.1]), 6.0, shape)[0] == 0.0
+        assert np.trapezoid(values, lags) == pytest.approx(6.0, rel=1e-4)
+
+
+def _delayed_tissue(delay_s: float) -> np.ndarray:
+    """Tissue curves (T, 4 x 100) fed by the default AIF ``delay_s`` after the measured one, noise 0.3 %."""
+    feed = functools.partial(gamma_variate_aif, arrival_s=15.0 + delay_s)
+    tissue = np.repeat(tissue_delta_r2s(TIMES, feed, CBV, CBF, r2_eff=1.0), 100, axis=1)
+    return tissue + np.random.default_rng(3).normal(0.0, 0.003 * tissue.max(), tissue.shape)
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.375, 0.75, 1.125, 3.0, -0.75])
+def test_cbf_and_delay_hold_for_sub_frame_delays(delay_s):
+    """Continuous-time curves (the simulator), linear rule: CBF/truth 0.98-1.03 in every tissue whatever the
+    delay (observed 1.007-1.018; oSVD 0.84-0.95), and the delay found to the quarter frame."""
+    fit = fit_gamma_residues(_delayed_tissue(delay_s), MEASURED_AIF, TR_S)
+    ratio = np.median((6000.0 * fit.flow).reshape(4, 100), axis=1) / CBF
+    assert np.all((ratio > 0.98) & (ratio < 1.03))
+    assert np.all(np.abs(np.median(fit.delay_s.reshape(4, 100), axis=1) - delay_s) <= TR_S / 8)
+
+
+def test_perfusion_maps_with_the_fit():
+    """The fit through ``perfusion_maps``: Tmax is the fitted delay, MTT the fitted one, no SVD threshold."""
+    tissue = _delayed_tissue(0.75)[:, ::100]
+    maps = perfusion_maps(tissue, TIMES, np.ones(4, bool), aif=MEASURED_AIF, method="gamma-fit")
+    assert maps.method == "gamma-fit" and np.all(np.isnan(maps.threshold))
+    np.testing.assert_allclose(maps.tmax_s, 0.75, atol=TR_S / 8)
+    np.testing.assert_allclose(maps.cbf / CBF, 1.0, atol=0.05)
+    np.testing.assert_allclose(maps.mtt_s, 60.0 * CBV / CBF, rtol=0.05)
+
+
+def test_curves_without_a_bolus_get_no_flow():
+    """A flat curve and an inverted one: no model correlates positively, so CBF, MTT and delay are 0."""
+    tissue = np.stack([np.zeros(TIMES.size), -_delayed_tissue(0.0)[:, 0]], axis=1)
+    fit = fit_gamma_residues(tissue, MEASURED_AIF, TR_S)
+    assert np.all(fit.flow == 0) and np.all(fit.mtt_s == 0) and np.all(fit.delay_s == 0)
+
+
+def test_bad_method_shapes_and_rule_are_refused_in_one_sentence():
+    tissue = _delayed_tissue(0.0)[:, :2]
+    with pytest.raises(ValueError, match=r"^method must be one of osvd, ssvd, gamma-fit; got 'fit'\.$"):
+        perfusion_maps(tissue, TIMES, np.ones(2, bool), aif=MEASURED_AIF, method="fit")
+    with pytest.raises(ValueError, match=r"^shapes must be a non-empty list of positive gamma shapes\.$"):
+        fit_gamma_residues(tissue, MEASURED_AIF, TR_S, shapes=(0.0,))
+    with pytest.raises(ValueError, match="^discretisation must be 'linear' or 'rectangular'"):
+        perfusion_maps(tissue, TIMES, np.ones(2, bool), aif=MEASURED_AIF, method="gamma-fit", discretisation="cubic")
+    assert METHODS == ("osvd", "ssvd", "gamma-fit")
