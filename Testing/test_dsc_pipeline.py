@@ -142,6 +142,13 @@ def test_deconvolution_maps_on_request(case):
     assert result.cbf.shape == result.ncbv.shape and result.mtt.shape == result.ncbv.shape
     assert np.all(result.cbf[~result.brain_mask] == 0)
     assert np.all(np.isfinite(result.mtt)) and np.all(result.ttp >= 0)
+    fitted = compute_perfusion(case["series"], TIMES, PerfusionOptions(te_s=TE, deconvolution=True,
+                                                                       cbf_method="gamma-fit"), ijk_to_ras=IJK_TO_RAS)
+    assert fitted.report["options"]["cbf_method"] == "gamma-fit"
+    inside = result.brain_mask & (result.cbf > 0)
+    assert np.corrcoef(fitted.cbf[inside], result.cbf[inside])[0, 1] > 0.8  # the same tissue ranking
+    with pytest.raises(ValueError, match=r"^options.cbf_method must be one of osvd, ssvd, gamma-fit, got 'svd'\.$"):
+        compute_perfusion(case["series"], TIMES, PerfusionOptions(te_s=TE, deconvolution=True, cbf_method="svd"))
 
 
 def test_user_masks_override_the_automatic_ones(case):

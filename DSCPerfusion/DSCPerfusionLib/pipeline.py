@@ -36,6 +36,8 @@ import numpy as np
 
 from . import baseline as baseline_rules
 from .brainmask import brain_mask_from_baseline, validate_mask
+from .deconvolution import DEFAULT_METHOD as DEFAULT_CBF_METHOD
+from .deconvolution import METHODS as CBF_METHODS
 from .leakage import (
     DEFAULT_LEAKAGE_METHOD,
     LEAKAGE_METHODS,
@@ -71,7 +73,8 @@ class PerfusionOptions:
     leakage: str = DEFAULT_LEAKAGE_METHOD  # one of leakage.LEAKAGE_METHODS
     first_pass: bool = False
     per_slice: bool = False  # nCBV per slice (along array axis k)
-    deconvolution: bool = False  # CBF (relative), MTT, TTP by oSVD with an automatic AIF
+    deconvolution: bool = False  # CBF (relative), MTT, TTP with an automatic AIF
+    cbf_method: str = DEFAULT_CBF_METHOD  # one of deconvolution.METHODS, used with deconvolution
 
 
 @dataclass
@@ -153,6 +156,8 @@ def _checked_options(options: PerfusionOptions, dual_echo: bool) -> tuple[float,
         raise ValueError(f"options must be a PerfusionOptions, got {type(options).__name__}.")
     if options.leakage not in LEAKAGE_METHODS:
         raise ValueError(f"options.leakage must be one of {', '.join(LEAKAGE_METHODS)}, got {options.leakage!r}.")
+    if options.cbf_method not in CBF_METHODS:
+        raise ValueError(f"options.cbf_method must be one of {', '.join(CBF_METHODS)}, got {options.cbf_method!r}.")
     te = _checked_echo_time(options.te_s, "options.te_s")
     if dual_echo != (options.te2_s is not None):
         raise ValueError("A dual-echo series needs both signal_te2 and options.te2_s (give both or neither).")
@@ -515,8 +520,8 @@ def compute_perfusion(
     curves_out = _region_curves(curves, times, reference, leak, brain, nawm, inputs.labels, flat_index, warnings)
     saturated, negative, flag_warnings = _flag_warnings(inputs.flagged, brain)
     warnings.extend(flag_warnings)
-    deconvolved = _deconvolution_maps(curves, times, reference, leak, flat_index, spatial, warnings) \
-        if options.deconvolution else {}
+    deconvolved = _deconvolution_maps(curves, times, reference, leak, flat_index, spatial, options.cbf_method,
+                                      warnings) if options.deconvolution else {}
     timings = stages.finish()
 
     report = {
@@ -554,8 +559,9 @@ def compute_perfusion(
 
 
 def _deconvolution_maps(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: LeakageFit,
-                        flat_index: np.ndarray, spatial: tuple, warnings: list[str]) -> dict[str, np.ndarray]:
-    """CBF (relative), MTT (s) and TTP (s) by oSVD with an automatic AIF, on BSW-corrected curves.
+                        flat_index: np.ndarray, spatial: tuple, method: str,
+                        warnings: list[str]) -> dict[str, np.ndarray]:
+    """CBF (relative), MTT (s) and TTP (s) by ``method`` with an automatic AIF, on BSW-corrected curves.
 
     Optional extras: when no credible arterial voxels exist the maps are skipped with a warning rather than
     failing the nCBV, which does not need them.
@@ -564,7 +570,7 @@ def _deconvolution_maps(curves: np.ndarray, times: np.ndarray, reference: np.nda
 
     corrected = correct_bsw(curves, times, reference, leak.k2) if np.any(leak.k2) else curves
     try:
-        maps = perfusion_maps(corrected, times, np.ones(corrected.shape[1], bool))
+        maps = perfusion_maps(corrected, times, np.ones(corrected.shape[1], bool), method=method)
     except ValueError as error:
         warnings.append(f"CBF, MTT and TTP were not computed: {error}")
         return {}
