@@ -100,11 +100,19 @@ def test_perfusion_maps_with_the_fit():
     np.testing.assert_allclose(maps.mtt_s, 60.0 * CBV / CBF, rtol=0.05)
 
 
+def test_a_tissue_like_aif_later_than_the_tissue_is_flagged():
+    """The AIF is itself a grey-matter curve (dispersed by a 4 s residue) arriving 4.5 s after the tissue: no
+    model of the grid fits, and the fits lie on its edges (observed all 400), where an arterial AIF gives none."""
+    broad_late_aif = _delayed_tissue(4.5)[:, 0]
+    assert fit_gamma_residues(_delayed_tissue(0.0), broad_late_aif, TR_S).at_limit.mean() > 0.9
+    assert not fit_gamma_residues(_delayed_tissue(0.0), MEASURED_AIF, TR_S).at_limit.any()
+
+
 def test_curves_without_a_bolus_get_no_flow():
     """A flat curve and an inverted one: no model correlates positively, so CBF, MTT and delay are 0."""
     tissue = np.stack([np.zeros(TIMES.size), -_delayed_tissue(0.0)[:, 0]], axis=1)
     fit = fit_gamma_residues(tissue, MEASURED_AIF, TR_S)
-    assert np.all(fit.flow == 0) and np.all(fit.mtt_s == 0) and np.all(fit.delay_s == 0)
+    assert np.all(fit.flow == 0) and np.all(fit.mtt_s == 0) and np.all(fit.delay_s == 0) and not fit.at_limit.any()
 
 
 def test_bad_method_shapes_and_rule_are_refused_in_one_sentence():

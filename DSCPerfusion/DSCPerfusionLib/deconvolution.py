@@ -140,6 +140,8 @@ class PerfusionMaps:
     threshold: truncation used per voxel (fraction of the largest singular value); NaN for "gamma-fit".
     aif: (T,) AIF used. aif_selection: the automatic selection, or None when an AIF was given.
     method: one of METHODS.
+    at_search_limit: "gamma-fit" only (None otherwise): voxels whose fit lies on an edge of its search
+      (``residue_fit.ResidueFit.at_limit``), bool.
     """
 
     cbf: np.ndarray
@@ -151,6 +153,7 @@ class PerfusionMaps:
     aif: np.ndarray
     aif_selection: AIFSelection | None
     method: str
+    at_search_limit: np.ndarray | None = None
 
 
 @dataclass
@@ -438,11 +441,12 @@ def _maps_from_residues(
 
 def _fitted_maps(curves: np.ndarray, aif: np.ndarray, times: np.ndarray, dt_s: float,
                  discretisation: Discretisation) -> tuple[np.ndarray, ...]:
-    """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold (each (N,)) of a gamma-residue fit of tissue curves (T, N)."""
+    """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold, at_search_limit (each (N,)) of a gamma-residue fit of
+    tissue curves (T, N)."""
     fit = fit_gamma_residues(curves, aif, dt_s, discretisation)
     cbv = 100.0 * trapezoid(curves, x=times, axis=0) / trapezoid(aif, x=times)
     ttp = times[np.argmax(curves, axis=0)]
-    return FLOW_SCALE * fit.flow, cbv, fit.mtt_s, ttp, fit.delay_s, np.full(fit.flow.size, np.nan)
+    return FLOW_SCALE * fit.flow, cbv, fit.mtt_s, ttp, fit.delay_s, np.full(fit.flow.size, np.nan), fit.at_limit
 
 
 def perfusion_maps(
@@ -481,10 +485,11 @@ def perfusion_maps(
         outputs = _svd_maps(brain, arterial, times, dt, method, discretisation, oi_limit, thresholds, ssvd_threshold)
     maps = []
     for values in outputs:
-        volume = np.zeros(mask.shape)
+        volume = np.zeros(mask.shape, dtype=values.dtype)
         volume[mask] = values
         maps.append(volume)
-    return PerfusionMaps(*maps, aif=arterial, aif_selection=selection, method=method)
+    return PerfusionMaps(*maps[:6], aif=arterial, aif_selection=selection, method=method,
+                         at_search_limit=maps[6] if len(maps) > 6 else None)
 
 
 def _svd_maps(brain: np.ndarray, arterial: np.ndarray, times: np.ndarray, dt: float, method: str,

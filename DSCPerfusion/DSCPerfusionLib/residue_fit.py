@@ -68,6 +68,9 @@ class ResidueFit:
     flow: (N,) f = the residue's height, 1/s (x6000 for ml/100 ml/min); 0 where no model correlates.
     mtt_s: (N,) mean transit time of the fitted residue (s). shape: (N,) its gamma shape lambda.
     delay_s: (N,) start of the residue after the AIF (s): Tmax. dt_s: frame interval (s).
+    at_limit: (N,) bool, the fit lies on an edge of the search (shortest or longest MTT, earliest or latest
+      delay): the best model is outside the grid, typically because the AIF is later or broader than the
+      tissue (a dispersed or tissue-like AIF), and its CBF is not to be trusted.
     """
 
     flow: np.ndarray
@@ -75,6 +78,7 @@ class ResidueFit:
     shape: np.ndarray
     delay_s: np.ndarray
     dt_s: float
+    at_limit: np.ndarray
 
 
 @dataclass
@@ -193,7 +197,7 @@ def fit_gamma_residues(tissue: np.ndarray, aif: np.ndarray, dt_s: float, discret
     offsets = delay_step * np.arange(-reach, reach + 1)
     refined: dict[float, _Models] = {}
     n = curves.shape[1]
-    fit = ResidueFit(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), dt_s)
+    fit = ResidueFit(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), dt_s, np.zeros(n, bool))
     for start in range(0, n, _VOXEL_BLOCK):
         block = np.arange(start, min(start + _VOXEL_BLOCK, n))
         first = coarse.delay_frames[_best_models(curves[:, block], coarse)]
@@ -215,3 +219,7 @@ def _store_best(fit: ResidueFit, models: _Models, curves: np.ndarray, voxels: np
     fit.mtt_s[voxels] = np.where(positive, models.mtt_s[chosen], 0.0)
     fit.shape[voxels] = np.where(positive, models.shape[chosen], 0.0)
     fit.delay_s[voxels] = np.where(positive, models.delay_frames[chosen] * fit.dt_s, 0.0)
+    mtt_range = np.exp(np.log(MTT_RANGE_S) + np.array([0.5, -0.5]) * FINE_MTT_STEP)  # within half a step
+    on_edge = (models.mtt_s[chosen] <= mtt_range[0]) | (models.mtt_s[chosen] >= mtt_range[1]) | \
+        np.isin(models.delay_frames[chosen], (MIN_DELAY_FRAMES, MAX_DELAY_FRAMES))
+    fit.at_limit[voxels] = positive & on_edge
