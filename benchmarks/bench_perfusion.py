@@ -11,7 +11,8 @@ separate, untimed run, and given relative to the input's size as float32 (the in
 tracing starts, is not counted). Wall times are medians of repeated runs; CPU times (process time) are also
 given because the wall-clock ratio moves with whatever else runs on the machine. The transit-time-insensitive
 correction ("bsw-lagged") is timed in the same run, its runs interleaved with BSW's so that both see the same
-load: its leakage stage (reference selection, fit) and whole pipeline against BSW's, as ratios.
+load: its leakage stage (reference selection, fit) and whole pipeline against BSW's, as ratios. The CBF stage
+(``--cbf``: automatic AIF and deconvolution) is timed the same way for oSVD and the gamma-residue fit.
 
 Run from the repository root:  .venv/bin/python benchmarks/bench_perfusion.py [--subset 2000] [--repeats 7]
 """
@@ -40,6 +41,7 @@ TE_S = 0.030
 SPACING_MM = (5.0, 1.8, 1.8)  # k, j, i
 TARGETS = {"speed-up": 100.0, "seconds": 1.0, "memory": 4.0, "lagged ratio": 1.5}
 LEAKAGE_COMPARED = ("bsw", "bsw-lagged")
+CBF_COMPARED = ("osvd", "gamma-fit")
 
 
 def synthetic_series(seed: int = 0) -> dict:
@@ -100,8 +102,9 @@ def per_voxel_reference(signal: np.ndarray, times: np.ndarray, voxels: np.ndarra
     return (time.perf_counter() - wall) / voxels.size, (time.process_time() - cpu) / voxels.size, k2_values
 
 
-def run_pipeline(case: dict, leakage: str = "bsw"):
-    options = PerfusionOptions(te_s=TE_S, leakage=leakage)
+def run_pipeline(case: dict, leakage: str = "bsw", cbf_method: str | None = None):
+    options = PerfusionOptions(te_s=TE_S, leakage=leakage, deconvolution=cbf_method is not None,
+                               cbf_method=cbf_method or "osvd")
     return compute_perfusion(case["signal"], case["times"], options, ijk_to_ras=case["ijk_to_ras"])
 
 
@@ -124,7 +127,7 @@ def main() -> None:
     series = case["signal"]
     run_pipeline(case)  # warm-up: imports, caches
     walls, cpus = [], []
-    stage = {method: [] for method in LEAKAGE_COMPARED}
+    stage = {method: [] for method in LEAKAGE_COMPARED + CBF_COMPARED}
     lagged_walls = []
     for _ in range(arguments.repeats):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -136,6 +139,8 @@ def main() -> None:
         lagged = run_pipeline(case, "bsw-lagged")
         lagged_walls.append(time.perf_counter() - wall)
         stage["bsw-lagged"].append(lagged.report["timings_s"]["leakage"])
+        for method in CBF_COMPARED:
+            stage[method].append(run_pipeline(case, cbf_method=method).report["timings_s"]["cbf"])
     fast_wall, fast_cpu = float(np.median(walls)), float(np.median(cpus))
     stage_bsw, stage_lagged = (float(np.median(stage[method])) for method in LEAKAGE_COMPARED)
     lagged_wall = float(np.median(lagged_walls))
@@ -174,6 +179,9 @@ def main() -> None:
         ("compute_perfusion, bsw-lagged (median)", f"{lagged_wall:.3f} s",
          f"ratio {lagged_wall / fast_wall:.2f} x bsw"),
         ("mean K2 in enhancing rim, bsw-lagged", f"{lagged.k2[enhancing].mean():.4f} 1/s", "truth 0.0150 1/s"),
+        ("CBF stage (--cbf), osvd (median)", f"{np.median(stage['osvd']):.3f} s", "automatic AIF, whole brain"),
+        ("CBF stage (--cbf), gamma-fit (median)", f"{np.median(stage['gamma-fit']):.3f} s",
+         f"ratio {np.median(stage['gamma-fit']) / np.median(stage['osvd']):.1f} x osvd"),
     ]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"DSC perfusion benchmark, {date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "

@@ -524,8 +524,11 @@ def compute_perfusion(
     curves_out = _region_curves(curves, times, reference, leak, brain, nawm, inputs.labels, flat_index, warnings)
     saturated, negative, flag_warnings = _flag_warnings(inputs.flagged, brain)
     warnings.extend(flag_warnings)
-    deconvolved = _deconvolution_maps(curves, times, reference, leak, flat_index, spatial, options.cbf_method,
-                                      warnings) if options.deconvolution else {}
+    deconvolved = {}
+    if options.deconvolution:
+        stages.start("cbf", 0.95, f"Estimating CBF, MTT and TTP ({options.cbf_method})")
+        deconvolved = _deconvolution_maps(curves, times, reference, leak, flat_index, spatial, options.cbf_method,
+                                          warnings)
     timings = stages.finish()
 
     report = {
