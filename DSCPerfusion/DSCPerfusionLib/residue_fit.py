@@ -148,7 +148,10 @@ class _ResidueTable:
         size = 2 * n_frames + lead
         spectrum = np.fft.rfft(kernels, size, axis=1) * np.fft.rfft(aif, size)[None, :]
         curves = np.fft.irfft(spectrum, size, axis=1)[:, lead : lead + n_frames] * self.dt_s
-        return _Models.of(curves, row, self.mtt_s[row], self.shape[row], delay)
+        # A short series or a late bolus leaves some delayed models with nothing inside the series.
+        norms = np.linalg.norm(curves, axis=1)
+        seen = norms > 1e-9 * norms.max()
+        return _Models.of(curves[seen], row[seen], self.mtt_s[row[seen]], self.shape[row[seen]], delay[seen])
 
 
 def _projection_basis(curves: np.ndarray) -> np.ndarray:
