@@ -5,7 +5,8 @@ the arterial input function (AIF), f the flow (1/s, i.e. ml blood per ml tissue 
 function (R(0) = 1, non-increasing). Deconvolution recovers the flow-scaled residue k(t) = f*R(t) in 1/s;
 f = max k. Curves are concentrations or deltaR2* (1/s); time is the first axis and in seconds.
 
-Two estimators, both truncated-SVD pseudo-inverses of a discretised convolution matrix:
+Two estimators here, both truncated-SVD pseudo-inverses of a discretised convolution matrix (a third,
+``perfusion_maps(method="gamma-fit")``, fits a model residue instead: ``residue_fit``):
 
 * ``ssvd_residues``: standard SVD (Ostergaard et al. 1996): lower-triangular T x T matrix, singular values
   below ``threshold`` x the largest are dropped (default 0.2, i.e. 20 %).
@@ -52,9 +53,10 @@ Known limits (docs/dsc-cbf-validation.md, benchmarks/validate_cbf.py): on the 14
 (rectangular, their generator's rule; median 10 %); their noise alone scatters oSVD's estimate by 4-14 %
 (SD) per case, so no choice of rule gets all 14 within 10 %. ``method="gamma-fit"`` (``residue_fit``) does
 (-3.6..+6.9 % with the rectangle rule) and is delay-independent, but only with an arterial AIF; oSVD's
-relative CBF is the more robust to a late or tissue-like automatic AIF, so it is the default. Dispersion between the measured AIF and the
-tissue is folded into the residue and lowers CBF (simulator, exponential kernel exp(-t/beta)/beta: -19 to
--27 % at beta 1 s, -31 to -43 % at 2 s, -49 to -60 % at 4 s); nothing here corrects it.
+relative CBF is the more robust to a late or tissue-like automatic AIF, so it is the default. Dispersion
+between the measured AIF and the tissue is folded into the residue and lowers CBF (simulator, exponential
+kernel exp(-t/beta)/beta: -19 to -27 % at beta 1 s, -31 to -43 % at 2 s, -49 to -60 % at 4 s); nothing here
+corrects it.
 
 What the numbers mean (``PerfusionMaps``): cbf = 6000 x max k, in ml/100 ml/min WHEN tissue and AIF are
 concentrations in the same units (or deltaR2* with the same relaxivity kappa for blood and tissue) and no
@@ -434,11 +436,16 @@ def _maps_from_residues(
 ) -> tuple[np.ndarray, ...]:
     """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold (each (N,)) from the residues of tissue curves (T, N)."""
     flow = FLOW_SCALE * np.maximum(result.flow, 0.0)
-    cbv = 100.0 * trapezoid(curves, x=times, axis=0) / trapezoid(aif, x=times)
+    cbv, ttp = _volume_and_peak_time(curves, aif, times)
     with np.errstate(divide="ignore", invalid="ignore"):
         mtt = np.where(flow > 0, 60.0 * cbv / np.where(flow > 0, flow, 1.0), 0.0)
-    ttp = times[np.argmax(curves, axis=0)]
     return flow, cbv, mtt, ttp, result.peak_lag_s, result.threshold
+
+
+def _volume_and_peak_time(curves: np.ndarray, aif: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cbv = 100 x trapz(tissue)/trapz(AIF) and the time of each tissue curve's maximum (each (N,))."""
+    cbv = 100.0 * trapezoid(curves, x=times, axis=0) / trapezoid(aif, x=times)
+    return cbv, times[np.argmax(curves, axis=0)]
 
 
 def _fitted_maps(curves: np.ndarray, aif: np.ndarray, times: np.ndarray, dt_s: float,
@@ -446,8 +453,7 @@ def _fitted_maps(curves: np.ndarray, aif: np.ndarray, times: np.ndarray, dt_s: f
     """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold, at_search_limit (each (N,)) of a gamma-residue fit of
     tissue curves (T, N)."""
     fit = fit_gamma_residues(curves, aif, dt_s, discretisation)
-    cbv = 100.0 * trapezoid(curves, x=times, axis=0) / trapezoid(aif, x=times)
-    ttp = times[np.argmax(curves, axis=0)]
+    cbv, ttp = _volume_and_peak_time(curves, aif, times)
     return FLOW_SCALE * fit.flow, cbv, fit.mtt_s, ttp, fit.delay_s, np.full(fit.flow.size, np.nan), fit.at_limit
 
 

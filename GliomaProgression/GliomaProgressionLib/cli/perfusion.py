@@ -38,8 +38,9 @@ def add_commands(commands) -> None:
                            help="also CBF (relative), MTT and TTP, with an automatic AIF")
     perfusion.add_argument("--cbf-method", choices=CBF_METHODS,
                            help=f"how --cbf estimates CBF (default {DEFAULT_CBF_METHOD}): osvd and ssvd deconvolve by "
-                                "truncated SVD, gamma-fit fits each curve with a gamma transit-time residue "
-                                "(closer to the true CBF; slower; docs/dsc-cbf-validation.md)")
+                                "truncated SVD; gamma-fit fits each curve with a gamma transit-time residue: closer to "
+                                "the true CBF when the AIF found is arterial, far off when it is tissue-like, and "
+                                "slower (docs/dsc-cbf-validation.md)")
     perfusion.add_argument("--ftb-thresholds", nargs=2, type=float, metavar=("LOW", "HIGH"),
                            default=FTB_THRESHOLDS,
                            help="nCBV thresholds of the fractional tumour burden classes low < LOW <= intermediate "
