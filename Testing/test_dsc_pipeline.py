@@ -142,27 +142,7 @@ def test_deconvolution_maps_on_request(case):
     assert result.cbf.shape == result.ncbv.shape and result.mtt.shape == result.ncbv.shape
     assert np.all(result.cbf[~result.brain_mask] == 0)
     assert np.all(np.isfinite(result.mtt)) and np.all(result.ttp >= 0)
-    fitted = compute_perfusion(case["series"], TIMES, PerfusionOptions(te_s=TE, deconvolution=True,
-                                                                       cbf_method="gamma-fit"), ijk_to_ras=IJK_TO_RAS)
-    assert fitted.report["options"]["cbf_method"] == "gamma-fit"
-    inside = result.brain_mask & (result.cbf > 0)
-    assert np.corrcoef(fitted.cbf[inside], result.cbf[inside])[0, 1] > 0.8  # the same tissue ranking
-    with pytest.raises(ValueError, match=r"^options.cbf_method must be one of osvd, ssvd, gamma-fit, got 'svd'\.$"):
-        compute_perfusion(case["series"], TIMES, PerfusionOptions(te_s=TE, deconvolution=True, cbf_method="svd"))
-
-
-@pytest.mark.parametrize(("late_s", "warned"), [(0.0, False), (4.5, True)])
-def test_gamma_fit_warns_when_many_voxels_fit_at_an_edge_of_its_search(late_s, warned):
-    """Half the brain 3 frames late: the automatic AIF comes from one side, and the other side's fits pile up
-    at the search's edges (observed 51 % of brain voxels; 7 % with no delay, CSF and noise)."""
-    tissue = _tissue()
-    late = np.broadcast_to(np.arange(SHAPE[2]) < 22, SHAPE)
-    sim = simulate_dsc(TIMES, tissue["cbv"], tissue["cbf"], tissue["k2"], tissue["s0"], TE, brain_mask=tissue["brain"],
-                       arrival_delay_s=np.where(late, late_s, 0.0))
-    series = np.clip(np.rint(add_rician_noise(sim.signal, 15.0, np.random.default_rng(1))), 0, 32767).astype(np.int16)
-    result = compute_perfusion(series, TIMES, PerfusionOptions(te_s=TE, deconvolution=True, cbf_method="gamma-fit"),
-                               ijk_to_ras=IJK_TO_RAS, nawm_mask=tissue["white"])
-    assert any(warning.startswith("CBF by gamma-fit:") for warning in result.report["warnings"]) == warned
+    assert "cbf" in result.report["timings_s"] and "cbf" not in plain.report["timings_s"]
 
 
 def test_user_masks_override_the_automatic_ones(case):

@@ -36,8 +36,6 @@ import numpy as np
 
 from . import baseline as baseline_rules
 from .brainmask import brain_mask_from_baseline, validate_mask
-from .deconvolution import DEFAULT_METHOD as DEFAULT_CBF_METHOD
-from .deconvolution import METHODS as CBF_METHODS
 from .leakage import (
     DEFAULT_LEAKAGE_METHOD,
     LEAKAGE_METHODS,
@@ -60,10 +58,6 @@ MIN_FRAMES = 15
 # TR 1.5 s, which would scale K2, rCBV and the time windows by 1000) or another mistake. Frame numbers (1 s apart)
 # cannot be told from seconds here; mrml.volume_from_sequence refuses sequences that carry only frame numbers.
 FRAME_INTERVAL_RANGE_S = (0.2, 5.0)
-# Share of brain voxels whose gamma fit lies on an edge of its search above which the run warns. Voxels with
-# no bolus (CSF) or only noise always do: 7 % in test_dsc_pipeline's brain with an on-time AIF, 51 % when
-# half of it is 3 frames late.
-FIT_LIMIT_WARNING_FRACTION = 0.2
 Progress = Callable[[float, str], None]
 
 
@@ -77,8 +71,10 @@ class PerfusionOptions:
     leakage: str = DEFAULT_LEAKAGE_METHOD  # one of leakage.LEAKAGE_METHODS
     first_pass: bool = False
     per_slice: bool = False  # nCBV per slice (along array axis k)
-    deconvolution: bool = False  # CBF (relative), MTT, TTP with an automatic AIF
-    cbf_method: str = DEFAULT_CBF_METHOD  # one of deconvolution.METHODS, used with deconvolution
+    # CBF (relative), MTT, TTP by oSVD with an automatic AIF. Not the gamma-residue fit: with an automatic AIF
+    # from half-volume arteries it read grey matter 1.3x high where oSVD was right (docs/dsc-cbf-validation.md,
+    # table 6), and 0.2-1.7x on the phantom, whose AIF can only be tissue (table 5a).
+    deconvolution: bool = False
 
 
 @dataclass
@@ -160,8 +156,6 @@ def _checked_options(options: PerfusionOptions, dual_echo: bool) -> tuple[float,
         raise ValueError(f"options must be a PerfusionOptions, got {type(options).__name__}.")
     if options.leakage not in LEAKAGE_METHODS:
         raise ValueError(f"options.leakage must be one of {', '.join(LEAKAGE_METHODS)}, got {options.leakage!r}.")
-    if options.cbf_method not in CBF_METHODS:
-        raise ValueError(f"options.cbf_method must be one of {', '.join(CBF_METHODS)}, got {options.cbf_method!r}.")
     te = _checked_echo_time(options.te_s, "options.te_s")
     if dual_echo != (options.te2_s is not None):
         raise ValueError("A dual-echo series needs both signal_te2 and options.te2_s (give both or neither).")
@@ -526,9 +520,8 @@ def compute_perfusion(
     warnings.extend(flag_warnings)
     deconvolved = {}
     if options.deconvolution:
-        stages.start("cbf", 0.95, f"Estimating CBF, MTT and TTP ({options.cbf_method})")
-        deconvolved = _deconvolution_maps(curves, times, reference, leak, flat_index, spatial, options.cbf_method,
-                                          warnings)
+        stages.start("cbf", 0.95, "Estimating CBF, MTT and TTP")
+        deconvolved = _deconvolution_maps(curves, times, reference, leak, flat_index, spatial, warnings)
     timings = stages.finish()
 
     report = {
@@ -566,9 +559,8 @@ def compute_perfusion(
 
 
 def _deconvolution_maps(curves: np.ndarray, times: np.ndarray, reference: np.ndarray, leak: LeakageFit,
-                        flat_index: np.ndarray, spatial: tuple, method: str,
-                        warnings: list[str]) -> dict[str, np.ndarray]:
-    """CBF (relative), MTT (s) and TTP (s) by ``method`` with an automatic AIF, on BSW-corrected curves.
+                        flat_index: np.ndarray, spatial: tuple, warnings: list[str]) -> dict[str, np.ndarray]:
+    """CBF (relative), MTT (s) and TTP (s) by oSVD with an automatic AIF, on BSW-corrected curves.
 
     Optional extras: when no credible arterial voxels exist the maps are skipped with a warning rather than
     failing the nCBV, which does not need them.
@@ -577,15 +569,10 @@ def _deconvolution_maps(curves: np.ndarray, times: np.ndarray, reference: np.nda
 
     corrected = correct_bsw(curves, times, reference, leak.k2) if np.any(leak.k2) else curves
     try:
-        maps = perfusion_maps(corrected, times, np.ones(corrected.shape[1], bool), method=method)
+        maps = perfusion_maps(corrected, times, np.ones(corrected.shape[1], bool))
     except ValueError as error:
         warnings.append(f"CBF, MTT and TTP were not computed: {error}")
         return {}
-    if maps.at_search_limit is not None and maps.at_search_limit.mean() > FIT_LIMIT_WARNING_FRACTION:
-        warnings.append(
-            f"CBF by gamma-fit: {100 * maps.at_search_limit.mean():.0f} % of brain voxels were fitted at an edge of "
-            "the search (shortest or longest MTT, earliest or latest delay), usually because the automatic AIF is "
-            "later or broader than the tissue; their CBF is unreliable, and osvd is less sensitive to the AIF.")
     return {name: _scatter(np.asarray(getattr(maps, field), np.float32), flat_index, spatial)
             for name, field in (("cbf", "cbf"), ("mtt", "mtt_s"), ("ttp", "ttp_s"))}
 

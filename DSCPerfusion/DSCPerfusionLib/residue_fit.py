@@ -28,10 +28,12 @@ Negative delays (tissue ahead of the measured AIF) down to ``MIN_DELAY_FRAMES`` 
 Measured (docs/dsc-cbf-validation.md, benchmarks/validate_cbf.py): the 14 OSIPI concentration cases with
 their generator's rectangle rule within 10 % of the true CBF (-3.6..+6.9 %); the simulator's continuous curves
 1.01-1.02 of truth at every sub-frame delay; the phantom with its own AIF 0.99-1.04 in relative CBF. The fit
-needs an arterial AIF: with a tissue-like one (later and broader than the tissue: the phantom's automatic AIF)
-it returns short box residues and relative CBF 0.18-1.68, where oSVD's stays near 1; ``ResidueFit.at_limit``
-flags fits on the edge of the search, which is where many of those land. Dispersion between the measured AIF
-and the tissue still biases CBF low (beta = 1 s: -4..-8 %; 2 s: -32..-39 %): it is not in the model.
+needs a known arterial AIF: with a tissue-like one (later and broader than the tissue: the phantom's
+automatic AIF) it returns short box residues and relative CBF 0.18-1.68, and with an automatic AIF from
+arteries that fill half their voxels it reads grey matter 1.3x high, where oSVD's relative CBF stays near 1.
+So the pipeline does not offer it. ``ResidueFit.at_limit`` flags fits on the edge of the search, where many
+of the tissue-like AIF's land. Dispersion between the measured AIF and the tissue still biases CBF low
+(beta = 1 s: -4..-8 %; 2 s: -32..-39 %): it is not in the model.
 """
 
 from __future__ import annotations

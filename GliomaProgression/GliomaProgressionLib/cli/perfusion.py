@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from DSCPerfusionLib.deconvolution import DEFAULT_METHOD as DEFAULT_CBF_METHOD
-from DSCPerfusionLib.deconvolution import METHODS as CBF_METHODS
 from DSCPerfusionLib.ftb import FTB_THRESHOLDS
 from DSCPerfusionLib.leakage import DEFAULT_LEAKAGE_METHOD, LEAKAGE_HELP, LEAKAGE_METHODS
 
@@ -35,12 +33,7 @@ def add_commands(commands) -> None:
     perfusion.add_argument("--first-pass", action="store_true", help="integrate the first pass only")
     perfusion.add_argument("--per-slice", action="store_true", help="normalise each slice by its own NAWM")
     perfusion.add_argument("--cbf", action="store_true",
-                           help="also CBF (relative), MTT and TTP, with an automatic AIF")
-    perfusion.add_argument("--cbf-method", choices=CBF_METHODS,
-                           help=f"how --cbf estimates CBF (default {DEFAULT_CBF_METHOD}): osvd and ssvd deconvolve by "
-                                "truncated SVD; gamma-fit fits each curve with a gamma transit-time residue: closer to "
-                                "the true CBF when the AIF found is arterial, far off when it is tissue-like, and "
-                                "slower (docs/dsc-cbf-validation.md)")
+                           help="also CBF (relative), MTT and TTP: oSVD deconvolution with an automatic AIF")
     perfusion.add_argument("--ftb-thresholds", nargs=2, type=float, metavar=("LOW", "HIGH"),
                            default=FTB_THRESHOLDS,
                            help="nCBV thresholds of the fractional tumour burden classes low < LOW <= intermediate "
@@ -55,12 +48,10 @@ def add_commands(commands) -> None:
 def _run_perfusion(args: argparse.Namespace) -> int:
     from GliomaProgressionLib.runs.perfusion import run_perfusion_files
 
-    if args.cbf_method is not None and not args.cbf:
-        raise ValueError("--cbf-method only applies with --cbf; add --cbf or leave it out.")
     if args.dsc_json is None and (args.tr is None or args.te is None):
         raise ValueError("Timing is missing: give --dsc-json, or both --tr and --te (seconds).")
     options = {"leakage": args.leakage, "first_pass": args.first_pass, "per_slice": args.per_slice,
-               "deconvolution": args.cbf, "cbf_method": args.cbf_method or DEFAULT_CBF_METHOD,
+               "deconvolution": args.cbf,
                "baseline": tuple(args.baseline) if args.baseline else None}
     result = run_perfusion_files(args.dsc, args.out, options, sidecar=args.dsc_json, tr_s=args.tr, te_s=args.te,
                                  mask=args.mask, nawm=args.nawm, lesion=args.lesion,
