@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.integrate import quad
 
-from DSCPerfusionLib.deconvolution import METHODS, perfusion_maps
+from DSCPerfusionLib.deconvolution import perfusion_maps
 from DSCPerfusionLib.residue_fit import _ResidueTable, _log_grid, fit_gamma_residues, gamma_residue
 from DSCPerfusionLib.simulation import gamma_variate_aif, tissue_delta_r2s
 
@@ -80,14 +81,71 @@ def _delayed_tissue(delay_s: float) -> np.ndarray:
     return tissue + np.random.default_rng(3).normal(0.0, 0.003 * tissue.max(), tissue.shape)
 
 
-@pytest.mark.parametrize("delay_s", [0.0, 0.375, 0.75, 1.125, 3.0, -0.75])
+@pytest.mark.parametrize("delay_s", [0.0, 0.2, 0.375, 0.6, 1.125, 3.0, -0.75])
 def test_cbf_and_delay_hold_for_sub_frame_delays(delay_s):
-    """Continuous-time curves (the simulator), linear rule: CBF/truth 0.98-1.03 in every tissue whatever the
-    delay (observed 1.007-1.018; oSVD 0.84-0.95), and the delay found to the quarter frame."""
+    """Continuous-time curves (the simulator), linear rule, delays on and off the search's 1/8-frame grid
+    (0.2 and 0.6 s are off it): CBF/truth 0.98-1.03 in every tissue (observed 1.004-1.018; MTT 4-7 s), and the
+    delay found to within 1/16 frame."""
     fit = fit_gamma_residues(_delayed_tissue(delay_s), MEASURED_AIF, TR_S)
     ratio = np.median((6000.0 * fit.flow).reshape(4, 100), axis=1) / CBF
     assert np.all((ratio > 0.98) & (ratio < 1.03))
-    assert np.all(np.abs(np.median(fit.delay_s.reshape(4, 100), axis=1) - delay_s) <= TR_S / 8)
+    assert np.all(np.abs(np.median(fit.delay_s.reshape(4, 100), axis=1) - delay_s) <= TR_S / 16 + 1e-9)
+
+
+def test_short_transit_times_are_the_fits_weak_point():
+    """Noise-free, delays 0-1.5 s in 0.1 s steps: the shorter the MTT, the further CBF strays, because the AIF
+    is only known at its samples. Observed CBF/truth at MTT 2 s 1.03-1.14, 3 s 1.01-1.08, 8 s 1.00-1.02 (oSVD,
+    steadier but lower: 0.71-0.72, 0.82-0.83, 1.02-1.03)."""
+    mtt = np.array([2.0, 3.0, 8.0])
+    cbv = np.full(3, 3.0)
+    ratios = []
+    for delay_s in np.arange(0.0, 1.51, 0.1):
+        feed = functools.partial(gamma_variate_aif, arrival_s=15.0 + delay_s)
+        tissue = tissue_delta_r2s(TIMES, feed, cbv, 60.0 * cbv / mtt, r2_eff=1.0)
+        ratios.append(fit_gamma_residues(tissue, MEASURED_AIF, TR_S).flow * 100.0 * mtt / cbv)
+    spread = np.ptp(ratios, axis=0)
+    assert spread[0] > spread[1] > spread[2]
+    assert np.max(np.abs(np.array(ratios)[:, 1:] - 1.0)) < 0.10
+
+
+def test_a_voxel_gets_the_same_fit_whatever_the_other_voxels():
+    """Short MTTs (under a frame) have near-ties between very different fits; scores are float64 so the
+    other voxels of a block cannot decide between them (in float32 one voxel read 0.65 or 1.71 of truth)."""
+    feed = functools.partial(gamma_variate_aif, arrival_s=15.0)
+    tissue = tissue_delta_r2s(TIMES, feed, np.array([0.5, 4.0, 2.0, 7.0]), np.array([30.0, 60.0, 22.0, 85.0]),
+                              r2_eff=1.0)
+    alone = fit_gamma_residues(tissue[:, :1], MEASURED_AIF, TR_S)
+    together = fit_gamma_residues(tissue, MEASURED_AIF, TR_S)
+    assert (alone.flow[0], alone.mtt_s[0], alone.delay_s[0]) == (together.flow[0], together.mtt_s[0],
+                                                                  together.delay_s[0])
+
+
+def test_the_linear_models_are_the_convolution_of_the_piecewise_linear_aif():
+    """Independent of the residue table: each frame's value integrated by scipy's quad, the AIF linear between
+    its samples, the residue continuous from its (delayed) start. Delays +1/4, -3/2 and +2 frames, MTT 2 and
+    6 s, shapes 1 and 4. Observed: within 0.12 % of the curve's peak; a table shifted by 1/8 frame is 4 % off."""
+    table = _ResidueTable(MEASURED_AIF.size, TR_S, _log_grid(), np.array([1.0, 4.0]), "linear")
+    for mtt in (2.0, 6.0):
+        for shape in (1.0, 4.0):
+            row = int(np.argmin(np.abs(table.mtt_s - mtt) + 100.0 * (table.shape != shape)))
+            for delay_frames in (0.25, -1.5, 2.0):
+                model = table.models(MEASURED_AIF, np.array([row]), np.array([delay_frames])).curves[0]
+                delay_s = delay_frames * TR_S
+                expected = [quad(lambda tau, t=t: np.interp(tau, TIMES, MEASURED_AIF)
+                                 * gamma_residue(t - tau - delay_s, table.mtt_s[row], shape),
+                                 0.0, max(0.0, t - delay_s), points=TIMES[TIMES < t - delay_s], limit=200)[0]
+                            for t in TIMES]
+                np.testing.assert_allclose(model, expected, atol=2e-3 * model.max())
+
+
+def test_the_rectangle_rule_finds_whole_frame_delays():
+    """Rectangle-rule curves made by the model itself, 3 frames late and 2 frames early: found exactly."""
+    table = _ResidueTable(MEASURED_AIF.size, TR_S, _log_grid(), np.array([1.0]), "rectangular")
+    row = int(np.argmin(np.abs(table.mtt_s - 5.0)))
+    curves = table.models(MEASURED_AIF, np.array([row]), np.array([3.0, -2.0])).curves.T * 0.01
+    fit = fit_gamma_residues(curves, MEASURED_AIF, TR_S, "rectangular", shapes=(1.0,))
+    np.testing.assert_array_equal(fit.delay_s, [3.0 * TR_S, -2.0 * TR_S])
+    np.testing.assert_allclose(fit.flow, 0.01, rtol=1e-9)
 
 
 def test_perfusion_maps_with_the_fit():
@@ -95,6 +153,7 @@ def test_perfusion_maps_with_the_fit():
     tissue = _delayed_tissue(0.75)[:, ::100]
     maps = perfusion_maps(tissue, TIMES, np.ones(4, bool), aif=MEASURED_AIF, method="gamma-fit")
     assert maps.method == "gamma-fit" and np.all(np.isnan(maps.threshold))
+    assert maps.at_search_limit.dtype == bool and not maps.at_search_limit.any()
     np.testing.assert_allclose(maps.tmax_s, 0.75, atol=TR_S / 8)
     np.testing.assert_allclose(maps.cbf / CBF, 1.0, atol=0.05)
     np.testing.assert_allclose(maps.mtt_s, 60.0 * CBV / CBF, rtol=0.05)
@@ -121,9 +180,8 @@ def test_bad_method_shapes_and_rule_are_refused_in_one_sentence():
         perfusion_maps(tissue, TIMES, np.ones(2, bool), aif=MEASURED_AIF, method="fit")
     with pytest.raises(ValueError, match=r"^shapes must be a non-empty list of positive gamma shapes\.$"):
         fit_gamma_residues(tissue, MEASURED_AIF, TR_S, shapes=(0.0,))
-    with pytest.raises(ValueError, match="^discretisation must be 'linear' or 'rectangular'"):
+    with pytest.raises(ValueError, match="^discretisation must be one of linear, rectangular, got 'cubic'"):
         perfusion_maps(tissue, TIMES, np.ones(2, bool), aif=MEASURED_AIF, method="gamma-fit", discretisation="cubic")
-    assert METHODS == ("osvd", "ssvd", "gamma-fit")
 
 
 @pytest.mark.filterwarnings("error")

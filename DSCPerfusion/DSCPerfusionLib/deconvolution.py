@@ -71,20 +71,25 @@ ttp and tmax (s) do not depend on the AIF amplitude and are absolute.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from scipy.integrate import trapezoid
 
 from .aif import AIFSelection, roughness, select_aif
 from .residue_fit import fit_gamma_residues
-from .signal import validate_times
+from .signal import (
+    Discretisation,
+    validate_discretisation,
+    validate_frame_interval,
+    validate_tissue_and_aif,
+    validate_times,
+)
 
-Discretisation = Literal["linear", "rectangular"]
-Method = Literal["osvd", "ssvd", "gamma-fit"]
 # How CBF is estimated: block-circulant SVD with the oscillation rule, standard SVD, or a least-squares fit
 # of a gamma transit-time residue (``residue_fit``).
-METHODS = ("osvd", "ssvd", "gamma-fit")
+Method = Literal["osvd", "ssvd", "gamma-fit"]
+METHODS = get_args(Method)
 DEFAULT_METHOD = "osvd"
 
 # Thresholds (fractions of the largest singular value) tried by oSVD, smallest first. Wu 2003 and
@@ -187,6 +192,7 @@ def convolution_matrix(aif: np.ndarray, dt_s: float, circulant: bool, discretisa
     Circulant matrices are exactly circulant for both discretisations (the residue lives on a circle of 2T
     frames), which is what makes their truncated SVD shift-covariant (module docstring, "Sub-frame delays").
     """
+    discretisation = validate_discretisation(discretisation)
     a = np.asarray(aif, dtype=np.float64)
     n_frames = a.size
     size = 2 * n_frames if circulant else n_frames
@@ -194,10 +200,8 @@ def convolution_matrix(aif: np.ndarray, dt_s: float, circulant: bool, discretisa
     padded[1 : n_frames + 1] = a
     if discretisation == "rectangular":
         column = padded[1:-1].copy()
-    elif discretisation == "linear":
-        column = (padded[:-2] + 4.0 * padded[1:-1] + padded[2:]) / 6.0
     else:
-        raise ValueError(f"discretisation must be 'linear' or 'rectangular', got {discretisation!r}.")
+        column = (padded[:-2] + 4.0 * padded[1:-1] + padded[2:]) / 6.0
     lags = np.arange(size)[:, None] - np.arange(size)[None, :]
     matrix = column[lags % size] if circulant else np.where(lags >= 0, column[np.maximum(lags, 0)], 0.0)
     if discretisation == "linear" and not circulant:
@@ -293,31 +297,6 @@ def _validated_thresholds(thresholds: tuple[float, ...] | np.ndarray) -> np.ndar
     return values
 
 
-def _validated_curves(tissue: np.ndarray, aif: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tissue (T, N) and AIF (T,) as float64, checking shapes, finiteness and a positive AIF area."""
-    curves = np.asarray(tissue, dtype=np.float64)
-    arterial = np.asarray(aif, dtype=np.float64)
-    if curves.ndim == 1:
-        curves = curves[:, None]
-    if curves.ndim != 2 or arterial.ndim != 1 or curves.shape[0] != arterial.size or arterial.size < 3:
-        raise ValueError(
-            f"tissue must be (T, N) and aif (T,) with the same T >= 3, got {curves.shape} and {arterial.shape}."
-        )
-    if not (np.all(np.isfinite(curves)) and np.all(np.isfinite(arterial))):
-        raise ValueError("tissue and aif must not contain NaN or infinite values.")
-    if arterial.max() <= 0 or arterial.sum() <= 0:
-        raise ValueError("aif must have a positive peak and a positive area.")
-    return curves, arterial
-
-
-def _validated_dt(dt_s: float) -> float:
-    """Frame interval as a positive finite float; ValueError otherwise."""
-    dt = float(dt_s)
-    if not (np.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt_s must be a positive frame interval in seconds, got {dt_s}.")
-    return dt
-
-
 def _ssvd_block(kernel: _Kernel, curves: np.ndarray, level: float, dt_s: float) -> Deconvolution:
     """sSVD of validated curves (T, N) with a kernel already decomposed."""
     keep = kernel.s >= level * kernel.s[0]
@@ -338,9 +317,9 @@ def ssvd_residues(
 
     Singular values below ``threshold`` (fraction of the largest, in (0, 1]) are dropped for every voxel.
     """
-    curves, arterial = _validated_curves(tissue, aif)
+    curves, arterial = validate_tissue_and_aif(tissue, aif)
     level = _validated_thresholds([threshold])[0]
-    dt = _validated_dt(dt_s)
+    dt = validate_frame_interval(dt_s)
     return _ssvd_block(_kernel(arterial, dt, circulant=False, discretisation=discretisation), curves, level, dt)
 
 
@@ -401,10 +380,10 @@ def osvd_residues(
     Per voxel, the smallest of ``thresholds`` whose residue has an oscillation index below ``oi_limit``
     (module docstring). Lags T..2T-1 of the residue are the circular wrap (tissue ahead of the AIF).
     """
-    curves, arterial = _validated_curves(tissue, aif)
+    curves, arterial = validate_tissue_and_aif(tissue, aif)
     limit = _validated_oi_limit(oi_limit)
     levels = _validated_thresholds(thresholds)
-    dt = _validated_dt(dt_s)
+    dt = validate_frame_interval(dt_s)
     kernel = _kernel(arterial, dt, circulant=True, discretisation=discretisation)
     return _osvd_block(kernel, curves, levels, limit, dt)
 
@@ -487,7 +466,7 @@ def perfusion_maps(
     mask = _validated_mask(brain_mask, series.shape[1:])
     brain = np.asarray(series[:, mask], dtype=np.float64)  # (T, N) brain voxels only
     arterial, selection = _resolve_aif(aif, series, times, mask)
-    brain, arterial = _validated_curves(brain, arterial)
+    brain, arterial = validate_tissue_and_aif(brain, arterial)
     if method == "gamma-fit":
         outputs = _fitted_maps(brain, arterial, times, dt, discretisation)
     else:

@@ -23,7 +23,8 @@ model curve depends on where between frames the residue starts, so delays are se
 the ``rectangular`` rule (C_n = dt sum_k a_k R((n - k) dt - delay)) the residue is only ever sampled at whole
 lags: a start between two frames cannot be told from a smaller f (for an exponential residue exactly:
 R(t + s) = exp(-s/MTT) R(t)), so the fit would trade delay for flow. There delays are whole frames.
-Negative delays (tissue ahead of the measured AIF) down to ``MIN_DELAY_FRAMES`` are allowed.
+Delays are searched over ``DELAY_RANGE_S`` (-3 to +12 s, in whole frames of the series): negative ones are tissue
+ahead of the measured AIF.
 
 Measured (docs/dsc-cbf-validation.md, benchmarks/validate_cbf.py): the 14 OSIPI concentration cases with
 their generator's rectangle rule within 10 % of the true CBF (-3.6..+6.9 %); the simulator's continuous curves
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaincc
 
+from .signal import validate_discretisation, validate_frame_interval, validate_tissue_and_aif
+
 # Gamma shapes searched: exponential (1) to nearly a box (100), as the OSIPI generator's 1, 5 and 100.
 DEFAULT_SHAPES = (1.0, 2.0, 4.0, 10.0, 100.0)
 # Mean transit times searched (s): log-spaced at FINE_MTT_STEP; the first pass takes every
@@ -50,20 +53,22 @@ DEFAULT_SHAPES = (1.0, 2.0, 4.0, 10.0, 100.0)
 MTT_RANGE_S = (0.5, 40.0)
 FINE_MTT_STEP = 0.016
 COARSE_EVERY = 5
-# Delays of the tissue after the measured AIF, in frames (both ends searched).
-MIN_DELAY_FRAMES = -2
-MAX_DELAY_FRAMES = 8
-# Delay step of the first pass (frames); the second searches within half of it, at every fine MTT.
+# Delays of the tissue after the measured AIF (s), both ends searched, rounded outwards to whole frames.
+DELAY_RANGE_S = (-3.0, 12.0)
+# Delay step of the first pass (frames); the second searches one step either side of its choice, at every
+# fine MTT.
 COARSE_DELAY_STEP_FRAMES = 0.5
 # Sub-frame delay step of the second pass for the linear discretisation (see the module docstring).
-LINEAR_DELAY_STEP_FRAMES = 0.25
+LINEAR_DELAY_STEP_FRAMES = 0.125
 # Residues are tabulated every 1/LAG_STEPS_PER_FRAME frame: the linear discretisation's triangle weights
 # are integrated on this grid, and every delay searched falls on it.
 LAG_STEPS_PER_FRAME = 8
 # Model-curve energy left out by the projection on the leading singular vectors.
 _PROJECTION_TOLERANCE = 1e-6
-# Voxels fitted together: bounds the (voxels x models) score matrix at ~100 MB of float32.
-_VOXEL_BLOCK = 2048
+# Voxels fitted together: the (voxels x models) scores and their temporaries take ~150 MB at 1024. Scores are
+# float64: at MTTs under a frame two different fits can score within 1e-7 of each other, and float32 rounding
+# then let the other voxels of the block decide between them.
+_VOXEL_BLOCK = 1024
 
 
 @dataclass
@@ -96,16 +101,15 @@ class _Models:
     shape: np.ndarray
     delay_frames: np.ndarray
     basis: np.ndarray
-    projected: np.ndarray  # (K, r) float32
-    energy: np.ndarray  # (K,) float32
+    projected: np.ndarray  # (K, r)
+    energy: np.ndarray  # (K,)
 
     @classmethod
     def of(cls, curves: np.ndarray, row: np.ndarray, mtt_s: np.ndarray, shape: np.ndarray,
            delay_frames: np.ndarray) -> "_Models":
         basis = _projection_basis(curves)
         projected = curves @ basis
-        return cls(curves, row, mtt_s, shape, delay_frames, basis, projected.astype(np.float32),
-                   (projected**2).sum(axis=1).astype(np.float32))
+        return cls(curves, row, mtt_s, shape, delay_frames, basis, projected, (projected**2).sum(axis=1))
 
 
 def gamma_residue(lags_s: np.ndarray, mtt_s: np.ndarray, shape: np.ndarray) -> np.ndarray:
@@ -125,9 +129,11 @@ class _ResidueTable:
     def __init__(self, n_frames: int, dt_s: float, mtt_s: np.ndarray, shapes: np.ndarray, discretisation: str):
         mtt, shape = (axis.ravel() for axis in np.meshgrid(mtt_s, shapes, indexing="ij"))
         self.mtt_s, self.shape, self.dt_s = mtt, shape, dt_s
+        self.delays = delay_range_frames(dt_s)
         steps = LAG_STEPS_PER_FRAME
-        self.first = -(1 - MIN_DELAY_FRAMES) - MAX_DELAY_FRAMES - 1  # the earliest lag - delay asked for
-        last = n_frames - MIN_DELAY_FRAMES + 1
+        self.lead = 1 - self.delays[0]  # lags before 0 that a negative delay reaches
+        self.first = -self.lead - self.delays[1] - 1  # the earliest lag - delay asked for
+        last = n_frames - self.delays[0] + 1
         lags = np.arange(self.first * steps - steps, last * steps + steps + 1) / steps  # one frame spare each side
         values = gamma_residue(lags[None, :] * dt_s, mtt[:, None], shape[:, None])
         if discretisation == "linear":
@@ -142,8 +148,7 @@ class _ResidueTable:
     def models(self, aif: np.ndarray, rows: np.ndarray, delay_frames: np.ndarray) -> _Models:
         """Unit-flow model curves for every row in ``rows`` with every delay (frames, on the 1/8 grid)."""
         row, delay = (axis.ravel() for axis in np.meshgrid(rows, delay_frames, indexing="ij"))
-        n_frames = aif.size
-        lead = 1 - MIN_DELAY_FRAMES  # lags before 0 a negative delay reaches
+        n_frames, lead = aif.size, self.lead
         lags = np.arange(-lead, n_frames)
         columns = np.rint((lags[None, :] - delay[:, None] - self.first) * LAG_STEPS_PER_FRAME).astype(int)
         kernels = self.values[row[:, None], columns]
@@ -154,6 +159,11 @@ class _ResidueTable:
         norms = np.linalg.norm(curves, axis=1)
         seen = norms > 1e-9 * norms.max()
         return _Models.of(curves[seen], row[seen], self.mtt_s[row[seen]], self.shape[row[seen]], delay[seen])
+
+
+def delay_range_frames(dt_s: float) -> tuple[int, int]:
+    """DELAY_RANGE_S in whole frames of ``dt_s``, rounded outwards."""
+    return int(np.floor(DELAY_RANGE_S[0] / dt_s)), int(np.ceil(DELAY_RANGE_S[1] / dt_s))
 
 
 def _projection_basis(curves: np.ndarray) -> np.ndarray:
@@ -169,7 +179,7 @@ def _projection_basis(curves: np.ndarray) -> np.ndarray:
 
 def _best_models(curves: np.ndarray, models: _Models) -> np.ndarray:
     """Index (N,) of the least-squares model of each curve (T, N) among those with <c, b> > 0 (if any)."""
-    products = (curves.T @ models.basis).astype(np.float32) @ models.projected.T  # (N, K): <c, b>
+    products = (curves.T @ models.basis) @ models.projected.T  # (N, K): <c, b>
     return np.argmax(products * np.abs(products) / models.energy[None, :], axis=1)
 
 
@@ -182,26 +192,24 @@ def _validated_grid(shapes: tuple[float, ...], discretisation: str) -> tuple[np.
     values = np.unique(np.asarray(shapes, dtype=np.float64).ravel())
     if values.size == 0 or not np.all(np.isfinite(values)) or values[0] <= 0:
         raise ValueError("shapes must be a non-empty list of positive gamma shapes.")
-    if discretisation not in ("linear", "rectangular"):
-        raise ValueError(f"discretisation must be 'linear' or 'rectangular', got {discretisation!r}.")
+    validate_discretisation(discretisation)
     return values, (LINEAR_DELAY_STEP_FRAMES if discretisation == "linear" else 1.0)
 
 
 def fit_gamma_residues(tissue: np.ndarray, aif: np.ndarray, dt_s: float, discretisation: str = "linear",
                        shapes: tuple[float, ...] = DEFAULT_SHAPES) -> ResidueFit:
-    """Least-squares gamma-residue fit (module docstring) of tissue curves (T, N) against ``aif`` (T,).
-
-    Curves and AIF must already be checked (``deconvolution._validated_curves``); ``dt_s`` > 0.
-    """
+    """Least-squares gamma-residue fit (module docstring) of tissue curves (T, N) against ``aif`` (T,), frames
+    ``dt_s`` seconds apart."""
     shape_values, delay_step = _validated_grid(shapes, discretisation)
-    curves = np.asarray(tissue, dtype=np.float64)
-    arterial = np.asarray(aif, dtype=np.float64)
+    curves, arterial = validate_tissue_and_aif(tissue, aif)
+    dt_s = validate_frame_interval(dt_s)
     table = _ResidueTable(arterial.size, dt_s, _log_grid(), shape_values, discretisation)
     all_rows = np.arange(table.mtt_s.size)
     coarse_rows = all_rows[(all_rows // shape_values.size) % COARSE_EVERY == 0]
     coarse_step = max(delay_step, COARSE_DELAY_STEP_FRAMES)
-    coarse = table.models(arterial, coarse_rows, np.arange(MIN_DELAY_FRAMES, MAX_DELAY_FRAMES + 1e-9, coarse_step))
-    reach = int(np.floor(coarse_step / 2 / delay_step + 1e-9))
+    earliest, latest = table.delays
+    coarse = table.models(arterial, coarse_rows, np.arange(earliest, latest + 1e-9, coarse_step))
+    reach = max(1, int(round(coarse_step / 2 / delay_step)))
     offsets = delay_step * np.arange(-reach, reach + 1)
     refined: dict[float, _Models] = {}
     n = curves.shape[1]
@@ -211,13 +219,14 @@ def fit_gamma_residues(tissue: np.ndarray, aif: np.ndarray, dt_s: float, discret
         first = coarse.delay_frames[_best_models(curves[:, block], coarse)]
         for frame in np.unique(first):
             if frame not in refined:
-                delays = np.unique(np.clip(frame + offsets, MIN_DELAY_FRAMES, MAX_DELAY_FRAMES))
+                delays = np.unique(np.clip(frame + offsets, earliest, latest))
                 refined[frame] = table.models(arterial, all_rows, delays)
-            _store_best(fit, refined[frame], curves, block[first == frame])
+            _store_best(fit, refined[frame], curves, block[first == frame], table.delays)
     return fit
 
 
-def _store_best(fit: ResidueFit, models: _Models, curves: np.ndarray, voxels: np.ndarray) -> None:
+def _store_best(fit: ResidueFit, models: _Models, curves: np.ndarray, voxels: np.ndarray,
+                delays: tuple[int, int]) -> None:
     """Fit ``voxels`` among ``models`` and write their parameters into ``fit`` (all 0 where f <= 0)."""
     chosen = _best_models(curves[:, voxels], models)
     model_curves = models.curves[chosen]
@@ -229,5 +238,5 @@ def _store_best(fit: ResidueFit, models: _Models, curves: np.ndarray, voxels: np
     fit.delay_s[voxels] = np.where(positive, models.delay_frames[chosen] * fit.dt_s, 0.0)
     mtt_range = np.exp(np.log(MTT_RANGE_S) + np.array([0.5, -0.5]) * FINE_MTT_STEP)  # within half a step
     on_edge = (models.mtt_s[chosen] <= mtt_range[0]) | (models.mtt_s[chosen] >= mtt_range[1]) | \
-        np.isin(models.delay_frames[chosen], (MIN_DELAY_FRAMES, MAX_DELAY_FRAMES))
+        np.isin(models.delay_frames[chosen], delays)
     fit.at_limit[voxels] = positive & on_edge

@@ -13,6 +13,8 @@ The science follows DESIGN.md section 4 ("DSC -> nCBV", steps 1, 3 and 4).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 from scipy.integrate import cumulative_trapezoid, trapezoid
 
@@ -26,6 +28,10 @@ ECHO_TIME_MS_RANGE = (1.0, 200.0)
 MAX_FRAMES = 9999
 MIN_SIGNAL_RATIO = 1e-3
 MAX_SIGNAL_RATIO = 1e3
+# How the convolution of the AIF with a residue is discretised, for both CBF estimators (``deconvolution``,
+# ``residue_fit``): the AIF linear between its samples, or each sample held for a frame (rectangle rule).
+Discretisation = Literal["linear", "rectangular"]
+DISCRETISATIONS = get_args(Discretisation)
 
 
 def validate_times(times_s: np.ndarray, n_frames: int | None = None, name: str = "times_s") -> np.ndarray:
@@ -47,6 +53,38 @@ def validate_times(times_s: np.ndarray, n_frames: int | None = None, name: str =
             f"{name} has {times.size} entries but the series has {n_frames} frames (time is the first axis)."
         )
     return times
+
+
+def validate_discretisation(discretisation: str) -> str:
+    """``discretisation`` if it is one of DISCRETISATIONS; ValueError otherwise."""
+    if discretisation not in DISCRETISATIONS:
+        raise ValueError(f"discretisation must be one of {', '.join(DISCRETISATIONS)}, got {discretisation!r}.")
+    return discretisation
+
+
+def validate_tissue_and_aif(tissue: np.ndarray, aif: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue (T, N) and AIF (T,) as float64, checking shapes, finiteness and a positive AIF area."""
+    curves = np.asarray(tissue, dtype=np.float64)
+    arterial = np.asarray(aif, dtype=np.float64)
+    if curves.ndim == 1:
+        curves = curves[:, None]
+    if curves.ndim != 2 or arterial.ndim != 1 or curves.shape[0] != arterial.size or arterial.size < 3:
+        raise ValueError(
+            f"tissue must be (T, N) and aif (T,) with the same T >= 3, got {curves.shape} and {arterial.shape}."
+        )
+    if not (np.all(np.isfinite(curves)) and np.all(np.isfinite(arterial))):
+        raise ValueError("tissue and aif must not contain NaN or infinite values.")
+    if arterial.max() <= 0 or arterial.sum() <= 0:
+        raise ValueError("aif must have a positive peak and a positive area.")
+    return curves, arterial
+
+
+def validate_frame_interval(dt_s: float) -> float:
+    """Frame interval as a positive finite float; ValueError otherwise."""
+    dt = float(dt_s)
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt_s must be a positive frame interval in seconds, got {dt_s}.")
+    return dt
 
 
 def _validate_series(series: np.ndarray, name: str) -> np.ndarray:
