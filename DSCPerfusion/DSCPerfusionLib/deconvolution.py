@@ -52,7 +52,7 @@ Known limits (docs/dsc-cbf-validation.md, benchmarks/validate_cbf.py): on the 14
 (no delay, no dispersion, SNR 200) oSVD's CBF errors are -13..+42 % (linear; median |error| 8 %) and -20..+22 %
 (rectangular, their generator's rule; median 10 %); their noise alone scatters oSVD's estimate by 4-14 %
 (SD) per case, so no choice of rule gets all 14 within 10 %. ``method="gamma-fit"`` (``residue_fit``) does
-(-3.6..+6.9 % with the rectangle rule) and is delay-independent, but only with a known arterial AIF; oSVD's
+(-3.6..+6.9 % with the rectangle rule) and finds the delay itself, but only with a known arterial AIF; oSVD's
 relative CBF is robust to an automatic AIF that partial volume distorts or that is a tissue curve, so it is
 the default and the only method the pipeline uses. Dispersion
 between the measured AIF and the tissue is folded into the residue and lowers CBF (simulator, exponential

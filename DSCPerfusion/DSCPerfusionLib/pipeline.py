@@ -72,8 +72,8 @@ class PerfusionOptions:
     first_pass: bool = False
     per_slice: bool = False  # nCBV per slice (along array axis k)
     # CBF (relative), MTT, TTP by oSVD with an automatic AIF. Not the gamma-residue fit: with an automatic AIF
-    # from half-volume arteries it read grey matter 1.3x high where oSVD was right (docs/dsc-cbf-validation.md,
-    # table 6), and 0.2-1.7x on the phantom, whose AIF can only be tissue (table 5a).
+    # from half-volume arteries it read grey matter 1.24-1.28x high where oSVD was right
+    # (docs/dsc-cbf-validation.md, table 6), and 0.2-1.8x on the phantom, whose AIF can only be tissue (5a).
     deconvolution: bool = False
 
 

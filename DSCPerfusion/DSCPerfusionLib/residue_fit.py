@@ -11,27 +11,30 @@ Fit (least squares, vectorised over voxels): f enters linearly, so for every poi
 (MTT, lambda, delay) the model curve b = Ca conv R is ONE convolution shared by all voxels, f = <c, b>/<b, b>
 in closed form, and the residual is |c|^2 - <c, b>^2/<b, b>: the grid point with the largest
 <c, b>^2/<b, b> (and f > 0) is the least-squares fit. Two passes keep the grid small: half-frame delays and
-every fifth MTT first, then, per voxel, the delays within a quarter frame of the first pass's and every MTT
-(a delay off by a quarter frame moves the best MTT by a third, so the first pass's MTT cannot narrow the
-second's). The curves and model curves are projected on the leading singular vectors of the model curves
-(they are smooth: 20-30 of them hold all but 1e-6 of every model curve's energy), so a voxel-model product
-costs ~25 multiplications instead of T; the chosen fit's f is then computed from the full curves. The
+every fifth MTT first, then, per voxel, the delays within a quarter frame of the first pass's (1/8-frame
+steps; one whole frame either side for the rectangle rule) and every MTT (a delay off by a quarter frame moves
+the best MTT by a third, so the first pass's MTT cannot narrow the second's). The curves and model curves
+are projected on the leading singular vectors of the model curves (they are smooth: 20-30 of them hold all
+but 1e-6 of every model curve's energy), so a voxel-model product costs ~25 multiplications instead of T; the
+chosen fit's f is then computed from the full curves. The
 residues are tabulated once per call on a 1/8-frame lag grid (``_ResidueTable``), on which every delay lies.
 
 Delays. With the ``linear`` discretisation (AIF piecewise linear between frames, residue continuous) the
-model curve depends on where between frames the residue starts, so delays are searched at 1/4 frame. With
+model curve depends on where between frames the residue starts, so delays are searched at 1/8 frame. With
 the ``rectangular`` rule (C_n = dt sum_k a_k R((n - k) dt - delay)) the residue is only ever sampled at whole
 lags: a start between two frames cannot be told from a smaller f (for an exponential residue exactly:
 R(t + s) = exp(-s/MTT) R(t)), so the fit would trade delay for flow. There delays are whole frames.
-Delays are searched over ``DELAY_RANGE_S`` (-3 to +12 s, in whole frames of the series): negative ones are tissue
-ahead of the measured AIF.
+Delays are searched over ``DELAY_RANGE_S`` (-3 to +12 s, in whole frames of the series): negative ones are
+tissue ahead of the measured AIF. Validated at TR 1.243 and 1.5 s only.
 
 Measured (docs/dsc-cbf-validation.md, benchmarks/validate_cbf.py): the 14 OSIPI concentration cases with
 their generator's rectangle rule within 10 % of the true CBF (-3.6..+6.9 %); the simulator's continuous curves
-1.01-1.02 of truth at every sub-frame delay; the phantom with its own AIF 0.99-1.04 in relative CBF. The fit
-needs a known arterial AIF: with a tissue-like one (later and broader than the tissue: the phantom's
-automatic AIF) it returns short box residues and relative CBF 0.18-1.68, and with an automatic AIF from
-arteries that fill half their voxels it reads grey matter 1.3x high, where oSVD's relative CBF stays near 1.
+1.01-1.02 of truth at delays on and off the search grid for MTTs of 4-7 s, but 1.11-1.14 at MTT 2 s (little
+more than a frame: the AIF is only known at its samples); the phantom with its own AIF 0.99-1.05 in relative
+CBF. The fit needs a known arterial AIF: with a tissue-like one (later and broader than the tissue: the
+phantom's automatic AIF) it returns short box residues and relative CBF 0.18-1.83, and with an automatic AIF
+from arteries that fill half their voxels it reads grey matter 1.24-1.28x high, where oSVD's relative CBF
+stays near 1.
 So the pipeline does not offer it. ``ResidueFit.at_limit`` flags fits on the edge of the search, where many
 of the tissue-like AIF's land. Dispersion between the measured AIF and the tissue still biases CBF low
 (beta = 1 s: -4..-8 %; 2 s: -32..-39 %): it is not in the model.
