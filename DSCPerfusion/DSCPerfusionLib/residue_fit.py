@@ -29,15 +29,15 @@ tissue ahead of the measured AIF. Validated at TR 1.243 and 1.5 s only.
 
 Measured (docs/dsc-cbf-validation.md, benchmarks/validate_cbf.py): the 14 OSIPI concentration cases with
 their generator's rectangle rule within 10 % of the true CBF (-3.6..+6.9 %); the simulator's continuous curves
-1.01-1.02 of truth at delays on and off the search grid for MTTs of 4-7 s, but 1.11-1.14 at MTT 2 s (little
-more than a frame: the AIF is only known at its samples); the phantom with its own AIF 0.99-1.05 in relative
-CBF. The fit needs a known arterial AIF: with a tissue-like one (later and broader than the tissue: the
-phantom's automatic AIF) it returns short box residues and relative CBF 0.18-1.83, and with an automatic AIF
-from arteries that fill half their voxels it reads grey matter 1.24-1.28x high, where oSVD's relative CBF
-stays near 1.
-So the pipeline does not offer it. ``ResidueFit.at_limit`` flags fits on the edge of the search, where many
-of the tissue-like AIF's land. Dispersion between the measured AIF and the tissue still biases CBF low
-(beta = 1 s: -4..-8 %; 2 s: -32..-39 %): it is not in the model.
+1.01-1.02 of truth at delays on and off the search grid for MTTs of 4-7 s, but 1.11-1.14 at MTT 2 s and
+0.93-1.31 at MTT 1-1.5 s (noise-free): a residue not much longer than a frame is poorly determined when the
+AIF is only known at its samples. The phantom with its own AIF: 0.99-1.05 in relative CBF. The fit needs a
+known arterial AIF: with a tissue-like one (later and broader than the tissue: the phantom's automatic AIF)
+it returns short box residues and relative CBF 0.18-1.83, and with an automatic AIF from arteries that fill
+half their voxels it reads grey matter 1.24-1.28x high, where oSVD's relative CBF stays near 1. So the
+pipeline does not offer it. ``ResidueFit.at_limit`` flags fits on the edge of the search, where many of the
+tissue-like AIF's land. Dispersion between the measured AIF and the tissue still biases CBF low (beta = 1 s:
+-2..-37 %; 2 s: -32..-54 %; the more, the shorter the MTT): it is not in the model.
 """
 
 from __future__ import annotations
