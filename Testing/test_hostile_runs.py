@@ -236,47 +236,66 @@ def test_sigterm_early_in_a_run_cancels_it(small_case_folder, tmp_path):
     _assert_cancelled(outcome, "run", out)
 
 
-def test_sigterm_cancels_the_panels_job_process(small_case_folder, tmp_path):
+@pytest.mark.parametrize("number", process.TERMINATING_SIGNALS)
+def test_sigterm_and_sighup_cancel_the_panels_job_process(small_case_folder, tmp_path, number):
     """The Glioma Progression panel's Cancel sends SIGTERM to its job process (``python -m runs.predict``): the job
-    ends with its one ERROR line and exit 143, and leaves neither its output nor a staging folder."""
+    ends with its one ERROR line and exit 143, and leaves neither its output nor a staging folder. A hang-up
+    (Slicer's terminal closed) does the same, with exit 129."""
     from GliomaProgressionLib.runs.predict import PredictionJob, PredictionSettings
 
     case, out = _central_half(small_case_folder, tmp_path / "case"), tmp_path / "out"
     job = PredictionJob(case / "t1c.nii.gz", case / "flair.nii.gz", case / "lesion.nii.gz", "conventional", out,
                         settings=PredictionSettings(device="cpu"))
-    child = subprocess.Popen(job.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = subprocess.Popen(job.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: signal.signal(number, signal.SIG_DFL))  # not ignored, as under nohup
     watchdog = threading.Timer(240, child.kill)
     watchdog.start()
     try:
         first = child.stdout.readline()
         assert first.startswith("["), first  # a progress line: the job is at work
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(number)
         rest = child.stdout.read()
         code = child.wait()
     finally:
         watchdog.cancel()
-    assert code == 128 + signal.SIGTERM, first + rest
+    assert code == 128 + number, first + rest
     assert (first + rest).strip().splitlines()[-1] == "ERROR: cancelled; nothing was written."
     assert not out.exists()
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
 
 
-def test_sigterm_raises_a_cancel_only_while_asked_and_only_once():
+@pytest.mark.parametrize("number", process.TERMINATING_SIGNALS)
+def test_sigterm_and_sighup_raise_a_cancel_only_while_asked_and_only_once(number):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers belong to the main thread")
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.signal(number, signal.SIG_DFL)  # SIGHUP is ignored under nohup, as CI may run
     cleaned = False
-    with pytest.raises(process.TerminationRequested) as raised:
+    try:
+        with pytest.raises(process.TerminationRequested) as raised:
+            with process.termination_as_interrupt():
+                try:
+                    os.kill(os.getpid(), number)
+                    time.sleep(1)
+                finally:  # the cleanup: a second signal must not interrupt it
+                    os.kill(os.getpid(), number)
+                    time.sleep(0.05)
+                    cleaned = True
+        assert signal.getsignal(number) == signal.SIG_DFL
+    finally:
+        signal.signal(number, previous)
+    assert cleaned and raised.value.exit_code == 128 + number and isinstance(raised.value, KeyboardInterrupt)
+
+
+def test_a_hang_up_ignored_on_purpose_stays_ignored():
+    """Under ``nohup`` SIGHUP is ignored: the run must go on when the terminal closes."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
         with process.termination_as_interrupt():
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(1)
-            finally:  # the cleanup: a second SIGTERM must not interrupt it
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)
-                cleaned = True
-    assert cleaned and raised.value.exit_code == 143 and isinstance(raised.value, KeyboardInterrupt)
-    assert signal.getsignal(signal.SIGTERM) == previous
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 # --- item 10: resume by content ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -287,6 +288,24 @@ def test_snakemake_heeds_the_forwarded_stop_even_when_started_with_sigint_ignore
     finally:
         signal.signal(signal.SIGINT, previous)
     assert (code, output.strip()) == (0, "True")
+
+
+def test_a_hang_up_reaches_snakemake_as_the_same_stop():
+    """A closed terminal sends SIGHUP: this process forwards it as SIGINT, and Snakemake itself ignores the hang-up
+    the terminal sends its whole process group, so that it stops cleanly instead of dying at once."""
+    probe = [sys.executable, "-c", "import signal, time\n"
+             "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, flush=True)\n"
+             "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('stopped by SIGINT')"]
+    hang_up = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGHUP))
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (not under nohup)
+    hang_up.start()
+    try:
+        code, output = workflow.run_snakemake(probe, quiet=True)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # given back afterwards
+    finally:
+        hang_up.cancel()
+        signal.signal(signal.SIGHUP, previous)
+    assert (code, output.split()) == (0, ["True", "stopped", "by", "SIGINT"])
 
 
 def test_bad_requests_fail_in_one_sentence_before_snakemake_starts(tmp_path, capsys):

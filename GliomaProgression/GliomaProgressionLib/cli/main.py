@@ -1,8 +1,8 @@
 """``gliomaprog``: the extension's command line.
 
 Expected errors (bad input, unwritable output) end with one line on stderr and exit code 2, never a traceback.
-Ctrl+C and SIGTERM cancel: the worker's processes end, temporary and staging folders go, one line says so, and the
-exit code is the shell's for the signal (130, 143).
+Ctrl+C, SIGTERM and SIGHUP (a closed terminal) cancel: the worker's processes end, temporary and staging folders go,
+one line says so, and the exit code is the shell's for the signal (130, 143, 129).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
         where = f" ({error.filename})" if error.filename else ""
         print(f"gliomaprog {args.command}: error: {error.strerror or error}{where}.", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt as interruption:  # Ctrl+C, or SIGTERM (TerminationRequested): cleaned up on the way
+    except KeyboardInterrupt as interruption:  # Ctrl+C, or SIGTERM/SIGHUP (TerminationRequested): cleaned up
         print(f"gliomaprog {args.command}: cancelled; nothing was written.", file=sys.stderr)
         return getattr(interruption, "exit_code", 130)
 

@@ -416,22 +416,30 @@ def write_workflow_config(out: Path, settings: RunSettings) -> Path:
 def _heeding_sigint() -> None:
     """In Snakemake's process before it starts: SIGINT back to its default. A command started in the background by
     a shell script inherits SIGINT ignored, and Python then never turns it into KeyboardInterrupt: the stop above
-    would go unheard and the workflow run on to its end."""
+    would go unheard and the workflow run on to its end. SIGHUP is ignored there: a closed terminal hangs up the
+    whole process group, and Snakemake would die of it at once; the hang-up reaches it through this process instead,
+    as the same SIGINT."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def run_snakemake(command: list[str], quiet: bool) -> tuple[int, str]:
-    """Snakemake in a child process; SIGTERM to this process stops it as Ctrl-C does: Snakemake cancels its running
-    jobs and marks their outputs incomplete. (Snakemake 9.27's own SIGTERM handler takes a lock its scheduler may
-    hold at that moment, and then hangs for ever.) Returns its exit code and the end of its output."""
+    """Snakemake in a child process; SIGTERM or SIGHUP to this process stops it as Ctrl-C does: Snakemake cancels
+    its running jobs and marks their outputs incomplete. (Snakemake 9.27's own SIGTERM handler takes a lock its
+    scheduler may hold at that moment, and then hangs for ever.) Returns its exit code and the end of its output."""
     import signal
     import subprocess
 
+    from GliomaProgressionLib.models.process import TERMINATING_SIGNALS
+
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              preexec_fn=_heeding_sigint if os.name == "posix" else None)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGINT))
+    previous = {number: signal.getsignal(number) for number in TERMINATING_SIGNALS}
+    for number in (number for number, handler in previous.items() if handler != signal.SIG_IGN):
+        signal.signal(number, lambda signum, frame: child.send_signal(signal.SIGINT))
     tail: list[str] = []
     try:
         for line in child.stdout:
@@ -440,7 +448,8 @@ def run_snakemake(command: list[str], quiet: bool) -> tuple[int, str]:
                 print(line, end="", file=sys.stderr, flush=True)
         return child.wait(), "".join(tail)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
         if child.poll() is None:
             child.kill()
 

@@ -92,45 +92,51 @@ def gliomaprog_command(*arguments: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# SIGTERM, what a scheduler, a GUI or ``kill`` sends, handled as Ctrl+C is.
+# SIGTERM, what a scheduler, a GUI or ``kill`` sends, and SIGHUP, what a closed terminal or ssh session sends,
+# handled as Ctrl+C is.
+
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class TerminationRequested(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread where Ctrl+C raises KeyboardInterrupt, so that the same cleanups run (a
-    worker's process tree ended by ``BackgroundProcess.cancel``, temporary and staging folders removed) and the
-    same handlers catch it. ``exit_code`` is the shell's code for the signal (128 + its number)."""
+    """SIGTERM or SIGHUP, raised in the main thread where Ctrl+C raises KeyboardInterrupt, so that the same
+    cleanups run (a worker's process tree ended by ``BackgroundProcess.cancel``, temporary and staging folders
+    removed) and the same handlers catch it. ``exit_code`` is the shell's code for the signal (128 + its
+    number: 143, 129)."""
 
     def __init__(self, signal_number: int):
         super().__init__(f"signal {signal_number}")
         self.exit_code = 128 + signal_number
 
 
-def _sigterm_default_in_forked_child() -> None:
+def _termination_default_in_forked_child() -> None:
     """A forked worker (multiprocessing's pools, nnU-Net's fingerprinting and data loaders) must die of SIGTERM at
     once, as without the handler: a Python handler runs only between bytecodes, so a worker blocked in C code
     would never end, and its pool's terminate() would wait for it forever."""
-    if getattr(signal.getsignal(signal.SIGTERM), "ends_in_forked_children", False):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for number in TERMINATING_SIGNALS:
+        if getattr(signal.getsignal(number), "ends_in_forked_children", False):
+            signal.signal(number, signal.SIG_DFL)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_sigterm_default_in_forked_child)
+    os.register_at_fork(after_in_child=_termination_default_in_forked_child)
 
 
 @contextlib.contextmanager
 def termination_as_interrupt():
-    """While the block runs, SIGTERM raises ``TerminationRequested`` in the main thread; the previous handler
-    comes back afterwards.
+    """While the block runs, SIGTERM and SIGHUP raise ``TerminationRequested`` in the main thread; the previous
+    handlers come back afterwards.
 
     Only the first signal raises: a second one during the cleanup is ignored, so the cleanup ends (a scheduler
-    that will not wait sends SIGKILL, which nothing can handle). Nothing changes outside the main thread, nor
-    when SIGTERM was ignored by the parent's wish. A forked child that inherited the handler dies of the signal as
-    it would have without it.
+    that will not wait sends SIGKILL, which nothing can handle). Nothing changes outside the main thread, nor for
+    a signal the parent ignored on purpose (``nohup`` ignores SIGHUP). A forked child that inherited the handler
+    dies of the signal as it would have without it.
     """
-    previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or previous == signal.SIG_IGN:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {number: signal.getsignal(number) for number in TERMINATING_SIGNALS}
+    handled = [number for number, handler in previous.items() if handler != signal.SIG_IGN]
     owner, raised = os.getpid(), False
 
     def handler(number, frame):
@@ -144,11 +150,13 @@ def termination_as_interrupt():
             raise TerminationRequested(number)
 
     handler.ends_in_forked_children = True
-    signal.signal(signal.SIGTERM, handler)
+    for number in handled:
+        signal.signal(number, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for number in handled:
+            signal.signal(number, signal.SIG_DFL if previous[number] is None else previous[number])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,8 +171,8 @@ _OWNER_TOKEN = re.compile(r"([0-9a-f]{8})-(\d+)-(\d+|x)")
 def run_job_process(run: Callable[[ProgressPrinter], object]) -> int:
     """The body of a panel's job process (``python -m ...``): ``run`` the job with progress lines on stdout; 0 when
     it finished; otherwise a last line ``ERROR: <message>`` (after the traceback only for an unexpected failure) and
-    exit code 2 for bad input, 143 when cancelled (SIGTERM, what the panel's Cancel sends; 130 for Ctrl+C), 1 for
-    anything else."""
+    exit code 2 for bad input, 143 when cancelled (SIGTERM, what the panel's Cancel sends; 130 for Ctrl+C, 129 for
+    SIGHUP), 1 for anything else."""
     try:
         with termination_as_interrupt():  # the panel's Cancel sends SIGTERM: clean up as for Ctrl+C
             run(ProgressPrinter(sys.stdout))
