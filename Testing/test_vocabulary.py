@@ -9,7 +9,9 @@ import pytest
 
 from CTVPlannerLib.lesion import LESION_SEGMENTS, SEGMENT_NAME_WORDS
 from CTVPlannerLib.schemes import SCHEMES, TARGET_COLOURS
+from DSCPerfusionLib.deconvolution import METHODS
 from DSCPerfusionLib.leakage import LEAKAGE_METHODS
+from DSCPerfusionLib.signal import DISCRETISATIONS
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = [path for folder in ("DSCPerfusion", "GliomaProgression", "CTVPlanner")
@@ -87,3 +89,13 @@ def test_the_checks_see_a_stray_copy(tmp_path, monkeypatch, stray, check):
             "words": test_the_segment_name_words_are_written_only_in_the_lesion_module}[check]
     with pytest.raises(AssertionError):
         test()
+
+
+@pytest.mark.parametrize(("owner", "words"), [
+    (REPO / "DSCPerfusion" / "DSCPerfusionLib" / "deconvolution.py", set(METHODS)),
+    (REPO / "DSCPerfusion" / "DSCPerfusionLib" / "signal.py", set(DISCRETISATIONS)),
+])
+def test_the_cbf_estimators_and_discretisations_are_written_once(owner, words):
+    strays = _strays(owner, lambda text: any(words <= found for found in _literal_tuples(text)))
+    assert strays == []
+    assert any(words <= found for found in _literal_tuples(owner.read_text(encoding="utf-8")))
