@@ -1,5 +1,6 @@
 """CBF that holds up (issue 13 item 2): exactly circulant oSVD, its peak read between frames, sub-frame delays,
-the OSIPI concentration cases with the discretisation of their generator, and the bias dispersion leaves.
+the OSIPI concentration cases with the discretisation of their generator (oSVD, and the gamma-residue fit that
+gets all 14 within 10 %), and the bias dispersion leaves.
 
 Numbers quoted as "observed" are measured; the tables behind them are in docs/dsc-cbf-validation.md
 (benchmarks/validate_cbf.py).
@@ -79,13 +80,13 @@ def test_tmax_follows_sub_frame_delays():
     np.testing.assert_allclose(lags - lags[0], np.repeat(np.array(DELAYS_S)[:, None], CBV.size, axis=1), atol=0.2)
 
 
-def _osipi_errors(discretisation: str) -> np.ndarray:
+def _osipi_errors(discretisation: str, method: str = "osvd") -> np.ndarray:
     """CBF error (%) on the 14 OSIPI concentration cases with their known AIF."""
     errors = []
     for case in OSIPI:
         arrays = np.load(REFERENCE / case["file"])
         maps = perfusion_maps(arrays["C_tis"][:, None], arrays["t"], np.ones(1, bool), aif=arrays["C_aif"],
-                              discretisation=discretisation)
+                              method=method, discretisation=discretisation)
         errors.append(100.0 * (maps.cbf[0] / case["reference"]["cbf_ml_per_100ml_per_min"] - 1.0))
     return np.array(errors)
 
@@ -108,6 +109,23 @@ def test_osipi_cbf_errors_stay_at_their_measured_level(discretisation, median_li
     assert np.median(np.abs(errors)) <= median_limit
     assert np.abs(errors).max() <= worst_limit
     assert np.sum(np.abs(errors) <= 10.0) >= min_within_10
+
+
+def test_the_gamma_fit_puts_osipi_cbf_within_10_percent_on_all_14_with_the_generators_rule():
+    """The issue's acceptance, by the least-squares gamma-residue fit (``residue_fit``). Observed (rectangular,
+    the generator's rule): -3.6 .. +6.9 %, median |e| 1.5 %."""
+    errors = _osipi_errors("rectangular", method="gamma-fit")
+    assert errors.size == 14
+    assert np.all(np.abs(errors) <= 10.0)
+    assert np.median(np.abs(errors)) <= 3.0
+
+
+def test_the_gamma_fit_with_the_linear_rule_reads_rectangle_rule_data_high():
+    """The discretisation must match the signal model: the linear rule gives the residue's first frame half the
+    rectangle rule's weight, so it reads the OSIPI curves (made with the rectangle rule) too high. Observed
+    +1 .. +23 % (median +14 %), 4/14 within 10 %."""
+    errors = _osipi_errors("linear", method="gamma-fit")
+    assert np.median(errors) > 8.0
 
 
 def _dispersed_tissue(beta_s: float) -> np.ndarray:
