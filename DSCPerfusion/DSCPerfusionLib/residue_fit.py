@@ -99,7 +99,6 @@ class _Models:
     """Unit-flow model curves (K, T) for grid points (K,) of MTT, shape and delay; projection basis (T, r)."""
 
     curves: np.ndarray
-    row: np.ndarray  # (K,) row of the residue table
     mtt_s: np.ndarray
     shape: np.ndarray
     delay_frames: np.ndarray
@@ -108,11 +107,10 @@ class _Models:
     energy: np.ndarray  # (K,)
 
     @classmethod
-    def of(cls, curves: np.ndarray, row: np.ndarray, mtt_s: np.ndarray, shape: np.ndarray,
-           delay_frames: np.ndarray) -> "_Models":
+    def of(cls, curves: np.ndarray, mtt_s: np.ndarray, shape: np.ndarray, delay_frames: np.ndarray) -> "_Models":
         basis = _projection_basis(curves)
         projected = curves @ basis
-        return cls(curves, row, mtt_s, shape, delay_frames, basis, projected, (projected**2).sum(axis=1))
+        return cls(curves, mtt_s, shape, delay_frames, basis, projected, (projected**2).sum(axis=1))
 
 
 def gamma_residue(lags_s: np.ndarray, mtt_s: np.ndarray, shape: np.ndarray) -> np.ndarray:
@@ -161,7 +159,7 @@ class _ResidueTable:
         # A short series or a late bolus leaves some delayed models with nothing inside the series.
         norms = np.linalg.norm(curves, axis=1)
         seen = norms > 1e-9 * norms.max()
-        return _Models.of(curves[seen], row[seen], self.mtt_s[row[seen]], self.shape[row[seen]], delay[seen])
+        return _Models.of(curves[seen], self.mtt_s[row[seen]], self.shape[row[seen]], delay[seen])
 
 
 def delay_range_frames(dt_s: float) -> tuple[int, int]:
