@@ -233,27 +233,32 @@ def simulated_tables(modules: dict) -> tuple[list[str], list[str], dict]:
 # --- 5. The phantom ---------------------------------------------------------------------------------------
 
 
-def _phantom_cbf(modules: dict, variant: Variant, case, known_aif: bool) -> np.ndarray:
-    """CBF map of ``compute_perfusion`` (leakage off) with ``variant``, automatic AIF or the simulation's own.
+def _pipeline_cbf(modules: dict, variant: Variant, series: np.ndarray, times: np.ndarray, te_s: float,
+                  brain: np.ndarray, nawm: np.ndarray, aif: np.ndarray | None = None) -> np.ndarray:
+    """CBF map of ``compute_perfusion`` (leakage off, the given masks) with ``variant``, and the given AIF or
+    the automatic one.
 
     The pipeline imports perfusion_maps from the deconvolution module when it runs, so patching that name
     runs the exact user path with the "before" deconvolution, the gamma fit (which the pipeline does not
-    offer), or the known AIF (in concentration units: a scale factor, which relative CBF does not see).
+    offer), or a known AIF (in concentration units: a scale factor, which relative CBF does not see).
     """
-    truth = {name: volume.array for name, volume in case.truth.items()}
-    options = PerfusionOptions(te_s=case.config.te_s, leakage="none", deconvolution=True)
-    known = {"method": variant.method}
-    if known_aif:
-        known["aif"] = np.asarray(case.metadata["dsc"]["aif"])
+    known = {"method": variant.method} if aif is None else {"method": variant.method, "aif": aif}
     original = modules[variant.module].perfusion_maps
 
     def maps_function(*args, **kwargs):
         return original(*args, **kwargs, **known)
 
+    options = PerfusionOptions(te_s=te_s, leakage="none", deconvolution=True)
     with mock.patch.object(after, "perfusion_maps", maps_function):
-        result = compute_perfusion(case.dsc.array, case.frame_times_s, options, brain_mask=truth["brain_dsc"] > 0,
-                                   nawm_mask=truth["nawm"] > 0)
-    return result.cbf
+        return compute_perfusion(series, times, options, brain_mask=brain, nawm_mask=nawm).cbf
+
+
+def _phantom_cbf(modules: dict, variant: Variant, case, known_aif: bool) -> np.ndarray:
+    """CBF map of the phantom ``case`` with ``variant``, automatic AIF or the simulation's own."""
+    truth = {name: volume.array for name, volume in case.truth.items()}
+    aif = np.asarray(case.metadata["dsc"]["aif"]) if known_aif else None
+    return _pipeline_cbf(modules, variant, case.dsc.array, case.frame_times_s, case.config.te_s,
+                         truth["brain_dsc"] > 0, truth["nawm"] > 0, aif)
 
 
 def phantom_table(modules: dict, known_aif: bool) -> tuple[list[str], dict]:
@@ -319,18 +324,6 @@ def _brain_with_arteries(late_s: float, partial_volume: float) -> tuple[np.ndarr
     return series, {"brain": brain, "grey": grey & ~artery, "white": brain & ~grey & ~artery, "late": late}
 
 
-def _artery_cbf(modules: dict, variant: Variant, series: np.ndarray, truth: dict) -> np.ndarray:
-    """CBF of ``compute_perfusion`` with the automatic AIF and ``variant`` (patched as in ``_phantom_cbf``)."""
-    original = modules[variant.module].perfusion_maps
-
-    def maps_function(*args, **kwargs):
-        return original(*args, **kwargs, method=variant.method)
-
-    options = PerfusionOptions(te_s=ARTERY_TE_S, leakage="none", deconvolution=True)
-    with mock.patch.object(after, "perfusion_maps", maps_function):
-        return compute_perfusion(series, TIMES, options, brain_mask=truth["brain"], nawm_mask=truth["white"]).cbf
-
-
 def artery_table(modules: dict) -> tuple[list[str], dict]:
     """Relative CBF (median CBF/truth over a region / the same in the early white matter) per case and variant."""
     variants = (BEFORE, OSVD, FIT)
@@ -340,7 +333,8 @@ def artery_table(modules: dict) -> tuple[list[str], dict]:
         true_cbf = np.where(truth["grey"], 60.0, 22.0)
         cells = by_case[late_s, partial_volume] = {}
         for variant in variants:
-            ratio = _artery_cbf(modules, variant, series, truth) / true_cbf
+            cbf = _pipeline_cbf(modules, variant, series, TIMES, ARTERY_TE_S, truth["brain"], truth["white"])
+            ratio = cbf / true_cbf
             early_white = np.median(ratio[truth["white"] & ~truth["late"]])
             cells[variant] = [np.median(ratio[truth[tissue] & side]) / early_white
                               for side in (~truth["late"], truth["late"]) for tissue in ("grey", "white")]

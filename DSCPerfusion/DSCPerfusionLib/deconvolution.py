@@ -54,10 +54,9 @@ Known limits (docs/dsc-cbf-validation.md, benchmarks/validate_cbf.py): on the 14
 (SD) per case, so no choice of rule gets all 14 within 10 %. ``method="gamma-fit"`` (``residue_fit``) does
 (-3.6..+6.9 % with the rectangle rule) and finds the delay itself, but only with a known arterial AIF; oSVD's
 relative CBF is robust to an automatic AIF that partial volume distorts or that is a tissue curve, so it is
-the default and the only method the pipeline uses. Dispersion
-between the measured AIF and the tissue is folded into the residue and lowers CBF (simulator, exponential
-kernel exp(-t/beta)/beta: -19 to -27 % at beta 1 s, -31 to -43 % at 2 s, -49 to -60 % at 4 s); nothing here
-corrects it.
+the default and the only method the pipeline uses. Dispersion between the measured AIF and the tissue is
+folded into the residue and lowers CBF (simulator, exponential kernel exp(-t/beta)/beta: -19 to -27 % at
+beta 1 s, -31 to -43 % at 2 s, -49 to -60 % at 4 s); nothing here corrects it.
 
 What the numbers mean (``PerfusionMaps``): cbf = 6000 x max k, in ml/100 ml/min WHEN tissue and AIF are
 concentrations in the same units (or deltaR2* with the same relaxivity kappa for blood and tissue) and no
@@ -430,7 +429,7 @@ def _volume_and_peak_time(curves: np.ndarray, aif: np.ndarray, times: np.ndarray
 
 def _fitted_maps(curves: np.ndarray, aif: np.ndarray, times: np.ndarray, dt_s: float,
                  discretisation: Discretisation) -> tuple[np.ndarray, ...]:
-    """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold, at_search_limit (each (N,)) of a gamma-residue fit of
+    """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold and at_search_limit (each (N,)) of a gamma-residue fit of
     tissue curves (T, N)."""
     fit = fit_gamma_residues(curves, aif, dt_s, discretisation)
     cbv, ttp = _volume_and_peak_time(curves, aif, times)
@@ -471,18 +470,22 @@ def perfusion_maps(
         outputs = _fitted_maps(brain, arterial, times, dt, discretisation)
     else:
         outputs = _svd_maps(brain, arterial, times, dt, method, discretisation, oi_limit, thresholds, ssvd_threshold)
-    maps = []
-    for values in outputs:
-        volume = np.zeros(mask.shape, dtype=values.dtype)
-        volume[mask] = values
-        maps.append(volume)
-    return PerfusionMaps(*maps[:6], aif=arterial, aif_selection=selection, method=method,
-                         at_search_limit=maps[6] if len(maps) > 6 else None)
+    *maps, at_search_limit = [None if values is None else _scattered(values, mask) for values in outputs]
+    return PerfusionMaps(*maps, aif=arterial, aif_selection=selection, method=method,
+                         at_search_limit=at_search_limit)
+
+
+def _scattered(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values`` (N,) of the mask's voxels as a volume of the mask's shape, 0 (False) outside it."""
+    volume = np.zeros(mask.shape, dtype=values.dtype)
+    volume[mask] = values
+    return volume
 
 
 def _svd_maps(brain: np.ndarray, arterial: np.ndarray, times: np.ndarray, dt: float, method: str,
               discretisation: Discretisation, oi_limit: float, thresholds, ssvd_threshold: float) -> list[np.ndarray]:
-    """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold (each (N,)) by oSVD or sSVD, block by block."""
+    """cbf, cbv, mtt_s, ttp_s, tmax_s, threshold (each (N,)) by oSVD or sSVD, block by block, and None for
+    the fit's at_search_limit."""
     circulant = method == "osvd"
     kernel = _kernel(arterial, dt, circulant, discretisation)
     if circulant:
@@ -496,4 +499,4 @@ def _svd_maps(brain: np.ndarray, arterial: np.ndarray, times: np.ndarray, dt: fl
         curves = brain[:, start : start + _VOXEL_BLOCK]
         for output, values in zip(outputs, _maps_from_residues(solve(curves), curves, arterial, times)):
             output[start : start + _VOXEL_BLOCK] = values
-    return outputs
+    return [*outputs, None]
