@@ -433,23 +433,19 @@ def run_snakemake(command: list[str], quiet: bool) -> tuple[int, str]:
     import signal
     import subprocess
 
-    from GliomaProgressionLib.models.process import TERMINATING_SIGNALS
+    from GliomaProgressionLib.models.process import handling_termination
 
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              preexec_fn=_heeding_sigint if os.name == "posix" else None)
-    previous = {number: signal.getsignal(number) for number in TERMINATING_SIGNALS}
-    for number in (number for number, handler in previous.items() if handler != signal.SIG_IGN):
-        signal.signal(number, lambda signum, frame: child.send_signal(signal.SIGINT))
     tail: list[str] = []
     try:
-        for line in child.stdout:
-            tail = (tail + [line])[-200:]
-            if not quiet:
-                print(line, end="", file=sys.stderr, flush=True)
-        return child.wait(), "".join(tail)
+        with handling_termination(lambda signum, frame: child.send_signal(signal.SIGINT)):
+            for line in child.stdout:
+                tail = (tail + [line])[-200:]
+                if not quiet:
+                    print(line, end="", file=sys.stderr, flush=True)
+            return child.wait(), "".join(tail)
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, signal.SIG_DFL if handler is None else handler)
         if child.poll() is None:
             child.kill()
 

@@ -123,20 +123,32 @@ if hasattr(os, "register_at_fork"):
 
 
 @contextlib.contextmanager
+def handling_termination(handler):
+    """While the block runs, ``handler(number, frame)`` handles SIGTERM and SIGHUP, except a signal the parent
+    ignored on purpose (``nohup`` ignores SIGHUP); the previous handlers come back afterwards. Main thread only."""
+    previous = {number: signal.getsignal(number) for number in TERMINATING_SIGNALS}
+    handled = [number for number, old in previous.items() if old != signal.SIG_IGN]
+    for number in handled:
+        signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number in handled:
+            signal.signal(number, signal.SIG_DFL if previous[number] is None else previous[number])
+
+
+@contextlib.contextmanager
 def termination_as_interrupt():
-    """While the block runs, SIGTERM and SIGHUP raise ``TerminationRequested`` in the main thread; the previous
-    handlers come back afterwards.
+    """While the block runs, SIGTERM and SIGHUP raise ``TerminationRequested`` in the main thread
+    (``handling_termination``).
 
     Only the first signal raises: a second one during the cleanup is ignored, so the cleanup ends (a scheduler
-    that will not wait sends SIGKILL, which nothing can handle). Nothing changes outside the main thread, nor for
-    a signal the parent ignored on purpose (``nohup`` ignores SIGHUP). A forked child that inherited the handler
-    dies of the signal as it would have without it.
+    that will not wait sends SIGKILL, which nothing can handle). Nothing changes outside the main thread. A forked
+    child that inherited the handler dies of the signal as it would have without it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.getsignal(number) for number in TERMINATING_SIGNALS}
-    handled = [number for number, handler in previous.items() if handler != signal.SIG_IGN]
     owner, raised = os.getpid(), False
 
     def handler(number, frame):
@@ -150,13 +162,8 @@ def termination_as_interrupt():
             raise TerminationRequested(number)
 
     handler.ends_in_forked_children = True
-    for number in handled:
-        signal.signal(number, handler)
-    try:
+    with handling_termination(handler):
         yield
-    finally:
-        for number in handled:
-            signal.signal(number, signal.SIG_DFL if previous[number] is None else previous[number])
 
 
 # ---------------------------------------------------------------------------------------------------------------
